@@ -1,0 +1,2 @@
+// Package sockshare owns clusterd's listening sockets.
+package sockshare
