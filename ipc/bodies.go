@@ -1,0 +1,83 @@
+package ipc
+
+import "time"
+
+// The bodies of the protocol's own message kinds. They encode as msgpack maps with
+// the lowercase keys of their tags, so that workers written in other languages can
+// read and write them, and fields can be added without a version change (an
+// unknown key is ignored, a missing one leaves the zero value).
+
+// Hello is the body of [KindHello], the first message each end sends
+// ([Conn.Handshake]).
+type Hello struct {
+	// Version is the sender's protocol version; 0 in [Conn.Handshake]'s argument
+	// means [Version].
+	Version int `msgpack:"version"`
+	// PID is the sender's process id.
+	PID int `msgpack:"pid"`
+	// WorkerID is the worker's slot (from [EnvWorkerID]); -1 for the master.
+	WorkerID int `msgpack:"worker_id"`
+	// Generation is the worker's generation (from [EnvWorkerGen]); 0 for the master.
+	Generation int `msgpack:"generation"`
+}
+
+// Ready is the body of [KindReady]. It may be empty: the message itself is the news.
+type Ready struct {
+	// Listeners counts the listeners the worker serves on, for the master's log.
+	Listeners int `msgpack:"listeners,omitempty"`
+}
+
+// Heartbeat is the body of [KindHeartbeat].
+type Heartbeat struct {
+	// Seq increases by one with every heartbeat of a sender.
+	Seq uint64 `msgpack:"seq"`
+}
+
+// Drain is the body of [KindDrain]: stop accepting new work and finish what was
+// accepted before Deadline; after it the master kills the worker.
+type Drain struct {
+	// Deadline is wall-clock time; master and worker share the host's clock.
+	Deadline time.Time `msgpack:"deadline"`
+}
+
+// ListenRequest is the body of [KindListenRequest]: a worker asks for a listener,
+// like Node's transparent listen() in a cluster worker. The master answers with a
+// [KindListenReply] carrying the socket, or a [KindError].
+type ListenRequest struct {
+	// Addr is a listen address in the syntax of sockshare.ParseSpec
+	// ("tcp://:8080", "unix:///run/app.sock", ...).
+	Addr string `msgpack:"addr"`
+}
+
+// ListenReply is the body of [KindListenReply]; the listening socket is the
+// message's only descriptor, owned by the receiver.
+type ListenReply struct {
+	// Addr is the address the socket is bound to (the chosen port for port 0).
+	Addr string `msgpack:"addr"`
+}
+
+// Stats is the body of [KindStats]: counters a worker reports, by name
+// (lowercase snake_case, e.g. "requests", "open_conns").
+type Stats struct {
+	Counters map[string]int64 `msgpack:"counters"`
+}
+
+// Error is the body of [KindError]. Code is a short stable lowercase identifier the
+// receiver branches on (see the Code constants); Text is for humans.
+// [Conn.Call] turns it into a [*RemoteError].
+type Error struct {
+	Code string `msgpack:"code"`
+	Text string `msgpack:"text"`
+}
+
+// Error codes of the protocol's own failures. Applications may define their own.
+const (
+	// CodeBadRequest: the request's body could not be decoded or is invalid.
+	CodeBadRequest = "bad_request"
+	// CodeUnsupported: the receiver does not handle this kind of request.
+	CodeUnsupported = "unsupported"
+	// CodeListen: the master could not create the requested listener.
+	CodeListen = "listen_failed"
+	// CodeInternal: the receiver failed for a reason of its own.
+	CodeInternal = "internal"
+)

@@ -1,0 +1,628 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/clusterd/clusterd/sockshare"
+)
+
+// Conn is one end of an IPC connection: a framed msgpack message stream over a
+// connected unix stream socket, with descriptors attached to messages.
+//
+// A Conn runs two goroutines of its own, a writer and a reader, which exit when
+// the connection fails or is closed; [Conn.Close] waits for them. Send, Call,
+// Flush and Close are safe for concurrent use; Recv and Handshake are for one
+// reader at a time.
+type Conn struct {
+	opts Options
+	sock *socket
+
+	nextID atomic.Uint64
+
+	// Failure state. dead is closed at the first failure (err) or at Close.
+	mu       sync.Mutex
+	err      error
+	closed   bool
+	dead     chan struct{}
+	sockErr  error // result of closing the socket
+	closing  sync.Once
+	closeErr error
+
+	// Pending calls by request id; the reader hands each matching reply over.
+	callMu sync.Mutex
+	calls  map[uint64]chan *Message
+
+	in inbox
+
+	// Write side. Send appends encoded frames to wbuf; the writer goroutine swaps
+	// wbuf with wspare and writes it. A frame with descriptors starts a segment:
+	// the writer ends the previous sendmsg before it, so the descriptors travel on
+	// the frame's first byte.
+	wmu       sync.Mutex
+	wbuf      []byte
+	wsegs     []segment
+	wspare    []byte
+	wsegSpare []segment
+	wfds      int           // descriptors in wsegs and in the batch being written
+	wsleeping bool          // the writer waits for a kick
+	wkick     chan struct{} // capacity 1
+	wqueued   int64         // bytes ever appended to wbuf
+	wwritten  int64         // bytes ever handed to the kernel
+	wflushed  chan struct{} // closed and cleared after each batch, made by waiters
+
+	wg sync.WaitGroup
+}
+
+// segment is a run of buffered frames that starts with a frame carrying fds (the
+// writer's duplicates, closed once written).
+type segment struct {
+	start int
+	fds   []int
+}
+
+// NewConn returns a Conn over f, a connected unix stream socket such as either
+// end of [Pair] or the descriptor named by [EnvIPCFD]. NewConn takes ownership of
+// f: it duplicates the descriptor into a close-on-exec, non-blocking one owned by
+// the Conn and closes f, also when it returns an error. The socket's open file
+// description is switched to non-blocking mode; do not share it with anyone else.
+//
+// NewConn starts the Conn's reader and writer. The first message each end sends
+// should be its hello: call [Conn.Handshake] before anything else.
+func NewConn(f *os.File, opts Options) (*Conn, error) {
+	if f == nil {
+		return nil, errors.New("ipc: new conn: nil file")
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		_ = f.Close() // NewConn owns f even on error; the options error is the news
+		return nil, err
+	}
+	sock, err := newSocket(f)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{
+		opts:  opts,
+		sock:  sock,
+		dead:  make(chan struct{}),
+		calls: make(map[uint64]chan *Message),
+		wkick: make(chan struct{}, 1),
+	}
+	c.in.init(opts)
+	c.wg.Add(2)
+	go c.writeLoop()
+	go c.readLoop()
+	return c, nil
+}
+
+// isDead reports whether the connection has failed or been closed.
+func (c *Conn) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// failure is the error methods return once the connection is dead.
+func (c *Conn) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return c.err
+}
+
+// fail records the first failure, marks the connection dead and closes the
+// socket, which wakes the reader and the writer.
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	close(c.dead)
+	c.mu.Unlock()
+	cerr := c.sock.close()
+	c.mu.Lock()
+	c.sockErr = cerr
+	c.mu.Unlock()
+}
+
+// Err returns the error that ended the connection: [io.EOF] when the peer closed
+// it cleanly between frames, [ErrClosed] after Close, the protocol or I/O error
+// otherwise. It returns nil while the connection works. It does not block.
+func (c *Conn) Err() error {
+	if !c.isDead() {
+		return nil
+	}
+	return c.failure()
+}
+
+// Done returns a channel that is closed when the connection fails or is closed;
+// [Conn.Err] then says why. Messages already received can still be taken with
+// Recv after a failure (but not after Close).
+func (c *Conn) Done() <-chan struct{} { return c.dead }
+
+// Close closes the connection: the socket, the reader and writer goroutines (it
+// waits for them), and every descriptor the Conn still holds (received messages
+// nobody took with Recv, duplicates of descriptors waiting to be sent). Frames not
+// yet written are discarded: call [Conn.Flush] first to wait for them. Pending and
+// later calls of every method return [ErrClosed]. Close is idempotent; every call
+// returns the result of the first, the error of closing the socket.
+func (c *Conn) Close() error {
+	c.closing.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.fail(ErrClosed)
+		c.wg.Wait()
+		c.in.close()
+		c.mu.Lock()
+		if c.sockErr != nil {
+			c.closeErr = fmt.Errorf("ipc: close: %w", c.sockErr)
+		}
+		c.mu.Unlock()
+	})
+	return c.closeErr
+}
+
+// Send queues m to be written and returns without waiting for the write: small
+// messages sent in a burst, from one goroutine or many, leave in few system calls.
+// It blocks only while Options.WriteBuffer bytes (or Options.QueueFDs
+// descriptors) wait to be written. Messages from one goroutine arrive in the order
+// they were sent. Send is safe for concurrent use.
+//
+// Send writes m.ID and m.ReplyTo as they are (0 means none). It duplicates
+// m.FDs (close-on-exec, without changing their blocking mode) before returning:
+// the caller keeps its files and may close them at once; the duplicates are
+// closed once written or when the connection ends.
+//
+// Errors: a message that breaks a limit ([ErrUnknownKind], [ErrTooManyFDs],
+// [ErrFrameTooLarge], a body that is not one msgpack value: [*DecodeError]) is
+// refused and the connection stays usable. Once the connection is dead Send
+// returns the error that ended it ([ErrClosed] after Close). A write error found
+// after Send returned ends the connection and is reported by the next Send,
+// Flush, Recv and [Conn.Err].
+func (c *Conn) Send(m *Message) error {
+	if m == nil {
+		return errors.New("ipc: send: nil message")
+	}
+	return c.send(m, m.ID)
+}
+
+func (c *Conn) send(m *Message, id uint64) error {
+	if !m.Kind.Valid() {
+		return fmt.Errorf("ipc: send: %w %d", ErrUnknownKind, m.Kind)
+	}
+	if len(m.FDs) > c.opts.MaxFDs {
+		return fmt.Errorf("ipc: send %s: %w: %d descriptors, limit %d", m.Kind, ErrTooManyFDs, len(m.FDs), c.opts.MaxFDs)
+	}
+	if err := checkBody(m.Body); err != nil {
+		return fmt.Errorf("ipc: send %s: body: %w", m.Kind, err)
+	}
+	e := envelope{kind: m.Kind, id: id, replyTo: m.ReplyTo, nfds: len(m.FDs), body: m.Body}
+	size := envelopeSize(&e)
+	if size > c.opts.MaxFrameSize {
+		return fmt.Errorf("ipc: send %s: %w: %d bytes, limit %d", m.Kind, ErrFrameTooLarge, size, c.opts.MaxFrameSize)
+	}
+	var fds []int
+	if len(m.FDs) > 0 {
+		var err error
+		if fds, err = dupFiles(m.FDs); err != nil {
+			return fmt.Errorf("ipc: send %s: %w", m.Kind, err)
+		}
+	}
+	frame := lengthSize + size
+	c.wmu.Lock()
+	for {
+		if c.isDead() {
+			c.wmu.Unlock()
+			closeRawFDs(fds)
+			return fmt.Errorf("ipc: send %s: %w", m.Kind, c.failure())
+		}
+		if len(c.wbuf) == 0 || (len(c.wbuf)+frame <= c.opts.WriteBuffer && c.wfds+len(fds) <= c.opts.QueueFDs) {
+			break
+		}
+		ch := c.flushedLocked()
+		c.wmu.Unlock()
+		select {
+		case <-ch:
+		case <-c.dead:
+		}
+		c.wmu.Lock()
+	}
+	if len(fds) > 0 {
+		c.wsegs = append(c.wsegs, segment{start: len(c.wbuf), fds: fds})
+		c.wfds += len(fds)
+	}
+	c.wbuf = appendFrame(c.wbuf, &e)
+	c.wqueued += int64(frame)
+	if c.wsleeping {
+		c.wsleeping = false
+		select {
+		case c.wkick <- struct{}{}:
+		default:
+		}
+	}
+	c.wmu.Unlock()
+	return nil
+}
+
+// flushedLocked returns the channel closed after the writer's next batch.
+func (c *Conn) flushedLocked() chan struct{} {
+	if c.wflushed == nil {
+		c.wflushed = make(chan struct{})
+	}
+	return c.wflushed
+}
+
+// Flush blocks until every message that Send queued before the call has been
+// handed to the kernel, the connection fails (its error), or ctx is done
+// (ctx.Err(); the messages stay queued). It is safe for concurrent use.
+func (c *Conn) Flush(ctx context.Context) error {
+	c.wmu.Lock()
+	target := c.wqueued
+	for c.wwritten < target {
+		if c.isDead() {
+			c.wmu.Unlock()
+			return fmt.Errorf("ipc: flush: %w", c.failure())
+		}
+		ch := c.flushedLocked()
+		c.wmu.Unlock()
+		select {
+		case <-ch:
+		case <-c.dead:
+		case <-ctx.Done():
+			return fmt.Errorf("ipc: flush: %w", ctx.Err())
+		}
+		c.wmu.Lock()
+	}
+	c.wmu.Unlock()
+	return nil
+}
+
+// writeLoop is the writer goroutine: it writes whatever Send has buffered, as one
+// batch, whenever it is idle, so a burst of sends is coalesced into the batch
+// written while the previous one was in the kernel.
+func (c *Conn) writeLoop() {
+	defer c.wg.Done()
+	for {
+		c.wmu.Lock()
+		for len(c.wbuf) == 0 {
+			if c.isDead() {
+				c.wmu.Unlock()
+				c.dropWrites()
+				return
+			}
+			c.wsleeping = true
+			c.wmu.Unlock()
+			select {
+			case <-c.wkick:
+			case <-c.dead:
+			}
+			c.wmu.Lock()
+		}
+		if c.isDead() {
+			c.wmu.Unlock()
+			c.dropWrites()
+			return
+		}
+		data, segs := c.wbuf, c.wsegs
+		c.wbuf, c.wsegs = c.wspare[:0], c.wsegSpare[:0]
+		c.wspare, c.wsegSpare = nil, nil
+		c.wmu.Unlock()
+
+		nfds, err := c.writeBatch(data, segs)
+
+		c.wmu.Lock()
+		c.wwritten += int64(len(data))
+		c.wfds -= nfds
+		if cap(data) <= 2*c.opts.WriteBuffer {
+			c.wspare = data[:0]
+		}
+		clear(segs)
+		c.wsegSpare = segs[:0]
+		if c.wflushed != nil {
+			close(c.wflushed)
+			c.wflushed = nil
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(fmt.Errorf("ipc: write: %w", err))
+			c.dropWrites()
+			return
+		}
+	}
+}
+
+// writeBatch writes data, one sendmsg per segment so that each segment's
+// descriptors ride on its first byte, and closes every segment's descriptors. It
+// returns the number of descriptors closed.
+func (c *Conn) writeBatch(data []byte, segs []segment) (nfds int, err error) {
+	pos := 0
+	for i, s := range segs {
+		if err == nil && s.start > pos {
+			err = c.sock.write(data[pos:s.start], nil)
+		}
+		end := len(data)
+		if i+1 < len(segs) {
+			end = segs[i+1].start
+		}
+		if err == nil {
+			err = c.sock.write(data[s.start:end], sockshare.RightsControl(s.fds))
+		}
+		closeRawFDs(s.fds)
+		nfds += len(s.fds)
+		pos = end
+	}
+	if err == nil && pos < len(data) {
+		err = c.sock.write(data[pos:], nil)
+	}
+	return nfds, err
+}
+
+// dropWrites closes the descriptors of frames that will never be written.
+func (c *Conn) dropWrites() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, s := range c.wsegs {
+		closeRawFDs(s.fds)
+		c.wfds -= len(s.fds)
+	}
+	c.wsegs = nil
+	c.wbuf = nil
+	if c.wflushed != nil {
+		close(c.wflushed)
+		c.wflushed = nil
+	}
+}
+
+// Recv returns the next message from the peer, blocking until one arrives. The
+// caller owns the descriptors of the returned message ([Message.CloseFDs]).
+// Replies to pending [Conn.Call]s go to their callers, not to Recv. Recv is for
+// one reader at a time: messages are delivered in the order they were received.
+//
+// After the peer closed the connection, or broke the protocol, Recv first returns
+// the messages received before that, then the error: [io.EOF] for a clean close
+// between frames, or an error wrapping [ErrTruncated], [ErrFrameTooLarge],
+// [ErrTooManyFDs], [ErrUnknownKind], [ErrProtocol] or a [*DecodeError]. After
+// Close it returns [ErrClosed].
+func (c *Conn) Recv() (*Message, error) {
+	return c.recv(context.Background())
+}
+
+func (c *Conn) recv(ctx context.Context) (*Message, error) {
+	m, err := c.in.pop(ctx)
+	if err != nil {
+		if err == errQueueEnd {
+			return nil, c.failure()
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// Call sends m as a request and blocks until the peer's reply arrives: the first
+// message whose ReplyTo is the request's ID. Call gives the request a fresh ID of
+// its own (m.ID is ignored and m is not modified). A reply of kind [KindError] is
+// returned as a [*RemoteError]; the caller owns the descriptors of any other
+// reply. Cancelling ctx stops the wait and returns ctx's error (a reply that
+// arrives later is delivered to Recv). Call is safe for concurrent use, but needs
+// a goroutine to keep calling Recv while the receive queue is full (replies are
+// read in order behind the queued messages).
+func (c *Conn) Call(ctx context.Context, m *Message) (*Message, error) {
+	if m == nil {
+		return nil, errors.New("ipc: call: nil message")
+	}
+	id := c.nextID.Add(1)
+	ch := make(chan *Message, 1)
+	c.callMu.Lock()
+	c.calls[id] = ch
+	c.callMu.Unlock()
+	if err := c.send(m, id); err != nil {
+		c.forget(id)
+		return nil, fmt.Errorf("ipc: call: %w", err)
+	}
+	select {
+	case r := <-ch:
+		return callResult(r)
+	case <-ctx.Done():
+		if !c.forget(id) {
+			return callResult(<-ch)
+		}
+		return nil, fmt.Errorf("ipc: call %s: %w", m.Kind, ctx.Err())
+	case <-c.dead:
+		if !c.forget(id) {
+			return callResult(<-ch)
+		}
+		return nil, fmt.Errorf("ipc: call %s: %w", m.Kind, c.failure())
+	}
+}
+
+// forget removes a pending call; false means the reader already took it and is
+// handing its reply over.
+func (c *Conn) forget(id uint64) bool {
+	c.callMu.Lock()
+	defer c.callMu.Unlock()
+	_, ok := c.calls[id]
+	delete(c.calls, id)
+	return ok
+}
+
+func callResult(r *Message) (*Message, error) {
+	if r.Kind != KindError {
+		return r, nil
+	}
+	_ = r.CloseFDs() // an error reply has no use for descriptors; nothing to report
+	var e Error
+	if err := r.Decode(&e); err != nil {
+		return nil, fmt.Errorf("ipc: call: error reply: %w", err)
+	}
+	return nil, &RemoteError{Code: e.Code, Text: e.Text}
+}
+
+// Handshake sends local as this end's hello and waits for the peer's, which must
+// be the first message the peer sent. A zero local.Version means [Version]. It
+// returns the peer's hello, or an error: wrapping [ErrVersion] when the peer
+// speaks another version, [ErrProtocol] when its first message is not a hello,
+// ctx's error when ctx is done first. Call it once, before the first Recv and
+// with no concurrent Recv; after an error, close the connection.
+func (c *Conn) Handshake(ctx context.Context, local Hello) (Hello, error) {
+	if local.Version == 0 {
+		local.Version = Version
+	}
+	m, err := NewMessage(KindHello, &local)
+	if err != nil {
+		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+	}
+	if err := c.Send(m); err != nil {
+		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+	}
+	r, err := c.recv(ctx)
+	if err != nil {
+		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+	}
+	if r.Kind != KindHello || len(r.FDs) > 0 {
+		_ = r.CloseFDs() // a broken hello's descriptors are of no use; the error says why
+		return Hello{}, fmt.Errorf("ipc: handshake: %w: first message is %s with %d descriptors, want a hello", ErrProtocol, r.Kind, len(r.FDs))
+	}
+	var peer Hello
+	if err := r.Decode(&peer); err != nil {
+		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+	}
+	if peer.Version != Version {
+		return peer, fmt.Errorf("ipc: handshake: %w: peer speaks version %d, this end %d", ErrVersion, peer.Version, Version)
+	}
+	return peer, nil
+}
+
+// readLoop is the reader goroutine.
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	err := c.readFrames()
+	c.fail(err)
+	c.in.finish()
+}
+
+// fdBatch is the descriptors one recvmsg returned, with the stream range of the
+// bytes that came with them: they belong to a frame starting in [start, end).
+type fdBatch struct {
+	start, end int64
+	fds        []int
+}
+
+// readFrames reads and dispatches frames until an error, which it returns.
+func (c *Conn) readFrames() (err error) {
+	fr := newFrameReader(c.opts.MaxFrameSize)
+	// Room for one descriptor more than the limit, so that a peer sending too
+	// many is seen (or the kernel reports MSG_CTRUNC).
+	oob := make([]byte, sockshare.RightsSpace(c.opts.MaxFDs+1))
+	var batches []fdBatch
+	defer func() {
+		for _, b := range batches {
+			closeRawFDs(b.fds)
+		}
+	}()
+	for {
+		for {
+			env, at, ok, err := fr.next()
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			e, err := decodeEnvelope(env)
+			if err != nil {
+				return fmt.Errorf("ipc: frame at byte %d: %w", at, err)
+			}
+			if e.nfds > c.opts.MaxFDs {
+				return fmt.Errorf("ipc: frame at byte %d: %w: declares %d, limit %d", at, ErrTooManyFDs, e.nfds, c.opts.MaxFDs)
+			}
+			var fds []int
+			if e.nfds > 0 {
+				if len(batches) == 0 || at < batches[0].start || at >= batches[0].end || len(batches[0].fds) != e.nfds {
+					got := 0
+					if len(batches) > 0 {
+						got = len(batches[0].fds)
+					}
+					return fmt.Errorf("ipc: frame at byte %d: %w: declares %d descriptors, %d arrived with it", at, ErrProtocol, e.nfds, got)
+				}
+				fds = batches[0].fds
+				batches = batches[1:]
+			} else if len(batches) > 0 && batches[0].end <= at {
+				return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+			}
+			m := &Message{Kind: e.kind, ID: e.id, ReplyTo: e.replyTo}
+			if len(e.body) > 0 {
+				m.Body = cloneBody(e.body)
+			}
+			if len(fds) > 0 {
+				m.FDs = newFiles(fds)
+			}
+			if err := c.deliver(m); err != nil {
+				_ = m.CloseFDs() // the connection is ending; its error is the news
+				return err
+			}
+		}
+		// Every complete frame is dispatched: what is buffered is the start of at
+		// most one frame, so at most one batch can still be waiting, for it.
+		if len(batches) > 1 || (len(batches) == 1 && batches[0].end <= fr.pos()) {
+			return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+		}
+		p := fr.space()
+		start := fr.end()
+		n, fds, rerr := c.sock.read(p, oob)
+		if len(fds) > 0 {
+			if len(fds) > c.opts.MaxFDs || n == 0 {
+				closeRawFDs(fds)
+				if n == 0 {
+					return fmt.Errorf("ipc: %w: %d descriptors without data", ErrProtocol, len(fds))
+				}
+				return fmt.Errorf("ipc: %w: %d descriptors in one message, limit %d", ErrTooManyFDs, len(fds), c.opts.MaxFDs)
+			}
+			batches = append(batches, fdBatch{start: start, end: start + int64(n), fds: fds})
+		}
+		fr.advance(n)
+		if rerr != nil {
+			if rerr == io.EOF {
+				if k := fr.partial(); k > 0 {
+					return fmt.Errorf("%w: stream ended %d bytes into a frame", ErrTruncated, k)
+				}
+				if len(batches) > 0 {
+					return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+				}
+				return io.EOF
+			}
+			return rerr
+		}
+	}
+}
+
+// deliver hands m to the pending call it answers, or queues it for Recv (waiting
+// for room: that is the backpressure on the peer).
+func (c *Conn) deliver(m *Message) error {
+	if m.ReplyTo != 0 {
+		c.callMu.Lock()
+		ch, ok := c.calls[m.ReplyTo]
+		if ok {
+			delete(c.calls, m.ReplyTo)
+		}
+		c.callMu.Unlock()
+		if ok {
+			ch <- m
+			return nil
+		}
+	}
+	return c.in.push(m, c.dead)
+}

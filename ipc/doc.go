@@ -1,0 +1,72 @@
+// Package ipc is the wire between a clusterd master and its workers: a framed
+// msgpack message stream over a unix stream socketpair, with file descriptors
+// attached to messages.
+//
+// # Processes and ownership
+//
+// The master makes one socketpair per worker with [Pair], keeps one end as a
+// [Conn] ([NewConn]) and hands the other to the worker as an inherited
+// descriptor whose number is in the environment variable [EnvIPCFD] (with the
+// slot and generation in [EnvWorkerID] and [EnvWorkerGen]; see [Env]). The worker
+// turns that descriptor into its own Conn. Both ends then call [Conn.Handshake]:
+// each sends a [Hello] with its protocol [Version], pid and identity, and checks
+// the peer's. The package knows nothing of masters and workers beyond these
+// names: either end may send any message.
+//
+// # Wire model
+//
+// A frame is a 4-byte big-endian length and one msgpack envelope of that many
+// bytes: the array [kind, id, reply_to, nfds, body]. kind is a [Kind]; id and
+// reply_to pair requests with replies ([Conn.Call]); nfds counts the descriptors
+// attached to the frame; body is exactly one msgpack value, raw, decoded by the
+// receiver into the struct of its kind ([Message.Decode]; [Hello], [Drain],
+// [Error], ...). Descriptors travel with SCM_RIGHTS on the frame's first byte: the
+// sender ends a sendmsg(2) before every frame that carries descriptors and starts
+// the next one at it, and the receiver checks that the descriptors it gets arrived
+// with the bytes of the frame that declares them.
+//
+// [Conn.Send] does not write: it appends the encoded frame to a buffer, and the
+// connection's writer goroutine writes the whole buffer whenever it is idle. A
+// burst of small messages from any number of goroutines therefore leaves in a few
+// large writes, while a lone message is written at once; the reader side likewise
+// takes many frames per read. This is what makes the channel fast (see
+// docs/BENCHMARKS.md). [Conn.Flush] waits until what was sent has reached the
+// kernel.
+//
+// # Lifecycle
+//
+// A Conn owns its socket, a reader and a writer goroutine, and every descriptor in
+// transit: duplicates of the descriptors passed to Send until they are written,
+// and received descriptors until [Conn.Recv] hands them over (the receiver then
+// owns them and closes them). The first failure — the peer closing ([io.EOF], or
+// [ErrTruncated] in the middle of a frame), an I/O error, or a protocol violation
+// — ends the connection: the socket is closed, so the peer sees it too; pending
+// calls fail; Recv still returns the messages received before it, then the error,
+// which callers log. [Conn.Close] releases everything, on every path; it is
+// idempotent, and every method returns [ErrClosed] after it.
+//
+// # Limits
+//
+// A peer cannot make a Conn panic or grow its memory without bound. A frame's
+// length is checked against [Options].MaxFrameSize before anything is allocated
+// for it ([ErrFrameTooLarge]); a frame may carry at most MaxFDs descriptors
+// ([ErrTooManyFDs]), and more in one message are truncated by the kernel and
+// closed; an undefined kind is [ErrUnknownKind]; malformed msgpack is a
+// [*DecodeError], found by a non-recursive scan that refuses any container longer
+// than the bytes left, so no declared length is ever allocated; descriptors
+// that do not match their frame are [ErrProtocol]. Received messages wait for
+// Recv in a queue bounded in messages, bytes and descriptors; when it is full the
+// reader stops reading and the kernel's socket buffer pushes back on the peer.
+// Send is bounded the same way by WriteBuffer and QueueFDs.
+//
+// # Pitfalls
+//
+// Replies to [Conn.Call] are read in order behind other messages, so some
+// goroutine must keep calling Recv while calls are pending. Handshake must come
+// before the first Recv. Frames still buffered by Send are dropped by Close;
+// Flush first. The socket is put in non-blocking mode, which belongs to its open
+// file description: do not share the descriptor given to NewConn.
+//
+// Connections work on Linux only; on other systems the package compiles and
+// [Pair] and [NewConn] return errors wrapping [errors.ErrUnsupported].
+package ipc

@@ -1,0 +1,189 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterd/clusterd/sockshare"
+)
+
+// socket is the Conn's unix stream socket. Reads and writes go through the raw
+// descriptor (sendmsg/recvmsg) under the runtime's poller, so that every write
+// can carry SCM_RIGHTS and every read can receive it.
+type socket struct {
+	uc *net.UnixConn
+	rc syscall.RawConn
+}
+
+// newSocket duplicates f into a close-on-exec, non-blocking socket registered
+// with the runtime poller, and closes f.
+func newSocket(f *os.File) (*socket, error) {
+	name := f.Name()
+	nc, err := net.FileConn(f)
+	// f is ours (NewConn took it); its duplicate, if any, is what we keep.
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		if nc != nil {
+			_ = nc.Close() // the error above is the news
+		}
+		return nil, fmt.Errorf("ipc: new conn %s: %w", name, err)
+	}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		_ = nc.Close() // wrong kind of socket; the error says so
+		return nil, fmt.Errorf("ipc: new conn %s: not a unix socket", name)
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		_ = uc.Close() // the error above is the news
+		return nil, fmt.Errorf("ipc: new conn %s: %w", name, err)
+	}
+	var typ int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		typ, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+	}); err != nil {
+		serr = err
+	}
+	if serr == nil && typ != unix.SOCK_STREAM {
+		serr = errors.New("not a stream socket")
+	}
+	if serr != nil {
+		_ = uc.Close() // the error above is the news
+		return nil, fmt.Errorf("ipc: new conn %s: %w", name, os.NewSyscallError("getsockopt SO_TYPE", serr))
+	}
+	return &socket{uc: uc, rc: rc}, nil
+}
+
+// write writes all of p; oob (SCM_RIGHTS) goes with the first sendmsg, so on the
+// first byte of p. MSG_NOSIGNAL: a dead peer is an EPIPE error, not a signal.
+func (s *socket) write(p, oob []byte) error {
+	for len(p) > 0 {
+		var n int
+		var serr error
+		err := s.rc.Write(func(fd uintptr) bool {
+			n, serr = unix.SendmsgN(int(fd), p, oob, nil, unix.MSG_NOSIGNAL)
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("sendmsg", err)
+		}
+		p = p[n:]
+		oob = nil
+	}
+	return nil
+}
+
+// read reads into p with recvmsg and returns the descriptors that came with the
+// data (close-on-exec, owned by the caller). End of stream is io.EOF. On an error
+// no descriptor is returned open.
+func (s *socket) read(p, oob []byte) (int, []int, error) {
+	for {
+		var n, oobn, flags int
+		var serr error
+		err := s.rc.Read(func(fd uintptr) bool {
+			n, oobn, flags, _, serr = unix.Recvmsg(int(fd), p, oob, sockshare.RecvmsgFlags)
+			return serr != unix.EAGAIN
+		})
+		if err == nil {
+			err = serr
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, nil, fmt.Errorf("ipc: read: %w", os.NewSyscallError("recvmsg", err))
+		}
+		var fds []int
+		if oobn > 0 || flags&unix.MSG_CTRUNC != 0 {
+			fds, err = sockshare.ParseRecvRights(oob[:oobn], flags)
+			if err != nil {
+				if errors.Is(err, sockshare.ErrControlTruncated) {
+					return 0, nil, fmt.Errorf("ipc: read: %w: %w", ErrTooManyFDs, err)
+				}
+				return 0, nil, fmt.Errorf("ipc: read: %w", err)
+			}
+		}
+		if n == 0 && len(fds) == 0 {
+			return 0, nil, io.EOF
+		}
+		return n, fds, nil
+	}
+}
+
+func (s *socket) close() error { return s.uc.Close() }
+
+// dupFiles duplicates the descriptors of files (F_DUPFD_CLOEXEC, through
+// SyscallConn so that their blocking mode is left alone). On error it closes the
+// duplicates made so far.
+func dupFiles(files []*os.File) ([]int, error) {
+	fds := make([]int, 0, len(files))
+	for i, f := range files {
+		if f == nil {
+			closeRawFDs(fds)
+			return nil, fmt.Errorf("descriptor %d is a nil file", i)
+		}
+		rc, err := f.SyscallConn()
+		if err != nil {
+			closeRawFDs(fds)
+			return nil, fmt.Errorf("descriptor %d (%s): %w", i, f.Name(), err)
+		}
+		var dup int
+		var derr error
+		if err := rc.Control(func(fd uintptr) {
+			dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}); err != nil {
+			derr = err
+		}
+		if derr != nil {
+			closeRawFDs(fds)
+			return nil, fmt.Errorf("descriptor %d (%s): %w", i, f.Name(), os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr))
+		}
+		fds = append(fds, dup)
+	}
+	return fds, nil
+}
+
+// closeRawFDs closes descriptors the package owns and gives up on.
+func closeRawFDs(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd) // a descriptor we drop; a close error has nobody to go to
+	}
+}
+
+// newFiles wraps received descriptors as files named "fd N".
+func newFiles(fds []int) []*os.File {
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd))
+	}
+	return files
+}
+
+// Pair returns the two ends of a new connected unix stream socketpair
+// (SOCK_CLOEXEC, blocking mode), for a parent and the child it starts: pass
+// parent to [NewConn], and child to the child process (for instance in
+// exec.Cmd.ExtraFiles, with its number in [EnvIPCFD]), then close child in the
+// parent. The caller owns both files.
+func Pair() (parent, child *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipc: pair: %w", os.NewSyscallError("socketpair", err))
+	}
+	return os.NewFile(uintptr(fds[0]), "ipc parent"), os.NewFile(uintptr(fds[1]), "ipc child"), nil
+}
