@@ -1,0 +1,105 @@
+// Package master is clusterd's supervisor: it binds the listening sockets,
+// starts N worker processes that share them, restarts the ones that die,
+// replaces them one by one on a rolling reload, and stops them gracefully.
+//
+// # Processes
+//
+// The master is one process. [Master.Run] binds every Options.Listen
+// address itself (or adopts sockets from systemd socket activation), then
+// fills the worker slots 0..N-1. A slot's number is stable across restarts
+// (CLUSTERD_WORKER_ID); each incarnation gets the next generation number
+// (CLUSTERD_WORKER_GEN) and a state: starting → ready → draining → exited.
+//
+// Each worker is started through the master's own binary in exec-worker
+// mode (Options.ExecWorker, then "--" and the command): the forked child
+// sets LISTEN_PID to its own pid, known only after the fork, and execs the
+// command under that same pid ([ExecWorker]). The worker gets:
+//
+//   - stdin from /dev/null; stdout and stderr as pipes relayed line by line
+//     with a "[w3 pid 1234] " prefix (OutputPrefix) or the master's own
+//     (OutputRaw);
+//   - the listeners at fds 3..3+n-1 with LISTEN_FDS and LISTEN_FDNAMES, and
+//     EINHORN_FD_COUNT / EINHORN_FD_i for servers written for einhorn;
+//   - its end of an IPC socketpair (package ipc) at fd 3+n, named by
+//     CLUSTERD_IPC_FD;
+//   - NOTIFY_SOCKET, a per-master datagram socket in the abstract namespace;
+//     messages (READY=1, STOPPING=1, WATCHDOG=1) are attributed by the
+//     sender's pid from SCM_CREDENTIALS, or its process group;
+//   - its own process group, Pdeathsig SIGKILL, the configured user and
+//     group, and no other fd of the master.
+//
+// Pitfalls the design avoids:
+//
+//   - A shared socket's O_NONBLOCK flag belongs to the open file
+//     description that the master and every worker share. os.File.Fd (and
+//     so exec.Cmd.ExtraFiles) switches it to blocking for all of them; the
+//     master hands fds to syscall.ForkExec by number instead, taken with
+//     SyscallConn().Control.
+//   - Pdeathsig fires when the thread that forked the child exits, not the
+//     process: every worker is forked by one goroutine locked to its OS
+//     thread for the whole of Run.
+//   - The master is a child subreaper (PR_SET_CHILD_SUBREAPER) and may be
+//     PID 1, so orphaned grandchildren become its children. One reaper
+//     goroutine owns every wait4: on SIGCHLD it reaps with WNOHANG and
+//     forwards exits of known pids to the loop; orphans are reaped and
+//     ignored. Nothing else in the process may wait for children: a program
+//     that does (or a test binary that waits for its own helpers) sets
+//     Options.ReapOnlyWorkers, which waits for the master's workers by pid
+//     only and leaves the subreaper flag alone.
+//
+// # The loop
+//
+// One goroutine owns all supervisor state: the worker table, the desired
+// count and the reload in progress. Child exits (from the reaper), worker
+// messages (IPC and sd_notify readers), signals (Options.Signals), timers
+// and ctx reach it on channels; no mutex guards that state.
+//
+// # Lifecycle and signals
+//
+// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
+// sends READY=1 (notify), when it sends an ipc ready message after its hello
+// (ipc), or when it has stayed up for a delay. One that is not ready within
+// ReadyTimeout is killed.
+//
+// A worker that exits unexpectedly is restarted according to
+// Options.Restart, in the same slot: at once if it stayed up at least
+// MinUptime, otherwise after an exponential backoff with jitter between
+// BackoffMin and BackoffMax. More than MaxRestarts restarts within
+// RestartWindow stop all workers and Run returns an [*IntensityError].
+//
+// The signals of Options.Signals:
+//
+//	HUP        rolling reload: ReloadBatch slots at a time, start the new
+//	           worker beside the old one, wait until it is ready, then drain
+//	           the old one; a replacement that fails aborts the reload and
+//	           the old workers keep serving; a second HUP starts it over
+//	TERM, INT  graceful stop: drain every worker, return once all exited;
+//	           a second one stops at once
+//	QUIT       immediate stop (SIGKILL)
+//	TTIN/TTOU  one worker more / fewer (the highest slot drains)
+//
+// Draining a worker sends Options.StopSignal to its process group (and an
+// ipc drain message with the deadline, to workers that said hello), then
+// SIGKILL to the group after KillTimeout. When a worker exits its process
+// group is killed, so nothing it started keeps its sockets.
+//
+// With BalanceReusePort each slot owns one SO_REUSEPORT socket per address;
+// a replacement inherits its slot's socket, so the accept backlog survives
+// restarts and reloads. Only scaling down closes one, and unless
+// net.ipv4.tcp_migrate_req is 1 the kernel then resets its queued
+// connections: the master logs a warning.
+//
+// When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
+// its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
+// and READY=1 around a reload, STOPPING=1 when it stops.
+//
+// # Logging
+//
+// The log (Options.Logger, named "master", with sub-loggers "reload" and
+// "notify") has lines other programs may rely on: Info "listening" (addr,
+// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// ready", "worker exited" (worker, pid, generation, exit_code or signal,
+// uptime; Warn when unexpected, Info when the master stopped it), Info
+// "reload started" / "reload done", Error "reload aborted", Error "restart
+// intensity exceeded", Info "stopped".
+package master

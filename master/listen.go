@@ -1,0 +1,231 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/clusterd/clusterd/sockshare"
+	"github.com/hashicorp/go-hclog"
+)
+
+// listeners owns the master's listening sockets: one per address
+// (BalanceShared, activated sockets, unix sockets), or one per address and
+// slot (BalanceReusePort). Only the loop goroutine calls forSlot and
+// dropSlot; Run calls bind before and closeAll after the loop.
+type listeners struct {
+	cfg    *config
+	log    hclog.Logger
+	specs  []sockshare.Spec // bound addresses (a port 0 replaced by the real one)
+	names  []string
+	perTCP []bool             // per address: one socket per slot
+	shared []*os.File         // per address, for shared ones
+	slots  map[int][]*os.File // reuseport: per slot, aligned with specs
+	addrs  []net.Addr
+	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
+	migrateReq func() (string, error)
+}
+
+var _ sockets = (*listeners)(nil)
+
+func newListeners(cfg *config, log hclog.Logger) *listeners {
+	return &listeners{cfg: cfg, log: log, slots: make(map[int][]*os.File), migrateReq: readMigrateReq}
+}
+
+// bind opens every listener the initial slots need, or adopts the activated
+// ones. On error, whatever was opened is closed by closeAll.
+func (ls *listeners) bind() error {
+	if len(ls.cfg.Activated) > 0 {
+		for _, f := range ls.cfg.Activated {
+			ls.names = append(ls.names, f.Name())
+			ls.shared = append(ls.shared, f)
+			ls.perTCP = append(ls.perTCP, false)
+			ls.specs = append(ls.specs, sockshare.Spec{Name: f.Name()})
+		}
+		ls.cfg.Activated = nil // owned by ls.shared now
+	} else {
+		opts := ls.cfg.ListenOptions
+		reuse := ls.cfg.Balance == BalanceReusePort
+		if reuse {
+			opts.ReusePort = true
+		}
+		for _, spec := range ls.cfg.Listen {
+			name := spec.Name
+			if name == "" {
+				name = spec.String()
+			}
+			per := reuse && spec.Network != "unix"
+			f, err := sockshare.Listen(spec, opts)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", spec, err)
+			}
+			if per {
+				ls.slots[0] = append(ls.slots[0], f)
+				ls.shared = append(ls.shared, nil)
+				// Later slots bind the port the first socket got.
+				if a, err := sockshare.Addr(f); err == nil {
+					spec = withPort(spec, a)
+				}
+			} else {
+				ls.shared = append(ls.shared, f)
+				if len(ls.slots[0]) < len(ls.shared) {
+					ls.slots[0] = append(ls.slots[0], nil)
+				}
+			}
+			ls.specs = append(ls.specs, spec)
+			ls.names = append(ls.names, name)
+			ls.perTCP = append(ls.perTCP, per)
+		}
+	}
+	for i := range ls.specs {
+		f := ls.shared[i]
+		if f == nil {
+			f = ls.slots[0][i]
+		}
+		a, err := sockshare.Addr(f)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", ls.names[i], err)
+		}
+		ls.addrs = append(ls.addrs, a)
+		ls.log.Info("listening", "addr", a.String(), "name", ls.names[i])
+	}
+	// Bind every initial slot now, so a bind error surfaces before any
+	// worker starts.
+	for s := 1; s < ls.cfg.Workers; s++ {
+		if _, _, err := ls.forSlot(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// withPort replaces a port 0 of an inet spec by the bound one.
+func withPort(spec sockshare.Spec, a net.Addr) sockshare.Spec {
+	var port int
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		port = a.Port
+	case *net.UDPAddr:
+		port = a.Port
+	default:
+		return spec
+	}
+	host, p, err := net.SplitHostPort(spec.Address)
+	if err != nil || p != "0" {
+		return spec
+	}
+	spec.Address = net.JoinHostPort(host, strconv.Itoa(port))
+	return spec
+}
+
+// forSlot returns the listeners of a slot, binding its reuseport sockets
+// the first time. The files stay owned by ls.
+func (ls *listeners) forSlot(slot int) ([]*os.File, []string, error) {
+	files := make([]*os.File, len(ls.specs))
+	have := ls.slots[slot]
+	opened := false
+	for i, spec := range ls.specs {
+		switch {
+		case !ls.perTCP[i]:
+			files[i] = ls.shared[i]
+		case i < len(have) && have[i] != nil:
+			files[i] = have[i]
+		default:
+			opts := ls.cfg.ListenOptions
+			opts.ReusePort = true
+			f, err := sockshare.Listen(spec, opts)
+			if err != nil {
+				ls.closeSlotFiles(files[:i], have)
+				return nil, nil, fmt.Errorf("listen %s for worker %d: %w", spec, slot, err)
+			}
+			files[i] = f
+			opened = true
+		}
+	}
+	if opened || len(have) != len(files) {
+		ls.slots[slot] = files
+	}
+	return files, ls.names, nil
+}
+
+// closeSlotFiles closes the sockets a failed forSlot opened itself.
+func (ls *listeners) closeSlotFiles(files, have []*os.File) {
+	for i, f := range files {
+		if ls.perTCP[i] && f != nil && (i >= len(have) || have[i] != f) {
+			_ = f.Close() // never handed out; the bind error is what matters
+		}
+	}
+}
+
+// dropSlot closes a removed slot's reuseport sockets. The kernel then drops
+// the connections queued on them unless net.ipv4.tcp_migrate_req is 1.
+func (ls *listeners) dropSlot(slot int) {
+	files, ok := ls.slots[slot]
+	if !ok {
+		return
+	}
+	delete(ls.slots, slot)
+	tcp := false
+	for i, f := range files {
+		if f == nil || !ls.perTCP[i] {
+			continue
+		}
+		if strings.HasPrefix(ls.specs[i].Network, "tcp") {
+			tcp = true
+		}
+		if err := f.Close(); err != nil {
+			ls.log.Warn("close listener", "worker", slot, "addr", ls.specs[i].String(), "error", err)
+		}
+	}
+	if !tcp {
+		return
+	}
+	v, err := ls.migrateReq()
+	switch {
+	case err != nil:
+		ls.log.Warn("closed a reuseport socket; its queued connections may be reset", "worker", slot,
+			"error", err)
+	case v != "1":
+		ls.log.Warn("closed a reuseport socket; the kernel resets its queued connections unless net.ipv4.tcp_migrate_req=1",
+			"worker", slot, "tcp_migrate_req", v)
+	}
+}
+
+func readMigrateReq() (string, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	if err != nil {
+		return "", fmt.Errorf("read net.ipv4.tcp_migrate_req: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// closeAll closes every listener; called once the last worker is gone.
+func (ls *listeners) closeAll() error {
+	var errs []error
+	closeOne := func(f *os.File) {
+		if f == nil {
+			return
+		}
+		if err := f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+			errs = append(errs, fmt.Errorf("close listener %s: %w", f.Name(), err))
+		}
+	}
+	for _, f := range ls.shared {
+		closeOne(f)
+	}
+	for slot, files := range ls.slots {
+		for i, f := range files {
+			if i < len(ls.perTCP) && ls.perTCP[i] {
+				closeOne(f)
+			}
+		}
+		delete(ls.slots, slot)
+	}
+	for _, f := range ls.cfg.Activated {
+		closeOne(f) // not adopted because bind failed before
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,623 @@
+package master
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// The supervisor loop. One goroutine (loop.run) owns every field of loop,
+// slot and worker; child exits, worker events, signals, timers and ctx reach
+// it on channels, so nothing here takes a lock.
+
+// process is one started worker process as the loop sees it.
+type process interface {
+	// signal sends sig to the worker's process group.
+	signal(sig syscall.Signal) error
+	// drain asks a library worker over IPC to stop accepting and finish
+	// within timeout (best effort; the stop signal is sent as well).
+	drain(timeout time.Duration)
+	// release frees what the master holds for the process (its IPC
+	// connection). The loop calls it once, after the process was reaped.
+	release()
+}
+
+// spawnRequest is what a starter needs to start one worker.
+type spawnRequest struct {
+	slot, gen int
+	files     []*os.File // listeners at fds 3.., owned by the caller
+	names     []string   // LISTEN_FDNAMES
+}
+
+// starter starts worker processes. start returns once the process exists
+// (fork succeeded); its exit arrives later as an exitEvent.
+type starter interface {
+	start(req spawnRequest) (pid int, p process, err error)
+}
+
+// sockets hands out the listeners of a slot.
+type sockets interface {
+	// forSlot returns the listeners (owned by sockets) and their names.
+	forSlot(slot int) ([]*os.File, []string, error)
+	// dropSlot closes what belongs to a slot removed by scaling down.
+	dropSlot(slot int)
+}
+
+// exitEvent reports a reaped child.
+type exitEvent struct {
+	pid    int
+	status exitStatus
+}
+
+type eventKind int
+
+const (
+	evReady    eventKind = iota // readiness reported (source says how)
+	evStopping                  // the worker says it is stopping (STOPPING=1)
+	evWatchdog                  // WATCHDOG=1 keep-alive
+	evProtocol                  // the worker broke the IPC protocol (err)
+)
+
+// workerEvent is a message from or about a worker, attributed by pid (and,
+// for sd_notify messages from a worker's children, by process group).
+type workerEvent struct {
+	pid, pgid int
+	kind      eventKind
+	source    ReadyKind
+	err       error
+}
+
+type workerState int
+
+const (
+	stateStarting workerState = iota
+	stateReady
+	stateDraining
+	stateExited
+)
+
+func (s workerState) String() string {
+	return [...]string{"starting", "ready", "draining", "exited"}[s]
+}
+
+// worker is one incarnation of a slot.
+type worker struct {
+	slot    *slot
+	gen     int
+	pid     int
+	proc    process
+	log     hclog.Logger
+	state   workerState
+	started time.Time
+
+	readyAt  time.Time // ReadyDelay: ready at this time
+	readyBy  time.Time // ReadyTimeout deadline; zero: none
+	killAt   time.Time // draining: SIGKILL at this time; zero: none
+	expected bool      // its exit is intended (drained or killed on purpose)
+	why      string    // why it was stopped, for the exit log
+}
+
+// slot is one numbered place for a worker, stable across restarts.
+type slot struct {
+	id        int
+	cur       *worker   // the serving incarnation (starting or ready)
+	next      *worker   // a reload's replacement, starting
+	restartAt time.Time // pending restart; zero: none
+	backoff   backoff
+	removed   bool
+}
+
+// loopDeps are the loop's connections to the outside world.
+type loopDeps struct {
+	starter  starter
+	sockets  sockets
+	exits    <-chan exitEvent
+	events   <-chan workerEvent
+	sdNotify func(state string) // the master's own sd_notify; never nil
+	ready    func()             // called once every initial worker is ready
+	jitter   func() float64     // in [0, 1)
+}
+
+type loop struct {
+	cfg  *config
+	log  hclog.Logger
+	rlog hclog.Logger // "reload"
+	loopDeps
+
+	slots    []*slot // index = slot id; len = desired count
+	gens     map[int]int
+	byPID    map[int]*worker
+	reload   *reloadState
+	stopping bool
+	force    bool // stopping with SIGKILL
+	result   error
+	allReady bool
+	limit    intensity
+	lastBad  string // the last failed exit that was not restarted
+}
+
+func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
+	return &loop{
+		cfg:      cfg,
+		log:      log,
+		rlog:     log.Named("reload"),
+		loopDeps: deps,
+		gens:     make(map[int]int),
+		byPID:    make(map[int]*worker),
+		limit:    intensity{max: cfg.MaxRestarts, window: cfg.RestartWindow},
+	}
+}
+
+// run supervises until every worker has exited after a stop (or, without
+// restarts, on its own). It returns nil after a requested stop and the
+// reason otherwise.
+func (l *loop) run(ctx context.Context) error {
+	for i := range l.cfg.Workers {
+		l.newSlot(i)
+	}
+	for _, s := range l.slots {
+		if err := l.startWorker(s); err != nil {
+			// The first start failing is a configuration problem, not a
+			// crash to retry: stop what already runs and report it.
+			l.result = err
+			l.beginStop(false)
+			break
+		}
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	ctxDone := ctx.Done()
+	for {
+		if l.finished() {
+			break
+		}
+		if d, ok := l.nextDeadline(); ok {
+			timer.Reset(max(time.Until(d), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctxDone:
+			ctxDone = nil
+			l.log.Info("stopping", "reason", "context canceled")
+			l.beginStop(false)
+		case sig := <-l.cfg.Signals:
+			l.onSignal(sig)
+		case e := <-l.exits:
+			l.onExit(e)
+		case e := <-l.events:
+			l.onEvent(e)
+		case <-timer.C:
+			l.onTimers(time.Now())
+		}
+	}
+	l.log.Info("stopped")
+	return l.result
+}
+
+// finished reports whether nothing is left to supervise.
+func (l *loop) finished() bool {
+	if len(l.byPID) > 0 {
+		return false
+	}
+	if l.stopping {
+		return true
+	}
+	for _, s := range l.slots {
+		if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
+			return false
+		}
+	}
+	// Every worker exited and the policy restarts none of them.
+	if l.lastBad != "" && l.result == nil {
+		l.result = fmt.Errorf("all workers exited (last: %s)", l.lastBad)
+	}
+	return true
+}
+
+func (l *loop) newSlot(id int) *slot {
+	s := &slot{id: id, backoff: backoff{min: l.cfg.BackoffMin, max: l.cfg.BackoffMax}}
+	if id < len(l.slots) {
+		l.slots[id] = s
+	} else {
+		l.slots = append(l.slots, s)
+	}
+	return s
+}
+
+// startWorker starts an incarnation of s: as s.cur, or as s.next while a
+// reload replaces s.cur.
+func (l *loop) startWorker(s *slot) error {
+	replace := s.cur != nil
+	s.restartAt = time.Time{}
+	files, names, err := l.sockets.forSlot(s.id)
+	if err != nil {
+		return fmt.Errorf("start worker %d: %w", s.id, err)
+	}
+	gen := l.gens[s.id] + 1
+	pid, p, err := l.starter.start(spawnRequest{slot: s.id, gen: gen, files: files, names: names})
+	if err != nil {
+		return fmt.Errorf("start worker %d: %w", s.id, err)
+	}
+	l.gens[s.id] = gen
+	now := time.Now()
+	w := &worker{
+		slot: s, gen: gen, pid: pid, proc: p, state: stateStarting, started: now,
+		log: l.log.With("worker", s.id, "pid", pid, "generation", gen),
+	}
+	l.byPID[pid] = w
+	if replace {
+		s.next = w
+	} else {
+		s.cur = w
+	}
+	w.log.Debug("worker started")
+	switch l.cfg.Ready.Kind {
+	case ReadyExec:
+		l.becameReady(w)
+		return nil
+	case ReadyDelay:
+		w.readyAt = now.Add(l.cfg.Ready.Delay)
+	}
+	if l.cfg.ReadyTimeout > 0 {
+		w.readyBy = now.Add(l.cfg.ReadyTimeout)
+	}
+	return nil
+}
+
+// becameReady moves a starting worker to ready.
+func (l *loop) becameReady(w *worker) {
+	if w.state != stateStarting || w.expected {
+		return
+	}
+	w.state = stateReady
+	w.readyAt, w.readyBy = time.Time{}, time.Time{}
+	w.log.Info("worker ready", "duration", time.Since(w.started))
+	s := w.slot
+	if s.next == w {
+		s.next = nil
+		old := s.cur
+		s.cur = w
+		if old != nil {
+			l.drainWorker(old, "replaced by reload")
+		}
+		l.reloadStep()
+	}
+	l.checkAllReady()
+}
+
+func (l *loop) checkAllReady() {
+	if l.allReady || l.stopping {
+		return
+	}
+	for _, s := range l.slots {
+		if s.cur == nil || s.cur.state != stateReady {
+			return
+		}
+	}
+	l.allReady = true
+	l.log.Info("all workers ready", "workers", len(l.slots))
+	l.sdNotify("READY=1")
+	l.ready()
+}
+
+// drainWorker tells a worker to stop (its stop signal, and a drain message
+// over IPC) and arms the kill timeout.
+func (l *loop) drainWorker(w *worker, why string) {
+	if w.state == stateDraining || w.state == stateExited {
+		return
+	}
+	w.state = stateDraining
+	w.expected = true
+	w.why = why
+	w.readyAt, w.readyBy = time.Time{}, time.Time{}
+	w.killAt = time.Now().Add(l.cfg.KillTimeout)
+	w.log.Debug("draining worker", "reason", why, "signal", signalName(l.cfg.StopSignal))
+	w.proc.drain(l.cfg.KillTimeout)
+	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
+		w.log.Debug("stop signal not delivered", "error", err)
+	}
+}
+
+// killWorker SIGKILLs a worker's process group. expected says whether its
+// exit is intended (no restart) or counts as a failure of its slot.
+func (l *loop) killWorker(w *worker, expected bool, why string) {
+	if w.state == stateExited {
+		return
+	}
+	if expected {
+		w.expected = true
+		w.state = stateDraining
+	}
+	if w.why == "" {
+		w.why = why
+	}
+	w.readyAt, w.readyBy, w.killAt = time.Time{}, time.Time{}, time.Time{}
+	if err := w.proc.signal(syscall.SIGKILL); err != nil {
+		w.log.Debug("kill not delivered", "error", err)
+	}
+}
+
+func (l *loop) onSignal(sig os.Signal) {
+	s, _ := sig.(syscall.Signal)
+	l.log.Debug("signal received", "signal", signalName(s))
+	switch s {
+	case syscall.SIGHUP:
+		if !l.stopping {
+			l.beginReload()
+		}
+	case syscall.SIGTERM, syscall.SIGINT:
+		if l.stopping {
+			l.log.Info("stopping at once", "signal", signalName(s))
+			l.beginStop(true)
+			return
+		}
+		l.log.Info("stopping", "signal", signalName(s))
+		l.beginStop(false)
+	case syscall.SIGQUIT:
+		l.log.Info("stopping at once", "signal", signalName(s))
+		l.beginStop(true)
+	case syscall.SIGTTIN:
+		if !l.stopping {
+			l.scaleUp()
+		}
+	case syscall.SIGTTOU:
+		if !l.stopping {
+			l.scaleDown()
+		}
+	default:
+		l.log.Debug("signal ignored", "signal", sig.String())
+	}
+}
+
+// beginStop stops every worker: drained (graceful) or SIGKILLed (force).
+func (l *loop) beginStop(force bool) {
+	if !l.stopping {
+		l.stopping = true
+		l.sdNotify("STOPPING=1")
+		if l.reload != nil {
+			l.rlog.Info("reload canceled by stop")
+			l.reload = nil
+		}
+		for _, s := range l.slots {
+			s.restartAt = time.Time{}
+		}
+	}
+	if force {
+		l.force = true
+	}
+	for _, w := range l.workers() {
+		if l.force {
+			l.killWorker(w, true, "stop")
+		} else {
+			l.drainWorker(w, "stop")
+		}
+	}
+}
+
+// workers lists live workers in slot and generation order (deterministic).
+func (l *loop) workers() []*worker {
+	ws := make([]*worker, 0, len(l.byPID))
+	for _, w := range l.byPID {
+		ws = append(ws, w)
+	}
+	slices.SortFunc(ws, func(a, b *worker) int {
+		if a.slot.id != b.slot.id {
+			return a.slot.id - b.slot.id
+		}
+		return a.gen - b.gen
+	})
+	return ws
+}
+
+func (l *loop) onExit(e exitEvent) {
+	w := l.byPID[e.pid]
+	if w == nil {
+		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
+		return
+	}
+	delete(l.byPID, e.pid)
+	w.state = stateExited
+	w.proc.release()
+	// The worker's children may outlive it in its process group; they must
+	// not keep serving (or holding its sockets) behind the master's back.
+	_ = w.proc.signal(syscall.SIGKILL)
+	uptime := time.Since(w.started)
+	kv := []any{"uptime", uptime.Round(time.Millisecond).String()}
+	if e.status.signal != 0 {
+		kv = append(kv, "signal", signalName(e.status.signal))
+	} else {
+		kv = append(kv, "exit_code", e.status.code)
+	}
+	if w.why != "" {
+		kv = append(kv, "reason", w.why)
+	}
+	if w.expected {
+		w.log.Info("worker exited", kv...)
+	} else {
+		w.log.Warn("worker exited", kv...)
+	}
+
+	s := w.slot
+	desc := fmt.Sprintf("worker %d %s", s.id, e.status)
+	if w.why != "" && !w.expected {
+		desc += " (" + w.why + ")"
+	}
+	switch {
+	case s.next == w:
+		s.next = nil
+		if !w.expected {
+			l.abortReload(fmt.Sprintf("worker %d (pid %d) %s before it was ready", s.id, w.pid, e.status))
+		}
+	case s.cur == w:
+		s.cur = nil
+		if w.expected || l.stopping || s.removed {
+			break
+		}
+		if s.next != nil {
+			// A reload's replacement is on its way; it takes over the slot.
+			break
+		}
+		l.restartSlot(s, e.status, uptime, desc)
+	}
+}
+
+// restartSlot applies the restart policy, backoff and intensity limit to
+// the unexpected exit of s's worker.
+func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, desc string) {
+	if !shouldRestart(l.cfg.Restart, status) {
+		l.log.Info("worker not restarted", "worker", s.id, "restart", l.cfg.Restart.String())
+		if status.failed() {
+			l.lastBad = desc
+		}
+		return
+	}
+	if ok, n := l.limit.allow(time.Now()); !ok {
+		err := &IntensityError{Restarts: n, Window: l.cfg.RestartWindow, Last: desc}
+		l.log.Error("restart intensity exceeded", "error", err.Error())
+		l.result = err
+		l.beginStop(false)
+		return
+	}
+	d := s.backoff.next(uptime, l.cfg.MinUptime, l.jitter)
+	if d > 0 {
+		s.restartAt = time.Now().Add(d)
+		l.log.Info("restart delayed", "worker", s.id, "backoff", d.String(), "attempt", s.backoff.attempt)
+		return
+	}
+	l.tryStart(s)
+}
+
+// tryStart starts s's worker and turns a failure into a delayed retry.
+func (l *loop) tryStart(s *slot) {
+	err := l.startWorker(s)
+	if err == nil {
+		return
+	}
+	l.log.Error("start worker failed", "worker", s.id, "error", err)
+	l.restartSlot(s, exitStatus{code: 127}, 0, err.Error())
+}
+
+func (l *loop) onEvent(e workerEvent) {
+	w := l.byPID[e.pid]
+	if w == nil && e.pgid > 0 {
+		w = l.byPID[e.pgid] // a child of the worker, in its process group
+	}
+	if w == nil {
+		l.log.Trace("event from unknown process", "pid", e.pid)
+		return
+	}
+	switch e.kind {
+	case evReady:
+		if e.source == l.cfg.Ready.Kind {
+			l.becameReady(w)
+		}
+	case evStopping:
+		w.log.Debug("worker is stopping")
+	case evWatchdog:
+		w.log.Trace("watchdog")
+	case evProtocol:
+		w.log.Warn("ipc protocol error", "error", e.err)
+		if !w.expected {
+			l.killWorker(w, false, "ipc protocol error: "+e.err.Error())
+		}
+	}
+}
+
+// nextDeadline returns the earliest pending timer.
+func (l *loop) nextDeadline() (time.Time, bool) {
+	var next time.Time
+	add := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for _, w := range l.byPID {
+		add(w.readyAt)
+		add(w.readyBy)
+		add(w.killAt)
+	}
+	for _, s := range l.slots {
+		add(s.restartAt)
+	}
+	return next, !next.IsZero()
+}
+
+func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
+
+// onTimers acts on every deadline that has passed.
+func (l *loop) onTimers(now time.Time) {
+	for _, w := range l.workers() {
+		if w.state == stateExited {
+			continue // reaped meanwhile
+		}
+		switch {
+		case due(w.killAt, now):
+			w.killAt = time.Time{}
+			w.log.Warn("worker killed after kill timeout", "timeout", l.cfg.KillTimeout.String())
+			l.killWorker(w, true, w.why)
+		case due(w.readyAt, now):
+			l.becameReady(w)
+		case due(w.readyBy, now):
+			l.readyTimeout(w)
+		}
+	}
+	for _, s := range slices.Clone(l.slots) {
+		if due(s.restartAt, now) {
+			s.restartAt = time.Time{}
+			if !l.stopping && s.cur == nil && s.next == nil && !s.removed {
+				l.tryStart(s)
+			}
+		}
+	}
+}
+
+func (l *loop) readyTimeout(w *worker) {
+	why := fmt.Sprintf("not ready after %v", l.cfg.ReadyTimeout)
+	if w.slot.next == w {
+		l.killWorker(w, true, why)
+		w.slot.next = nil
+		l.abortReload(fmt.Sprintf("worker %d (pid %d) %s", w.slot.id, w.pid, why))
+		return
+	}
+	w.log.Error("worker not ready", "timeout", l.cfg.ReadyTimeout.String())
+	l.killWorker(w, false, why)
+}
+
+// scaleUp adds one slot (TTIN).
+func (l *loop) scaleUp() {
+	s := l.newSlot(len(l.slots))
+	l.log.Info("scaling up", "workers", len(l.slots))
+	l.tryStart(s)
+}
+
+// scaleDown removes the highest slot (TTOU), draining its workers.
+func (l *loop) scaleDown() {
+	if len(l.slots) <= 1 {
+		l.log.Warn("not scaling below one worker")
+		return
+	}
+	s := l.slots[len(l.slots)-1]
+	l.slots = l.slots[:len(l.slots)-1]
+	s.removed = true
+	s.restartAt = time.Time{}
+	l.log.Info("scaling down", "workers", len(l.slots), "worker", s.id)
+	if s.next != nil {
+		l.killWorker(s.next, true, "scaled down")
+		s.next = nil
+	}
+	if s.cur != nil {
+		l.drainWorker(s.cur, "scaled down")
+	}
+	l.sockets.dropSlot(s.id)
+	if l.reload != nil {
+		l.reloadStep()
+	}
+	l.checkAllReady()
+}

@@ -1,0 +1,384 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// execStarter starts real worker processes: the master's own binary in
+// exec-worker mode, which execs the command under the same pid.
+//
+// Fds are handed over by number with syscall.ForkExec. Never through
+// os.File.Fd() (or exec.Cmd.ExtraFiles, which calls it): Fd() switches the
+// open file description to blocking mode, and that description is shared
+// by the master and every worker holding the socket.
+type execStarter struct {
+	cfg     *config
+	log     hclog.Logger
+	argv    []string // ExecWorker prefix, "--", resolved command, its args
+	env     []string // base environment of every worker
+	devNull int      // stdin of workers; owned, closed by close
+	stdout  int      // raw fds for OutputRaw, or -1 to use pipes
+	stderr  int
+	out     *outputs
+	reaper  *reaper
+	events  chan<- workerEvent
+	done    <-chan struct{} // closed when the loop has ended
+
+	jobs    chan spawnJob
+	spawnWG sync.WaitGroup
+	ipcWG   sync.WaitGroup
+}
+
+var _ starter = (*execStarter)(nil)
+
+type spawnJob struct {
+	argv  []string
+	attr  *syscall.ProcAttr
+	reply chan spawnResult
+}
+
+type spawnResult struct {
+	pid int
+	err error
+}
+
+// protocolEnv are variables the master sets for every worker; inherited
+// values of them are dropped first.
+var protocolEnv = []string{
+	"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=",
+	"EINHORN_FD_", "EINHORN_SOCK_", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
+}
+
+func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outputs, r *reaper,
+	events chan<- workerEvent, done <-chan struct{}) (*execStarter, error) {
+	st := &execStarter{
+		cfg: cfg, log: log, out: out, reaper: r, events: events, done: done,
+		stdout: -1, stderr: -1, devNull: -1,
+		jobs: make(chan spawnJob),
+	}
+	st.argv = append(append(append([]string(nil), cfg.ExecWorker...), "--", cfg.path), cfg.Command[1:]...)
+	for _, kv := range os.Environ() {
+		if !isProtocolEnv(kv) {
+			st.env = append(st.env, kv)
+		}
+	}
+	st.env = append(st.env, cfg.Env...)
+	if notifyAddr != "" {
+		st.env = append(st.env, "NOTIFY_SOCKET="+notifyAddr)
+	}
+	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s for worker stdin: %w", os.DevNull, err)
+	}
+	st.devNull = fd
+	if cfg.Output == OutputRaw {
+		if f, ok := cfg.Stdout.(*os.File); ok {
+			if st.stdout, err = rawFD(f); err != nil {
+				st.close()
+				return nil, fmt.Errorf("worker stdout: %w", err)
+			}
+		}
+		if f, ok := cfg.Stderr.(*os.File); ok {
+			if st.stderr, err = rawFD(f); err != nil {
+				st.close()
+				return nil, fmt.Errorf("worker stderr: %w", err)
+			}
+		}
+	}
+	st.spawnWG.Add(1)
+	go st.spawner()
+	return st, nil
+}
+
+func isProtocolEnv(kv string) bool {
+	for _, p := range protocolEnv {
+		if strings.HasPrefix(kv, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// spawner forks every worker from one goroutine locked to its OS thread for
+// the master's life: the kernel sends a child's Pdeathsig when the thread
+// that forked it exits, not the process, and Go may retire an unlocked
+// goroutine's thread at any time.
+func (st *execStarter) spawner() {
+	defer st.spawnWG.Done()
+	runtime.LockOSThread()
+	// Never unlocked: when Run ends (every worker reaped) the goroutine
+	// returns and the runtime ends its thread with it.
+	for job := range st.jobs {
+		pid, err := syscall.ForkExec(job.argv[0], job.argv, job.attr)
+		job.reply <- spawnResult{pid: pid, err: err}
+	}
+}
+
+// rawFD returns f's descriptor number without changing its mode (unlike
+// f.Fd(), which makes it blocking). The number stays valid while f is open.
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return fd, nil
+}
+
+// pipe makes a pipe whose write end stays blocking (a worker's stdout must
+// not be non-blocking; os.Pipe would make it so) and whose read end is
+// non-blocking for the runtime poller.
+func pipe() (r *os.File, w int, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, -1, os.NewSyscallError("pipe2", err)
+	}
+	if err := unix.SetNonblock(p[0], true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, -1, os.NewSyscallError("fcntl", err)
+	}
+	return os.NewFile(uintptr(p[0]), "worker-output"), p[1], nil
+}
+
+func (st *execStarter) start(req spawnRequest) (int, process, error) {
+	parent, child, err := ipc.Pair()
+	if err != nil {
+		return 0, nil, fmt.Errorf("ipc socketpair: %w", err)
+	}
+	var cleanup []func()
+	fail := func(err error) (int, process, error) {
+		for _, f := range cleanup {
+			f()
+		}
+		return 0, nil, err
+	}
+	cleanup = append(cleanup, func() { parent.Close(); child.Close() })
+
+	outFD, errFD := st.stdout, st.stderr
+	var outR, errR *os.File
+	if outFD < 0 {
+		r, w, err := pipe()
+		if err != nil {
+			return fail(fmt.Errorf("stdout pipe: %w", err))
+		}
+		outR, outFD = r, w
+		cleanup = append(cleanup, func() { r.Close(); unix.Close(w) })
+	}
+	if errFD < 0 {
+		r, w, err := pipe()
+		if err != nil {
+			return fail(fmt.Errorf("stderr pipe: %w", err))
+		}
+		errR, errFD = r, w
+		cleanup = append(cleanup, func() { r.Close(); unix.Close(w) })
+	}
+
+	files := []uintptr{uintptr(st.devNull), uintptr(outFD), uintptr(errFD)}
+	for _, f := range req.files {
+		fd, err := rawFD(f)
+		if err != nil {
+			return fail(fmt.Errorf("listener: %w", err))
+		}
+		files = append(files, uintptr(fd))
+	}
+	ipcFD, err := rawFD(child)
+	if err != nil {
+		return fail(fmt.Errorf("ipc: %w", err))
+	}
+	files = append(files, uintptr(ipcFD))
+
+	n := len(req.files)
+	env := append([]string(nil), st.env...)
+	env = append(env, sockshare.ListenEnv(req.names)...)
+	env = append(env, "EINHORN_FD_COUNT="+strconv.Itoa(n))
+	for i := range n {
+		env = append(env, "EINHORN_FD_"+strconv.Itoa(i)+"="+strconv.Itoa(3+i))
+	}
+	env = append(env, ipc.Env{IPCFD: 3 + n, WorkerID: req.slot, Generation: req.gen}.Environ()...)
+
+	attr := &syscall.ProcAttr{
+		Dir:   st.cfg.Dir,
+		Env:   env,
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			Setpgid:    true,
+			Pdeathsig:  syscall.SIGKILL,
+			Credential: st.cfg.credential,
+		},
+	}
+	reply := make(chan spawnResult, 1)
+	st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
+	res := <-reply
+	// The fds were used by number: keep their files alive until the fork.
+	runtime.KeepAlive(req.files)
+	runtime.KeepAlive(child)
+	if res.err != nil {
+		return fail(fmt.Errorf("fork/exec %s: %w", st.argv[0], res.err))
+	}
+	pid := res.pid
+	st.reaper.watch(pid)
+
+	// The child holds its copies; the master keeps only its own ends.
+	child.Close()
+	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
+	if outR != nil {
+		unix.Close(outFD)
+		st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix))
+	}
+	if errR != nil {
+		unix.Close(errFD)
+		st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix))
+	}
+
+	p := &execProcess{pid: pid, done: make(chan struct{})}
+	conn, err := ipc.NewConn(parent, ipc.Options{})
+	if err != nil {
+		// The worker runs; it just has no IPC. Say so and carry on.
+		st.log.Warn("ipc connection", "worker", req.slot, "pid", pid, "error", err)
+		parent.Close()
+	} else {
+		p.conn = conn
+		st.ipcWG.Add(1)
+		go st.serveIPC(p, req)
+	}
+	return pid, p, nil
+}
+
+func (st *execStarter) relayPrefix(prefix string) string {
+	if st.cfg.Output == OutputRaw {
+		return ""
+	}
+	return prefix
+}
+
+// close stops the spawner and waits for every IPC goroutine; called after
+// the loop ended (every worker reaped and released).
+func (st *execStarter) close() {
+	close(st.jobs)
+	st.spawnWG.Wait()
+	st.ipcWG.Wait()
+	if st.devNull >= 0 {
+		unix.Close(st.devNull)
+		st.devNull = -1
+	}
+}
+
+// execProcess is a real worker process.
+type execProcess struct {
+	pid     int
+	conn    *ipc.Conn     // nil without IPC
+	done    chan struct{} // closed by release
+	once    sync.Once
+	helloOK atomic.Bool // the worker said hello: it reads its IPC end
+}
+
+var _ process = (*execProcess)(nil)
+
+func (p *execProcess) signal(sig syscall.Signal) error {
+	if err := unix.Kill(-p.pid, sig); err != nil {
+		return fmt.Errorf("signal process group %d: %w", p.pid, os.NewSyscallError("kill", err))
+	}
+	return nil
+}
+
+func (p *execProcess) release() {
+	p.once.Do(func() {
+		close(p.done)
+		if p.conn != nil {
+			p.conn.Close() // unblocks serveIPC; the conn is of no further use
+		}
+	})
+}
+
+// drain sends an ipc drain message (best effort: a worker that does not
+// speak the protocol has the stop signal).
+func (p *execProcess) drain(timeout time.Duration) {
+	if p.conn == nil || !p.helloOK.Load() {
+		return
+	}
+	body, err := ipc.Encode(ipc.Drain{Deadline: time.Now().Add(timeout)})
+	if err != nil {
+		return
+	}
+	_ = p.conn.Send(&ipc.Message{Kind: ipc.KindDrain, Body: body})
+}
+
+// serveIPC reads the worker's messages: its hello, then ready, heartbeats
+// and errors, turned into loop events. It returns when the connection
+// closes (the worker exited and release closed the master's end).
+func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
+	defer st.ipcWG.Done()
+	log := st.log.With("worker", req.slot, "pid", p.pid, "generation", req.gen)
+	local := ipc.Hello{Version: ipc.Version, PID: os.Getpid(), WorkerID: -1}
+	peer, err := p.conn.Handshake(context.Background(), local)
+	if err != nil {
+		if !quietIPCError(err) {
+			st.post(workerEvent{pid: p.pid, kind: evProtocol, err: fmt.Errorf("ipc hello: %w", err)})
+		}
+		return
+	}
+	if peer.PID != p.pid || peer.WorkerID != req.slot || peer.Generation != req.gen {
+		st.post(workerEvent{pid: p.pid, kind: evProtocol, err: fmt.Errorf(
+			"ipc hello from pid %d worker %d generation %d: want pid %d worker %d generation %d",
+			peer.PID, peer.WorkerID, peer.Generation, p.pid, req.slot, req.gen)})
+		return
+	}
+	p.helloOK.Store(true)
+	log.Debug("ipc hello", "version", peer.Version)
+	for {
+		m, err := p.conn.Recv()
+		if err != nil {
+			if !quietIPCError(err) {
+				st.post(workerEvent{pid: p.pid, kind: evProtocol, err: err})
+			}
+			return
+		}
+		for _, f := range m.FDs {
+			f.Close() // no message the master reads carries fds it keeps
+		}
+		switch m.Kind {
+		case ipc.KindReady:
+			st.post(workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC})
+		case ipc.KindHeartbeat:
+			st.post(workerEvent{pid: p.pid, kind: evWatchdog})
+		default:
+			if log.IsTrace() {
+				log.Trace("ipc message ignored", "kind", m.Kind.String())
+			}
+		}
+	}
+}
+
+// quietIPCError reports errors that only mean the connection ended.
+func quietIPCError(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, ipc.ErrClosed) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (st *execStarter) post(e workerEvent) {
+	select {
+	case st.events <- e:
+	case <-st.done:
+	}
+}
