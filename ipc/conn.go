@@ -533,6 +533,9 @@ func (c *Conn) readFrames() (err error) {
 			closeRawFDs(b.fds)
 		}
 	}()
+	// fdErr is a read that brought more descriptors than allowed (they are
+	// closed): it ends the connection once the frames before it are delivered.
+	var fdErr error
 	for {
 		for {
 			env, at, ok, err := fr.next()
@@ -552,6 +555,9 @@ func (c *Conn) readFrames() (err error) {
 			var fds []int
 			if e.nfds > 0 {
 				if len(batches) == 0 || at < batches[0].start || at >= batches[0].end || len(batches[0].fds) != e.nfds {
+					if fdErr != nil {
+						return fdErr
+					}
 					got := 0
 					if len(batches) > 0 {
 						got = len(batches[0].fds)
@@ -560,8 +566,10 @@ func (c *Conn) readFrames() (err error) {
 				}
 				fds = batches[0].fds
 				batches = batches[1:]
-			} else if len(batches) > 0 && batches[0].end <= at {
-				return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+			} else if len(batches) > 0 && batches[0].end <= at+int64(lengthSize+len(env)) {
+				// The descriptors came with bytes up to this frame's end, and no
+				// frame before claimed them: no later frame can.
+				return fmt.Errorf("ipc: frame at byte %d: %w: %d descriptors arrived with no frame declaring them", at, ErrProtocol, len(batches[0].fds))
 			}
 			m := &Message{Kind: e.kind, ID: e.id, ReplyTo: e.replyTo}
 			if len(e.body) > 0 {
@@ -575,6 +583,9 @@ func (c *Conn) readFrames() (err error) {
 				return err
 			}
 		}
+		if fdErr != nil {
+			return fdErr
+		}
 		// Every complete frame is dispatched: what is buffered is the start of at
 		// most one frame, so at most one batch can still be waiting, for it.
 		if len(batches) > 1 || (len(batches) == 1 && batches[0].end <= fr.pos()) {
@@ -583,14 +594,17 @@ func (c *Conn) readFrames() (err error) {
 		p := fr.space()
 		start := fr.end()
 		n, fds, rerr := c.sock.read(p, oob)
-		if len(fds) > 0 {
-			if len(fds) > c.opts.MaxFDs || n == 0 {
-				closeRawFDs(fds)
-				if n == 0 {
-					return fmt.Errorf("ipc: %w: %d descriptors without data", ErrProtocol, len(fds))
-				}
-				return fmt.Errorf("ipc: %w: %d descriptors in one message, limit %d", ErrTooManyFDs, len(fds), c.opts.MaxFDs)
-			}
+		if errors.Is(rerr, ErrTooManyFDs) {
+			fdErr, rerr = rerr, nil
+		}
+		switch {
+		case len(fds) > c.opts.MaxFDs:
+			closeRawFDs(fds)
+			fdErr = fmt.Errorf("ipc: read: %w: %d descriptors in one message, limit %d", ErrTooManyFDs, len(fds), c.opts.MaxFDs)
+		case len(fds) > 0 && n == 0:
+			closeRawFDs(fds)
+			return fmt.Errorf("ipc: %w: %d descriptors without data", ErrProtocol, len(fds))
+		case len(fds) > 0:
 			batches = append(batches, fdBatch{start: start, end: start + int64(n), fds: fds})
 		}
 		fr.advance(n)

@@ -91,7 +91,8 @@ func (s *socket) write(p, oob []byte) error {
 
 // read reads into p with recvmsg and returns the descriptors that came with the
 // data (close-on-exec, owned by the caller). End of stream is io.EOF. On an error
-// no descriptor is returned open.
+// no descriptor is returned open; when the kernel truncated the descriptors
+// (MSG_CTRUNC) the error wraps ErrTooManyFDs and n still counts the data read.
 func (s *socket) read(p, oob []byte) (int, []int, error) {
 	for {
 		var n, oobn, flags int
@@ -114,7 +115,7 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 			fds, err = sockshare.ParseRecvRights(oob[:oobn], flags)
 			if err != nil {
 				if errors.Is(err, sockshare.ErrControlTruncated) {
-					return 0, nil, fmt.Errorf("ipc: read: %w: %w", ErrTooManyFDs, err)
+					return n, nil, fmt.Errorf("ipc: read: %w: %w", ErrTooManyFDs, err)
 				}
 				return 0, nil, fmt.Errorf("ipc: read: %w", err)
 			}
