@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterd/clusterd/master"
+	"github.com/clusterd/clusterd/sockshare"
+)
+
+// parseRun parses run's flags from args and env the way the command does.
+func parseRun(t *testing.T, args []string, env map[string]string) (master.Options, error) {
+	t.Helper()
+	f := &runFlags{}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return master.Options{}, err
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var unset []string
+	if err := applyEnv(fs, lookup, func(k string) error { unset = append(unset, k); return nil }); err != nil {
+		return master.Options{}, err
+	}
+	for k := range env {
+		if strings.HasPrefix(k, envPrefix) && !contains(unset, k) {
+			t.Errorf("applyEnv left %s in the environment", k)
+		}
+	}
+	return f.options(fs)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRunFlagDefaults(t *testing.T) {
+	got, err := parseRun(t, nil, nil)
+	if err != nil {
+		t.Fatalf("parse no flags: %v", err)
+	}
+	want := master.Options{
+		MinUptime:     master.DefaultMinUptime,
+		BackoffMin:    master.DefaultBackoffMin,
+		BackoffMax:    master.DefaultBackoffMax,
+		MaxRestarts:   master.DefaultMaxRestarts,
+		RestartWindow: master.DefaultRestartWindow,
+		ReadyTimeout:  master.DefaultReadyTimeout,
+		KillTimeout:   master.DefaultKillTimeout,
+		ReloadBatch:   master.DefaultReloadBatch,
+		StopSignal:    unix.SIGTERM,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("options from no flags = %+v, want %+v", got, want)
+	}
+}
+
+func TestRunFlagsToOptions(t *testing.T) {
+	args := []string{
+		"-w", "3",
+		"--listen", "web=tcp://127.0.0.1:0", "--listen", "unix:///tmp/x.sock",
+		"--balance", "reuseport", "--restart", "on-failure",
+		"--min-uptime", "2s", "--backoff-min", "10ms", "--backoff-max", "1s",
+		"--max-restarts", "-1", "--restart-window", "30s",
+		"--ready", "delay=250ms", "--ready-timeout", "5s", "--kill-timeout", "3s",
+		"--reload-batch", "2", "--stop-signal", "int",
+		"--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp",
+		"--user", "nobody", "--group", "nogroup", "--output", "raw",
+		"--pid-file", "/run/c.pid",
+	}
+	got, err := parseRun(t, args, nil)
+	if err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	web, _ := sockshare.ParseSpec("web=tcp://127.0.0.1:0")
+	sock, _ := sockshare.ParseSpec("unix:///tmp/x.sock")
+	want := master.Options{
+		Workers:       3,
+		Listen:        []sockshare.Spec{web, sock},
+		Balance:       master.BalanceReusePort,
+		Restart:       master.RestartOnFailure,
+		MinUptime:     2 * time.Second,
+		BackoffMin:    10 * time.Millisecond,
+		BackoffMax:    time.Second,
+		MaxRestarts:   -1,
+		RestartWindow: 30 * time.Second,
+		Ready:         master.ReadyMode{Kind: master.ReadyDelay, Delay: 250 * time.Millisecond},
+		ReadyTimeout:  5 * time.Second,
+		KillTimeout:   3 * time.Second,
+		ReloadBatch:   2,
+		StopSignal:    unix.SIGINT,
+		Env:           []string{"A=1", "B=x=y"},
+		Dir:           "/tmp",
+		User:          "nobody",
+		Group:         "nogroup",
+		Output:        master.OutputRaw,
+		PIDFile:       "/run/c.pid",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("options from %q =\n%+v, want\n%+v", args, got, want)
+	}
+}
+
+func TestRunFlagsFromEnvironment(t *testing.T) {
+	env := map[string]string{
+		"CLUSTERD_WORKERS":      "5",
+		"CLUSTERD_LISTEN":       "tcp://127.0.0.1:1, tcp://127.0.0.1:2",
+		"CLUSTERD_READY":        "ipc",
+		"CLUSTERD_KILL_TIMEOUT": "7s",
+		"CLUSTERD_LOG_JSON":     "true",
+		"CLUSTERD_ENV":          "A=1,B=2",
+		"CLUSTERD_BALANCE":      "reuseport", // overridden by the flag below
+	}
+	got, err := parseRun(t, []string{"--balance", "shared"}, env)
+	if err != nil {
+		t.Fatalf("parse with environment: %v", err)
+	}
+	if got.Workers != 5 || len(got.Listen) != 2 || got.Listen[1].Address != "127.0.0.1:2" ||
+		got.Ready.Kind != master.ReadyIPC || got.KillTimeout != 7*time.Second ||
+		!reflect.DeepEqual(got.Env, []string{"A=1", "B=2"}) {
+		t.Errorf("options from environment = %+v", got)
+	}
+	if got.Balance != master.BalanceShared {
+		t.Errorf("--balance shared with CLUSTERD_BALANCE=reuseport gave %v, want the flag to win", got.Balance)
+	}
+}
+
+func TestEnvNames(t *testing.T) {
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	(&runFlags{}).register(fs)
+	for _, name := range flagNames(fs) {
+		env := envName(name)
+		if strings.ContainsAny(env, "-abcdefghijklmnopqrstuvwxyz") || !strings.HasPrefix(env, "CLUSTERD_") {
+			t.Errorf("envName(%q) = %q", name, env)
+		}
+	}
+	if got := envName("min-uptime"); got != "CLUSTERD_MIN_UPTIME" {
+		t.Errorf("envName(min-uptime) = %q, want CLUSTERD_MIN_UPTIME", got)
+	}
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"workers zero", []string{"--workers", "0"}, nil, "--workers must be at least 1"},
+		{"workers zero env", nil, map[string]string{"CLUSTERD_WORKERS": "0"}, "--workers must be at least 1"},
+		{"workers not a number env", nil, map[string]string{"CLUSTERD_WORKERS": "many"}, "CLUSTERD_WORKERS"},
+		{"bad listen", []string{"--listen", "tcp://nope"}, nil, "--listen tcp://nope"},
+		{"bad balance", []string{"--balance", "random"}, nil, "--balance"},
+		{"bad restart", []string{"--restart", "sometimes"}, nil, "--restart"},
+		{"bad ready", []string{"--ready", "soon"}, nil, "--ready"},
+		{"negative kill timeout", []string{"--kill-timeout", "-1s"}, nil, "--kill-timeout must be positive"},
+		{"backoff inverted", []string{"--backoff-min", "2s", "--backoff-max", "1s"}, nil, "--backoff-max"},
+		{"max restarts zero", []string{"--max-restarts", "0"}, nil, "--max-restarts"},
+		{"reload batch zero", []string{"--reload-batch", "0"}, nil, "--reload-batch"},
+		{"bad stop signal", []string{"--stop-signal", "SIGNOPE"}, nil, "--stop-signal"},
+		{"bad env", []string{"--env", "NOEQUALS"}, nil, "--env"},
+		{"bad output", []string{"--output", "tee"}, nil, "--output"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseRun(t, tt.args, tt.env)
+			if err == nil {
+				t.Fatalf("parse %q env %v: no error, want one mentioning %q", tt.args, tt.env, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("parse %q env %v = %v, want it to mention %q", tt.args, tt.env, err, tt.want)
+			}
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Errorf("parse %q: error %v is not a usage error", tt.args, err)
+			}
+		})
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	tests := []struct {
+		in   string
+		want unix.Signal
+	}{
+		{"TERM", unix.SIGTERM}, {"SIGTERM", unix.SIGTERM}, {"int", unix.SIGINT},
+		{"sigquit", unix.SIGQUIT}, {"9", unix.SIGKILL}, {"USR2", unix.SIGUSR2},
+	}
+	for _, tt := range tests {
+		got, err := parseSignal(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("parseSignal(%q) = %v, %v, want %v", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "NOPE", "0", "65", "-1"} {
+		if got, err := parseSignal(bad); err == nil {
+			t.Errorf("parseSignal(%q) = %v, want an error", bad, got)
+		}
+	}
+}
+
+// runCLI runs the command tree in process. Only for commands that fail or
+// return before a master would start.
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = execute(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestUsageExitCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"run", "--no-such-flag", "--", "true"}, "unknown flag: --no-such-flag"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"missing command", []string{"run", "--listen", "127.0.0.1:0"}, "missing worker command"},
+		{"workers zero", []string{"run", "-w", "0", "--", "true"}, "--workers must be at least 1"},
+		{"bad address", []string{"run", "--listen", "tcp://127.0.0.1:notaport", "--", "true"}, "--listen"},
+		{"bad log level", []string{"run", "--log-level", "loud", "--", "true"}, "--log-level"},
+		{"version with args", []string{"version", "x"}, "takes no arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, tt.args...)
+			if code != exitUsage {
+				t.Errorf("clusterd %q exit code = %d, want %d", tt.args, code, exitUsage)
+			}
+			if stdout != "" {
+				t.Errorf("clusterd %q wrote to stdout: %q", tt.args, stdout)
+			}
+			lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "clusterd: ") || !strings.Contains(lines[0], tt.want) {
+				t.Errorf("clusterd %q stderr = %q, want one line `clusterd: ...%s...`", tt.args, stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, stdout, _ := runCLI(t, "run", "--help")
+	if code != 0 {
+		t.Fatalf("clusterd run --help exit code = %d, want 0", code)
+	}
+	for _, want := range []string{
+		"run [flags] -- COMMAND [ARGS...]", "Examples:", "--workers", "[$CLUSTERD_WORKERS]",
+		"[$CLUSTERD_MIN_UPTIME]", "--ready", "delay=DUR", "HUP", "TTIN",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("clusterd run --help does not mention %q:\n%s", want, stdout)
+		}
+	}
+	code, stdout, _ = runCLI(t, "--help")
+	if code != 0 || !strings.Contains(stdout, "run") || strings.Contains(stdout, master.ExecWorkerArg) {
+		t.Errorf("clusterd --help = %d:\n%s\nwant exit 0, the run command, and no hidden exec-worker", code, stdout)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "version")
+	if code != 0 || !strings.HasPrefix(stdout, "clusterd ") || !strings.Contains(stdout, "go1.") || stderr != "" {
+		t.Errorf("clusterd version = %d, %q, %q; want exit 0 and `clusterd VERSION goX linux/ARCH`", code, stdout, stderr)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	code, stdout, _ := runCLI(t, "completion", "bash")
+	if code != 0 || !strings.Contains(stdout, "__start_clusterd") {
+		t.Errorf("clusterd completion bash = %d, output without __start_clusterd", code)
+	}
+}

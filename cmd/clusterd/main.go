@@ -1,0 +1,69 @@
+// Command clusterd supervises a cluster of worker processes that share
+// listening sockets: `clusterd run --listen :8080 -w 4 -- ./server` binds the
+// address, starts four servers on it, restarts the ones that crash and
+// replaces them all, one by one, on SIGHUP without refusing a connection.
+//
+// Run `clusterd --help` and `clusterd run --help` for the flags, their
+// CLUSTERD_* environment variables, and the signals the master acts on.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/clusterd/clusterd/master"
+)
+
+func main() {
+	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
+	// reach execve as fast as possible, without building the command tree.
+	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
+		err := master.ExecWorker(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
+		os.Exit(exitExecFailed)
+	}
+	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed
+	exitUsage = 2 // bad usage: unknown flag, bad flag value, missing command
+	// exitExecFailed is the status of an exec-worker that could not execve
+	// the worker command, as a shell's "command not found".
+	exitExecFailed = 127
+)
+
+// execute runs the command tree on args and returns the exit code, after
+// printing a failure as one line `clusterd: <error>` to stderr.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCommand()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "clusterd: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitError
+}
+
+// usageError marks an error in how clusterd was called; it exits with
+// status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}

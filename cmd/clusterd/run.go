@@ -1,0 +1,320 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterd/clusterd/master"
+	"github.com/clusterd/clusterd/sockshare"
+)
+
+const runLong = `Run binds every --listen address, starts --workers copies of COMMAND with
+the sockets as fds 3, 4, ... (systemd's LISTEN_FDS protocol), and supervises
+them: a worker that exits is restarted in its slot, with exponential backoff
+when it keeps crashing, and SIGHUP replaces every worker without refusing a
+connection.
+
+Listen addresses:
+  tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
+  unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
+  NAME= prefix that the worker sees in LISTEN_FDNAMES.
+
+Each worker gets:
+  LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
+  CLUSTERD_WORKER_ID                      its slot, 0..N-1, kept across restarts
+  CLUSTERD_WORKER_GEN                     the slot's generation
+  CLUSTERD_IPC_FD                         its end of the IPC channel to the master
+  EINHORN_FD_COUNT, EINHORN_FD_n          the sockets again, for einhorn servers
+  NOTIFY_SOCKET                           where sd_notify READY=1 is heard
+
+Readiness (--ready) - when a started worker counts as serving:
+  exec         as soon as it runs
+  notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
+  ipc          when it calls worker.Ready() (the Go library, over IPC)
+  delay=DUR    once it has stayed up for DUR (e.g. delay=500ms)
+
+Signals to the master:
+  HUP          rolling reload: per batch of --reload-batch slots, start the new
+               worker, wait until it is ready, then drain the old one (its stop
+               signal, SIGKILL after --kill-timeout); a worker that fails to
+               become ready aborts the reload and the old ones keep serving
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
+  QUIT         immediate stop
+  TTIN, TTOU   one worker more, one worker fewer
+
+Environment:
+  Every flag can also be set with a CLUSTERD_* variable, named after the flag
+  in upper case with dashes as underscores (--min-uptime: CLUSTERD_MIN_UPTIME,
+  --log-json: CLUSTERD_LOG_JSON=true). A flag given on the command line wins
+  over its variable. The repeatable flags take a comma-separated list
+  (CLUSTERD_LISTEN=tcp://:80,tcp://:443). The master removes the variables it
+  read from the environment its workers inherit.
+
+Exit status: 0 after a graceful stop, 1 when the cluster failed (an address
+in use, a worker command that cannot start, restart intensity exceeded), 2 on
+bad usage.`
+
+const runExample = `  # Four workers of ./server sharing port 8080; reload them with kill -HUP.
+  clusterd run --listen tcp://:8080 -w 4 -- ./server --config prod.yaml
+
+  # A Go server that links the worker library reports readiness over IPC.
+  clusterd run --listen 127.0.0.1:8080 --ready ipc -- bin/hello
+
+  # Any binary that can listen on an inherited fd, ready after it stayed up 1s.
+  clusterd run --listen :3000 --ready delay=1s -- node examples/node/server.js
+
+  # One SO_REUSEPORT socket per worker, workers run as www-data, JSON logs.
+  clusterd run --listen :80 --balance reuseport --user www-data --log-json -- ./server
+
+  # The same settings from the environment (as in a systemd unit).
+  CLUSTERD_LISTEN=:8080 CLUSTERD_WORKERS=4 clusterd run -- ./server`
+
+// runFlags holds the values of run's flags.
+type runFlags struct {
+	workers       int
+	listen        []string
+	balance       string
+	restart       string
+	minUptime     time.Duration
+	backoffMin    time.Duration
+	backoffMax    time.Duration
+	maxRestarts   int
+	restartWindow time.Duration
+	ready         string
+	readyTimeout  time.Duration
+	killTimeout   time.Duration
+	reloadBatch   int
+	stopSignal    string
+	env           []string
+	cwd           string
+	user          string
+	group         string
+	output        string
+	logLevel      string
+	logJSON       bool
+	pidFile       string
+}
+
+// register defines the flags on fs, with master's defaults.
+func (f *runFlags) register(fs *pflag.FlagSet) {
+	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
+	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
+	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
+	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
+	fs.DurationVar(&f.backoffMin, "backoff-min", master.DefaultBackoffMin, "first restart delay of a worker that keeps crashing")
+	fs.DurationVar(&f.backoffMax, "backoff-max", master.DefaultBackoffMax, "longest restart delay of a worker that keeps crashing")
+	fs.IntVar(&f.maxRestarts, "max-restarts", master.DefaultMaxRestarts, "restart intensity: more restarts than this within --restart-window stop the cluster with an error (negative: no limit)")
+	fs.DurationVar(&f.restartWindow, "restart-window", master.DefaultRestartWindow, "time window of --max-restarts")
+	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyExec}.String(), "when a started worker counts as ready: exec, notify, ipc or delay=DURATION")
+	fs.DurationVar(&f.readyTimeout, "ready-timeout", master.DefaultReadyTimeout, "how long a starting worker may take to become ready before it is killed (negative: no limit)")
+	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
+	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
+	fs.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that tells a worker to drain, by name (TERM, SIGINT) or number")
+	fs.StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the workers' environment (repeatable)")
+	fs.StringVar(&f.cwd, "cwd", "", "working directory of the workers (default: the master's)")
+	fs.StringVar(&f.user, "user", "", "run the workers as this user, by name or uid (the master keeps its own to bind privileged ports)")
+	fs.StringVar(&f.group, "group", "", "run the workers with this group, by name or gid (default: the --user's groups)")
+	fs.StringVar(&f.output, "output", master.OutputPrefix.String(), "worker stdout/stderr: prefix (lines tagged [w3 pid 1234]) or raw (passed through)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "master log level: trace, debug, info, warn, error or off")
+	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
+	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
+}
+
+func newRunCommand() *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:     "run [flags] -- COMMAND [ARGS...]",
+		Short:   "Start a cluster of COMMAND workers on shared listening sockets",
+		Long:    runLong,
+		Example: runExample,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("missing worker command: want clusterd run [flags] -- COMMAND [ARGS...]")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyEnv(cmd.Flags(), os.LookupEnv, os.Unsetenv); err != nil {
+				return err
+			}
+			return runCluster(cmd, f, args)
+		},
+	}
+	fs := cmd.Flags()
+	// Flags end at COMMAND even without "--": its own flags are its own.
+	fs.SetInterspersed(false)
+	f.register(fs)
+	fs.VisitAll(func(fl *pflag.Flag) {
+		fl.Usage += " [$" + envName(fl.Name) + "]"
+	})
+	return cmd
+}
+
+// runCluster builds the master from the flags and runs it until it stops.
+func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
+	fs := cmd.Flags()
+	opts, err := f.options(fs)
+	if err != nil {
+		return err
+	}
+	opts.Command = command
+	opts.Stdout = cmd.OutOrStdout()
+	opts.Stderr = cmd.ErrOrStderr()
+	logger, err := f.logger(cmd)
+	if err != nil {
+		return err
+	}
+	opts.Logger = logger
+
+	// Under systemd socket activation the sockets come from LISTEN_FDS
+	// (checked against LISTEN_PID); the variables are removed so that the
+	// workers get their own, built by the master.
+	activated, err := sockshare.Files(true)
+	if err != nil {
+		return fmt.Errorf("socket activation: %w", err)
+	}
+	if len(activated) > 0 {
+		opts.Activated = activated
+	}
+
+	// The master's loop acts on these; it never calls signal.Notify itself.
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, masterSignals()...)
+	defer signal.Stop(sigs)
+	opts.Signals = sigs
+
+	m, err := master.New(opts)
+	if err != nil {
+		for _, a := range activated {
+			a.Close() // New failed, so they are still ours; the error says why
+		}
+		return err
+	}
+	return m.Run(cmd.Context())
+}
+
+// masterSignals are the signals the CLI relays to the master's loop.
+func masterSignals() []os.Signal {
+	return []os.Signal{
+		unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT,
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+	}
+}
+
+// options turns the flag values into master.Options (without Command,
+// Logger, outputs and signals). Bad values are usage errors naming the flag.
+func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
+	var o master.Options
+	var err error
+	if fs.Changed("workers") && f.workers < 1 {
+		return o, usagef("--workers must be at least 1, got %d", f.workers)
+	}
+	o.Workers = f.workers
+	for _, s := range f.listen {
+		spec, err := sockshare.ParseSpec(s)
+		if err != nil {
+			return o, usagef("--listen %s: %w", s, err)
+		}
+		o.Listen = append(o.Listen, spec)
+	}
+	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
+		return o, usagef("--balance: %w", err)
+	}
+	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
+		return o, usagef("--restart: %w", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"min-uptime", f.minUptime},
+		{"backoff-min", f.backoffMin},
+		{"backoff-max", f.backoffMax},
+		{"restart-window", f.restartWindow},
+		{"kill-timeout", f.killTimeout},
+	} {
+		if d.v <= 0 {
+			return o, usagef("--%s must be positive, got %v", d.name, d.v)
+		}
+	}
+	if f.backoffMax < f.backoffMin {
+		return o, usagef("--backoff-max %v is below --backoff-min %v", f.backoffMax, f.backoffMin)
+	}
+	o.MinUptime, o.BackoffMin, o.BackoffMax = f.minUptime, f.backoffMin, f.backoffMax
+	o.RestartWindow, o.KillTimeout = f.restartWindow, f.killTimeout
+	if f.maxRestarts == 0 {
+		return o, usagef("--max-restarts must be at least 1, or negative for no limit")
+	}
+	o.MaxRestarts = f.maxRestarts
+	if o.Ready, err = master.ParseReadyMode(f.ready); err != nil {
+		return o, usagef("--ready: %w", err)
+	}
+	if f.readyTimeout == 0 {
+		return o, usagef("--ready-timeout must not be zero (negative: no limit)")
+	}
+	o.ReadyTimeout = f.readyTimeout
+	if f.reloadBatch < 1 {
+		return o, usagef("--reload-batch must be at least 1, got %d", f.reloadBatch)
+	}
+	o.ReloadBatch = f.reloadBatch
+	if o.StopSignal, err = parseSignal(f.stopSignal); err != nil {
+		return o, usagef("--stop-signal: %w", err)
+	}
+	for _, kv := range f.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return o, usagef("--env %q: want KEY=VALUE", kv)
+		}
+	}
+	o.Env = f.env
+	o.Dir = f.cwd
+	o.User, o.Group = f.user, f.group
+	if o.Output, err = master.ParseOutputMode(f.output); err != nil {
+		return o, usagef("--output: %w", err)
+	}
+	o.PIDFile = f.pidFile
+	return o, nil
+}
+
+// logger builds the root logger from --log-level and --log-json.
+func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
+	level := hclog.LevelFromString(f.logLevel)
+	if level == hclog.NoLevel {
+		return nil, usagef("--log-level %q: want trace, debug, info, warn, error or off", f.logLevel)
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "clusterd",
+		Level:      level,
+		JSONFormat: f.logJSON,
+		Output:     cmd.ErrOrStderr(),
+	}), nil
+}
+
+// parseSignal parses a signal name with or without "SIG", in any case, or
+// its number.
+func parseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return 0, fmt.Errorf("%d: not a signal number", n)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if sig == 0 {
+		return 0, fmt.Errorf("%q: unknown signal", s)
+	}
+	return sig, nil
+}

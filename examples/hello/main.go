@@ -1,0 +1,74 @@
+// Command hello is an HTTP server written for clusterd: it answers every
+// request with its pid and worker slot, and drains without losing a request.
+//
+//	go build -o bin/ ./cmd/clusterd ./examples/hello
+//	bin/clusterd run --listen tcp://127.0.0.1:8080 -w 2 --ready ipc -- bin/hello
+//
+// Outside clusterd it listens on :8080 (or -addr) alone.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+
+	"github.com/clusterd/clusterd/worker"
+)
+
+func main() {
+	addr := flag.String("addr", ":8080", "address to listen on when not started by clusterd")
+	flag.Parse()
+	if err := run(context.Background(), *addr, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "hello: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until the worker is told to drain (the master's drain message
+// or SIGTERM), then finishes every request it has accepted.
+func run(ctx context.Context, addr string, log io.Writer) error {
+	// SIGTERM (clusterd's stop signal) and SIGINT start the drain instead
+	// of killing the process.
+	worker.DrainOnSignal(syscall.SIGTERM, syscall.SIGINT)
+
+	lns, err := worker.Listeners()
+	if err != nil {
+		return err
+	}
+	if len(lns) == 0 {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		lns = []net.Listener{ln}
+	}
+
+	srv := &http.Server{Handler: http.HandlerFunc(hello)}
+	// The sockets are listening already: connections wait in the backlog
+	// until Serve accepts them, so the worker is ready now.
+	if err := worker.Ready(); err != nil {
+		for _, ln := range lns {
+			ln.Close() // the error of Ready is the one to report
+		}
+		return err
+	}
+	id, _ := worker.ID()
+	fmt.Fprintf(log, "hello: worker %d pid %d serving on %s\n", id, os.Getpid(), lns[0].Addr())
+	return worker.ServeHTTP(ctx, srv, lns...)
+}
+
+// hello answers with the serving process: "hello from pid 1234, worker 3".
+func hello(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	id, ok := worker.ID()
+	if !ok {
+		fmt.Fprintf(w, "hello from pid %d (not under clusterd)\n", os.Getpid())
+		return
+	}
+	fmt.Fprintf(w, "hello from pid %d, worker %d, generation %d\n", os.Getpid(), id, worker.Generation())
+}
