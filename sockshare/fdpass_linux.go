@@ -130,9 +130,9 @@ func closeFDs(fds []int, closer func(int)) {
 // The caller keeps ownership of fds and may close them once SendFDs returns; the
 // peer receives new descriptors for the same open files. SendFDs never changes the
 // descriptors' flags (it does not call [os.File.Fd]). It blocks until the message is
-// written or c's write deadline passes, and is safe for concurrent use in the way
-// [net.UnixConn] writes are (concurrent calls do not interleave within the first
-// write).
+// written or c's write deadline passes. Concurrent calls on one stream socket may
+// interleave their data when a first write is partial: callers that frame a stream
+// serialise their writers.
 func SendFDs(c *net.UnixConn, data []byte, fds ...int) error {
 	if len(data) == 0 {
 		return errors.New("sendfds: data must not be empty")
@@ -162,7 +162,14 @@ func SendFDs(c *net.UnixConn, data []byte, fds ...int) error {
 // datagram longer than data is an error wrapping [ErrDataTruncated]. On every error
 // the descriptors that arrived are closed and no file is returned; n still reports the
 // data bytes read. RecvFDs blocks until a message arrives or c's read deadline
-// passes; at end of stream it returns 0 and [io.EOF].
+// passes; at end of stream it returns 0 and [io.EOF]. It is not safe for concurrent
+// use on one connection.
+//
+// A stream socket has no message boundaries: the descriptors arrive with the read
+// that returns the first byte sent with them, and that read may also return bytes
+// written before them, or only part of what the sender wrote in one call (read the
+// rest with [io.ReadFull]). Framing protocols such as clusterd's ipc package keep
+// track of which frame the descriptors belong to.
 func RecvFDs(c *net.UnixConn, data []byte, maxFDs int) (n int, fds []*os.File, err error) {
 	if maxFDs < 0 {
 		return 0, nil, fmt.Errorf("recvfds: negative descriptor limit %d", maxFDs)
@@ -217,9 +224,16 @@ func RecvFDs(c *net.UnixConn, data []byte, maxFDs int) (n int, fds []*os.File, e
 	return n, fds, nil
 }
 
-// isStream reports whether c is a SOCK_STREAM socket, from the address family name
-// that package net recorded when c was created (no system call).
+// isStream reports whether c is a SOCK_STREAM socket, from the address that package
+// net recorded when c was created (no system call). Unknown means stream: the
+// caller then reads a zero-byte result as end of stream, as for any stream.
 func isStream(c *net.UnixConn) bool {
-	a := c.LocalAddr()
-	return a == nil || a.Network() == "unix"
+	switch a := c.LocalAddr().(type) {
+	case *net.UnixAddr:
+		return a == nil || a.Net == "unix"
+	case nil:
+		return true
+	default:
+		return a.Network() == "unix"
+	}
 }
