@@ -31,6 +31,7 @@ const (
 // TestActivation passes a TCP and a UDP socket to a helper the way a clusterd
 // master or systemd does, and talks to the helper through them.
 func TestActivation(t *testing.T) {
+	t.Parallel()
 	t.Run("Files", func(t *testing.T) { testActivation(t) })
 	t.Run("Listeners", func(t *testing.T) { testActivation(t, envUseListeners+"=1") })
 }
@@ -83,6 +84,7 @@ func testActivation(t *testing.T, extraEnv ...string) {
 // TestActivationNotForUs gives the helper LISTEN_* variables meant for another
 // process (this one): it must find no sockets.
 func TestActivationNotForUs(t *testing.T) {
+	t.Parallel()
 	tcp := mustListen(t, "tcp://127.0.0.1:0", ListenOptions{})
 	env := append(ListenEnv([]string{"web"}), EnvListenPID+"="+strconv.Itoa(os.Getpid()), envExpectFDs+"=0")
 	h := startHelper(t, "activated", []*os.File{tcp}, env...)
@@ -96,6 +98,7 @@ func TestActivationNotForUs(t *testing.T) {
 
 // TestActivationMissingFD promises the helper more sockets than it gets.
 func TestActivationMissingFD(t *testing.T) {
+	t.Parallel()
 	tcp := mustListen(t, "tcp://127.0.0.1:0", ListenOptions{})
 	// Descriptors 3..1002: the helper's runtime cannot have all of them open.
 	env := []string{EnvListenFDs + "=1000", envSetListenPID + "=1", envExpectFDs + "=0"}

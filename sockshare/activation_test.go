@@ -20,6 +20,7 @@ func envLookup(env ...string) func(string) (string, bool) {
 }
 
 func TestParseListenEnv(t *testing.T) {
+	t.Parallel()
 	const pid = 4242
 	tests := []struct {
 		name      string
@@ -59,6 +60,7 @@ func TestParseListenEnv(t *testing.T) {
 }
 
 func TestParseListenEnvErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		env     []string
@@ -92,6 +94,7 @@ func TestParseListenEnvErrors(t *testing.T) {
 }
 
 func TestListenEnv(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		names []string
 		want  []string
@@ -116,6 +119,7 @@ func TestListenEnv(t *testing.T) {
 }
 
 func TestStripListenEnv(t *testing.T) {
+	t.Parallel()
 	env := []string{"PATH=/bin", "LISTEN_PID=1", "LISTEN_FDS=2", "LISTEN_FDNAMES=a:b", "LISTEN_FDSX=keep", "HOME=/"}
 	orig := slices.Clone(env)
 	got := StripListenEnv(env)

@@ -9,6 +9,7 @@ import (
 // TestDeps keeps sockshare a leaf: it may import the standard library and
 // golang.org/x/sys, and no package of clusterd (master, worker, ipc, cmd, ...).
 func TestDeps(t *testing.T) {
+	t.Parallel()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skipf("go tool not found: %v", err)

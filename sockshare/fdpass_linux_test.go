@@ -85,6 +85,7 @@ func closeFiles(files []*os.File) {
 }
 
 func TestSendRecvFDs(t *testing.T) {
+	t.Parallel()
 	for _, count := range []int{0, 1, 2, 7, 64} {
 		t.Run(strconv.Itoa(count), func(t *testing.T) {
 			a, b := unixPair(t, unix.SOCK_STREAM)
@@ -139,6 +140,7 @@ func TestSendRecvFDs(t *testing.T) {
 // TestSendFDsPartialWrite sends more data than the socket buffer holds, so the
 // first sendmsg writes part of it and SendFDs must finish with plain writes.
 func TestSendFDsPartialWrite(t *testing.T) {
+	t.Parallel()
 	a, b := unixPair(t, unix.SOCK_STREAM)
 	fd, err := connFD(a)
 	if err != nil {
@@ -173,6 +175,7 @@ func TestSendFDsPartialWrite(t *testing.T) {
 }
 
 func TestSendFDsEmptyData(t *testing.T) {
+	t.Parallel()
 	a, _ := unixPair(t, unix.SOCK_STREAM)
 	r, _ := pipeFDs(t)
 	if err := SendFDs(a, nil, r); err == nil {
@@ -268,6 +271,7 @@ func TestRecvFDsErrors(t *testing.T) {
 }
 
 func TestRightsRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, fds := range [][]int{{0}, {1, 2}, {3, 4, 5, 6, 7}, {2147483647}} {
 		oob := RightsControl(fds)
 		if len(oob) != RightsSpace(len(fds)) {
@@ -304,6 +308,7 @@ func otherControl() []byte {
 }
 
 func TestParseRightsErrors(t *testing.T) {
+	t.Parallel()
 	valid := RightsControl([]int{10, 11})
 	tests := []struct {
 		name       string
@@ -457,6 +462,7 @@ func TestFDPassingNoLeaks(t *testing.T) {
 // TestPassListenerToChild passes a TCP listener to a helper process over
 // SCM_RIGHTS, closes the parent's copy, and connects: only the child can accept.
 func TestPassListenerToChild(t *testing.T) {
+	t.Parallel()
 	ln, err := Listen(Spec{Network: "tcp4", Address: "127.0.0.1:0"}, ListenOptions{})
 	if err != nil {
 		t.Fatal(err)

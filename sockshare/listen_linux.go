@@ -36,7 +36,12 @@ const maxBacklog = math.MaxInt32
 // when that is refused (ECONNREFUSED: no process listens on the socket any more) is
 // the stale file removed and the bind retried. A path where something answers, or
 // that is not a socket, is an "address in use" error; a live socket is never taken
-// over. Abstract sockets ("@name") have no file and are never removed.
+// over. Abstract sockets ("@name") have no file and are never removed. The check
+// and the removal are two steps, not one: two processes starting on one path at the
+// same instant can still race, so give each address a single owner.
+//
+// Listen resolves host names with the system resolver, without a deadline: use IP
+// literals where start-up must not wait on DNS.
 func Listen(spec Spec, opts ListenOptions) (*os.File, error) {
 	f, err := listen(spec, opts)
 	if err != nil {

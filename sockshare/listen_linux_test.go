@@ -61,6 +61,7 @@ func sockoptInt(t testing.TB, f *os.File, level, opt int) int {
 }
 
 func TestListenForms(t *testing.T) {
+	t.Parallel()
 	ipv6 := hasIPv6Loopback()
 	dir := t.TempDir()
 	tests := []struct {
@@ -190,6 +191,7 @@ func exchange(t testing.TB, s Socket, network, addr string) {
 }
 
 func TestListenDualStack(t *testing.T) {
+	t.Parallel()
 	if !hasIPv6Loopback() {
 		t.Skip("no IPv6 on this host")
 	}
@@ -219,6 +221,7 @@ func TestListenDualStack(t *testing.T) {
 }
 
 func TestListenBacklog(t *testing.T) {
+	t.Parallel()
 	somaxconn, err := os.ReadFile("/proc/sys/net/core/somaxconn")
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +271,7 @@ func connectUnix(t testing.TB, path string) error {
 }
 
 func TestListenReusePort(t *testing.T) {
+	t.Parallel()
 	for _, network := range []string{"tcp", "udp"} {
 		t.Run(network, func(t *testing.T) {
 			first := mustListen(t, network+"://127.0.0.1:0", ListenOptions{ReusePort: true})
@@ -296,6 +300,7 @@ func TestListenReusePort(t *testing.T) {
 }
 
 func TestListenUnixModeOwner(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "m.sock")
 	uid, gid := os.Getuid(), os.Getgid()
@@ -328,6 +333,7 @@ func TestListenUnixModeOwner(t *testing.T) {
 }
 
 func TestListenUnixStale(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.sock")
 	spec := Spec{Network: "unix", Address: path}
@@ -468,6 +474,7 @@ func TestListenErrors(t *testing.T) {
 // TestListenFdKeepsMode checks the property that makes Listen's files safe to hand
 // to children: Fd on them does not switch the socket to blocking mode.
 func TestListenFdKeepsMode(t *testing.T) {
+	t.Parallel()
 	f := mustListen(t, "tcp://127.0.0.1:0", ListenOptions{})
 	_ = f.Fd()
 	mustNonblocking(t, "Listen result after Fd", f)
@@ -478,6 +485,7 @@ func TestListenFdKeepsMode(t *testing.T) {
 }
 
 func TestDup(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

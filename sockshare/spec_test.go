@@ -6,6 +6,7 @@ import (
 )
 
 func TestParseSpec(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in   string
 		want Spec
@@ -68,6 +69,7 @@ func TestParseSpec(t *testing.T) {
 }
 
 func TestParseSpecErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in      string
 		wantErr string // a part of the message that names what is wrong
@@ -127,6 +129,7 @@ func TestParseSpecErrors(t *testing.T) {
 }
 
 func TestSpecKinds(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in               string
 		stream, abstract bool
