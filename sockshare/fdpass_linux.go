@@ -17,6 +17,10 @@ import (
 // close-on-exec atomically, so that none leaks into a child started concurrently.
 const RecvmsgFlags = unix.MSG_CMSG_CLOEXEC
 
+// scmMaxFD is the most descriptors Linux carries in one message (SCM_MAX_FD in
+// include/net/scm.h); sendmsg fails with EINVAL above it.
+const scmMaxFD = 253
+
 // RightsControl encodes fds as one SCM_RIGHTS control message, ready to pass as the
 // oob argument of sendmsg(2) ([unix.Sendmsg], [net.UnixConn.WriteMsgUnix]). It returns
 // nil when fds is empty.
@@ -180,9 +184,10 @@ func RecvFDs(c *net.UnixConn, data []byte, maxFDs int) (n int, fds []*os.File, e
 	}
 	// One extra slot: when a peer sends more than maxFDs, the kernel delivers what
 	// fits and sets MSG_CTRUNC; alignment may also let maxFDs+1 fit without it.
+	// No message carries more than scmMaxFD, which bounds the buffer.
 	var oobArr [64]byte
 	oob := oobArr[:]
-	if space := RightsSpace(maxFDs + 1); space > len(oob) {
+	if space := RightsSpace(min(maxFDs, scmMaxFD) + 1); space > len(oob) {
 		oob = make([]byte, space)
 	} else {
 		oob = oob[:space]
@@ -193,11 +198,11 @@ func RecvFDs(c *net.UnixConn, data []byte, maxFDs int) (n int, fds []*os.File, e
 		n, oobn, flags, _, opErr = unix.Recvmsg(int(fd), data, oob, RecvmsgFlags)
 		return opErr != unix.EAGAIN && opErr != unix.EWOULDBLOCK
 	})
-	if err == nil {
-		err = opErr
-	}
 	if err != nil {
-		return 0, nil, fmt.Errorf("recvfds: %w", os.NewSyscallError("recvmsg", err))
+		return 0, nil, fmt.Errorf("recvfds: %w", err) // closed, or deadline
+	}
+	if opErr != nil {
+		return 0, nil, fmt.Errorf("recvfds: %w", os.NewSyscallError("recvmsg", opErr))
 	}
 	raw, err := ParseRecvRights(oob[:oobn], flags)
 	if err != nil {

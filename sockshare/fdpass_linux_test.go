@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -571,5 +572,36 @@ func BenchmarkPassFD(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*perMsg)/b.Elapsed().Seconds(), "fds/s")
 		})
+	}
+}
+
+func TestRecvFDsDeadline(t *testing.T) {
+	t.Parallel()
+	_, b := unixPair(t, unix.SOCK_STREAM)
+	if err := b.SetReadDeadline(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := RecvFDs(b, make([]byte, 1), 1); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("RecvFDs past deadline = %v, want os.ErrDeadlineExceeded", err)
+	}
+}
+
+// TestSendFDsKernelLimit sends the most descriptors Linux allows in one message,
+// and one more, which sendmsg refuses.
+func TestSendFDsKernelLimit(t *testing.T) {
+	t.Parallel()
+	a, b := unixPair(t, unix.SOCK_STREAM)
+	r, _ := pipeFDs(t)
+	fds := slices.Repeat([]int{r}, scmMaxFD)
+	if err := SendFDs(a, []byte("x"), fds...); err != nil {
+		t.Fatalf("SendFDs(%d fds): %v", len(fds), err)
+	}
+	_, files, err := RecvFDs(b, make([]byte, 1), 1<<30)
+	if err != nil || len(files) != scmMaxFD {
+		t.Fatalf("RecvFDs = %d files, %v; want %d", len(files), err, scmMaxFD)
+	}
+	closeFiles(files)
+	if err := SendFDs(a, []byte("x"), append(fds, r)...); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("SendFDs(%d fds) = %v, want EINVAL", len(fds)+1, err)
 	}
 }
