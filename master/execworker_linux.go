@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/clusterd/clusterd/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,11 +47,69 @@ func ExecWorker(args []string) error {
 		}
 		path = p
 	}
-	if _, ok := os.LookupEnv("LISTEN_FDS"); ok {
+	keep := []int{0, 1, 2}
+	if v, ok := os.LookupEnv("LISTEN_FDS"); ok {
 		if err := os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid())); err != nil {
 			return fmt.Errorf("exec-worker: set LISTEN_PID: %w", err)
 		}
+		if n, err := strconv.Atoi(v); err == nil {
+			for i := range n {
+				keep = append(keep, 3+i)
+			}
+		}
+	}
+	if v, ok := os.LookupEnv(ipc.EnvIPCFD); ok {
+		if fd, err := strconv.Atoi(v); err == nil {
+			keep = append(keep, fd)
+		}
+	}
+	if err := cloexecAllBut(keep); err != nil {
+		return fmt.Errorf("exec-worker: %w", err)
 	}
 	err := unix.Exec(path, args, os.Environ())
 	return fmt.Errorf("exec-worker: exec %s: %w", path, err)
+}
+
+// cloexecAllBut marks every fd not in keep close-on-exec. The master opens
+// all its fds close-on-exec, but it may itself have inherited fds that are
+// not (from whatever started it): those must not reach the worker, which
+// gets exactly stdin, stdout, stderr, its listeners and its IPC end.
+func cloexecAllBut(keep []int) error {
+	slices.Sort(keep)
+	next := 0
+	for _, k := range keep {
+		if k > next {
+			if err := cloexecRange(next, k-1); err != nil {
+				return err
+			}
+		}
+		next = k + 1
+	}
+	return cloexecRange(next, -1)
+}
+
+// cloexecRange marks fds first..last (-1: all above first) close-on-exec.
+func cloexecRange(first, last int) error {
+	end := uint(last)
+	if last < 0 {
+		end = ^uint(0)
+	}
+	err := unix.CloseRange(uint(first), end, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// close_range with CLOSE_RANGE_CLOEXEC needs Linux 5.11: walk /proc.
+	ents, rerr := os.ReadDir("/proc/self/fd")
+	if rerr != nil {
+		return fmt.Errorf("mark inherited fds close-on-exec: %w", errors.Join(os.NewSyscallError("close_range", err), rerr))
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < first || (last >= 0 && fd > last) {
+			continue
+		}
+		// An fd that vanished (the directory's own) needs nothing.
+		_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+	}
+	return nil
 }

@@ -74,12 +74,24 @@ func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outpu
 		jobs: make(chan spawnJob),
 	}
 	st.argv = append(append(append([]string(nil), cfg.ExecWorker...), "--", cfg.path), cfg.Command[1:]...)
+	// Options.Env overrides inherited variables: with duplicate keys most
+	// programs (Go's os.Getenv among them) would see the first one.
+	override := make(map[string]bool)
+	for _, kv := range cfg.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		override[k] = true
+	}
 	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !isProtocolEnv(kv) && !override[k] {
+			st.env = append(st.env, kv)
+		}
+	}
+	for _, kv := range cfg.Env {
 		if !isProtocolEnv(kv) {
 			st.env = append(st.env, kv)
 		}
 	}
-	st.env = append(st.env, cfg.Env...)
 	if notifyAddr != "" {
 		st.env = append(st.env, "NOTIFY_SOCKET="+notifyAddr)
 	}

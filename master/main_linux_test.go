@@ -1,0 +1,324 @@
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// Real-process tests re-execute the test binary: as a master (a real master
+// reaps with wait4(-1), so it must not share a process with tests that wait
+// for their own children), as the exec-worker step, and as workers.
+// Workers speak the ipc protocol directly: master and worker must not import
+// each other, so these helpers do not link package worker.
+
+const envHelper = "CLUSTERD_TEST_HELPER"
+
+var (
+	helpers     = map[string]func() int{}
+	usedHelpers sync.Map
+)
+
+func registerHelper(name string, f func() int) {
+	if _, dup := helpers[name]; dup {
+		panic("duplicate helper " + name)
+	}
+	helpers[name] = f
+}
+
+func init() {
+	registerHelper("master", helperMaster)
+	registerHelper("worker", helperWorker)
+}
+
+func TestMain(m *testing.M) {
+	// The exec-worker step comes first: nothing may open a file before it.
+	if len(os.Args) > 1 && os.Args[1] == ExecWorkerArg {
+		err := ExecWorker(os.Args[2:])
+		fmt.Fprintln(os.Stderr, "clusterd:", err)
+		os.Exit(127)
+	}
+	if name := os.Getenv(envHelper); name != "" {
+		f, ok := helpers[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
+			os.Exit(2)
+		}
+		os.Exit(f())
+	}
+	flag.Parse()
+	code := m.Run()
+	if code == 0 && flag.Lookup("test.run").Value.String() == "" && !testing.Short() {
+		for name := range helpers {
+			if _, ok := usedHelpers.Load(name); !ok {
+				fmt.Fprintf(os.Stderr, "helper %q was never used\n", name)
+				code = 1
+			}
+		}
+	}
+	os.Exit(code)
+}
+
+// masterConfig is what a test passes to the master helper (as JSON).
+type masterConfig struct {
+	Workers      int
+	Listen       []string
+	Balance      string
+	Ready        string
+	Restart      string
+	MinUptime    time.Duration
+	BackoffMin   time.Duration
+	BackoffMax   time.Duration
+	MaxRestarts  int
+	Window       time.Duration
+	ReadyTimeout time.Duration
+	KillTimeout  time.Duration
+	ReloadBatch  int
+	Output       string
+	PIDFile      string
+	WorkerMode   []string // behaviour of the worker helper
+	Command      []string // instead of the worker helper
+}
+
+const envMasterConfig = "CLUSTERD_TEST_MASTER"
+
+// helperMaster runs a real Master, logging JSON to stderr, with the process's
+// signals wired to it as cmd/clusterd does.
+func helperMaster() int {
+	var c masterConfig
+	if err := json.Unmarshal([]byte(os.Getenv(envMasterConfig)), &c); err != nil {
+		fmt.Fprintln(os.Stderr, "master helper config:", err)
+		return 2
+	}
+	os.Unsetenv(envMasterConfig)
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name: "clusterd", Output: os.Stderr, JSONFormat: true, Level: hclog.Debug,
+	})
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
+	opts := Options{
+		Workers: c.Workers, MinUptime: c.MinUptime, BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax,
+		MaxRestarts: c.MaxRestarts, RestartWindow: c.Window, ReadyTimeout: c.ReadyTimeout,
+		KillTimeout: c.KillTimeout, ReloadBatch: c.ReloadBatch, PIDFile: c.PIDFile,
+		Logger: logger, Signals: sigs,
+	}
+	var err error
+	for _, l := range c.Listen {
+		spec, perr := sockshare.ParseSpec(l)
+		if perr != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", perr)
+			return 2
+		}
+		opts.Listen = append(opts.Listen, spec)
+	}
+	if c.Balance != "" {
+		if opts.Balance, err = ParseBalance(c.Balance); err != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", err)
+			return 2
+		}
+	}
+	if c.Ready != "" {
+		if opts.Ready, err = ParseReadyMode(c.Ready); err != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", err)
+			return 2
+		}
+	}
+	if c.Restart != "" {
+		if opts.Restart, err = ParseRestartPolicy(c.Restart); err != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", err)
+			return 2
+		}
+	}
+	if c.Output != "" {
+		if opts.Output, err = ParseOutputMode(c.Output); err != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", err)
+			return 2
+		}
+	}
+	if len(c.Command) > 0 {
+		opts.Command = c.Command
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "master helper:", err)
+			return 2
+		}
+		opts.Command = []string{exe}
+		opts.Env = []string{envHelper + "=worker", envWorkerMode + "=" + strings.Join(c.WorkerMode, ",")}
+	}
+	m, err := New(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "run error:", err)
+		return 3
+	}
+	if err := m.Run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "run error:", err)
+		return 3
+	}
+	return 0
+}
+
+const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
+
+// helperWorker behaves like a server under clusterd, as CLUSTERD_TEST_WORKER_MODE
+// says (comma-separated):
+//
+//	fds          report the inherited fds first ("fds: 0 1 2 3 4")
+//	crash        exit 1 at once
+//	never-ready  serve but never say ready
+//	ready-late   say ready after 200ms
+//	reload-never-ready  never say ready from generation 2 on
+//	notify       say ready with sd_notify instead of IPC
+//	ignore-term  ignore SIGTERM (only SIGKILL stops it)
+//	hello        print "hello from worker N" on stdout and stderr
+func helperWorker() int {
+	var mode []string
+	if v := os.Getenv(envWorkerMode); v != "" {
+		mode = strings.Split(v, ",")
+	}
+	has := func(m string) bool { return slices.Contains(mode, m) }
+	if has("fds") {
+		// Before anything else opens a file (the runtime's poller included),
+		// probe descriptors without opening one.
+		var fds []string
+		for fd := range 256 {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+				continue
+			}
+			// The Go runtime (1.25+) keeps the cgroup CPU limit files open
+			// from before main: the worker's own, not inherited.
+			buf := make([]byte, 256)
+			n, _ := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), buf)
+			if strings.HasPrefix(string(buf[:max(n, 0)]), "/sys/fs/cgroup/") {
+				continue
+			}
+			fds = append(fds, strconv.Itoa(fd))
+		}
+		fmt.Printf("fds: %s\n", strings.Join(fds, " "))
+	}
+	if has("crash") {
+		fmt.Fprintln(os.Stderr, "crashing on purpose")
+		return 1
+	}
+	id := os.Getenv(ipc.EnvWorkerID)
+	gen := os.Getenv(ipc.EnvWorkerGen)
+	if has("hello") {
+		fmt.Printf("hello from worker %s\n", id)
+		fmt.Fprintf(os.Stderr, "hello on stderr from worker %s\n", id)
+	}
+	term := make(chan os.Signal, 1)
+	if has("ignore-term") {
+		signal.Ignore(syscall.SIGTERM)
+	} else {
+		signal.Notify(term, syscall.SIGTERM)
+	}
+
+	n, _, err := sockshare.ParseListenEnv(os.LookupEnv, os.Getpid())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 2
+	}
+	var lns []net.Listener
+	for i := range n {
+		ln, err := net.FileListener(os.NewFile(uintptr(3+i), "listener"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+		lns = append(lns, ln)
+	}
+	var active sync.WaitGroup
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d %s %s\n", os.Getpid(), id, gen)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		time.Sleep(d) // the request's own duration, part of the behaviour under test
+		fmt.Fprintf(w, "%d %s %s slow\n", os.Getpid(), id, gen)
+	})
+	srv := &http.Server{Handler: mux, ConnState: func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			active.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			active.Done()
+		}
+	}}
+	srv.SetKeepAlivesEnabled(false)
+	for _, ln := range lns {
+		go srv.Serve(ln)
+	}
+
+	if has("reload-never-ready") && gen != "1" {
+		mode = append(mode, "never-ready")
+	}
+	if !has("never-ready") {
+		if has("ready-late") {
+			time.Sleep(200 * time.Millisecond) // a slow start-up is the behaviour under test
+		}
+		if err := sayReady(has("notify")); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+	}
+	<-term
+	// Drain: stop accepting, answer every connection already accepted
+	// (keep-alive is off, so each closes after its response), then leave.
+	for _, ln := range lns {
+		ln.Close()
+	}
+	active.Wait()
+	return 0
+}
+
+var workerConn *ipc.Conn // kept open for the worker's life
+
+func sayReady(notify bool) error {
+	if notify {
+		addr := os.Getenv("NOTIFY_SOCKET")
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("STATUS=up\nREADY=1"))
+		return err
+	}
+	fd, err := strconv.Atoi(os.Getenv(ipc.EnvIPCFD))
+	if err != nil {
+		return errors.New("no ipc fd")
+	}
+	unix.CloseOnExec(fd)
+	conn, err := ipc.NewConn(os.NewFile(uintptr(fd), "ipc"), ipc.Options{})
+	if err != nil {
+		return err
+	}
+	id, _ := strconv.Atoi(os.Getenv(ipc.EnvWorkerID))
+	gen, _ := strconv.Atoi(os.Getenv(ipc.EnvWorkerGen))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := conn.Handshake(ctx, ipc.Hello{PID: os.Getpid(), WorkerID: id, Generation: gen}); err != nil {
+		return err
+	}
+	workerConn = conn
+	return conn.Send(&ipc.Message{Kind: ipc.KindReady})
+}

@@ -1,0 +1,801 @@
+package master
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runningMaster is a master helper process under test.
+type runningMaster struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	pid  int
+	done chan struct{} // closed when Wait returned
+	err  error         // Wait's result, after done
+
+	mu      sync.Mutex
+	logs    []map[string]any
+	stdout  []string
+	stderr  []string // non-JSON stderr lines
+	changed chan struct{}
+	cursor  int
+}
+
+func failDeadline(t *testing.T) time.Duration {
+	d := 30 * time.Second
+	if dl, ok := t.Deadline(); ok {
+		if left := time.Until(dl) - 5*time.Second; left < d {
+			d = left
+		}
+	}
+	return d
+}
+
+// startMaster runs the master helper with c; the cleanup kills its process
+// group (its workers die by Pdeathsig) and waits for it.
+func startMaster(t *testing.T, c masterConfig) *runningMaster {
+	t.Helper()
+	usedHelpers.Store("master", true)
+	if len(c.Command) == 0 {
+		usedHelpers.Store("worker", true)
+	}
+	if c.KillTimeout == 0 {
+		c.KillTimeout = 5 * time.Second
+	}
+	cfg, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envHelper+"=master", envMasterConfig+"="+string(cfg))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m := &runningMaster{t: t, cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), changed: make(chan struct{})}
+	var readers sync.WaitGroup
+	readers.Add(2)
+	go func() {
+		defer readers.Done()
+		m.read(stderr, true)
+	}()
+	go func() {
+		defer readers.Done()
+		m.read(stdout, false)
+	}()
+	go func() {
+		readers.Wait() // pipes drained before Wait, as os/exec requires
+		m.err = cmd.Wait()
+		close(m.done)
+	}()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-m.pid, syscall.SIGKILL)
+		select {
+		case <-m.done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("master helper %d outlived SIGKILL", m.pid)
+		}
+		if t.Failed() {
+			m.dump()
+		}
+	})
+	return m
+}
+
+func (m *runningMaster) read(r io.Reader, isStderr bool) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		m.mu.Lock()
+		var entry map[string]any
+		switch {
+		case isStderr && json.Unmarshal([]byte(line), &entry) == nil:
+			m.logs = append(m.logs, entry)
+		case isStderr:
+			m.stderr = append(m.stderr, line)
+		default:
+			m.stdout = append(m.stdout, line)
+		}
+		close(m.changed)
+		m.changed = make(chan struct{})
+		m.mu.Unlock()
+	}
+}
+
+func (m *runningMaster) dump() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.logs {
+		b, _ := json.Marshal(l)
+		m.t.Logf("log: %s", b)
+	}
+	for _, l := range m.stderr {
+		m.t.Logf("stderr: %s", l)
+	}
+	n := len(m.stdout)
+	for _, l := range m.stdout[max(0, n-50):] {
+		m.t.Logf("stdout: %s", l)
+	}
+}
+
+// waitFor waits until cond (called under the lock) holds.
+func (m *runningMaster) waitFor(what string, cond func() bool) {
+	m.t.Helper()
+	deadline := time.After(failDeadline(m.t))
+	for {
+		m.mu.Lock()
+		ok := cond()
+		ch := m.changed
+		m.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-m.done:
+			m.mu.Lock()
+			ok := cond()
+			m.mu.Unlock()
+			if !ok {
+				m.t.Fatalf("master exited (%v) while waiting for %s", m.err, what)
+			}
+			return
+		case <-deadline:
+			m.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// next waits for the next log line (after the previous match) with message
+// msg whose fields match kv, and returns it.
+func (m *runningMaster) next(msg string, kv ...any) map[string]any {
+	m.t.Helper()
+	var found map[string]any
+	m.waitFor(fmt.Sprintf("log %q %v", msg, kv), func() bool {
+		for i := m.cursor; i < len(m.logs); i++ {
+			if logMatches(m.logs[i], msg, kv) {
+				found = m.logs[i]
+				m.cursor = i + 1
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// first returns the first log line with msg and fields kv, waiting for it.
+func (m *runningMaster) first(msg string, kv ...any) map[string]any {
+	m.t.Helper()
+	var found map[string]any
+	m.waitFor(fmt.Sprintf("log %q %v", msg, kv), func() bool {
+		for _, l := range m.logs {
+			if logMatches(l, msg, kv) {
+				found = l
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// count returns the number of log lines with msg so far.
+func (m *runningMaster) count(msg string, kv ...any) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, l := range m.logs {
+		if logMatches(l, msg, kv) {
+			n++
+		}
+	}
+	return n
+}
+
+func logMatches(l map[string]any, msg string, kv []any) bool {
+	if l["@message"] != msg {
+		return false
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if fmt.Sprint(l[kv[i].(string)]) != fmt.Sprint(kv[i+1]) {
+			return false
+		}
+	}
+	return true
+}
+
+// stdoutLine waits for a relayed stdout line containing s.
+func (m *runningMaster) stdoutLine(s string) string {
+	m.t.Helper()
+	var found string
+	m.waitFor(fmt.Sprintf("stdout %q", s), func() bool {
+		for _, l := range m.stdout {
+			if strings.Contains(l, s) {
+				found = l
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+func (m *runningMaster) signal(sig syscall.Signal) {
+	m.t.Helper()
+	if err := syscall.Kill(m.pid, sig); err != nil {
+		m.t.Fatalf("signal master: %v", err)
+	}
+}
+
+// wait waits for the master to exit and returns its exit code.
+func (m *runningMaster) wait() int {
+	m.t.Helper()
+	select {
+	case <-m.done:
+	case <-time.After(failDeadline(m.t)):
+		m.t.Fatal("master did not exit")
+	}
+	var ee *exec.ExitError
+	if errors.As(m.err, &ee) {
+		return ee.ExitCode()
+	}
+	if m.err != nil {
+		m.t.Fatalf("wait master: %v", m.err)
+	}
+	return 0
+}
+
+func (m *runningMaster) addr() string {
+	m.t.Helper()
+	l := m.next("listening")
+	m.cursor = 0
+	return l["addr"].(string)
+}
+
+func field(l map[string]any, k string) int {
+	v, _ := l[k].(float64)
+	return int(v)
+}
+
+var client = &http.Client{
+	Transport: &http.Transport{DisableKeepAlives: true},
+	Timeout:   10 * time.Second,
+}
+
+// get returns the pid of the worker that answered.
+func get(addr, path string) (int, error) {
+	resp, err := client.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != 200 {
+		return 0, fmt.Errorf("status %s", resp.Status)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 0, fmt.Errorf("bad body %q", b)
+	}
+	return strconv.Atoi(f[0])
+}
+
+// pidsServing sends requests until n distinct pids answered.
+func pidsServing(t *testing.T, addr string, n int) map[int]bool {
+	t.Helper()
+	pids := map[int]bool{}
+	for i := 0; i < 5000 && len(pids) < n; i++ {
+		pid, err := get(addr, "/")
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		pids[pid] = true
+	}
+	if len(pids) < n {
+		t.Fatalf("saw %d distinct worker pids, want %d", len(pids), n)
+	}
+	return pids
+}
+
+func TestRealWorkersServe(t *testing.T) {
+	for _, balance := range []string{"shared", "reuseport"} {
+		t.Run(balance, func(t *testing.T) {
+			t.Parallel()
+			m := startMaster(t, masterConfig{
+				Workers: 3, Listen: []string{"tcp://127.0.0.1:0"}, Balance: balance, Ready: "ipc",
+			})
+			addr := m.addr()
+			m.next("all workers ready")
+			pids := pidsServing(t, addr, 3)
+			for i := range 3 {
+				l := m.first("worker ready", "worker", i)
+				if !pids[field(l, "pid")] {
+					t.Errorf("worker %d pid %v never answered", i, l["pid"])
+				}
+			}
+			m.signal(syscall.SIGTERM)
+			if code := m.wait(); code != 0 {
+				t.Errorf("master exit code %d, want 0", code)
+			}
+			m.next("stopped")
+		})
+	}
+}
+
+func TestRealKill9Replacement(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Millisecond,
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	w1 := m.first("worker ready", "worker", 1)
+	pid := field(w1, "pid")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	exit := m.next("worker exited", "worker", 1, "pid", pid)
+	if exit["signal"] != "SIGKILL" || exit["@level"] != "warn" {
+		t.Errorf("exit log %v, want a warning with signal SIGKILL", exit)
+	}
+	if _, ok := exit["uptime"]; !ok {
+		t.Errorf("exit log %v lacks uptime", exit)
+	}
+	r := m.next("worker ready", "worker", 1, "generation", 2)
+	if field(r, "pid") == pid {
+		t.Errorf("replacement has the old pid %d", pid)
+	}
+	pids := pidsServing(t, addr, 2)
+	if pids[pid] {
+		t.Errorf("killed pid %d still answered", pid)
+	}
+}
+
+func TestRealCrashLoopIntensity(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, WorkerMode: []string{"crash"},
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 80 * time.Millisecond, MaxRestarts: 4, Window: time.Minute,
+	})
+	if code := m.wait(); code != 3 {
+		t.Errorf("master exit code %d, want 3 (Run error)", code)
+	}
+	if n := m.count("worker exited"); n != 5 {
+		t.Errorf("%d worker exits, want 5 (the first start and 4 restarts)", n)
+	}
+	if n := m.count("restart delayed"); n != 4 {
+		t.Errorf("%d delayed restarts, want 4", n)
+	}
+	m.next("restart intensity exceeded")
+	want := "run error: master: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1)"
+	m.waitFor("run error line", func() bool {
+		for _, l := range m.stderr {
+			if l == want {
+				return true
+			}
+		}
+		return false
+	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	found := false
+	for _, l := range m.stdout {
+		if strings.HasPrefix(l, "[w0 pid ") && strings.HasSuffix(l, "] crashing on purpose") {
+			found = true
+		}
+	}
+	if !found {
+		// stderr of workers goes to the master's stderr
+		for _, l := range m.stderr {
+			if strings.HasPrefix(l, "[w0 pid ") && strings.HasSuffix(l, "] crashing on purpose") {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no prefixed worker stderr line relayed")
+	}
+}
+
+// listenerFlags reads the file status flags of pid's listening socket on
+// port from /proc (the open file description the workers share).
+func listenerFlags(t *testing.T, pid, port int) (flags int, n int) {
+	t.Helper()
+	inodes := map[string]bool{}
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" {
+			continue
+		}
+		_, hexPort, _ := strings.Cut(f[1], ":")
+		p, _ := strconv.ParseInt(hexPort, 16, 32)
+		if int(p) == port {
+			inodes["socket:["+f[9]+"]"] = true
+		}
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags = -1
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !inodes[target] {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				f, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				flags = int(f)
+				n++
+			}
+		}
+	}
+	return flags, n
+}
+
+func TestRealListenerStaysNonBlocking(t *testing.T) {
+	t.Parallel()
+	// Workers that fail at once never get to switch the shared socket back to
+	// non-blocking mode: if the master had made it blocking while handing it
+	// over, it would stay so.
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, WorkerMode: []string{"crash"},
+		BackoffMin: time.Millisecond, BackoffMax: 5 * time.Millisecond, MaxRestarts: -1,
+	})
+	addr := m.addr()
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	m.waitFor("6 worker exits", func() bool {
+		n := 0
+		for _, l := range m.logs {
+			if l["@message"] == "worker exited" {
+				n++
+			}
+		}
+		return n >= 6
+	})
+	flags, n := listenerFlags(t, m.pid, port)
+	if n != 1 {
+		t.Fatalf("master holds %d listening sockets on port %d, want 1", n, port)
+	}
+	if flags&syscall.O_NONBLOCK == 0 {
+		t.Errorf("master's listener flags %#o lack O_NONBLOCK after failed workers", flags)
+	}
+}
+
+func TestRealWorkerFDs(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"a=tcp://127.0.0.1:0", "b=tcp://127.0.0.1:0"}, WorkerMode: []string{"fds"},
+		Ready: "ipc",
+	})
+	m.next("all workers ready")
+	line := m.stdoutLine("fds: ")
+	_, got, _ := strings.Cut(line, "fds: ")
+	// stdin, stdout, stderr, two listeners, the IPC end: nothing else.
+	if want := "0 1 2 3 4 5"; got != want {
+		t.Errorf("worker inherited fds %q, want %q", got, want)
+	}
+	if !strings.HasPrefix(line, "[w0 pid ") {
+		t.Errorf("relayed line %q lacks the worker prefix", line)
+	}
+}
+
+// fdCount counts a process's open fds.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func TestRealMasterFDsStableAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Millisecond,
+		MaxRestarts: -1,
+	})
+	m.next("all workers ready")
+	r := m.first("worker ready")
+	base := fdCount(t, m.pid)
+	const restarts = 30
+	for i := range restarts {
+		pid := field(r, "pid")
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		m.next("worker exited", "pid", pid)
+		r = m.next("worker ready", "generation", i+2)
+	}
+	// The dead workers' output pipes close when their readers reach EOF,
+	// which may trail the replacement's readiness: wait for it.
+	deadline := time.Now().Add(failDeadline(t))
+	for n := fdCount(t, m.pid); n != base; n = fdCount(t, m.pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("master holds %d fds after %d restarts, %d before", n, restarts, base)
+		}
+		time.Sleep(10 * time.Millisecond) // polling /proc: no event tells when a pipe closes
+	}
+}
+
+func TestRealRollingReloadKeepsServing(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc",
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	before := pidsServing(t, addr, 2)
+
+	stop := make(chan struct{})
+	type result struct {
+		n    int
+		errs []error
+	}
+	results := make(chan result, 4)
+	for range 4 {
+		go func() {
+			var r result
+			for {
+				select {
+				case <-stop:
+					results <- r
+					return
+				default:
+				}
+				if _, err := get(addr, "/"); err != nil {
+					r.errs = append(r.errs, err)
+				}
+				r.n++
+			}
+		}()
+	}
+	for i := range 3 {
+		m.signal(syscall.SIGHUP)
+		m.next("reload started")
+		m.next("reload done")
+		_ = i
+	}
+	close(stop)
+	total := 0
+	for range 4 {
+		r := <-results
+		total += r.n
+		for _, err := range r.errs {
+			t.Errorf("request failed during reload: %v", err)
+		}
+	}
+	if total == 0 {
+		t.Fatal("no request was made")
+	}
+	after := pidsServing(t, addr, 2)
+	for pid := range after {
+		if before[pid] {
+			t.Errorf("pid %d served before and after the reloads", pid)
+		}
+	}
+	for i := range 2 {
+		m.first("worker ready", "worker", i, "generation", 4)
+	}
+	t.Logf("%d requests across 3 reloads", total)
+}
+
+func TestRealGracefulStopWaitsForRequest(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
+	addr := m.addr()
+	m.next("all workers ready")
+	got := make(chan error, 1)
+	go func() {
+		_, err := get(addr, "/slow?d=700ms")
+		got <- err
+	}()
+	// The request is in flight once the worker accepted it; a second
+	// connection that gets answered proves the first was accepted before.
+	if _, err := get(addr, "/"); err != nil {
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGTERM)
+	if err := <-got; err != nil {
+		t.Errorf("in-flight request during graceful stop: %v", err)
+	}
+	if code := m.wait(); code != 0 {
+		t.Errorf("master exit code %d, want 0", code)
+	}
+	e := m.next("worker exited")
+	if e["exit_code"] != float64(0) {
+		t.Errorf("worker exit %v, want code 0", e)
+	}
+}
+
+func TestRealKillTimeout(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"ignore-term"},
+		KillTimeout: 300 * time.Millisecond,
+	})
+	m.next("all workers ready")
+	start := time.Now()
+	m.signal(syscall.SIGTERM)
+	m.next("worker killed after kill timeout")
+	e := m.next("worker exited")
+	if e["signal"] != "SIGKILL" {
+		t.Errorf("worker exit %v, want signal SIGKILL", e)
+	}
+	if code := m.wait(); code != 0 {
+		t.Errorf("master exit code %d, want 0", code)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Errorf("stopped after %v, before the kill timeout", d)
+	}
+}
+
+func TestRealNotifyReadiness(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "notify", WorkerMode: []string{"notify", "hello"},
+	})
+	m.next("all workers ready")
+	for i := range 2 {
+		line := m.stdoutLine(fmt.Sprintf("hello from worker %d", i))
+		if !strings.HasPrefix(line, fmt.Sprintf("[w%d pid ", i)) {
+			t.Errorf("relayed line %q lacks the worker prefix", line)
+		}
+	}
+}
+
+func TestRealReadyTimeoutAbortsReload(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", ReadyTimeout: 500 * time.Millisecond,
+		WorkerMode: []string{"reload-never-ready"},
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	old := field(m.first("worker ready"), "pid")
+	m.signal(syscall.SIGHUP)
+	m.next("reload started")
+	a := m.next("reload aborted")
+	if want := "reload: worker 0 (pid "; !strings.HasPrefix(fmt.Sprint(a["error"]), want) ||
+		!strings.HasSuffix(fmt.Sprint(a["error"]), ") not ready after 500ms") {
+		t.Errorf("reload aborted with %q, want it to name worker 0 and the timeout", a["error"])
+	}
+	if a["@level"] != "error" {
+		t.Errorf("reload aborted logged at %v, want error", a["@level"])
+	}
+	// The old worker kept serving and still does.
+	for range 20 {
+		pid, err := get(addr, "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pid != old {
+			t.Fatalf("pid %d answered, want the old worker %d", pid, old)
+		}
+	}
+}
+
+func TestRealMasterKilledLeavesNoWorkers(t *testing.T) {
+	t.Parallel()
+	for range 3 {
+		m := startMaster(t, masterConfig{Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
+		m.next("all workers ready")
+		var pids []int
+		for i := range 2 {
+			pids = append(pids, field(m.first("worker ready", "worker", i), "pid"))
+		}
+		m.signal(syscall.SIGKILL)
+		m.wait()
+		deadline := time.Now().Add(failDeadline(t))
+		for _, pid := range pids {
+			for alive(pid) {
+				if time.Now().After(deadline) {
+					t.Fatalf("worker %d survived its master", pid)
+				}
+				time.Sleep(5 * time.Millisecond) // polling /proc: the kernel does not tell us
+			}
+		}
+	}
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
+
+func TestRealPIDFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "clusterd.pid")
+	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, PIDFile: path})
+	m.next("all workers ready")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(m.pid) {
+		t.Errorf("pid file holds %q, want %d", got, m.pid)
+	}
+	m.signal(syscall.SIGINT)
+	if code := m.wait(); code != 0 {
+		t.Errorf("master exit code %d, want 0", code)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pid file after stop: %v, want it removed", err)
+	}
+}
+
+func TestRealBindError(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://" + ln.Addr().String()}})
+	if code := m.wait(); code != 3 {
+		t.Errorf("master exit code %d, want 3", code)
+	}
+	m.waitFor("bind error", func() bool {
+		for _, l := range m.stderr {
+			if strings.HasPrefix(l, "run error: master: listen tcp://"+ln.Addr().String()) &&
+				strings.Contains(l, "address already in use") {
+				return true
+			}
+		}
+		return false
+	})
+	if n := m.count("worker ready"); n != 0 {
+		t.Errorf("%d workers started despite the bind error", n)
+	}
+}
