@@ -2,14 +2,19 @@ package master
 
 import (
 	"bufio"
+	"context"
+	"runtime"
+
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/clusterd/clusterd/sockshare"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,6 +54,12 @@ func failDeadline(t *testing.T) time.Duration {
 // group (its workers die by Pdeathsig) and waits for it.
 func startMaster(t *testing.T, c masterConfig) *runningMaster {
 	t.Helper()
+	return startMasterEnv(t, c)
+}
+
+// startMasterEnv is startMaster with extra environment for the master.
+func startMasterEnv(t *testing.T, c masterConfig, env ...string) *runningMaster {
+	t.Helper()
 	usedHelpers.Store("master", true)
 	if len(c.Command) == 0 {
 		usedHelpers.Store("worker", true)
@@ -66,6 +77,7 @@ func startMaster(t *testing.T, c masterConfig) *runningMaster {
 	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), envHelper+"=master", envMasterConfig+"="+string(cfg))
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -797,5 +809,170 @@ func TestRealBindError(t *testing.T) {
 	})
 	if n := m.count("worker ready"); n != 0 {
 		t.Errorf("%d workers started despite the bind error", n)
+	}
+}
+
+// TestInProcessReapOnlyWorkers runs a Master inside the test binary: with
+// ReapOnlyWorkers it waits for its own workers only, so it coexists with
+// the other tests' children. It checks the public API and that Run leaves
+// no goroutine and no fd behind.
+func TestInProcessReapOnlyWorkers(t *testing.T) {
+	usedHelpers.Store("worker", true)
+	spec, err := sockshareSpec("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// os/signal starts its one permanent goroutine on first use.
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGCHLD)
+	signal.Stop(c)
+	fdsBefore := fdCount(t, os.Getpid())
+	goroutinesBefore := runtime.NumGoroutine()
+	var out syncBuffer
+	sigs := make(chan os.Signal)
+	m, err := New(Options{
+		Command: []string{exe}, Env: []string{envHelper + "=worker", envWorkerMode + "=hello"},
+		Workers: 2, Listen: []sockshare.Spec{spec}, Ready: ReadyMode{Kind: ReadyIPC},
+		Stdout: &out, Stderr: &out, Signals: sigs, ReapOnlyWorkers: true, KillTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Addrs() != nil {
+		t.Error("Addrs before Listening is not nil")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		t.Fatalf("Run = %v before ready", err)
+	case <-time.After(failDeadline(t)):
+		t.Fatal("not ready")
+	}
+	<-m.Listening()
+	addrs := m.Addrs()
+	if len(addrs) != 1 {
+		t.Fatalf("Addrs = %v, want one", addrs)
+	}
+	pidsServing(t, addrs[0].String(), 2)
+	if err := m.Run(ctx); err == nil {
+		t.Error("second Run = nil, want an error")
+	}
+	sigs <- syscall.SIGTTIN
+	deadline := time.Now().Add(failDeadline(t))
+	for !strings.Contains(out.String(), "hello from worker 2") {
+		if time.Now().After(deadline) {
+			t.Fatalf("TTIN started no worker 2; output:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond) // polling a buffer: no event to wait on
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after cancel = %v, want nil", err)
+		}
+	case <-time.After(failDeadline(t)):
+		t.Fatal("Run did not return after cancel")
+	}
+	if n := fdCount(t, os.Getpid()); n != fdsBefore {
+		t.Errorf("test process holds %d fds after Run, %d before", n, fdsBefore)
+	}
+	// Run's own goroutines are gone; the http client may still be closing
+	// connections, so allow it a moment.
+	for n := runtime.NumGoroutine(); n > goroutinesBefore; n = runtime.NumGoroutine() {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Run, %d before:\n%s", n, goroutinesBefore, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond) // polling: goroutine exit has no event
+	}
+	for i := range 3 {
+		if !strings.Contains(out.String(), fmt.Sprintf("[w%d pid ", i)) {
+			t.Errorf("output lacks worker %d's prefixed lines:\n%s", i, out.String())
+		}
+	}
+}
+
+func sockshareSpec(s string) (sockshare.Spec, error) { return sockshare.ParseSpec(s) }
+
+func TestRealMasterSDNotify(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	want := func(prefix string) {
+		t.Helper()
+		select {
+		case got := <-msgs:
+			if !strings.HasPrefix(got, prefix) {
+				t.Fatalf("sd_notify %q, want %q", got, prefix)
+			}
+		case <-time.After(failDeadline(t)):
+			t.Fatalf("no sd_notify %q", prefix)
+		}
+	}
+	m := startMasterEnv(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"},
+		"NOTIFY_SOCKET="+sock)
+	want("READY=1")
+	m.signal(syscall.SIGHUP)
+	want("RELOADING=1")
+	want("READY=1")
+	m.signal(syscall.SIGTERM)
+	want("STOPPING=1")
+	if code := m.wait(); code != 0 {
+		t.Errorf("master exit code %d", code)
+	}
+}
+
+func TestRealScaleReusePort(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Balance: "reuseport", Ready: "ipc",
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	m.signal(syscall.SIGTTIN)
+	m.next("worker ready", "worker", 1)
+	pidsServing(t, addr, 2)
+	if _, n := listenerFlags(t, m.pid, port); n != 2 {
+		t.Errorf("master holds %d reuseport sockets for 2 slots, want 2", n)
+	}
+	m.signal(syscall.SIGTTOU)
+	m.next("worker exited", "worker", 1)
+	if _, n := listenerFlags(t, m.pid, port); n != 1 {
+		t.Errorf("master holds %d reuseport sockets after scaling down, want 1", n)
+	}
+	if v, err := readMigrateReq(); err == nil && v != "1" {
+		m.first("closed a reuseport socket; the kernel resets its queued connections unless net.ipv4.tcp_migrate_req=1")
+	}
+	for range 20 {
+		if _, err := get(addr, "/"); err != nil {
+			t.Fatalf("request after scaling down: %v", err)
+		}
 	}
 }

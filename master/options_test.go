@@ -1,0 +1,216 @@
+package master
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseModes(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string
+	}{
+		{"shared", "shared"}, {"reuseport", "reuseport"},
+	} {
+		b, err := ParseBalance(tc.in)
+		if err != nil || b.String() != tc.want {
+			t.Errorf("ParseBalance(%q) = %v, %v, want %s", tc.in, b, err, tc.want)
+		}
+	}
+	if _, err := ParseBalance("round-robin"); err == nil {
+		t.Error("ParseBalance(round-robin) = nil error, want one")
+	}
+	for _, s := range []string{"always", "on-failure", "never"} {
+		p, err := ParseRestartPolicy(s)
+		if err != nil || p.String() != s {
+			t.Errorf("ParseRestartPolicy(%q) = %v, %v", s, p, err)
+		}
+	}
+	if _, err := ParseRestartPolicy("sometimes"); err == nil {
+		t.Error("ParseRestartPolicy(sometimes) = nil error, want one")
+	}
+	for _, s := range []string{"prefix", "raw"} {
+		o, err := ParseOutputMode(s)
+		if err != nil || o.String() != s {
+			t.Errorf("ParseOutputMode(%q) = %v, %v", s, o, err)
+		}
+	}
+	if _, err := ParseOutputMode("json"); err == nil {
+		t.Error("ParseOutputMode(json) = nil error, want one")
+	}
+}
+
+func TestParseReadyMode(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ReadyMode
+		err  string
+	}{
+		{in: "exec", want: ReadyMode{Kind: ReadyExec}},
+		{in: "notify", want: ReadyMode{Kind: ReadyNotify}},
+		{in: "ipc", want: ReadyMode{Kind: ReadyIPC}},
+		{in: "delay=500ms", want: ReadyMode{Kind: ReadyDelay, Delay: 500 * time.Millisecond}},
+		{in: "delay=0s", err: "delay must be positive"},
+		{in: "delay=soon", err: "invalid duration"},
+		{in: "http", err: "want exec, notify, ipc or delay=DURATION"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseReadyMode(tc.in)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("ParseReadyMode(%q) = %v, want error containing %q", tc.in, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("ParseReadyMode(%q) = %v, %v, want %v", tc.in, got, err, tc.want)
+			}
+			if again, err := ParseReadyMode(got.String()); err != nil || again != got {
+				t.Errorf("ParseReadyMode(%q) = %v, %v, want %v", got.String(), again, err, got)
+			}
+		})
+	}
+}
+
+func TestNewDefaults(t *testing.T) {
+	m, err := New(Options{Command: []string{"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := m.cfg
+	if c.Workers != runtime.NumCPU() {
+		t.Errorf("Workers = %d, want %d", c.Workers, runtime.NumCPU())
+	}
+	if !filepath.IsAbs(c.path) || filepath.Base(c.path) != "true" {
+		t.Errorf("resolved command %q, want an absolute path to true", c.path)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"MinUptime", c.MinUptime, DefaultMinUptime},
+		{"BackoffMin", c.BackoffMin, DefaultBackoffMin},
+		{"BackoffMax", c.BackoffMax, DefaultBackoffMax},
+		{"MaxRestarts", c.MaxRestarts, DefaultMaxRestarts},
+		{"RestartWindow", c.RestartWindow, DefaultRestartWindow},
+		{"ReadyTimeout", c.ReadyTimeout, DefaultReadyTimeout},
+		{"KillTimeout", c.KillTimeout, DefaultKillTimeout},
+		{"ReloadBatch", c.ReloadBatch, DefaultReloadBatch},
+		{"StopSignal", c.StopSignal, syscall.SIGTERM},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+	if c.Stdout != os.Stdout || c.Stderr != os.Stderr || c.Logger == nil {
+		t.Error("Stdout, Stderr or Logger not defaulted")
+	}
+	exe, _ := os.Executable()
+	if len(c.ExecWorker) != 2 || c.ExecWorker[0] != exe || c.ExecWorker[1] != ExecWorkerArg {
+		t.Errorf("ExecWorker = %q, want [%s %s]", c.ExecWorker, exe, ExecWorkerArg)
+	}
+}
+
+func TestNewDoesNotWriteCallerOptions(t *testing.T) {
+	opts := Options{Command: []string{"true"}, Env: []string{"A=1"}}
+	if _, err := New(opts); err != nil {
+		t.Fatal(err)
+	}
+	if opts.Workers != 0 || opts.KillTimeout != 0 || opts.Logger != nil {
+		t.Errorf("New changed the caller's Options: %+v", opts)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	dir := t.TempDir()
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.CreateTemp(dir, "activated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+		is   error
+	}{
+		{"no command", Options{}, "master: no worker command", nil},
+		{"missing command", Options{Command: []string{"clusterd-no-such-command"}}, "worker command clusterd-no-such-command", exec.ErrNotFound},
+		{"missing path", Options{Command: []string{filepath.Join(dir, "nope")}}, "no such file or directory", os.ErrNotExist},
+		{"not executable", Options{Command: []string{plain}}, "not executable", nil},
+		{"directory", Options{Command: []string{dir}}, "is a directory", nil},
+		{"negative workers", Options{Command: []string{"true"}, Workers: -1}, "workers -1: must not be negative", nil},
+		{"bad env", Options{Command: []string{"true"}, Env: []string{"NOEQUALS"}}, `environment entry "NOEQUALS"`, nil},
+		{"missing dir", Options{Command: []string{"true"}, Dir: filepath.Join(dir, "nope")}, "worker directory", os.ErrNotExist},
+		{"backoff order", Options{Command: []string{"true"}, BackoffMin: time.Second, BackoffMax: time.Millisecond}, "backoff max 1ms is below backoff min 1s", nil},
+		{"negative kill timeout", Options{Command: []string{"true"}, KillTimeout: -1}, "kill timeout -1ns: must not be negative", nil},
+		{"ready timeout below delay", Options{Command: []string{"true"}, Ready: ReadyMode{Kind: ReadyDelay, Delay: time.Second}, ReadyTimeout: time.Second}, "must be longer than ready delay", nil},
+		{"delay without duration", Options{Command: []string{"true"}, Ready: ReadyMode{Kind: ReadyDelay}}, "delay must be positive", nil},
+		{"unknown user", Options{Command: []string{"true"}, User: "clusterd-no-such-user"}, "user clusterd-no-such-user", nil},
+		{"unknown group", Options{Command: []string{"true"}, Group: "clusterd-no-such-group"}, "group clusterd-no-such-group", nil},
+		{"reuseport with activation", Options{Command: []string{"true"}, Balance: BalanceReusePort, Activated: []*os.File{f}}, "cannot be used with socket activation", nil},
+		{"negative batch", Options{Command: []string{"true"}, ReloadBatch: -2}, "reload batch -2", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want error containing %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("New = %v, want errors.Is %v", err, tc.is)
+			}
+		})
+	}
+}
+
+func TestResolveCommandRelativeToDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "bin", "srv")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	got, err := resolveCommand("./bin/srv", dir, nil)
+	if err != nil || got != exe {
+		t.Errorf("resolveCommand(./bin/srv, %s) = %q, %v, want %q", dir, got, err, exe)
+	}
+	got, err = resolveCommand("srv", "", []string{"PATH=" + filepath.Join(dir, "bin")})
+	if err != nil || got != exe {
+		t.Errorf("resolveCommand(srv) with Env PATH = %q, %v, want %q", got, err, exe)
+	}
+}
+
+func TestLookupCredential(t *testing.T) {
+	cred, err := lookupCredential("", "")
+	if err != nil || cred != nil {
+		t.Errorf("lookupCredential(\"\", \"\") = %v, %v, want nil, nil", cred, err)
+	}
+	cred, err = lookupCredential("0", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getuid() == 0 && cred != nil && (cred.Uid != 0 || cred.Gid != 0) {
+		t.Errorf("lookupCredential(0, 0) = %+v, want uid 0 gid 0", cred)
+	}
+	cred, err = lookupCredential("4242", "")
+	if err != nil {
+		t.Fatalf("numeric uid without passwd entry: %v", err)
+	}
+	if cred == nil || cred.Uid != 4242 {
+		t.Errorf("lookupCredential(4242) = %+v, want uid 4242", cred)
+	}
+}
