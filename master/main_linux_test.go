@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strconv"
@@ -189,6 +190,8 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	notify       say ready with sd_notify instead of IPC
 //	ignore-term  ignore SIGTERM (only SIGKILL stops it)
 //	hello        print "hello from worker N" on stdout and stderr
+//	orphan       start "sleep 0.5" in its own session (out of reach of the
+//	             process-group kill), print "orphan: PID", and serve
 func helperWorker() int {
 	var mode []string
 	if v := os.Getenv(envWorkerMode); v != "" {
@@ -223,6 +226,16 @@ func helperWorker() int {
 	if has("hello") {
 		fmt.Printf("hello from worker %s\n", id)
 		fmt.Fprintf(os.Stderr, "hello on stderr from worker %s\n", id)
+	}
+	if has("orphan") {
+		cmd := exec.Command("/bin/sleep", "0.5")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+		// Never waited for: it becomes the master's orphan.
+		fmt.Printf("orphan: %d\n", cmd.Process.Pid)
 	}
 	term := make(chan os.Signal, 1)
 	if has("ignore-term") {

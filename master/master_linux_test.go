@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"runtime"
+	"slices"
 
 	"encoding/json"
 	"errors"
@@ -26,7 +27,7 @@ import (
 
 // runningMaster is a master helper process under test.
 type runningMaster struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	pid  int
 	done chan struct{} // closed when Wait returned
@@ -40,9 +41,13 @@ type runningMaster struct {
 	cursor  int
 }
 
-func failDeadline(t *testing.T) time.Duration {
+func failDeadline(t testing.TB) time.Duration {
 	d := 30 * time.Second
-	if dl, ok := t.Deadline(); ok {
+	td, ok := t.(interface{ Deadline() (time.Time, bool) })
+	if !ok {
+		return d
+	}
+	if dl, ok := td.Deadline(); ok {
 		if left := time.Until(dl) - 5*time.Second; left < d {
 			d = left
 		}
@@ -52,13 +57,13 @@ func failDeadline(t *testing.T) time.Duration {
 
 // startMaster runs the master helper with c; the cleanup kills its process
 // group (its workers die by Pdeathsig) and waits for it.
-func startMaster(t *testing.T, c masterConfig) *runningMaster {
+func startMaster(t testing.TB, c masterConfig) *runningMaster {
 	t.Helper()
 	return startMasterEnv(t, c)
 }
 
 // startMasterEnv is startMaster with extra environment for the master.
-func startMasterEnv(t *testing.T, c masterConfig, env ...string) *runningMaster {
+func startMasterEnv(t testing.TB, c masterConfig, env ...string) *runningMaster {
 	t.Helper()
 	usedHelpers.Store("master", true)
 	if len(c.Command) == 0 {
@@ -975,4 +980,88 @@ func TestRealScaleReusePort(t *testing.T) {
 			t.Fatalf("request after scaling down: %v", err)
 		}
 	}
+}
+
+// procStatus reads a field of /proc/PID/status; ok false when pid is gone.
+func procStatus(pid int, key string) (string, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "", false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v), true
+		}
+	}
+	return "", true
+}
+
+func TestRealOrphansReaped(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"orphan"},
+	})
+	m.next("all workers ready")
+	line := m.stdoutLine("orphan: ")
+	_, v, _ := strings.Cut(line, "orphan: ")
+	orphan, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("orphan line %q", line)
+	}
+	worker := field(m.first("worker ready"), "pid")
+	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	m.next("worker exited", "pid", worker)
+	// The orphan is re-parented to the master (a child subreaper), which
+	// reaps it when it exits: it must vanish, not linger as a zombie.
+	deadline := time.Now().Add(failDeadline(t))
+	sawParent := false
+	for {
+		ppid, ok := procStatus(orphan, "PPid")
+		if !ok {
+			break
+		}
+		if ppid == strconv.Itoa(m.pid) {
+			sawParent = true
+		}
+		if time.Now().After(deadline) {
+			state, _ := procStatus(orphan, "State")
+			t.Fatalf("orphan %d still there (parent %s, state %s)", orphan, ppid, state)
+		}
+		time.Sleep(10 * time.Millisecond) // polling /proc: reaping has no event we can see
+	}
+	if !sawParent {
+		t.Log("orphan exited before it was seen re-parented to the master")
+	}
+	m.next("worker ready", "generation", 2)
+}
+
+// BenchmarkCrashToReady measures how long a killed worker's slot goes
+// without a ready worker: from the master reaping it to its replacement's
+// readiness (ipc), from the master's log timestamps. It reports the median.
+func BenchmarkCrashToReady(b *testing.B) {
+	m := startMaster(b, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Nanosecond,
+		MaxRestarts: -1,
+	})
+	m.next("all workers ready")
+	r := m.first("worker ready")
+	var ds []time.Duration
+	for i := 0; b.Loop(); i++ {
+		pid := field(r, "pid")
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			b.Fatal(err)
+		}
+		e := m.next("worker exited", "pid", pid)
+		r = m.next("worker ready", "generation", i+2)
+		t0, err0 := time.Parse(time.RFC3339Nano, e["@timestamp"].(string))
+		t1, err1 := time.Parse(time.RFC3339Nano, r["@timestamp"].(string))
+		if err0 != nil || err1 != nil {
+			b.Fatal(err0, err1)
+		}
+		ds = append(ds, t1.Sub(t0))
+	}
+	slices.Sort(ds)
+	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "ms-median-crash-to-ready")
 }

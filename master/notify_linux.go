@@ -181,6 +181,13 @@ func (s *sdNotifier) notify(state string) {
 	if s.conn == nil {
 		return
 	}
+	if state == "RELOADING=1" {
+		// Type=notify-reload units want the reload's start time with it.
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
+			state += "\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10)
+		}
+	}
 	if _, err := s.conn.Write([]byte(state)); err != nil {
 		s.log.Debug("sd_notify", "state", state, "error", err)
 	}
