@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/master"
+	"github.com/clusterd/clusterd/worker"
+)
+
+// helperEnv names the helper a re-executed test binary runs instead of the
+// tests.
+const helperEnv = "CLUSTERD_TEST_HELPER"
+
+// helpers are the roles the test binary plays when re-executed: the real
+// clusterd command, and workers that link package worker and behave like
+// real servers (or misbehave on purpose).
+var helpers = map[string]func(args []string) int{
+	"clusterd": func(args []string) int {
+		return execute(context.Background(), args, os.Stdout, os.Stderr)
+	},
+	"worker": workerHelper,
+	"crash":  func([]string) int { return 3 },
+}
+
+var (
+	usedMu      sync.Mutex
+	usedHelpers = map[string]bool{}
+)
+
+// useHelper records that a test started helper name, which must exist.
+func useHelper(t testing.TB, name string) {
+	t.Helper()
+	if _, ok := helpers[name]; !ok {
+		t.Fatalf("unknown test helper %q", name)
+	}
+	usedMu.Lock()
+	usedHelpers[name] = true
+	usedMu.Unlock()
+}
+
+// startFDs are the fds this process inherited: those open without
+// close-on-exec when package initialisation runs, before anything of its
+// own (the runtime opens its epoll and cgroup fds close-on-exec).
+var startFDs = inheritedFDs()
+
+func TestMain(m *testing.M) {
+	// The master starts each worker as `<this binary> exec-worker -- ...`.
+	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
+		err := master.ExecWorker(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
+		os.Exit(exitExecFailed)
+	}
+	if name := os.Getenv(helperEnv); name != "" {
+		h, ok := helpers[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown test helper %q\n", name)
+			os.Exit(exitExecFailed)
+		}
+		os.Exit(h(os.Args[1:]))
+	}
+	code := m.Run()
+	if code == 0 && flag.Lookup("test.run").Value.String() == "" && !testing.Short() {
+		for name := range helpers {
+			if !usedHelpers[name] {
+				fmt.Fprintf(os.Stderr, "test helper %q was never used\n", name)
+				code = 1
+			}
+		}
+	}
+	os.Exit(code)
+}
+
+// inheritedFDs lists the open fds of this process that are not
+// close-on-exec.
+func inheritedFDs() []int {
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, n := range names {
+		fd, err := strconv.Atoi(n)
+		if err != nil {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err == nil && flags&unix.FD_CLOEXEC == 0 {
+			fds = append(fds, fd)
+		}
+	}
+	sort.Ints(fds)
+	return fds
+}
+
+// workerHelper is an HTTP server on package worker, with flags that make it
+// misbehave the ways a test needs:
+//
+//	GET /      "pid=P worker=W gen=G"
+//	GET /slow  prints "slow request started" to stdout, answers after 2s
+//	GET /fds   the fds the process inherited and its protocol variables
+func workerHelper(args []string) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	neverReady := fs.Bool("never-ready", false, "never report ready")
+	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM and the drain message; serve until killed")
+	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
+	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	gen := worker.Generation()
+	id, _ := worker.ID()
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+	} else {
+		worker.DrainOnSignal(syscall.SIGTERM)
+	}
+	lns, err := worker.Listeners()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+		return 1
+	}
+	if len(lns) == 0 {
+		fmt.Fprintln(os.Stderr, "worker helper: no inherited listeners")
+		return 1
+	}
+	if !*neverReady {
+		if err := worker.Ready(); err != nil {
+			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+			return 1
+		}
+	}
+	if first, last, ok := strings.Cut(*exitGens, "-"); ok {
+		a, _ := strconv.Atoi(first)
+		b, _ := strconv.Atoi(last)
+		if gen >= a && gen <= b {
+			return 0
+		}
+	}
+
+	var served atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "pid=%d worker=%d gen=%d\n", os.Getpid(), id, gen)
+		if n := served.Add(1); *crashAfter > 0 && n >= int64(*crashAfter) {
+			w.(http.Flusher).Flush()
+			os.Exit(3)
+		}
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Printf("slow request started pid=%d\n", os.Getpid())
+		// The slow request is the behaviour under test, not a wait.
+		time.Sleep(2 * time.Second)
+		fmt.Fprintf(w, "slow done pid=%d\n", os.Getpid())
+	})
+	mux.HandleFunc("/fds", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "fds=%s\n", joinInts(startFDs))
+		for _, fd := range startFDs {
+			target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+			fmt.Fprintf(w, "fd%d=%s\n", fd, target)
+		}
+		fmt.Fprintf(w, "%s=%s\n", ipc.EnvIPCFD, os.Getenv(ipc.EnvIPCFD))
+	})
+	srv := &http.Server{Handler: mux}
+	if *ignoreTerm {
+		// A stuck worker: it never drains, only SIGKILL ends it.
+		errs := make(chan error, len(lns))
+		for _, ln := range lns {
+			go func(ln net.Listener) { errs <- srv.Serve(ln) }(ln)
+		}
+		fmt.Fprintf(os.Stderr, "worker helper: %v\n", <-errs)
+		return 1
+	}
+	if err := worker.ServeHTTP(context.Background(), srv, lns...); err != nil {
+		fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
