@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"

@@ -531,4 +531,3 @@ func (l *load) check(t *testing.T) {
 		t.Errorf("load: no request succeeded")
 	}
 }
-
