@@ -95,6 +95,8 @@ type masterConfig struct {
 	ReloadBatch  int
 	Output       string
 	PIDFile      string
+	User, Group  string
+	ExecPath     string   // run the master from this copy of the test binary
 	WorkerMode   []string // behaviour of the worker helper
 	Command      []string // instead of the worker helper
 }
@@ -118,7 +120,7 @@ func helperMaster() int {
 	opts := Options{
 		Workers: c.Workers, MinUptime: c.MinUptime, BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.Window, ReadyTimeout: c.ReadyTimeout,
-		KillTimeout: c.KillTimeout, ReloadBatch: c.ReloadBatch, PIDFile: c.PIDFile,
+		KillTimeout: c.KillTimeout, ReloadBatch: c.ReloadBatch, PIDFile: c.PIDFile, User: c.User, Group: c.Group,
 		Logger: logger, Signals: sigs,
 	}
 	var err error
@@ -190,6 +192,7 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	notify       say ready with sd_notify instead of IPC
 //	ignore-term  ignore SIGTERM (only SIGKILL stops it)
 //	hello        print "hello from worker N" on stdout and stderr
+//	ids          print "ids: UID GID GROUPS"
 //	orphan       start "sleep 0.5" in its own session (out of reach of the
 //	             process-group kill), print "orphan: PID", and serve
 func helperWorker() int {
@@ -216,6 +219,10 @@ func helperWorker() int {
 			fds = append(fds, strconv.Itoa(fd))
 		}
 		fmt.Printf("fds: %s\n", strings.Join(fds, " "))
+	}
+	if has("ids") {
+		groups, _ := unix.Getgroups()
+		fmt.Printf("ids: %d %d %v\n", os.Getuid(), os.Getgid(), groups)
 	}
 	if has("crash") {
 		fmt.Fprintln(os.Stderr, "crashing on purpose")

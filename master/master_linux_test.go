@@ -80,6 +80,9 @@ func startMasterEnv(t testing.TB, c masterConfig, env ...string) *runningMaster 
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.ExecPath != "" {
+		exe = c.ExecPath
+	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), envHelper+"=master", envMasterConfig+"="+string(cfg))
 	cmd.Env = append(cmd.Env, env...)
@@ -1064,4 +1067,40 @@ func BenchmarkCrashToReady(b *testing.B) {
 	}
 	slices.Sort(ds)
 	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "ms-median-crash-to-ready")
+}
+
+func TestRealUserAndGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs root")
+	}
+	t.Parallel()
+	// The master's binary is exec'd by the worker after the credential
+	// change: it must be reachable for nobody, so run a copy of it.
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(dir, "master.test")
+	if err := os.WriteFile(cp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, User: "nobody", Group: "nogroup",
+		WorkerMode: []string{"ids"}, ExecPath: cp, Ready: "ipc",
+	})
+	m.next("all workers ready")
+	line := m.stdoutLine("ids: ")
+	if _, got, _ := strings.Cut(line, "ids: "); got != "65534 65534 [65534]" {
+		t.Errorf("worker ids %q, want uid, gid and groups 65534", got)
+	}
 }

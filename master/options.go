@@ -529,8 +529,10 @@ func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
 		cred.Groups = []uint32{uint32(gid)}
 		cred.NoSetGroups = false
 	}
-	if cred.NoSetGroups && int(cred.Uid) == os.Getuid() && int(cred.Gid) == os.Getgid() {
-		return nil, nil // nothing to change
+	if int(cred.Uid) == os.Geteuid() && int(cred.Gid) == os.Getegid() && (cred.NoSetGroups || os.Geteuid() != 0) {
+		// Nothing to change (and an unprivileged master could not call
+		// setgroups(2) anyway).
+		return nil, nil
 	}
 	return cred, nil
 }

@@ -12,7 +12,7 @@ import (
 // maxLineLength bounds a relayed line: a longer one is cut into pieces of
 // this size, each with its own prefix, so a worker that writes without
 // newlines cannot make the master buffer without limit.
-const maxLineLength = 64 << 10
+const maxLineLength = 16 << 10
 
 // outputs relays worker output. Each pipe has one reader goroutine that
 // owns its read end and closes it at EOF; outputs waits for all of them.
