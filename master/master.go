@@ -119,7 +119,10 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	out := newOutputs()
+	out, err := newOutputs()
+	if err != nil {
+		return fmt.Errorf("master: %w", err)
+	}
 	defer out.wait(cfg.KillTimeout)
 	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
 	if err != nil {

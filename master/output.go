@@ -1,12 +1,8 @@
 package master
 
 import (
-	"bufio"
-	"errors"
+	"bytes"
 	"io"
-	"os"
-	"sync"
-	"time"
 )
 
 // maxLineLength bounds a relayed line: a longer one is cut into pieces of
@@ -14,95 +10,65 @@ import (
 // newlines cannot make the master buffer without limit.
 const maxLineLength = 16 << 10
 
-// outputs relays worker output. Each pipe has one reader goroutine that
-// owns its read end and closes it at EOF; outputs waits for all of them.
-type outputs struct {
-	mu    sync.Mutex // serialises writes, so lines of different workers never interleave
-	wg    sync.WaitGroup
-	pipes map[*os.File]struct{} // read ends still open; guarded by mu
+// stream is the relay state of one worker pipe: where its bytes go, with
+// which prefix ("" relays them untouched), and the start of a line whose
+// newline has not arrived yet.
+type stream struct {
+	w       io.Writer
+	prefix  string
+	partial []byte
+	scratch []byte
 }
 
-func newOutputs() *outputs {
-	return &outputs{pipes: make(map[*os.File]struct{})}
-}
-
-// relay starts a goroutine that copies r to w: line by line with prefix, or
-// untouched when prefix is "". It takes ownership of r.
-func (o *outputs) relay(r *os.File, w io.Writer, prefix string) {
-	o.mu.Lock()
-	o.pipes[r] = struct{}{}
-	o.mu.Unlock()
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
-		if prefix == "" {
-			o.copyRaw(r, w)
-		} else {
-			o.copyLines(r, w, prefix)
-		}
-		o.mu.Lock()
-		delete(o.pipes, r)
-		o.mu.Unlock()
-		_ = r.Close() // a read end at EOF: nothing to report
-	}()
-}
-
-func (o *outputs) copyLines(r io.Reader, w io.Writer, prefix string) {
-	br := bufio.NewReaderSize(r, maxLineLength)
-	buf := make([]byte, 0, 256)
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			buf = append(buf[:0], prefix...)
-			buf = append(buf, line...)
-			if buf[len(buf)-1] != '\n' {
-				buf = append(buf, '\n') // cut long line or last line without newline
-			}
-			o.mu.Lock()
-			_, _ = w.Write(buf) // output is best effort: a full disk must not stop supervision
-			o.mu.Unlock()
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
-}
-
-func (o *outputs) copyRaw(r io.Reader, w io.Writer) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			o.mu.Lock()
-			_, _ = w.Write(buf[:n]) // best effort, as in copyLines
-			o.mu.Unlock()
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// wait waits for every reader to reach EOF, at most for grace; then it
-// closes the pipes still held open (by processes that left the worker's
-// process group) and waits for their readers to return.
-func (o *outputs) wait(grace time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		o.wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-done:
+// feed relays p: complete lines at once, each with the prefix in one Write
+// (so lines of different workers never interleave); the rest waits for its
+// newline, at most maxLineLength bytes.
+func (s *stream) feed(p []byte) {
+	if s.prefix == "" {
+		_, _ = s.w.Write(p) // output is best effort: a full disk must not stop supervision
 		return
-	case <-t.C:
 	}
-	o.mu.Lock()
-	for r := range o.pipes {
-		_ = r.Close() // unblocks its reader; nothing to report
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			room := maxLineLength - len(s.partial)
+			if len(p) < room {
+				s.partial = append(s.partial, p...)
+				return
+			}
+			s.partial = append(s.partial, p[:room]...)
+			p = p[room:]
+			s.flush() // cut a long line
+			continue
+		}
+		line := p[:i+1]
+		p = p[i+1:]
+		if len(s.partial)+len(line) > maxLineLength+1 {
+			room := maxLineLength - len(s.partial)
+			s.partial = append(s.partial, line[:room]...)
+			s.flush()
+			line = line[room:]
+		}
+		s.emit(s.partial, line)
+		s.partial = s.partial[:0]
 	}
-	o.mu.Unlock()
-	<-done
+}
+
+// flush relays a pending partial line, ended with a newline.
+func (s *stream) flush() {
+	if len(s.partial) == 0 {
+		return
+	}
+	s.emit(s.partial, []byte{'\n'})
+	s.partial = s.partial[:0]
+}
+
+func (s *stream) emit(a, b []byte) {
+	s.scratch = append(s.scratch[:0], s.prefix...)
+	s.scratch = append(s.scratch, a...)
+	s.scratch = append(s.scratch, b...)
+	_, _ = s.w.Write(s.scratch) // best effort, as in feed
+	if cap(s.scratch) > 4<<10 {
+		s.scratch = nil // do not keep a long line's buffer for every worker
+	}
 }

@@ -118,14 +118,32 @@ func TestParseNotify(t *testing.T) {
 
 func TestOutputPrefix(t *testing.T) {
 	var buf bytes.Buffer
-	o := newOutputs()
+	s := &stream{w: &buf, prefix: "[w3 pid 1234] "}
 	long := strings.Repeat("x", maxLineLength+10)
-	o.copyLines(strings.NewReader("one\ntwo\n"+long+"\nlast without newline"), &buf, "[w3 pid 1234] ")
+	in := "one\ntwo\n" + long + "\nlast without newline"
+	// Fed in small pieces, as a pipe may deliver it.
+	for len(in) > 0 {
+		n := min(len(in), 7)
+		s.feed([]byte(in[:n]))
+		in = in[n:]
+	}
+	s.flush()
 	want := "[w3 pid 1234] one\n[w3 pid 1234] two\n" +
 		"[w3 pid 1234] " + strings.Repeat("x", maxLineLength) + "\n" +
 		"[w3 pid 1234] xxxxxxxxxx\n" +
 		"[w3 pid 1234] last without newline\n"
 	if got := buf.String(); got != want {
-		t.Errorf("relayed %d bytes, want %d:\n%.200q", len(got), len(want), got)
+		t.Errorf("relayed %d bytes, want %d:\n%.300q", len(got), len(want), got)
+	}
+}
+
+func TestOutputRaw(t *testing.T) {
+	var buf bytes.Buffer
+	s := &stream{w: &buf}
+	s.feed([]byte("no prefix, "))
+	s.feed([]byte("no newline"))
+	s.flush()
+	if got := buf.String(); got != "no prefix, no newline" {
+		t.Errorf("raw relay %q", got)
 	}
 }

@@ -157,20 +157,16 @@ func rawFD(f *os.File) (int, error) {
 	return fd, nil
 }
 
-// pipe makes a pipe whose write end stays blocking (a worker's stdout must
-// not be non-blocking; os.Pipe would make it so) and whose read end is
-// non-blocking for the runtime poller.
-func pipe() (r *os.File, w int, err error) {
+// pipe makes a pipe for a worker's output. Both ends are close-on-exec;
+// the write end stays blocking (a worker's stdout must not be
+// non-blocking, which os.Pipe would make it), the relay makes its read end
+// non-blocking.
+func pipe() (r, w int, err error) {
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		return nil, -1, os.NewSyscallError("pipe2", err)
+		return -1, -1, os.NewSyscallError("pipe2", err)
 	}
-	if err := unix.SetNonblock(p[0], true); err != nil {
-		unix.Close(p[0])
-		unix.Close(p[1])
-		return nil, -1, os.NewSyscallError("fcntl", err)
-	}
-	return os.NewFile(uintptr(p[0]), "worker-output"), p[1], nil
+	return p[0], p[1], nil
 }
 
 func (st *execStarter) start(req spawnRequest) (int, process, error) {
@@ -188,14 +184,14 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	cleanup = append(cleanup, func() { parent.Close(); child.Close() })
 
 	outFD, errFD := st.stdout, st.stderr
-	var outR, errR *os.File
+	outR, errR := -1, -1
 	if outFD < 0 {
 		r, w, err := pipe()
 		if err != nil {
 			return fail(fmt.Errorf("stdout pipe: %w", err))
 		}
 		outR, outFD = r, w
-		cleanup = append(cleanup, func() { r.Close(); unix.Close(w) })
+		cleanup = append(cleanup, func() { unix.Close(r); unix.Close(w) })
 	}
 	if errFD < 0 {
 		r, w, err := pipe()
@@ -203,7 +199,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 			return fail(fmt.Errorf("stderr pipe: %w", err))
 		}
 		errR, errFD = r, w
-		cleanup = append(cleanup, func() { r.Close(); unix.Close(w) })
+		cleanup = append(cleanup, func() { unix.Close(r); unix.Close(w) })
 	}
 
 	files := []uintptr{uintptr(st.devNull), uintptr(outFD), uintptr(errFD)}
@@ -254,13 +250,17 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
-	if outR != nil {
+	if outR >= 0 {
 		unix.Close(outFD)
-		st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix))
+		if err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix)); err != nil {
+			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
+		}
 	}
-	if errR != nil {
+	if errR >= 0 {
 		unix.Close(errFD)
-		st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix))
+		if err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix)); err != nil {
+			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
+		}
 	}
 
 	p := &execProcess{pid: pid, done: make(chan struct{})}
