@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clusterd/clusterd/master"
 )
 
 // The tests in this file run the real clusterd command (the test binary
@@ -424,5 +426,76 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("workers %v left running", pids)
 			}
 		})
+	}
+}
+
+func TestCrashingWorkerUnderLoad(t *testing.T) {
+	c := startCluster(t, clusterConfig{
+		flags:      []string{listenAny, "-w", "2", "--ready", "ipc", "--max-restarts", "-1", "--backoff-min", "1ms", "--backoff-max", "5ms"},
+		workerArgs: []string{"-crash-after", "100"},
+	})
+	addr, _ := c.waitStarted()
+	l := startLoad(t, "http://"+addr+"/", 8, false)
+	// Workers exit with code 3 after 100 answers; their slots are refilled.
+	c.waitFor("4 crashed workers replaced", func() bool {
+		n := 0
+		for _, e := range c.logs {
+			if e.msg() == "worker ready" && e.int("generation") > 1 {
+				n++
+			}
+		}
+		return countMsg(c.logs, "worker exited") >= 4 && n >= 4
+	})
+	l.halt()
+	// A crash breaks the connections its worker had accepted; the port
+	// itself never refuses one.
+	if n := l.refused.Load(); n > 0 {
+		t.Errorf("%d connections refused while crashed workers were replaced", n)
+	}
+	c.mu.Lock()
+	for _, e := range c.logs {
+		if e.msg() == "worker exited" && e.int("exit_code") != 3 {
+			t.Errorf("worker exit %v, want exit_code 3", e)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// TestSocketActivation starts clusterd the way systemd does for a .socket
+// unit: the listening socket at fd 3 with LISTEN_FDS, and LISTEN_PID the
+// master's own pid (exec-worker sets it, then execs clusterd).
+func TestSocketActivation(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.(*net.TCPListener).File() // a dup, for fd 3 of the master
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, clusterConfig{
+		flags:  []string{"-w", "2", "--ready", "ipc"},
+		prefix: []string{master.ExecWorkerArg, "--", exe},
+		extra:  []*os.File{f},
+		env:    []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web"},
+		helper: "worker",
+	})
+	_, l := c.waitLog(0, "listening")
+	if l.str("name") != "web" {
+		t.Errorf("activated socket logged as %v, want name web", l)
+	}
+	addr, pids := c.waitStarted()
+	if len(pids) != 2 {
+		t.Errorf("%d workers ready, want 2", len(pids))
+	}
+	body := get(t, "http://"+addr+"/")
+	if !slices.Contains(pids, pidOf(t, body)) {
+		t.Errorf("answer %q from none of the workers %v", body, pids)
 	}
 }

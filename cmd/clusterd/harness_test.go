@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,10 @@ type clusterConfig struct {
 	helper     string   // worker helper name; "" means "worker"
 	workerArgs []string // the helper's arguments
 	command    []string // instead of helper: the worker command itself
+
+	prefix []string   // argv before "run" (e.g. exec-worker -- <exe>)
+	extra  []*os.File // the master's fds 3, 4, ...
+	env    []string   // added to the master's environment
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -115,8 +120,10 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
-	c.cmd = exec.Command(exe, args...)
+	c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
 	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
+	c.cmd.Env = append(c.cmd.Env, cfg.env...)
+	c.cmd.ExtraFiles = cfg.extra
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderrR, stderrW, err := os.Pipe()
 	if err != nil {
