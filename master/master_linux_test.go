@@ -564,7 +564,7 @@ func TestRealMasterFDsStableAcrossRestarts(t *testing.T) {
 	m.next("all workers ready")
 	r := m.first("worker ready")
 	base := fdCount(t, m.pid)
-	const restarts = 30
+	const restarts = 100
 	for i := range restarts {
 		pid := field(r, "pid")
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
