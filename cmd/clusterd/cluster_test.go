@@ -133,29 +133,37 @@ func currentPIDs(c *cluster) []int {
 }
 
 func TestScaleUnderLoad(t *testing.T) {
-	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc"}})
-	addr, _ := c.waitStarted()
-	l := startLoad(t, "http://"+addr+"/", 32, true)
-	cursor := c.logLen()
-	for range 2 {
-		c.signal(syscall.SIGTTIN)
-		i, _ := c.waitLog(cursor, "scaling up")
-		i, _ = c.waitLog(i, "worker ready")
-		cursor = i + 1
+	for _, keepAlive := range []bool{true, false} {
+		name := "new-connection-per-request"
+		if keepAlive {
+			name = "keep-alive"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc"}})
+			addr, _ := c.waitStarted()
+			l := startLoad(t, "http://"+addr+"/", 32, keepAlive)
+			cursor := c.logLen()
+			for range 2 {
+				c.signal(syscall.SIGTTIN)
+				i, _ := c.waitLog(cursor, "scaling up")
+				i, _ = c.waitLog(i, "worker ready")
+				cursor = i + 1
+			}
+			if got := len(currentPIDs(c)); got != 4 {
+				t.Errorf("workers after 2 TTIN = %d, want 4", got)
+			}
+			for range 3 {
+				c.signal(syscall.SIGTTOU)
+				i, _ := c.waitLog(cursor, "scaling down")
+				i, _ = c.waitLog(i, "worker exited")
+				cursor = i + 1
+			}
+			if got := len(currentPIDs(c)); got != 1 {
+				t.Errorf("workers after 2 TTIN and 3 TTOU = %d, want 1", got)
+			}
+			l.check(t)
+		})
 	}
-	if got := len(currentPIDs(c)); got != 4 {
-		t.Errorf("workers after 2 TTIN = %d, want 4", got)
-	}
-	for range 3 {
-		c.signal(syscall.SIGTTOU)
-		i, _ := c.waitLog(cursor, "scaling down")
-		i, _ = c.waitLog(i, "worker exited")
-		cursor = i + 1
-	}
-	if got := len(currentPIDs(c)); got != 1 {
-		t.Errorf("workers after 2 TTIN and 3 TTOU = %d, want 1", got)
-	}
-	l.check(t)
 }
 
 func TestKilledWorkerIsReplaced(t *testing.T) {

@@ -153,6 +153,7 @@ func newRunCommand() *cobra.Command {
 	fs := cmd.Flags()
 	// Flags end at COMMAND even without "--": its own flags are its own.
 	fs.SetInterspersed(false)
+	fs.SortFlags = false // in the order of register: related flags together
 	f.register(fs)
 	fs.VisitAll(func(fl *pflag.Flag) {
 		fl.Usage += " [$" + envName(fl.Name) + "]"
