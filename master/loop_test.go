@@ -751,3 +751,80 @@ func TestLoopRestartStartFailureRetries(t *testing.T) {
 		h.stop(p)
 	})
 }
+
+func TestLoopNotifyFromWorkerChild(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoop(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyNotify}})
+		p := h.nextStart(time.Second)
+		// READY=1 from a process the worker started, in its process group.
+		h.events <- workerEvent{pid: 999, pgid: p.pid, kind: evReady, source: ReadyNotify}
+		synctest.Wait()
+		select {
+		case <-h.ready:
+		default:
+			t.Fatal("READY=1 from the worker's process group did not make it ready")
+		}
+		h.stop(p)
+	})
+}
+
+func TestLoopReadyOfOtherModeIgnored(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoop(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyNotify}})
+		p := h.nextStart(time.Second)
+		h.readyIPC(p)
+		synctest.Wait()
+		select {
+		case <-h.ready:
+			t.Fatal("an ipc ready message made a worker ready under --ready notify")
+		default:
+		}
+		h.stop(p)
+	})
+}
+
+func TestLoopProtocolErrorRestartsWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoop(t, Options{Workers: 1, MinUptime: time.Second})
+		p := h.nextStart(time.Second)
+		time.Sleep(2 * time.Second)
+		h.events <- workerEvent{pid: p.pid, kind: evProtocol, err: errors.New("ipc: frame too large")}
+		h.wantSignal(p, syscall.SIGKILL, time.Second)
+		h.exit(p, exitStatus{signal: syscall.SIGKILL})
+		q := h.nextStart(time.Second)
+		if q.req.slot != 0 || q.req.gen != 2 {
+			t.Errorf("replacement worker %d generation %d, want worker 0 generation 2", q.req.slot, q.req.gen)
+		}
+		if !strings.Contains(h.logs.String(), `reason="ipc protocol error: ipc: frame too large"`) {
+			t.Errorf("exit log lacks the protocol error:\n%s", h.logs)
+		}
+		h.stop(q)
+	})
+}
+
+func TestLoopScaleDownDuringReload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoop(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}})
+		old := h.starts(2)
+		for _, p := range old {
+			h.readyIPC(p)
+		}
+		h.signal(syscall.SIGHUP)
+		n0 := h.nextStart(time.Second)
+		h.readyIPC(n0)
+		h.wantSignal(old[0], syscall.SIGTERM, time.Second)
+		n1 := h.nextStart(time.Second)
+		h.signal(syscall.SIGTTOU) // removes slot 1, mid-replacement
+		h.wantSignal(n1, syscall.SIGKILL, time.Second)
+		h.wantSignal(old[1], syscall.SIGTERM, time.Second)
+		<-h.socks.dropped
+		h.exit(n1, exitStatus{signal: syscall.SIGKILL})
+		h.exit(old[1], exitStatus{code: 0})
+		h.exit(old[0], exitStatus{code: 0})
+		h.noStart(time.Minute)
+		if !strings.Contains(h.logs.String(), "reload done") {
+			t.Errorf("reload did not finish after its last slot was removed:\n%s", h.logs)
+		}
+		h.stop(n0)
+	})
+}
