@@ -52,7 +52,26 @@
 // One goroutine owns all supervisor state: the worker table, the desired
 // count and the reload in progress. Child exits (from the reaper), worker
 // messages (IPC and sd_notify readers), signals (Options.Signals), timers
-// and ctx reach it on channels; no mutex guards that state.
+// and ctx reach it on channels; no mutex guards that state. The loop keeps
+// no ticker: while nothing is due it sleeps until an event, so an idle
+// master does not wake up.
+//
+// Around it, Run starts and waits for: the reaper; the spawner (the locked
+// thread that forks); one reader of the notify socket; one goroutine per
+// worker reading its IPC connection; and one output relay, an epoll loop
+// over every worker's stdout and stderr pipe (one goroutine for all
+// workers keeps the master small with hundreds of them).
+//
+// # File descriptors
+//
+// The master owns its listeners (and Options.Activated, once New
+// succeeded), the parent end of each worker's IPC socketpair (closed when
+// the worker is reaped), the read ends of the output pipes (closed at EOF,
+// or when Run ends), /dev/null for the workers' stdin, the notify socket
+// and the connection to its own NOTIFY_SOCKET. All are close-on-exec; a
+// worker gets copies of exactly the ones meant for it. [ExecWorker] also
+// marks close-on-exec any fd the master itself inherited without the flag,
+// so nothing else reaches the worker command.
 //
 // # Lifecycle and signals
 //

@@ -382,6 +382,26 @@ func TestRealKill9Replacement(t *testing.T) {
 	m.next("all workers ready")
 	w1 := m.first("worker ready", "worker", 1)
 	pid := field(w1, "pid")
+	// Connections keep being accepted while the slot is empty: the socket
+	// is the master's, and the other worker serves its queue.
+	stopDial := make(chan struct{})
+	refused := make(chan error, 1)
+	go func() {
+		defer close(refused)
+		for {
+			select {
+			case <-stopDial:
+				return
+			default:
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				refused <- err
+				return
+			}
+			c.Close()
+		}
+	}()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -393,6 +413,10 @@ func TestRealKill9Replacement(t *testing.T) {
 		t.Errorf("exit log %v lacks uptime", exit)
 	}
 	r := m.next("worker ready", "worker", 1, "generation", 2)
+	close(stopDial)
+	if err := <-refused; err != nil {
+		t.Errorf("dial during the replacement: %v", err)
+	}
 	if field(r, "pid") == pid {
 		t.Errorf("replacement has the old pid %d", pid)
 	}
@@ -1103,4 +1127,23 @@ func TestRealUserAndGroup(t *testing.T) {
 	if _, got, _ := strings.Cut(line, "ids: "); got != "65534 65534 [65534]" {
 		t.Errorf("worker ids %q, want uid, gid and groups 65534", got)
 	}
+}
+
+func TestRealOutputRaw(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Output: "raw", WorkerMode: []string{"hello"},
+	})
+	m.next("all workers ready")
+	if line := m.stdoutLine("hello from worker 0"); line != "hello from worker 0" {
+		t.Errorf("raw output line %q, want it untouched", line)
+	}
+	m.waitFor("raw stderr line", func() bool {
+		for _, l := range m.stderr {
+			if l == "hello on stderr from worker 0" {
+				return true
+			}
+		}
+		return false
+	})
 }
