@@ -38,7 +38,7 @@ type Master struct {
 func New(opts Options) (*Master, error) {
 	cfg, err := normalize(opts)
 	if err != nil {
-		return nil, fmt.Errorf("master: %w", err)
+		return nil, err
 	}
 	return &Master{
 		cfg:       cfg,
@@ -88,24 +88,24 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	ls := newListeners(cfg, log)
 	defer func() {
 		if cerr := ls.closeAll(); cerr != nil && err == nil {
-			err = fmt.Errorf("master: %w", cerr)
+			err = cerr
 		}
 	}()
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
-			return fmt.Errorf("master: %w", err)
+			return err
 		}
 		defer removePIDFile(cfg.PIDFile, log)
 	}
 	if err := ls.bind(); err != nil {
-		return fmt.Errorf("master: %w", err)
+		return err
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
 
 	r, err := startReaper(cfg.ReapOnlyWorkers)
 	if err != nil {
-		return fmt.Errorf("master: %w", err)
+		return err
 	}
 	defer r.stop()
 	events := make(chan workerEvent)
@@ -114,19 +114,19 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	defer closeDone()
 	ns, err := listenNotify(events, done, log.Named("notify"))
 	if err != nil {
-		return fmt.Errorf("master: %w", err)
+		return err
 	}
 	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
 	out, err := newOutputs()
 	if err != nil {
-		return fmt.Errorf("master: %w", err)
+		return err
 	}
 	defer out.wait(cfg.KillTimeout)
 	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
 	if err != nil {
-		return fmt.Errorf("master: %w", err)
+		return err
 	}
 	defer st.close()
 	// Deferred last, so it runs first: the loop has ended, and goroutines
@@ -142,10 +142,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 	})
-	if err := l.run(ctx); err != nil {
-		return fmt.Errorf("master: %w", err)
-	}
-	return nil
+	return l.run(ctx)
 }
 
 // writePIDFile writes the master's pid atomically (temporary file, rename).

@@ -442,7 +442,7 @@ func TestRealCrashLoopIntensity(t *testing.T) {
 		t.Errorf("%d delayed restarts, want 4", n)
 	}
 	m.next("restart intensity exceeded")
-	want := "run error: master: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1)"
+	want := "run error: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1)"
 	m.waitFor("run error line", func() bool {
 		for _, l := range m.stderr {
 			if l == want {
@@ -832,7 +832,7 @@ func TestRealBindError(t *testing.T) {
 	}
 	m.waitFor("bind error", func() bool {
 		for _, l := range m.stderr {
-			if strings.HasPrefix(l, "run error: master: listen tcp://"+ln.Addr().String()) &&
+			if strings.HasPrefix(l, "run error: listen tcp://"+ln.Addr().String()) &&
 				strings.Contains(l, "address already in use") {
 				return true
 			}

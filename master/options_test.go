@@ -146,7 +146,7 @@ func TestNewErrors(t *testing.T) {
 		want string
 		is   error
 	}{
-		{"no command", Options{}, "master: no worker command", nil},
+		{"no command", Options{}, "no worker command", nil},
 		{"missing command", Options{Command: []string{"clusterd-no-such-command"}}, "worker command clusterd-no-such-command", exec.ErrNotFound},
 		{"missing path", Options{Command: []string{filepath.Join(dir, "nope")}}, "no such file or directory", os.ErrNotExist},
 		{"not executable", Options{Command: []string{plain}}, "not executable", nil},
