@@ -54,7 +54,7 @@ type Conn struct {
 	wkick     chan struct{} // capacity 1
 	wqueued   int64         // bytes ever appended to wbuf
 	wwritten  int64         // bytes ever handed to the kernel
-	wflushed  chan struct{} // closed and cleared after each batch, made by waiters
+	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 
 	wg sync.WaitGroup
 }
@@ -258,7 +258,8 @@ func (c *Conn) send(m *Message, id uint64) error {
 	return nil
 }
 
-// flushedLocked returns the channel closed after the writer's next batch.
+// flushedLocked returns the channel closed when the writer next takes or finishes
+// a batch.
 func (c *Conn) flushedLocked() chan struct{} {
 	if c.wflushed == nil {
 		c.wflushed = make(chan struct{})
@@ -320,6 +321,12 @@ func (c *Conn) writeLoop() {
 		data, segs := c.wbuf, c.wsegs
 		c.wbuf, c.wsegs = c.wspare[:0], c.wsegSpare[:0]
 		c.wspare, c.wsegSpare = nil, nil
+		if c.wflushed != nil {
+			// Senders waiting for room can fill the emptied buffer while this
+			// batch is written.
+			close(c.wflushed)
+			c.wflushed = nil
+		}
 		c.wmu.Unlock()
 
 		nfds, err := c.writeBatch(data, segs)
@@ -509,7 +516,7 @@ func (c *Conn) Handshake(ctx context.Context, local Hello) (Hello, error) {
 // readLoop is the reader goroutine.
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
-	err := c.readFrames()
+	err := c.readFrames(c.sock.read, c.deliver)
 	c.fail(err)
 	c.in.finish()
 }
@@ -521,8 +528,9 @@ type fdBatch struct {
 	fds        []int
 }
 
-// readFrames reads and dispatches frames until an error, which it returns.
-func (c *Conn) readFrames() (err error) {
+// readFrames reads with read and hands every frame to deliver until an error,
+// which it returns. (The fuzz test drives it with an in-memory read.)
+func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver func(*Message) error) error {
 	fr := newFrameReader(c.opts.MaxFrameSize)
 	// Room for one descriptor more than the limit, so that a peer sending too
 	// many is seen (or the kernel reports MSG_CTRUNC).
@@ -578,7 +586,7 @@ func (c *Conn) readFrames() (err error) {
 			if len(fds) > 0 {
 				m.FDs = newFiles(fds)
 			}
-			if err := c.deliver(m); err != nil {
+			if err := deliver(m); err != nil {
 				_ = m.CloseFDs() // the connection is ending; its error is the news
 				return err
 			}
@@ -593,7 +601,7 @@ func (c *Conn) readFrames() (err error) {
 		}
 		p := fr.space()
 		start := fr.end()
-		n, fds, rerr := c.sock.read(p, oob)
+		n, fds, rerr := read(p, oob)
 		if errors.Is(rerr, ErrTooManyFDs) {
 			fdErr, rerr = rerr, nil
 		}

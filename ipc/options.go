@@ -57,9 +57,9 @@ type Options struct {
 	// means [DefaultQueueFDs]; it is raised to MaxFDs if lower.
 	QueueFDs int
 
-	// WriteBuffer is how many encoded bytes [Conn.Send] may buffer ahead of the
-	// socket before it blocks (one frame is always accepted into an empty
-	// buffer). 0 means [DefaultWriteBuffer].
+	// WriteBuffer is how many encoded bytes [Conn.Send] may buffer, besides the
+	// batch the writer is writing, before it blocks (one frame is always
+	// accepted into an empty buffer). 0 means [DefaultWriteBuffer].
 	WriteBuffer int
 }
 
