@@ -97,6 +97,7 @@ type masterConfig struct {
 	PIDFile      string
 	User, Group  string
 	ExecPath     string   // run the master from this copy of the test binary
+	PID1         bool     // run the master as PID 1 of a new pid namespace
 	WorkerMode   []string // behaviour of the worker helper
 	Command      []string // instead of the worker helper
 }

@@ -87,6 +87,9 @@ func startMasterEnv(t testing.TB, c masterConfig, env ...string) *runningMaster 
 	cmd.Env = append(os.Environ(), envHelper+"=master", envMasterConfig+"="+string(cfg))
 	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if c.PID1 {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -1146,4 +1149,32 @@ func TestRealOutputRaw(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestRealMasterAsPID1 runs the master as PID 1 of its own pid namespace,
+// as the entrypoint of a container: it must start, reap, reload and stop
+// there too (PID 1 gets only the signals it handles).
+func TestRealMasterAsPID1(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a new pid namespace needs root")
+	}
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", PID1: true, WorkerMode: []string{"orphan"},
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	pidsServing(t, addr, 2)
+	m.signal(syscall.SIGHUP)
+	m.next("reload done")
+	pidsServing(t, addr, 2)
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(); code != 0 {
+		t.Errorf("master as PID 1 exit code %d, want 0", code)
+	}
+	for i := range 2 {
+		if e := m.first("worker exited", "worker", i, "generation", 2); e["exit_code"] != float64(0) {
+			t.Errorf("worker %d exit %v, want code 0", i, e)
+		}
+	}
 }
