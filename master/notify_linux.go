@@ -118,22 +118,6 @@ func senderPID(oob []byte, log hclog.Logger) int {
 	return pid
 }
 
-// parseNotify turns an sd_notify datagram into the events clusterd acts on.
-func parseNotify(msg []byte) []workerEvent {
-	var evs []workerEvent
-	for _, line := range bytes.Split(msg, []byte{'\n'}) {
-		switch string(line) {
-		case "READY=1":
-			evs = append(evs, workerEvent{kind: evReady, source: ReadyNotify})
-		case "STOPPING=1":
-			evs = append(evs, workerEvent{kind: evStopping})
-		case "WATCHDOG=1":
-			evs = append(evs, workerEvent{kind: evWatchdog})
-		}
-	}
-	return evs
-}
-
 // processGroup reads a process's group from /proc/PID/stat; 0 if gone.
 func processGroup(pid int) int {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
