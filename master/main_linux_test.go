@@ -75,7 +75,24 @@ func TestMain(m *testing.M) {
 			}
 		}
 	}
+	if kids := children(); len(kids) > 0 {
+		fmt.Fprintf(os.Stderr, "test binary left children behind: %v\n", kids)
+		code = 1
+	}
 	os.Exit(code)
+}
+
+// children lists this process's children, zombies included.
+func children() []string {
+	var kids []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+		if err == nil {
+			kids = append(kids, strings.Fields(string(b))...)
+		}
+	}
+	return kids
 }
 
 // masterConfig is what a test passes to the master helper (as JSON).
