@@ -173,6 +173,7 @@ func (l *loop) run(ctx context.Context) error {
 	timer.Stop()
 	defer timer.Stop()
 	ctxDone := ctx.Done()
+	signals := l.cfg.Signals
 	for {
 		if l.finished() {
 			break
@@ -187,7 +188,11 @@ func (l *loop) run(ctx context.Context) error {
 			ctxDone = nil
 			l.log.Info("stopping", "reason", "context canceled")
 			l.beginStop(false)
-		case sig := <-l.cfg.Signals:
+		case sig, ok := <-signals:
+			if !ok {
+				signals = nil // closed by the caller: no more signals
+				continue
+			}
 			l.onSignal(sig)
 		case e := <-l.exits:
 			l.onExit(e)
