@@ -37,12 +37,11 @@ func DrainOnSignal(sigs ...os.Signal) {
 	if len(sigs) == 0 {
 		sigs = []os.Signal{stopSignal}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, sigs...)
-	// The goroutine ends when the first signal arrives; the handler stays
-	// installed so that later signals do not kill a draining worker.
+	// The goroutine ends when the first signal arrives (until then it lives
+	// as long as the process); the handler stays installed so that later
+	// signals do not kill a draining worker.
 	go func() {
 		<-ch
 		p.startDrain(time.Time{})
@@ -79,7 +78,6 @@ func (p *process) startDrain(deadline time.Time) {
 // as long as the worker does, and the goroutine ends when the master closes
 // its end or the worker exits.
 func (p *process) readIPC(conn *ipc.Conn) {
-	defer close(p.readerDone)
 	for {
 		m, err := conn.Recv()
 		if err != nil {

@@ -53,8 +53,8 @@ func Ready() error {
 // ipcConn returns the connection to the master, opening it on first use, or
 // nil and no error when the process does not run under clusterd.
 func (p *process) ipcConn() (*ipc.Conn, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.connMu.Lock()
+	defer p.connMu.Unlock()
 	if p.connDone {
 		return p.conn, p.connErr
 	}
@@ -89,7 +89,6 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 		conn.Close() // the handshake error is the one to report
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
 	}
-	p.readerDone = make(chan struct{})
 	go p.readIPC(conn)
 	return conn, nil
 }

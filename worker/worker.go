@@ -17,12 +17,14 @@ type process struct {
 
 	mu             sync.Mutex
 	listenersTaken bool      // Listeners has taken the inherited sockets
-	conn           *ipc.Conn // IPC connection to the master, once opened
-	connDone       bool      // the IPC connection has been attempted
-	connErr        error     // why it could not be opened
-	readerDone     chan struct{}
 	deadline       time.Time // drain deadline sent by the master, if any
-	signalsWatched bool
+
+	// connMu guards the IPC connection. It is held across the hello
+	// exchange, so it is not mu: a drain signal must not wait for that.
+	connMu   sync.Mutex
+	conn     *ipc.Conn // IPC connection to the master, once opened
+	connDone bool      // the IPC connection has been attempted
+	connErr  error     // why it could not be opened
 
 	drain     chan struct{} // closed once when the worker must drain
 	drainOnce sync.Once

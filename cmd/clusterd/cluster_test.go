@@ -313,8 +313,9 @@ func TestNoWorkerSurvivesKilledMaster(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, pid := range pids {
-			if !waitGone(pid, 5*time.Second) {
-				t.Fatalf("round %d: worker %d survived its SIGKILLed master", i, pid)
+			if !waitGone(pid, 30*time.Second) {
+				status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+				t.Fatalf("round %d: worker %d survived its SIGKILLed master:\n%s", i, pid, status)
 			}
 		}
 		c.wait()

@@ -330,7 +330,7 @@ func (c *cluster) cleanup() {
 	}
 	// Its workers die with it (Pdeathsig); none may survive.
 	for _, pid := range markedPIDs(c.mark) {
-		if !waitGone(pid, 5*time.Second) {
+		if !waitGone(pid, 30*time.Second) {
 			t.Errorf("worker %d of clusterd %d outlived it", pid, c.pid)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
