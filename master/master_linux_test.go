@@ -334,6 +334,50 @@ func get(addr, path string) (int, error) {
 	return strconv.Atoi(f[0])
 }
 
+// underLoad runs fn while 4 clients keep sending requests, each on a new
+// connection, and fails the test for any request that fails. It returns
+// the number of requests made.
+func underLoad(t *testing.T, addr string, fn func()) int {
+	t.Helper()
+	stop := make(chan struct{})
+	type result struct {
+		n    int
+		errs []error
+	}
+	results := make(chan result, 4)
+	for range 4 {
+		go func() {
+			var r result
+			for {
+				select {
+				case <-stop:
+					results <- r
+					return
+				default:
+				}
+				if _, err := get(addr, "/"); err != nil {
+					r.errs = append(r.errs, err)
+				}
+				r.n++
+			}
+		}()
+	}
+	fn()
+	close(stop)
+	total := 0
+	for range 4 {
+		r := <-results
+		total += r.n
+		for _, err := range r.errs {
+			t.Errorf("request failed under load: %v", err)
+		}
+	}
+	if total == 0 {
+		t.Fatal("no request was made")
+	}
+	return total
+}
+
 // pidsServing sends requests until n distinct pids answered.
 func pidsServing(t *testing.T, addr string, n int) map[int]bool {
 	t.Helper()
@@ -620,47 +664,13 @@ func TestRealRollingReloadKeepsServing(t *testing.T) {
 	m.next("all workers ready")
 	before := pidsServing(t, addr, 2)
 
-	stop := make(chan struct{})
-	type result struct {
-		n    int
-		errs []error
-	}
-	results := make(chan result, 4)
-	for range 4 {
-		go func() {
-			var r result
-			for {
-				select {
-				case <-stop:
-					results <- r
-					return
-				default:
-				}
-				if _, err := get(addr, "/"); err != nil {
-					r.errs = append(r.errs, err)
-				}
-				r.n++
-			}
-		}()
-	}
-	for i := range 3 {
-		m.signal(syscall.SIGHUP)
-		m.next("reload started")
-		m.next("reload done")
-		_ = i
-	}
-	close(stop)
-	total := 0
-	for range 4 {
-		r := <-results
-		total += r.n
-		for _, err := range r.errs {
-			t.Errorf("request failed during reload: %v", err)
+	total := underLoad(t, addr, func() {
+		for range 3 {
+			m.signal(syscall.SIGHUP)
+			m.next("reload started")
+			m.next("reload done")
 		}
-	}
-	if total == 0 {
-		t.Fatal("no request was made")
-	}
+	})
 	after := pidsServing(t, addr, 2)
 	for pid := range after {
 		if before[pid] {
@@ -1177,4 +1187,23 @@ func TestRealMasterAsPID1(t *testing.T) {
 			t.Errorf("worker %d exit %v, want code 0", i, e)
 		}
 	}
+}
+
+func TestRealScaleUnderLoad(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
+	addr := m.addr()
+	m.next("all workers ready")
+	total := underLoad(t, addr, func() {
+		for range 2 {
+			m.signal(syscall.SIGTTIN)
+			m.next("worker ready", "worker", 2)
+			m.signal(syscall.SIGTTOU)
+			m.next("worker exited", "worker", 2)
+		}
+		m.signal(syscall.SIGTTOU)
+		m.next("worker exited", "worker", 1)
+	})
+	pidsServing(t, addr, 1)
+	t.Logf("%d requests across 2 TTIN, 3 TTOU", total)
 }
