@@ -66,18 +66,20 @@ type Stats struct {
 // receiver branches on (see the Code constants); Text is for humans.
 // [Conn.Call] turns it into a [*RemoteError].
 type Error struct {
+	// Code is the identifier to branch on, such as [CodeBadRequest].
 	Code string `msgpack:"code"`
+	// Text describes the failure for a log.
 	Text string `msgpack:"text"`
 }
 
 // Error codes of the protocol's own failures. Applications may define their own.
 const (
-	// CodeBadRequest: the request's body could not be decoded or is invalid.
+	// CodeBadRequest means the request's body could not be decoded or is invalid.
 	CodeBadRequest = "bad_request"
-	// CodeUnsupported: the receiver does not handle this kind of request.
+	// CodeUnsupported means the receiver does not handle this kind of request.
 	CodeUnsupported = "unsupported"
-	// CodeListen: the master could not create the requested listener.
+	// CodeListen means the master could not create the requested listener.
 	CodeListen = "listen_failed"
-	// CodeInternal: the receiver failed for a reason of its own.
+	// CodeInternal means the receiver failed for a reason of its own.
 	CodeInternal = "internal"
 )

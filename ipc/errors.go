@@ -70,7 +70,9 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // RemoteError is an error that the peer sent as a [KindError] message (body
 // [Error]) in reply to a [Conn.Call]. Code is meant for branching, Text for humans.
 type RemoteError struct {
+	// Code is the [Error] body's code, such as [CodeUnsupported].
 	Code string
+	// Text is the [Error] body's text.
 	Text string
 }
 

@@ -300,3 +300,15 @@ func fuzzSeedFrames(tb testing.TB) [][]byte {
 	two := append(appendFrame(nil, &envelope{kind: KindUser, id: 1}), appendFrame(nil, &envelope{kind: KindConn, nfds: 1})...)
 	return append(seeds, two)
 }
+
+// TestDecodePanic: input on which the msgpack library panics (found by
+// FuzzDecodeEnvelope) is a decode error instead.
+func TestDecodePanic(t *testing.T) {
+	t.Parallel()
+	m := &Message{Kind: KindDrain, Body: msgpack.RawMessage{0x91, 0xc0}}
+	var d Drain
+	var de *DecodeError
+	if err := m.Decode(&d); !errors.As(err, &de) {
+		t.Fatalf("Decode(%x) = %v, want a *DecodeError", m.Body, err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sort"
@@ -164,7 +165,7 @@ func helperEcho() int {
 	for {
 		m, err := c.Recv()
 		if err != nil {
-			if err.Error() == "EOF" {
+			if err == io.EOF {
 				return 0
 			}
 			fmt.Fprintln(os.Stderr, "echo: recv:", err)

@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 
@@ -93,8 +94,12 @@ func (k Kind) String() string {
 // ReplyTo 0 mean "none". Each end numbers its own requests; a ReplyTo refers to an
 // ID chosen by the peer.
 type Message struct {
-	Kind    Kind
-	ID      uint64
+	// Kind says what the message is and which body it carries.
+	Kind Kind
+	// ID identifies a request among the sender's; 0 means none.
+	ID uint64
+	// ReplyTo is the peer's ID of the request this message answers; 0 means
+	// none.
 	ReplyTo uint64
 	// Body is exactly one msgpack value, or nil for none. Build it with [Encode]
 	// and read it with [Message.Decode].
@@ -128,8 +133,18 @@ func (m *Message) Reply(k Kind, v any) (*Message, error) {
 
 // Decode decodes m's body into v (a pointer), with the msgpack library's
 // allocation limits in force. A nil body decodes as msgpack nil. A failure is a
-// [*DecodeError].
-func (m *Message) Decode(v any) error {
+// [*DecodeError], also when the msgpack library panics on what the peer sent.
+func (m *Message) Decode(v any) (err error) {
+	// The body comes from the peer, and msgpack v5.4.1 panics on some input
+	// (a nil where a struct-typed field such as time.Time is expected in an
+	// array-encoded struct: reflect.Value.IsNil on a struct; the fuzz corpus
+	// keeps the case). A peer must not be able to crash us: the panic becomes
+	// a decode error.
+	defer func() {
+		if p := recover(); p != nil {
+			err = &DecodeError{Offset: -1, Reason: fmt.Sprintf("decode %s body: msgpack panicked: %v", m.Kind, p)}
+		}
+	}()
 	body := m.Body
 	if len(body) == 0 {
 		body = nilBody
