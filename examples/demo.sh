@@ -8,9 +8,13 @@ go build -o bin/ ./cmd/clusterd ./examples/hello
 cat <<TRY
 clusterd demo: 2 workers of examples/hello on http://$addr (Ctrl-C stops the cluster)
 Try, from another terminal:
-  curl http://$addr/                   # answered by one worker: its pid, slot and generation
-  kill -HUP  \$(cat bin/clusterd.pid)   # rolling reload: every worker replaced, no request lost
-  kill -TTIN \$(cat bin/clusterd.pid)   # one worker more (TTOU: one fewer)
-  pkill -9 -f bin/hello                # crash them: each slot is refilled with a new generation
+  curl http://$addr/
+      answered by one worker: its pid, slot and generation
+  kill -HUP \$(cat bin/clusterd.pid)
+      rolling reload: every worker replaced, no request lost
+  kill -TTIN \$(cat bin/clusterd.pid)
+      one worker more (kill -TTOU: one fewer)
+  pkill -9 -f bin/hello
+      crash them all: each slot is refilled with a new generation
 TRY
 exec bin/clusterd run --listen "tcp://$addr" --workers 2 --ready ipc --pid-file bin/clusterd.pid -- bin/hello

@@ -508,3 +508,36 @@ func TestSocketActivation(t *testing.T) {
 		t.Errorf("answer %q from none of the workers %v", body, pids)
 	}
 }
+
+// TestFailedSpawnUnderLoad: a reload whose new worker fails is aborted, the
+// old workers keep serving every request, and they still drain on their
+// stop signal. (A master that switched the shared socket to blocking mode
+// while handing it over would leave them stuck in accept4 until SIGKILL.)
+func TestFailedSpawnUnderLoad(t *testing.T) {
+	c := startCluster(t, clusterConfig{
+		flags:      []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "30s"},
+		workerArgs: []string{"-fail-gens", "2-1000"},
+	})
+	addr, first := c.waitStarted()
+	l := startLoad(t, "http://"+addr+"/", 32, false)
+	c.signal(syscall.SIGHUP)
+	c.waitLog(0, "reload aborted")
+	l.check(t)
+	if got := currentPIDs(c); !slices.Equal(got, slices.Sorted(slices.Values(first))) {
+		t.Errorf("workers after an aborted reload: %v, want the first ones %v", got, first)
+	}
+	c.signal(syscall.SIGTERM)
+	if code, last := c.wait(); code != 0 {
+		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, pid := range first {
+		if _, e := findLog(c.logs, "worker exited", "pid", pid); e == nil || e.str("exit_code") != "0" {
+			t.Errorf("first worker %d: exit %v, want a drained exit with code 0", pid, e)
+		}
+	}
+	if _, e := findLog(c.logs, "worker killed after kill timeout"); e != nil {
+		t.Errorf("a worker had to be killed: %v", e)
+	}
+}

@@ -126,10 +126,15 @@ func workerHelper(args []string) int {
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM and the drain message; serve until killed")
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
+	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	gen := worker.Generation()
+	if inRange(*failGens, gen) {
+		fmt.Fprintf(os.Stderr, "worker helper: generation %d fails on purpose\n", gen)
+		return 1
+	}
 	id, _ := worker.ID()
 	if *ignoreTerm {
 		signal.Ignore(syscall.SIGTERM)
@@ -151,12 +156,8 @@ func workerHelper(args []string) int {
 			return 1
 		}
 	}
-	if first, last, ok := strings.Cut(*exitGens, "-"); ok {
-		a, _ := strconv.Atoi(first)
-		b, _ := strconv.Atoi(last)
-		if gen >= a && gen <= b {
-			return 0
-		}
+	if inRange(*exitGens, gen) {
+		return 0
 	}
 
 	var served atomic.Int64
@@ -197,6 +198,17 @@ func workerHelper(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// inRange reports whether n is within "FIRST-LAST".
+func inRange(r string, n int) bool {
+	first, last, ok := strings.Cut(r, "-")
+	if !ok {
+		return false
+	}
+	a, err1 := strconv.Atoi(first)
+	b, err2 := strconv.Atoi(last)
+	return err1 == nil && err2 == nil && n >= a && n <= b
 }
 
 func joinInts(v []int) string {
