@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -251,6 +252,13 @@ func TestUsageExitCodes(t *testing.T) {
 				t.Errorf("clusterd %q stderr = %q, want one line `clusterd: ...%s...`", tt.args, stderr, tt.want)
 			}
 		})
+	}
+}
+
+func TestErrorIsOneLine(t *testing.T) {
+	err := fmt.Errorf("start: %w", errors.Join(errors.New("first"), errors.New("second")))
+	if got, want := oneLine(err), "start: first; second"; got != want {
+		t.Errorf("oneLine(%q) = %q, want %q", err, got, want)
 	}
 }
 

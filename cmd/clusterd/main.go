@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/clusterd/clusterd/master"
 )
@@ -49,12 +50,18 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "clusterd: %v\n", err)
+	fmt.Fprintf(stderr, "clusterd: %s\n", oneLine(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
 	return exitError
+}
+
+// oneLine renders err on one line: the lines of joined errors are
+// separated by "; ".
+func oneLine(err error) string {
+	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
 }
 
 // usageError marks an error in how clusterd was called; it exits with
