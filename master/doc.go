@@ -96,6 +96,8 @@
 //	           a second one stops at once
 //	QUIT       immediate stop (SIGKILL)
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
+//	WINCH      stop all workers but keep the master and its sockets (for
+//	           maintenance); HUP starts them again
 //
 // Draining a worker sends Options.StopSignal to its process group (and an
 // ipc drain message with the deadline, to workers that said hello), then

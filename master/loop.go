@@ -135,6 +135,7 @@ type loop struct {
 	reload   *reloadState
 	stopping bool
 	force    bool // stopping with SIGKILL
+	paused   bool // WINCH: workers stopped, master and sockets kept
 	result   error
 	allReady bool
 	limit    intensity
@@ -214,6 +215,9 @@ func (l *loop) finished() bool {
 	if l.stopping {
 		return true
 	}
+	if l.paused {
+		return false // waiting for HUP
+	}
 	for _, s := range l.slots {
 		if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
 			return false
@@ -283,7 +287,7 @@ func (l *loop) becameReady(w *worker) {
 	}
 	w.state = stateReady
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
-	w.log.Info("worker ready", "duration", time.Since(w.started))
+	w.log.Info("worker ready", "duration", time.Since(w.started).Round(time.Microsecond).String())
 	s := w.slot
 	if s.next == w {
 		s.next = nil
@@ -354,8 +358,16 @@ func (l *loop) onSignal(sig os.Signal) {
 	l.log.Debug("signal received", "signal", signalName(s))
 	switch s {
 	case syscall.SIGHUP:
-		if !l.stopping {
+		switch {
+		case l.stopping:
+		case l.paused:
+			l.resume()
+		default:
 			l.beginReload()
+		}
+	case syscall.SIGWINCH:
+		if !l.stopping && !l.paused {
+			l.pause()
 		}
 	case syscall.SIGTERM, syscall.SIGINT:
 		if l.stopping {
@@ -462,7 +474,7 @@ func (l *loop) onExit(e exitEvent) {
 		}
 	case s.cur == w:
 		s.cur = nil
-		if w.expected || l.stopping || s.removed {
+		if w.expected || l.stopping || l.paused || s.removed {
 			break
 		}
 		if s.next != nil {
@@ -576,7 +588,7 @@ func (l *loop) onTimers(now time.Time) {
 	for _, s := range slices.Clone(l.slots) {
 		if due(s.restartAt, now) {
 			s.restartAt = time.Time{}
-			if !l.stopping && s.cur == nil && s.next == nil && !s.removed {
+			if !l.stopping && !l.paused && s.cur == nil && s.next == nil && !s.removed {
 				l.tryStart(s)
 			}
 		}
@@ -599,7 +611,38 @@ func (l *loop) readyTimeout(w *worker) {
 func (l *loop) scaleUp() {
 	s := l.newSlot(len(l.slots))
 	l.log.Info("scaling up", "workers", len(l.slots))
-	l.tryStart(s)
+	if !l.paused {
+		l.tryStart(s)
+	}
+}
+
+// pause stops every worker but keeps the master and its sockets (WINCH,
+// for maintenance); HUP brings the workers back.
+func (l *loop) pause() {
+	l.paused = true
+	l.log.Info("stopping workers for maintenance", "workers", len(l.slots))
+	if l.reload != nil {
+		l.rlog.Info("reload canceled by maintenance stop")
+		l.reload = nil
+	}
+	for _, s := range l.slots {
+		s.restartAt = time.Time{}
+	}
+	for _, w := range l.workers() {
+		l.drainWorker(w, "maintenance stop")
+	}
+}
+
+// resume starts a worker in every slot after pause.
+func (l *loop) resume() {
+	l.paused = false
+	l.log.Info("starting workers after maintenance", "workers", len(l.slots))
+	for _, s := range l.slots {
+		s.backoff.attempt = 0
+		if s.cur == nil && s.next == nil {
+			l.tryStart(s)
+		}
+	}
 }
 
 // scaleDown removes the highest slot (TTOU), draining its workers.

@@ -828,3 +828,34 @@ func TestLoopScaleDownDuringReload(t *testing.T) {
 		h.stop(n0)
 	})
 }
+
+func TestLoopMaintenanceStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoop(t, Options{Workers: 2})
+		ps := h.starts(2)
+		h.signal(syscall.SIGWINCH)
+		for _, p := range ps {
+			h.wantSignal(p, syscall.SIGTERM, time.Second)
+			h.exit(p, exitStatus{code: 0})
+		}
+		h.signal(syscall.SIGTTIN) // a slot more, started with the others
+		h.noStart(time.Minute)
+		select {
+		case err := <-h.result:
+			t.Fatalf("run returned %v while workers were stopped for maintenance", err)
+		default:
+		}
+		h.signal(syscall.SIGHUP)
+		back := h.starts(3)
+		for i, p := range back {
+			want := 2
+			if i == 2 {
+				want = 1
+			}
+			if p.req.slot != i || p.req.gen != want {
+				t.Errorf("after HUP: worker %d generation %d, want worker %d generation %d", p.req.slot, p.req.gen, i, want)
+			}
+		}
+		h.stop(back...)
+	})
+}

@@ -73,7 +73,8 @@ func (m *Master) Addrs() []net.Addr {
 // supervises them: it restarts the ones that exit, and acts on the signals
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
 // second one to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
-// or fewer). Cancelling ctx is a graceful stop.
+// or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
+// graceful stop.
 //
 // Run blocks until every worker has been reaped, every goroutine it started
 // has returned and every fd it owns is closed (listeners and Activated
