@@ -121,6 +121,7 @@ type loopDeps struct {
 	sdNotify func(state string) // the master's own sd_notify; never nil
 	ready    func()             // called once every initial worker is ready
 	jitter   func() float64     // in [0, 1)
+	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
 }
 
 type loop struct {
@@ -139,7 +140,8 @@ type loop struct {
 	result   error
 	allReady bool
 	limit    intensity
-	lastBad  string // the last failed exit that was not restarted
+	lastBad  string    // the last failed exit that was not restarted
+	petAt    time.Time // next WATCHDOG=1
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -169,6 +171,9 @@ func (l *loop) run(ctx context.Context) error {
 			l.beginStop(false)
 			break
 		}
+	}
+	if l.watchdog > 0 {
+		l.petAt = time.Now().Add(l.watchdog)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -563,6 +568,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	for _, s := range l.slots {
 		add(s.restartAt)
 	}
+	add(l.petAt)
 	return next, !next.IsZero()
 }
 
@@ -570,6 +576,10 @@ func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
 
 // onTimers acts on every deadline that has passed.
 func (l *loop) onTimers(now time.Time) {
+	if due(l.petAt, now) {
+		l.sdNotify("WATCHDOG=1")
+		l.petAt = now.Add(l.watchdog)
+	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {
 			continue // reaped meanwhile

@@ -110,6 +110,11 @@ type harness struct {
 // current synctest bubble.
 func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
+	return startLoopWatchdog(t, opts, 0, setup...)
+}
+
+func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
 	}
@@ -144,6 +149,7 @@ func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness
 		sdNotify: func(s string) { h.notes <- s },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },
+		watchdog: watchdog,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -858,4 +864,44 @@ func TestLoopMaintenanceStop(t *testing.T) {
 		}
 		h.stop(back...)
 	})
+}
+
+func TestLoopWatchdog(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoopWatchdog(t, Options{Workers: 1}, 10*time.Second)
+		p := h.nextStart(time.Second)
+		if got := <-h.notes; got != "READY=1" {
+			t.Fatalf("sd_notify %q, want READY=1", got)
+		}
+		start := time.Now()
+		for i := range 3 {
+			if got := <-h.notes; got != "WATCHDOG=1" {
+				t.Fatalf("sd_notify %q, want WATCHDOG=1", got)
+			}
+			if d := time.Since(start); d != time.Duration(i+1)*10*time.Second {
+				t.Errorf("watchdog %d after %v, want %v", i+1, d, time.Duration(i+1)*10*time.Second)
+			}
+		}
+		h.stop(p)
+	})
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	env := func(kv map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := kv[k]; return v, ok }
+	}
+	for _, tc := range []struct {
+		env  map[string]string
+		want time.Duration
+	}{
+		{map[string]string{}, 0},
+		{map[string]string{"WATCHDOG_USEC": "30000000"}, 15 * time.Second},
+		{map[string]string{"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "42"}, 15 * time.Second},
+		{map[string]string{"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "43"}, 0},
+		{map[string]string{"WATCHDOG_USEC": "soon"}, 0},
+	} {
+		if got := watchdogInterval(env(tc.env), 42); got != tc.want {
+			t.Errorf("watchdogInterval(%v) = %v, want %v", tc.env, got, tc.want)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -142,6 +143,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		sdNotify: sd.notify,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
+		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
 	})
 	return l.run(ctx)
 }
@@ -179,4 +181,22 @@ func removePIDFile(path string, log hclog.Logger) {
 	if err := os.Remove(path); err != nil {
 		log.Warn("remove pid file", "path", path, "error", err)
 	}
+}
+
+// watchdogInterval is how often the master tells its service manager it is
+// alive: half of WATCHDOG_USEC, when that is set for this process (systemd's
+// WatchdogSec=); 0 otherwise.
+func watchdogInterval(lookup func(string) (string, bool), pid int) time.Duration {
+	v, ok := lookup("WATCHDOG_USEC")
+	if !ok {
+		return 0
+	}
+	if p, ok := lookup("WATCHDOG_PID"); ok && p != strconv.Itoa(pid) {
+		return 0
+	}
+	usec, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || usec <= 0 {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond / 2
 }
