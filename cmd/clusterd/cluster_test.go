@@ -69,6 +69,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			for i := range 5 {
 				before := currentPIDs(c)
 				cursor := c.logLen()
+				served := l.ok.Load()
 				c.signal(syscall.SIGHUP)
 				c.waitLog(cursor, "reload done")
 				// Every worker the reload replaced has drained and exited.
@@ -77,6 +78,9 @@ func TestReloadUnderLoad(t *testing.T) {
 				}
 				if got := currentPIDs(c); len(got) != 2 || slices.ContainsFunc(got, func(p int) bool { return slices.Contains(before, p) }) {
 					t.Fatalf("workers after reload %d: %v, before it %v; want 2 new ones", i+1, got, before)
+				}
+				if l.ok.Load() == served {
+					t.Errorf("no request was served during reload %d", i+1)
 				}
 			}
 			l.check(t)

@@ -480,8 +480,11 @@ func startLoad(t *testing.T, url string, conns int, keepAlive bool) *load {
 	return l
 }
 
+// do sends one request. It is a POST: Go's client retries a GET (an
+// idempotent request) that failed on a reused keep-alive connection, which
+// would hide a connection closed under a request; a POST's failure shows.
 func (l *load) do(client *http.Client, url string) {
-	resp, err := client.Get(url)
+	resp, err := client.Post(url, "text/plain", strings.NewReader("ping"))
 	if err == nil {
 		var body []byte
 		body, err = io.ReadAll(resp.Body)
