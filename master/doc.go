@@ -112,7 +112,8 @@
 //
 // When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
 // its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
-// and READY=1 around a reload, STOPPING=1 when it stops.
+// and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
+// half of WATCHDOG_USEC when the service has a watchdog.
 //
 // # Logging
 //

@@ -1207,3 +1207,90 @@ func TestRealScaleUnderLoad(t *testing.T) {
 	pidsServing(t, addr, 1)
 	t.Logf("%d requests across 2 TTIN, 3 TTOU", total)
 }
+
+func TestRealReadyLateAndNever(t *testing.T) {
+	t.Run("late", func(t *testing.T) {
+		t.Parallel()
+		m := startMaster(t, masterConfig{
+			Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"ready-late"},
+		})
+		r := m.next("worker ready")
+		d, err := time.ParseDuration(fmt.Sprint(r["duration"]))
+		if err != nil || d < 200*time.Millisecond {
+			t.Errorf("ready after %v (%v), want at least the worker's 200ms start-up", r["duration"], err)
+		}
+	})
+	t.Run("never", func(t *testing.T) {
+		t.Parallel()
+		m := startMaster(t, masterConfig{
+			Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"never-ready"},
+			ReadyTimeout: 300 * time.Millisecond, BackoffMin: time.Millisecond,
+		})
+		m.next("worker not ready", "worker", 0, "generation", 1)
+		e := m.next("worker exited", "generation", 1)
+		if e["signal"] != "SIGKILL" || e["reason"] != "not ready after 300ms" {
+			t.Errorf("exit %v, want SIGKILL for not being ready", e)
+		}
+		m.next("worker started", "generation", 2) // and it is retried
+	})
+}
+
+func TestInProcessActivated(t *testing.T) {
+	spec, err := sockshare.ParseSpec("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := sockshare.Listen(spec, sockshare.ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := os.NewFile(uintptr(dupFD(t, f)), "web")
+	f.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	usedHelpers.Store("worker", true)
+	m, err := New(Options{
+		Command: []string{exe}, Env: []string{envHelper + "=worker"}, Workers: 1,
+		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC}, ReapOnlyWorkers: true,
+		Stdout: io.Discard, Stderr: io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		t.Fatalf("Run = %v", err)
+	}
+	addr := m.Addrs()[0].String()
+	if _, err := get(addr, "/"); err != nil {
+		t.Errorf("request to the activated socket: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := named.Close(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("activated socket after Run: Close = %v, want it closed by Run", err)
+	}
+}
+
+// dupFD duplicates f's descriptor (close-on-exec) without touching its mode.
+func dupFD(t *testing.T, f *os.File) int {
+	t.Helper()
+	fd, err := rawFD(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nfd, err := syscall.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.CloseOnExec(nfd)
+	return nfd
+}
