@@ -258,8 +258,12 @@ func TestCrashLoopBacksOffAndStops(t *testing.T) {
 }
 
 func TestGracefulStopFinishesSlowRequest(t *testing.T) {
-	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc"}})
+	pidFile := t.TempDir() + "/clusterd.pid"
+	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc", "--pid-file", pidFile}})
 	addr, _ := c.waitStarted()
+	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(c.pid) {
+		t.Errorf("pid file holds %q, %v; want %d", b, err, c.pid)
+	}
 	type result struct {
 		body string
 		err  error
@@ -286,6 +290,9 @@ func TestGracefulStopFinishesSlowRequest(t *testing.T) {
 		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
 	}
 	c.waitLog(0, "stopped")
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Errorf("pid file after stop: %v, want it removed", err)
+	}
 }
 
 func TestStuckWorkerKilledAtKillTimeout(t *testing.T) {
@@ -327,8 +334,16 @@ func TestNoWorkerSurvivesKilledMaster(t *testing.T) {
 }
 
 func TestWorkerInheritsOnlyItsFDs(t *testing.T) {
-	c := startCluster(t, clusterConfig{flags: []string{listenAny, "--listen=tcp://127.0.0.1:0", "-w", "1", "--ready", "ipc"}})
-	addr, _ := c.waitStarted()
+	// The worker count comes from the environment, which the master reads
+	// and removes from what its workers inherit.
+	c := startCluster(t, clusterConfig{
+		flags: []string{listenAny, "--listen=tcp://127.0.0.1:0", "--ready", "ipc"},
+		env:   []string{"CLUSTERD_WORKERS=1"},
+	})
+	addr, pids := c.waitStarted()
+	if len(pids) != 1 {
+		t.Errorf("CLUSTERD_WORKERS=1 started %d workers", len(pids))
+	}
 	body := get(t, "http://"+addr+"/fds")
 	vals := map[string]string{}
 	for line := range strings.Lines(body) {
@@ -345,6 +360,9 @@ func TestWorkerInheritsOnlyItsFDs(t *testing.T) {
 	want = append(want, ipcFD)
 	slices.Sort(want)
 	want = slices.Compact(want)
+	if v := vals["CLUSTERD_WORKERS"]; v != "(unset)" {
+		t.Errorf("worker sees the master's CLUSTERD_WORKERS=%s", v)
+	}
 	if got := vals["fds"]; got != joinInts(want) {
 		t.Errorf("worker inherited fds %s, want exactly %s (stdio, 2 listeners, IPC fd %d):\n%s", got, joinInts(want), ipcFD, body)
 	}

@@ -181,7 +181,13 @@ func workerHelper(args []string) int {
 			target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
 			fmt.Fprintf(w, "fd%d=%s\n", fd, target)
 		}
-		fmt.Fprintf(w, "%s=%s\n", ipc.EnvIPCFD, os.Getenv(ipc.EnvIPCFD))
+		for _, k := range []string{ipc.EnvIPCFD, "CLUSTERD_WORKERS"} {
+			v, ok := os.LookupEnv(k)
+			if !ok {
+				v = "(unset)"
+			}
+			fmt.Fprintf(w, "%s=%s\n", k, v)
+		}
 	})
 	srv := &http.Server{Handler: mux}
 	if *ignoreTerm {
