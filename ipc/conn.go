@@ -83,7 +83,7 @@ func NewConn(f *os.File, opts Options) (*Conn, error) {
 		_ = f.Close() // NewConn owns f even on error; the options error is the news
 		return nil, err
 	}
-	sock, err := newSocket(f)
+	sock, err := newSocket(f, opts.SpinWait)
 	if err != nil {
 		return nil, err
 	}

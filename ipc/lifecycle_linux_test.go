@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"testing"
+	"time"
 )
 
 func TestClose(t *testing.T) {
@@ -297,6 +298,8 @@ func TestNewConnErrors(t *testing.T) {
 		{"too many fds", Options{MaxFDs: MaxFDsLimit + 1}},
 		{"negative queue", Options{QueueLen: -1}},
 		{"negative write buffer", Options{WriteBuffer: -5}},
+		{"negative spin", Options{SpinWait: -time.Microsecond}},
+		{"long spin", Options{SpinWait: 2 * time.Second}},
 	} {
 		p, q, err := Pair()
 		if err != nil {
@@ -339,5 +342,36 @@ func TestFlushCancel(t *testing.T) {
 	cancel()
 	if err := c.Flush(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Flush() = %v, want context.Canceled", err)
+	}
+}
+
+// TestSpinWait runs calls with both readers polling before they sleep.
+func TestSpinWait(t *testing.T) {
+	t.Parallel()
+	a, b := newPair(t, Options{SpinWait: 200 * time.Microsecond})
+	go func() {
+		for {
+			m, err := b.Recv()
+			if err != nil {
+				return
+			}
+			if err := b.Send(&Message{Kind: KindResponse, ReplyTo: m.ID, Body: m.Body}); err != nil {
+				return
+			}
+		}
+	}()
+	for i := range 200 {
+		req, err := NewMessage(KindRequest, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := a.Call(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		if err := r.Decode(&got); err != nil || got != i {
+			t.Fatalf("Call(%d) = %d, %v", i, got, err)
+		}
 	}
 }

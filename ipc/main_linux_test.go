@@ -20,7 +20,11 @@ import (
 // naming a helper, which gets its IPC end at fd 3 (CLUSTERD_IPC_FD) and any
 // further files after it.
 
-const envTestHelper = "CLUSTERD_TEST_HELPER"
+const (
+	envTestHelper = "CLUSTERD_TEST_HELPER"
+	// envTestSpin passes Options.SpinWait to a helper.
+	envTestSpin = "CLUSTERD_TEST_SPIN_WAIT"
+)
 
 type helper struct {
 	run       func() int
@@ -78,7 +82,13 @@ func helperConn() (*Conn, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s not set", EnvIPCFD)
 	}
-	return NewConn(os.NewFile(uintptr(env.IPCFD), "ipc"), Options{})
+	var opts Options
+	if s := os.Getenv(envTestSpin); s != "" {
+		if opts.SpinWait, err = time.ParseDuration(s); err != nil {
+			return nil, err
+		}
+	}
+	return NewConn(os.NewFile(uintptr(env.IPCFD), "ipc"), opts)
 }
 
 // child is a started helper process.
@@ -89,11 +99,11 @@ type child struct {
 	waited chan error
 }
 
-// startHelper starts helper name with the parent's end of a fresh pair as a Conn,
-// extra files at fds 4, 5, ... and a cleanup that closes the connection, waits
-// for the child (which exits at end of stream) and kills its process group if it
-// does not exit in time.
-func startHelper(t testing.TB, name string, extra ...*os.File) *child {
+// startHelper starts helper name with the parent's end of a fresh pair as a Conn
+// made with opts (the helper uses the same SpinWait), extra files at fds 4, 5,
+// ... and a cleanup that closes the connection, waits for the child (which exits
+// at end of stream) and kills its process group if it does not exit in time.
+func startHelper(t testing.TB, name string, opts Options, extra ...*os.File) *child {
 	t.Helper()
 	helpersMu.Lock()
 	usedHelp[name] = true
@@ -108,7 +118,7 @@ func startHelper(t testing.TB, name string, extra ...*os.File) *child {
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envTestHelper+"="+name,
-		EnvIPCFD+"=3", EnvWorkerID+"=7", EnvWorkerGen+"=2")
+		EnvIPCFD+"=3", EnvWorkerID+"=7", EnvWorkerGen+"=2", envTestSpin+"="+opts.SpinWait.String())
 	cmd.ExtraFiles = append([]*os.File{end}, extra...)
 	c := &child{cmd: cmd, stderr: new(bytes.Buffer), waited: make(chan error, 1)}
 	cmd.Stderr = c.stderr
@@ -120,7 +130,7 @@ func startHelper(t testing.TB, name string, extra ...*os.File) *child {
 	}
 	go func() { c.waited <- cmd.Wait() }()
 	end.Close()
-	conn, err := NewConn(parent, Options{})
+	conn, err := NewConn(parent, opts)
 	if err != nil {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-c.waited

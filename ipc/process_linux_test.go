@@ -16,7 +16,7 @@ func TestProcessRoundTrip(t *testing.T) {
 	// A subtest, so that the child has been waited for (its cleanup) before
 	// counting again.
 	t.Run("child", func(t *testing.T) {
-		ch := startHelper(t, "echo")
+		ch := startHelper(t, "echo", Options{})
 		c := ch.conn
 		ctx := t.Context()
 		peer, err := c.Handshake(ctx, Hello{PID: os.Getpid(), WorkerID: -1})

@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,13 +20,14 @@ import (
 // descriptor (sendmsg/recvmsg) under the runtime's poller, so that every write
 // can carry SCM_RIGHTS and every read can receive it.
 type socket struct {
-	uc *net.UnixConn
-	rc syscall.RawConn
+	uc   *net.UnixConn
+	rc   syscall.RawConn
+	spin time.Duration // how long read polls before it sleeps (Options.SpinWait)
 }
 
 // newSocket duplicates f into a close-on-exec, non-blocking socket registered
-// with the runtime poller, and closes f.
-func newSocket(f *os.File) (*socket, error) {
+// with the runtime poller, and closes f. spin is Options.SpinWait.
+func newSocket(f *os.File, spin time.Duration) (*socket, error) {
 	name := f.Name()
 	nc, err := net.FileConn(f)
 	// f is ours (NewConn took it); its duplicate, if any, is what we keep.
@@ -61,7 +64,7 @@ func newSocket(f *os.File) (*socket, error) {
 		_ = uc.Close() // the error above is the news
 		return nil, fmt.Errorf("ipc: new conn %s: %w", name, os.NewSyscallError("getsockopt SO_TYPE", serr))
 	}
-	return &socket{uc: uc, rc: rc}, nil
+	return &socket{uc: uc, rc: rc, spin: spin}, nil
 }
 
 // write writes all of p; oob (SCM_RIGHTS) goes with the first sendmsg, so on the
@@ -97,9 +100,28 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 	for {
 		var n, oobn, flags int
 		var serr error
+		var spinStart time.Time
 		err := s.rc.Read(func(fd uintptr) bool {
-			n, oobn, flags, _, serr = unix.Recvmsg(int(fd), p, oob, sockshare.RecvmsgFlags)
-			return serr != unix.EAGAIN
+			for {
+				n, oobn, flags, _, serr = unix.Recvmsg(int(fd), p, oob, sockshare.RecvmsgFlags)
+				if serr != unix.EAGAIN {
+					return true
+				}
+				// The socket ran dry. Poll it a little longer, yielding the
+				// processor to other goroutines, before sleeping in the poller:
+				// a sleeping thread, on an idle (virtual) CPU above all, takes
+				// tens of microseconds to wake, which would dominate the round
+				// trip of a request whose reply is a few microseconds away.
+				if s.spin <= 0 {
+					return false
+				}
+				if spinStart.IsZero() {
+					spinStart = time.Now()
+				} else if time.Since(spinStart) > s.spin {
+					return false
+				}
+				runtime.Gosched()
+			}
 		})
 		if err == nil {
 			err = serr

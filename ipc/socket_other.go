@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"time"
 )
 
 // errUnsupported is wrapped by the socket functions of non-Linux builds: the
@@ -17,7 +18,7 @@ var errUnsupported = fmt.Errorf("ipc: not implemented on %s: %w", runtime.GOOS, 
 // socket is the Conn's socket; on this system none can be made.
 type socket struct{}
 
-func newSocket(f *os.File) (*socket, error) {
+func newSocket(f *os.File, spin time.Duration) (*socket, error) {
 	_ = f.Close() // NewConn owns f; it cannot be used here
 	return nil, fmt.Errorf("ipc: new conn: %w", errUnsupported)
 }
