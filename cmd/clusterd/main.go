@@ -22,7 +22,7 @@ func main() {
 	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
 	// reach execve as fast as possible, without building the command tree.
 	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := master.ExecWorker(os.Args[2:])
+		err := execWorker(os.Args[2:])
 		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
 		os.Exit(exitExecFailed)
 	}

@@ -63,7 +63,7 @@ var startFDs = inheritedFDs()
 func TestMain(m *testing.M) {
 	// The master starts each worker as `<this binary> exec-worker -- ...`.
 	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := master.ExecWorker(os.Args[2:])
+		err := execWorker(os.Args[2:])
 		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
 		os.Exit(exitExecFailed)
 	}

@@ -58,7 +58,7 @@ func newExecWorkerCommand() *cobra.Command {
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return master.ExecWorker(args)
+			return execWorker(args)
 		},
 	}
 }
