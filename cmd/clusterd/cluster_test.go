@@ -53,13 +53,21 @@ func TestWorkersServeWithDistinctPIDs(t *testing.T) {
 // reloadUnderLoad starts a cluster, keeps 32 clients busy, and sends HUP
 // five times; every request must succeed and every worker be new.
 func TestReloadUnderLoad(t *testing.T) {
-	for _, keepAlive := range []bool{true, false} {
-		name := "new-connection-per-request"
-		if keepAlive {
-			name = "keep-alive"
-		}
-		t.Run(name, func(t *testing.T) {
-			c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s"}})
+	tests := []struct {
+		name      string
+		balance   string
+		keepAlive bool
+	}{
+		{"keep-alive", "shared", true},
+		{"new-connection-per-request", "shared", false},
+		// Each slot's SO_REUSEPORT socket passes from the old worker to
+		// the new one, with the connections waiting in its queue.
+		{"reuseport", "reuseport", false},
+	}
+	for _, tt := range tests {
+		keepAlive := tt.keepAlive
+		t.Run(tt.name, func(t *testing.T) {
+			c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s", "--balance", tt.balance}})
 			addr, first := c.waitStarted()
 			l := startLoad(t, "http://"+addr+"/", 32, keepAlive)
 			old := map[int]bool{}
