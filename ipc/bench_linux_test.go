@@ -28,8 +28,9 @@ func benchBody() []byte {
 	return body
 }
 
-// sinkCounts is the helper's answer to a KindStats request.
-func sinkCounts(tb testing.TB, c *Conn) (msgs, fds int64) {
+// sinkCounts is the helper's answer to a KindStats request: "user" and "fds"
+// count what it received, "received" and "reads" are its Conn's counters.
+func sinkCounts(tb testing.TB, c *Conn) map[string]int64 {
 	tb.Helper()
 	r, err := c.Call(context.Background(), &Message{Kind: KindStats})
 	if err != nil {
@@ -39,7 +40,7 @@ func sinkCounts(tb testing.TB, c *Conn) (msgs, fds int64) {
 	if err := r.Decode(&s); err != nil {
 		tb.Fatal(err)
 	}
-	return s.Counters["user"], s.Counters["fds"]
+	return s.Counters
 }
 
 func startSink(b *testing.B, opts Options, extra ...*os.File) *Conn {
@@ -66,6 +67,7 @@ func BenchmarkOneWay(b *testing.B) {
 
 	m := &Message{Kind: KindUser, Body: benchBody()}
 	var n int64
+	before, childBefore := c.Counters(), sinkCounts(b, c)
 	start := time.Now()
 	for b.Loop() {
 		if err := c.Send(m); err != nil {
@@ -73,13 +75,17 @@ func BenchmarkOneWay(b *testing.B) {
 		}
 		n++
 	}
-	got, _ := sinkCounts(b, c)
+	childAfter := sinkCounts(b, c)
 	elapsed := time.Since(start)
-	if got != n {
+	after := c.Counters()
+	if got := childAfter["user"]; got != n {
 		b.Fatalf("child received %d messages, sent %d", got, n)
 	}
 	rate := float64(n) / elapsed.Seconds()
 	b.ReportMetric(rate, "msgs/s")
+	// How well the writes and reads were coalesced.
+	b.ReportMetric(float64(after.Sent-before.Sent)/float64(after.Writes-before.Writes), "msgs/sendmsg")
+	b.ReportMetric(float64(childAfter["received"]-childBefore["received"])/float64(childAfter["reads"]-childBefore["reads"]), "msgs/recvmsg")
 
 	frame := appendFrame(nil, &envelope{kind: KindUser, body: m.Body})
 	perMsg := rawRate(b, c, rawParent, frame, n, len(frame))
@@ -178,7 +184,7 @@ func BenchmarkFDPassing(b *testing.B) {
 		}
 		n++
 	}
-	_, got := sinkCounts(b, c)
+	got := sinkCounts(b, c)["fds"]
 	elapsed := time.Since(start)
 	if got != n {
 		b.Fatalf("child received %d descriptors, sent %d", got, n)
@@ -224,7 +230,9 @@ func helperSink() int {
 			}
 			continue
 		case KindStats:
-			r, err = m.Reply(KindStats, &Stats{Counters: map[string]int64{"user": users, "fds": fds}})
+			cn := c.Counters()
+			r, err = m.Reply(KindStats, &Stats{Counters: map[string]int64{"user": users, "fds": fds,
+				"received": int64(cn.Received), "reads": int64(cn.Reads)}})
 		case KindRequest:
 			r = &Message{Kind: KindResponse, ReplyTo: m.ID}
 		case KindJob:

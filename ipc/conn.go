@@ -56,7 +56,49 @@ type Conn struct {
 	wwritten  int64         // bytes ever handed to the kernel
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 
+	count counters
+
 	wg sync.WaitGroup
+}
+
+// counters are the running totals behind [Conn.Counters].
+type counters struct {
+	sent, received           atomic.Uint64
+	sentBytes, receivedBytes atomic.Uint64
+	sentFDs, receivedFDs     atomic.Uint64
+	writes, reads            atomic.Uint64
+}
+
+// Counters are a connection's running totals since [NewConn], for metrics and
+// for seeing how well writes are coalesced (Sent/Writes messages per sendmsg).
+type Counters struct {
+	// Sent counts the messages queued by Send and Call.
+	Sent uint64
+	// Received counts the messages read from the peer.
+	Received uint64
+	// SentBytes and ReceivedBytes count frame bytes written to and read from
+	// the socket.
+	SentBytes, ReceivedBytes uint64
+	// SentFDs and ReceivedFDs count descriptors passed each way.
+	SentFDs, ReceivedFDs uint64
+	// Writes and Reads count the sendmsg(2) and recvmsg(2) calls that moved
+	// data.
+	Writes, Reads uint64
+}
+
+// Counters returns the connection's running totals. It is safe for concurrent
+// use, also after Close; each field is read atomically, not the set at once.
+func (c *Conn) Counters() Counters {
+	return Counters{
+		Sent:          c.count.sent.Load(),
+		Received:      c.count.received.Load(),
+		SentBytes:     c.count.sentBytes.Load(),
+		ReceivedBytes: c.count.receivedBytes.Load(),
+		SentFDs:       c.count.sentFDs.Load(),
+		ReceivedFDs:   c.count.receivedFDs.Load(),
+		Writes:        c.count.writes.Load(),
+		Reads:         c.count.reads.Load(),
+	}
 }
 
 // segment is a run of buffered frames that starts with a frame carrying fds (the
@@ -247,6 +289,7 @@ func (c *Conn) send(m *Message, id uint64) error {
 	}
 	c.wbuf = appendFrame(c.wbuf, &e)
 	c.wqueued += int64(frame)
+	c.count.sent.Add(1)
 	if c.wsleeping {
 		c.wsleeping = false
 		select {
@@ -334,6 +377,9 @@ func (c *Conn) writeLoop() {
 		c.wmu.Lock()
 		c.wwritten += int64(len(data))
 		c.wfds -= nfds
+		if err == nil {
+			c.count.sentBytes.Add(uint64(len(data)))
+		}
 		if cap(data) <= 2*c.opts.WriteBuffer {
 			c.wspare = data[:0]
 		}
@@ -356,25 +402,35 @@ func (c *Conn) writeLoop() {
 // descriptors ride on its first byte, and closes every segment's descriptors. It
 // returns the number of descriptors closed.
 func (c *Conn) writeBatch(data []byte, segs []segment) (nfds int, err error) {
+	calls := 0
+	write := func(p, oob []byte) {
+		var n int
+		n, err = c.sock.write(p, oob)
+		calls += n
+	}
 	pos := 0
 	for i, s := range segs {
 		if err == nil && s.start > pos {
-			err = c.sock.write(data[pos:s.start], nil)
+			write(data[pos:s.start], nil)
 		}
 		end := len(data)
 		if i+1 < len(segs) {
 			end = segs[i+1].start
 		}
 		if err == nil {
-			err = c.sock.write(data[s.start:end], sockshare.RightsControl(s.fds))
+			write(data[s.start:end], sockshare.RightsControl(s.fds))
+			if err == nil {
+				c.count.sentFDs.Add(uint64(len(s.fds)))
+			}
 		}
 		closeRawFDs(s.fds)
 		nfds += len(s.fds)
 		pos = end
 	}
 	if err == nil && pos < len(data) {
-		err = c.sock.write(data[pos:], nil)
+		write(data[pos:], nil)
 	}
+	c.count.writes.Add(uint64(calls))
 	return nfds, err
 }
 
@@ -585,7 +641,9 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 			}
 			if len(fds) > 0 {
 				m.FDs = newFiles(fds)
+				c.count.receivedFDs.Add(uint64(len(fds)))
 			}
+			c.count.received.Add(1)
 			if err := deliver(m); err != nil {
 				_ = m.CloseFDs() // the connection is ending; its error is the news
 				return err
@@ -602,6 +660,10 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 		p := fr.space()
 		start := fr.end()
 		n, fds, rerr := read(p, oob)
+		if n > 0 {
+			c.count.reads.Add(1)
+			c.count.receivedBytes.Add(uint64(n))
+		}
 		if errors.Is(rerr, ErrTooManyFDs) {
 			fdErr, rerr = rerr, nil
 		}

@@ -125,6 +125,10 @@ func TestOrderedDelivery(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+	ca, cb := a.Counters(), b.Counters()
+	if ca.Sent != n || cb.Received != n || ca.SentBytes != cb.ReceivedBytes || ca.Writes == 0 || ca.Writes > n || cb.Reads == 0 || cb.Reads > n {
+		t.Errorf("counters: sender %+v, receiver %+v; want %d messages each way and matching bytes", ca, cb, n)
+	}
 }
 
 func TestCallMatching(t *testing.T) {
@@ -391,6 +395,13 @@ func TestDescriptorRoundTrips(t *testing.T) {
 			if err := r.CloseFDs(); err != nil {
 				t.Fatal(err)
 			}
+		}
+		// A reply can overtake the writer's bookkeeping of its request.
+		if err := a.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if ca := a.Counters(); ca.SentFDs != rounds*3/2 || ca.ReceivedFDs != rounds*3/2 {
+			t.Errorf("counters %+v, want %d descriptors each way", ca, rounds*3/2)
 		}
 	})
 	t.Run("queued at close", func(t *testing.T) {

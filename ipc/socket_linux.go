@@ -68,12 +68,13 @@ func newSocket(f *os.File, spin time.Duration) (*socket, error) {
 }
 
 // write writes all of p; oob (SCM_RIGHTS) goes with the first sendmsg, so on the
-// first byte of p. MSG_NOSIGNAL: a dead peer is an EPIPE error, not a signal.
-func (s *socket) write(p, oob []byte) error {
+// first byte of p. MSG_NOSIGNAL: a dead peer is an EPIPE error, not a signal. It
+// returns the number of sendmsg calls that wrote data.
+func (s *socket) write(p, oob []byte) (calls int, err error) {
 	for len(p) > 0 {
 		var n int
 		var serr error
-		err := s.rc.Write(func(fd uintptr) bool {
+		err = s.rc.Write(func(fd uintptr) bool {
 			n, serr = unix.SendmsgN(int(fd), p, oob, nil, unix.MSG_NOSIGNAL)
 			return serr != unix.EAGAIN
 		})
@@ -84,12 +85,13 @@ func (s *socket) write(p, oob []byte) error {
 			continue
 		}
 		if err != nil {
-			return os.NewSyscallError("sendmsg", err)
+			return calls, os.NewSyscallError("sendmsg", err)
 		}
+		calls++
 		p = p[n:]
 		oob = nil
 	}
-	return nil
+	return calls, nil
 }
 
 // read reads into p with recvmsg and returns the descriptors that came with the

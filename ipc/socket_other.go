@@ -23,7 +23,7 @@ func newSocket(f *os.File, spin time.Duration) (*socket, error) {
 	return nil, fmt.Errorf("ipc: new conn: %w", errUnsupported)
 }
 
-func (s *socket) write(p, oob []byte) error { return errUnsupported }
+func (s *socket) write(p, oob []byte) (int, error) { return 0, errUnsupported }
 
 func (s *socket) read(p, oob []byte) (int, []int, error) { return 0, nil, errUnsupported }
 
