@@ -314,6 +314,12 @@ func (c *Conn) flushedLocked() chan struct{} {
 // handed to the kernel, the connection fails (its error), or ctx is done
 // (ctx.Err(); the messages stay queued). It is safe for concurrent use.
 func (c *Conn) Flush(ctx context.Context) error {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return fmt.Errorf("ipc: flush: %w", ErrClosed)
+	}
 	c.wmu.Lock()
 	target := c.wqueued
 	for c.wwritten < target {

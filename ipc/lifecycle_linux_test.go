@@ -44,8 +44,11 @@ func TestClose(t *testing.T) {
 	if _, err := a.Call(t.Context(), &Message{Kind: KindRequest}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Call after Close = %v, want ErrClosed", err)
 	}
-	if err := a.Flush(t.Context()); err != nil && !errors.Is(err, ErrClosed) {
-		t.Errorf("Flush after Close = %v, want nil or ErrClosed", err)
+	if err := a.Flush(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Flush after Close = %v, want ErrClosed", err)
+	}
+	if _, err := a.Recv(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Recv after Close = %v, want ErrClosed", err)
 	}
 	if _, err := a.Handshake(t.Context(), Hello{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Handshake after Close = %v, want ErrClosed", err)
