@@ -383,6 +383,14 @@ func TestDescriptorRoundTrips(t *testing.T) {
 			if len(r.FDs) != len(m.FDs) {
 				t.Fatalf("round %d: %d descriptors back, want %d", i, len(r.FDs), len(m.FDs))
 			}
+			if i == 0 {
+				for _, f := range r.FDs {
+					flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+					if err != nil || flags&unix.FD_CLOEXEC == 0 {
+						t.Fatalf("received %s: flags %#x, %v; want close-on-exec", f.Name(), flags, err)
+					}
+				}
+			}
 			if i%500 == 0 {
 				if _, err := r.FDs[0].Write([]byte{byte(i)}); err != nil {
 					t.Fatal(err)

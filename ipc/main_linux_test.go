@@ -139,7 +139,15 @@ func startHelper(t testing.TB, name string, opts Options, extra ...*os.File) *ch
 	c.conn = conn
 	t.Cleanup(func() {
 		conn.Close()
-		grace := time.NewTimer(10 * time.Second)
+		// The child exits at end of stream; give it until the test's own
+		// deadline (at most ten seconds) before killing it.
+		wait := 10 * time.Second
+		if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+			if dl, ok := d.Deadline(); ok {
+				wait = min(wait, max(time.Until(dl)/2, time.Second))
+			}
+		}
+		grace := time.NewTimer(wait)
 		defer grace.Stop()
 		select {
 		case err := <-c.waited:
