@@ -163,6 +163,17 @@ func (c *Conn) failure() error {
 	return c.err
 }
 
+// failureFor is the error of operation op on a dead connection: ErrClosed after
+// Close, the recorded failure (already naming itself) otherwise, with a clean end
+// of stream spelt out.
+func (c *Conn) failureFor(op string) error {
+	err := c.failure()
+	if err == io.EOF {
+		return fmt.Errorf("ipc: %s: peer closed the connection: %w", op, err)
+	}
+	return err
+}
+
 // fail records the first failure, marks the connection dead and closes the
 // socket, which wakes the reader and the writer.
 func (c *Conn) fail(err error) {
@@ -244,18 +255,18 @@ func (c *Conn) Send(m *Message) error {
 
 func (c *Conn) send(m *Message, id uint64) error {
 	if !m.Kind.Valid() {
-		return fmt.Errorf("ipc: send: %w %d", ErrUnknownKind, m.Kind)
+		return fmt.Errorf("%w: send %s", ErrUnknownKind, m.Kind)
 	}
 	if len(m.FDs) > c.opts.MaxFDs {
-		return fmt.Errorf("ipc: send %s: %w: %d descriptors, limit %d", m.Kind, ErrTooManyFDs, len(m.FDs), c.opts.MaxFDs)
+		return fmt.Errorf("%w: send %s with %d, limit %d", ErrTooManyFDs, m.Kind, len(m.FDs), c.opts.MaxFDs)
 	}
 	if err := checkBody(m.Body); err != nil {
-		return fmt.Errorf("ipc: send %s: body: %w", m.Kind, err)
+		return fmt.Errorf("%w (send %s body)", err, m.Kind)
 	}
 	e := envelope{kind: m.Kind, id: id, replyTo: m.ReplyTo, nfds: len(m.FDs), body: m.Body}
 	size := envelopeSize(&e)
 	if size > c.opts.MaxFrameSize {
-		return fmt.Errorf("ipc: send %s: %w: %d bytes, limit %d", m.Kind, ErrFrameTooLarge, size, c.opts.MaxFrameSize)
+		return fmt.Errorf("%w: send %s of %d bytes, limit %d", ErrFrameTooLarge, m.Kind, size, c.opts.MaxFrameSize)
 	}
 	var fds []int
 	if len(m.FDs) > 0 {
@@ -270,7 +281,7 @@ func (c *Conn) send(m *Message, id uint64) error {
 		if c.isDead() {
 			c.wmu.Unlock()
 			closeRawFDs(fds)
-			return fmt.Errorf("ipc: send %s: %w", m.Kind, c.failure())
+			return c.failureFor("send " + m.Kind.String())
 		}
 		if len(c.wbuf) == 0 || (len(c.wbuf)+frame <= c.opts.WriteBuffer && c.wfds+len(fds) <= c.opts.QueueFDs) {
 			break
@@ -325,7 +336,7 @@ func (c *Conn) Flush(ctx context.Context) error {
 	for c.wwritten < target {
 		if c.isDead() {
 			c.wmu.Unlock()
-			return fmt.Errorf("ipc: flush: %w", c.failure())
+			return c.failureFor("flush")
 		}
 		ch := c.flushedLocked()
 		c.wmu.Unlock()
@@ -500,7 +511,7 @@ func (c *Conn) Call(ctx context.Context, m *Message) (*Message, error) {
 	c.callMu.Unlock()
 	if err := c.send(m, id); err != nil {
 		c.forget(id)
-		return nil, fmt.Errorf("ipc: call: %w", err)
+		return nil, err
 	}
 	select {
 	case r := <-ch:
@@ -514,7 +525,7 @@ func (c *Conn) Call(ctx context.Context, m *Message) (*Message, error) {
 		if !c.forget(id) {
 			return callResult(<-ch)
 		}
-		return nil, fmt.Errorf("ipc: call %s: %w", m.Kind, c.failure())
+		return nil, c.failureFor("call " + m.Kind.String())
 	}
 }
 
@@ -535,7 +546,7 @@ func callResult(r *Message) (*Message, error) {
 	_ = r.CloseFDs() // an error reply has no use for descriptors; nothing to report
 	var e Error
 	if err := r.Decode(&e); err != nil {
-		return nil, fmt.Errorf("ipc: call: error reply: %w", err)
+		return nil, fmt.Errorf("%w (error reply to a call)", err)
 	}
 	return nil, &RemoteError{Code: e.Code, Text: e.Text}
 }
@@ -552,25 +563,28 @@ func (c *Conn) Handshake(ctx context.Context, local Hello) (Hello, error) {
 	}
 	m, err := NewMessage(KindHello, &local)
 	if err != nil {
-		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+		return Hello{}, fmt.Errorf("%w (handshake)", err)
 	}
 	if err := c.Send(m); err != nil {
-		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+		return Hello{}, err
 	}
-	r, err := c.recv(ctx)
+	r, err := c.in.pop(ctx)
+	if err == errQueueEnd {
+		return Hello{}, c.failureFor("handshake")
+	}
 	if err != nil {
-		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+		return Hello{}, err
 	}
 	if r.Kind != KindHello || len(r.FDs) > 0 {
 		_ = r.CloseFDs() // a broken hello's descriptors are of no use; the error says why
-		return Hello{}, fmt.Errorf("ipc: handshake: %w: first message is %s with %d descriptors, want a hello", ErrProtocol, r.Kind, len(r.FDs))
+		return Hello{}, fmt.Errorf("%w: handshake: first message is %s with %d descriptors, want a hello", ErrProtocol, r.Kind, len(r.FDs))
 	}
 	var peer Hello
 	if err := r.Decode(&peer); err != nil {
-		return Hello{}, fmt.Errorf("ipc: handshake: %w", err)
+		return Hello{}, fmt.Errorf("%w (peer's hello)", err)
 	}
 	if peer.Version != Version {
-		return peer, fmt.Errorf("ipc: handshake: %w: peer speaks version %d, this end %d", ErrVersion, peer.Version, Version)
+		return peer, fmt.Errorf("%w: handshake: peer speaks version %d, this end %d", ErrVersion, peer.Version, Version)
 	}
 	return peer, nil
 }
@@ -617,10 +631,10 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 			}
 			e, err := decodeEnvelope(env)
 			if err != nil {
-				return fmt.Errorf("ipc: frame at byte %d: %w", at, err)
+				return fmt.Errorf("%w (frame at byte %d)", err, at)
 			}
 			if e.nfds > c.opts.MaxFDs {
-				return fmt.Errorf("ipc: frame at byte %d: %w: declares %d, limit %d", at, ErrTooManyFDs, e.nfds, c.opts.MaxFDs)
+				return fmt.Errorf("%w: frame at byte %d declares %d, limit %d", ErrTooManyFDs, at, e.nfds, c.opts.MaxFDs)
 			}
 			var fds []int
 			if e.nfds > 0 {
@@ -632,14 +646,14 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 					if len(batches) > 0 {
 						got = len(batches[0].fds)
 					}
-					return fmt.Errorf("ipc: frame at byte %d: %w: declares %d descriptors, %d arrived with it", at, ErrProtocol, e.nfds, got)
+					return fmt.Errorf("%w: frame at byte %d declares %d descriptors, %d arrived with it", ErrProtocol, at, e.nfds, got)
 				}
 				fds = batches[0].fds
 				batches = batches[1:]
 			} else if len(batches) > 0 && batches[0].end <= at+int64(lengthSize+len(env)) {
 				// The descriptors came with bytes up to this frame's end, and no
 				// frame before claimed them: no later frame can.
-				return fmt.Errorf("ipc: frame at byte %d: %w: %d descriptors arrived with no frame declaring them", at, ErrProtocol, len(batches[0].fds))
+				return fmt.Errorf("%w: %d descriptors arrived with no frame declaring them (frame at byte %d)", ErrProtocol, len(batches[0].fds), at)
 			}
 			m := &Message{Kind: e.kind, ID: e.id, ReplyTo: e.replyTo}
 			if len(e.body) > 0 {
@@ -661,7 +675,7 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 		// Every complete frame is dispatched: what is buffered is the start of at
 		// most one frame, so at most one batch can still be waiting, for it.
 		if len(batches) > 1 || (len(batches) == 1 && batches[0].end <= fr.pos()) {
-			return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+			return fmt.Errorf("%w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
 		}
 		p := fr.space()
 		start := fr.end()
@@ -676,10 +690,10 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 		switch {
 		case len(fds) > c.opts.MaxFDs:
 			closeRawFDs(fds)
-			fdErr = fmt.Errorf("ipc: read: %w: %d descriptors in one message, limit %d", ErrTooManyFDs, len(fds), c.opts.MaxFDs)
+			fdErr = fmt.Errorf("%w: %d descriptors in one message, limit %d", ErrTooManyFDs, len(fds), c.opts.MaxFDs)
 		case len(fds) > 0 && n == 0:
 			closeRawFDs(fds)
-			return fmt.Errorf("ipc: %w: %d descriptors without data", ErrProtocol, len(fds))
+			return fmt.Errorf("%w: %d descriptors without data", ErrProtocol, len(fds))
 		case len(fds) > 0:
 			batches = append(batches, fdBatch{start: start, end: start + int64(n), fds: fds})
 		}
@@ -690,7 +704,7 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 					return fmt.Errorf("%w: stream ended %d bytes into a frame", ErrTruncated, k)
 				}
 				if len(batches) > 0 {
-					return fmt.Errorf("ipc: %w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
+					return fmt.Errorf("%w: %d descriptors arrived with no frame declaring them", ErrProtocol, len(batches[0].fds))
 				}
 				return io.EOF
 			}

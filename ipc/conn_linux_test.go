@@ -315,6 +315,7 @@ func TestBadPeer(t *testing.T) {
 				t.Fatalf("Recv() = %v, %v; want the good frame first", m, err)
 			}
 			_, err = c.Recv()
+			t.Logf("Recv() error: %v", err)
 			var de *DecodeError
 			switch want := tc.want.(type) {
 			case *DecodeError:

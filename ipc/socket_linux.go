@@ -139,7 +139,7 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 			fds, err = sockshare.ParseRecvRights(oob[:oobn], flags)
 			if err != nil {
 				if errors.Is(err, sockshare.ErrControlTruncated) {
-					return n, nil, fmt.Errorf("ipc: read: %w: %w", ErrTooManyFDs, err)
+					return n, nil, fmt.Errorf("%w: read: %w", ErrTooManyFDs, err)
 				}
 				return 0, nil, fmt.Errorf("ipc: read: %w", err)
 			}
