@@ -70,10 +70,10 @@ type Options struct {
 	// runtime's poller. Waking a sleeping thread costs tens of microseconds on
 	// an idle virtual CPU, more than a request's whole round trip, and a short
 	// poll catches a reply that is a few microseconds away (docs/BENCHMARKS.md:
-	// about 8 µs instead of 45 µs with 50µs on an idle 2-CPU VM). But the poll
-	// burns up to SpinWait of CPU each time the connection goes quiet, and on
-	// a busy machine it takes the CPU the peer needs to answer, making round
-	// trips slower. 0, the default, never polls; at most one second.
+	// a median of about 8 µs instead of 45 µs with 50µs on an idle 2-CPU VM).
+	// The poll costs up to SpinWait of CPU each time the connection goes quiet,
+	// and gains nothing when the CPUs are busy anyway. 0, the default, never
+	// polls; at most one second.
 	SpinWait time.Duration
 }
 

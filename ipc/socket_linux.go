@@ -109,8 +109,8 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 				if serr != unix.EAGAIN {
 					return true
 				}
-				// The socket ran dry. Poll it a little longer, yielding the
-				// processor to other goroutines, before sleeping in the poller:
+				// The socket ran dry. With SpinWait, poll it a little longer
+				// before sleeping in the poller:
 				// a sleeping thread, on an idle (virtual) CPU above all, takes
 				// tens of microseconds to wake, which would dominate the round
 				// trip of a request whose reply is a few microseconds away.
@@ -122,7 +122,12 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 				} else if time.Since(spinStart) > s.spin {
 					return false
 				}
+				// Yield to this process's goroutines (the one the last message
+				// went to, above all) and to other threads of the machine (the
+				// peer, which needs a CPU to answer): polling that held the CPU
+				// made round trips slower on a busy machine.
 				runtime.Gosched()
+				unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never fails on Linux
 			}
 		})
 		if err == nil {
