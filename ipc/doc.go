@@ -31,7 +31,9 @@
 // large writes, while a lone message is written at once; the reader side likewise
 // takes many frames per read. This is what makes the channel fast (see
 // docs/BENCHMARKS.md). [Conn.Flush] waits until what was sent has reached the
-// kernel.
+// kernel, and [Conn.Counters] shows how well messages were coalesced. A round
+// trip is bounded by the two thread wake-ups it needs, one in each process;
+// [Options].SpinWait trades CPU for shorter ones on machines with idle cores.
 //
 // # Lifecycle
 //
