@@ -56,15 +56,18 @@
 // closed; an undefined kind is [ErrUnknownKind]; malformed msgpack is a
 // [*DecodeError], found by a non-recursive scan that refuses any container longer
 // than the bytes left, so no declared length is ever allocated; descriptors
-// that do not match their frame are [ErrProtocol]. Received messages wait for
+// that do not match their frame are [ErrProtocol]. [Message.Decode] turns a panic
+// of the msgpack library on hostile input (the fuzzer found one) into a
+// [*DecodeError]. Received messages wait for
 // Recv in a queue bounded in messages, bytes and descriptors; when it is full the
 // reader stops reading and the kernel's socket buffer pushes back on the peer.
 // Send is bounded the same way by WriteBuffer and QueueFDs.
 //
 // # Pitfalls
 //
-// Replies to [Conn.Call] are read in order behind other messages, so some
-// goroutine must keep calling Recv while calls are pending. Handshake must come
+// Replies to [Conn.Call] go straight to their callers, but they are read in
+// order behind other messages: when the receive queue is full, a reply waits
+// until someone calls Recv. Handshake must come
 // before the first Recv. Frames still buffered by Send are dropped by Close;
 // Flush first. The socket is put in non-blocking mode, which belongs to its open
 // file description: do not share the descriptor given to NewConn.
