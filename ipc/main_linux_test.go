@@ -46,6 +46,7 @@ func registerHelper(name string, benchOnly bool, run func() int) {
 
 func TestMain(m *testing.M) {
 	registerHelper("echo", false, helperEcho)
+	registerHelper("halfframe", false, helperHalfFrame)
 	registerHelper("sink", true, helperSink)
 	if name := os.Getenv(envTestHelper); name != "" {
 		h, ok := helpers[name]

@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -126,4 +127,40 @@ func countFDs(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestProcessDiesMidFrame: a child that exits in the middle of a frame, after a
+// whole one, leaves the parent with that message and then ErrTruncated.
+func TestProcessDiesMidFrame(t *testing.T) {
+	ch := startHelper(t, "halfframe", Options{})
+	m, err := ch.conn.Recv()
+	if err != nil || m.Kind != KindReady {
+		t.Fatalf("Recv() = %v, %v; want the ready frame", m, err)
+	}
+	if _, err := ch.conn.Recv(); !errors.Is(err, ErrTruncated) || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Recv() error = %v, want ErrTruncated", err)
+	}
+	if err := <-ch.waited; err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	ch.waited <- nil // for the cleanup
+}
+
+// helperHalfFrame writes a whole ready frame and the first half of another
+// onto its IPC descriptor, raw, and exits.
+func helperHalfFrame() int {
+	env, _, err := ParseEnv(os.LookupEnv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "halfframe:", err)
+		return 1
+	}
+	f := os.NewFile(uintptr(env.IPCFD), "ipc")
+	frames := appendFrame(nil, &envelope{kind: KindReady})
+	half := appendFrame(nil, &envelope{kind: KindUser, body: []byte{0xa5, 'h', 'e', 'l', 'l', 'o'}})
+	frames = append(frames, half[:len(half)/2]...)
+	if _, err := f.Write(frames); err != nil {
+		fmt.Fprintln(os.Stderr, "halfframe:", err)
+		return 1
+	}
+	return 0
 }
