@@ -213,9 +213,13 @@ func TestQueueBound(t *testing.T) {
 	}
 	defer f.Close()
 	const n = 3000
+	bodies := make([][]byte, 300)
+	for i := range bodies {
+		bodies[i] = mustEncode(t, make([]byte, i))
+	}
 	go func() {
 		for i := range n {
-			m := &Message{Kind: KindUser, ID: uint64(i), Body: mustEncode(t, make([]byte, i%300))}
+			m := &Message{Kind: KindUser, ID: uint64(i), Body: bodies[i%300]}
 			if i%3 == 0 {
 				m.FDs = []*os.File{f, f}
 			}
