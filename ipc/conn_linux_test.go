@@ -108,6 +108,7 @@ func TestOrderedDelivery(t *testing.T) {
 		for i := range n {
 			if err := a.Send(&Message{Kind: KindUser, ID: uint64(i + 1), Body: intBody(i)}); err != nil {
 				errc <- err
+				a.Close() // ends the receiving loop below
 				return
 			}
 		}
@@ -192,6 +193,7 @@ func TestConcurrentSenders(t *testing.T) {
 			for i := range each {
 				if err := a.Send(&Message{Kind: KindUser, ID: uint64(s), Body: intBody(i)}); err != nil {
 					t.Error(err)
+					a.Close() // ends the receiving loop below
 					return
 				}
 			}

@@ -224,6 +224,8 @@ func TestQueueBound(t *testing.T) {
 				m.FDs = []*os.File{f, f}
 			}
 			if err := a.Send(m); err != nil {
+				t.Error(err)
+				a.Close() // ends the receiving loop below
 				return
 			}
 		}
