@@ -140,25 +140,36 @@ func TestCallMatching(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t, Options{})
 	const callers = 100
-	// The server collects every request, then answers in reverse order.
-	go func() {
+	// The server collects every request, then answers in reverse order. If it
+	// fails, closing its end fails the pending calls.
+	serve := func() error {
 		var reqs []*Message
 		for len(reqs) < callers {
 			m, err := b.Recv()
 			if err != nil {
-				return
+				return err
 			}
 			reqs = append(reqs, m)
 		}
 		for i := len(reqs) - 1; i >= 0; i-- {
 			var s string
 			if err := reqs[i].Decode(&s); err != nil {
-				return
+				return err
 			}
 			r, err := reqs[i].Reply(KindResponse, s+"!")
-			if err != nil || b.Send(r) != nil {
-				return
+			if err != nil {
+				return err
 			}
+			if err := b.Send(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	go func() {
+		if err := serve(); err != nil {
+			t.Error(err)
+			b.Close()
 		}
 	}()
 	var wg sync.WaitGroup
