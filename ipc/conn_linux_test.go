@@ -385,6 +385,8 @@ func TestDescriptorRoundTrips(t *testing.T) {
 				err = b.Send(r)
 				m.CloseFDs()
 				if err != nil {
+					t.Error(err)
+					b.Close() // fails the pending call
 					return
 				}
 			}

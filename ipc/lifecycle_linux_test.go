@@ -132,7 +132,11 @@ func TestCallRemoteError(t *testing.T) {
 		}
 		r, err := m.Reply(KindError, &Error{Code: CodeBadRequest, Text: "no such thing"})
 		if err == nil {
-			_ = b.Send(r)
+			err = b.Send(r)
+		}
+		if err != nil {
+			t.Error(err)
+			b.Close() // fails the pending call
 		}
 	}()
 	_, err := a.Call(t.Context(), &Message{Kind: KindRequest})
@@ -365,6 +369,8 @@ func TestSpinWait(t *testing.T) {
 				return
 			}
 			if err := b.Send(&Message{Kind: KindResponse, ReplyTo: m.ID, Body: m.Body}); err != nil {
+				t.Error(err)
+				b.Close() // fails the pending call
 				return
 			}
 		}
