@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,7 +33,27 @@ import (
 //
 // ExecWorker returns only on error; the caller should print it on one line
 // and exit with code 127, as a shell does for a command it cannot run.
+//
+// The master forks this process with the parent-death signal SIGKILL, which
+// the kernel keeps per thread: only the forked thread has it, threads the Go
+// runtime starts later do not, and execve(2) from another thread makes that
+// thread the whole process, without the signal. The worker would then
+// outlive a SIGKILLed master (seen under load, when the main goroutine had
+// moved off the main thread). So ExecWorker locks its goroutine to its
+// thread and arms the signal again on the thread that calls execve.
 func ExecWorker(args []string) error {
+	// Never unlocked: the process image is replaced, or the program exits.
+	runtime.LockOSThread()
+	ppid := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("exec-worker: set parent-death signal: %w", os.NewSyscallError("prctl", err))
+	}
+	// The forked thread's own signal covers a master that died before this
+	// point (SIGKILL ends every thread); this catches a reparenting between
+	// the two calls above.
+	if os.Getppid() != ppid {
+		return errors.New("exec-worker: the master exited")
+	}
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
 	}
