@@ -15,14 +15,21 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"syscall"
 
+	"github.com/clusterd/clusterd/sockshare"
 	"github.com/clusterd/clusterd/worker"
 )
 
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on when not started by clusterd")
+	reuseport := flag.Bool("reuseport", false, "with -addr: bind with SO_REUSEPORT, so several copies can share the port (for comparisons without clusterd)")
 	flag.Parse()
+	if *reuseport {
+		// Same port, one socket per process: the kernel spreads connections.
+		*addr = "reuseport:" + *addr
+	}
 	if err := run(context.Background(), *addr, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "hello: %v\n", err)
 		os.Exit(1)
@@ -41,7 +48,7 @@ func run(ctx context.Context, addr string, log io.Writer) error {
 		return err
 	}
 	if len(lns) == 0 {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listen(addr)
 		if err != nil {
 			return err
 		}
@@ -71,4 +78,27 @@ func hello(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintf(w, "hello from pid %d, worker %d, generation %d\n", os.Getpid(), id, worker.Generation())
+}
+
+// listen binds addr when hello runs alone; a "reuseport:" prefix asks for
+// SO_REUSEPORT.
+func listen(addr string) (net.Listener, error) {
+	rest, reuse := strings.CutPrefix(addr, "reuseport:")
+	if !reuse {
+		return net.Listen("tcp", addr)
+	}
+	spec, err := sockshare.ParseSpec(rest)
+	if err != nil {
+		return nil, err
+	}
+	f, err := sockshare.Listen(spec, sockshare.ListenOptions{ReusePort: true})
+	if err != nil {
+		return nil, err
+	}
+	socks, err := sockshare.Sockets([]*os.File{f})
+	f.Close() // Sockets made its own copy
+	if err != nil {
+		return nil, err
+	}
+	return socks[0].Listener, nil
 }
