@@ -2,23 +2,18 @@ package main
 
 import (
 	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/clusterd/clusterd/master"
-	"github.com/clusterd/clusterd/sockshare"
+	"github.com/clusterd/clusterd/master/mastertest"
 )
 
 // helperEnv makes the re-executed test binary run the hello server.
@@ -26,71 +21,12 @@ const helperEnv = "CLUSTERD_TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	// The master starts workers through `<this binary> exec-worker -- ...`.
-	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := master.ExecWorker(os.Args[2:])
-		fmt.Fprintln(os.Stderr, "clusterd:", err)
-		os.Exit(127)
-	}
+	mastertest.DispatchExecWorker()
 	if os.Getenv(helperEnv) == "hello" {
 		main()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// logSink collects the master's JSON log lines for tests to wait on.
-type logSink struct {
-	mu      sync.Mutex
-	lines   []map[string]any
-	partial []byte
-	changed chan struct{}
-}
-
-func newLogSink() *logSink { return &logSink{changed: make(chan struct{})} }
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.partial = append(s.partial, p...)
-	for {
-		i := strings.IndexByte(string(s.partial), '\n')
-		if i < 0 {
-			break
-		}
-		e := map[string]any{}
-		if json.Unmarshal(s.partial[:i], &e) == nil {
-			s.lines = append(s.lines, e)
-		}
-		s.partial = s.partial[i+1:]
-	}
-	close(s.changed)
-	s.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// wait waits until n lines with message msg have been logged.
-func (s *logSink) wait(t *testing.T, msg string, n int) {
-	t.Helper()
-	deadline := time.After(60 * time.Second)
-	for {
-		s.mu.Lock()
-		count := 0
-		for _, e := range s.lines {
-			if e["@message"] == msg {
-				count++
-			}
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		if count >= n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %d log lines %q", n, msg)
-		}
-	}
 }
 
 // fetch gets / with a new connection and returns the answer.
@@ -125,37 +61,14 @@ func TestHelloUnderClusterd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := sockshare.ParseSpec("tcp://127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := newLogSink()
-	sigs := make(chan os.Signal, 1)
-	m, err := master.New(master.Options{
-		Command:         []string{exe},
-		Env:             []string{helperEnv + "=hello"},
-		Workers:         2,
-		Listen:          []sockshare.Spec{spec},
-		Ready:           master.ReadyMode{Kind: master.ReadyIPC},
-		Signals:         sigs,
-		Logger:          hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: logs, Level: hclog.Debug}),
-		Stdout:          io.Discard,
-		Stderr:          io.Discard,
-		ReapOnlyWorkers: true, // this test binary waits for its own children too
+	// The master listens on mastertest's default, tcp://127.0.0.1:0.
+	c := mastertest.Start(t, master.Options{
+		Command: []string{exe},
+		Env:     []string{helperEnv + "=hello"},
+		Workers: 2,
+		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	select {
-	case <-m.Ready():
-	case err := <-done:
-		t.Fatalf("master stopped before its workers were ready: %v", err)
-	}
-	addr := m.Addrs()[0].String()
+	addr := c.Addr()
 
 	old := map[int]bool{}
 	for len(old) < 2 {
@@ -166,16 +79,20 @@ func TestHelloUnderClusterd(t *testing.T) {
 		old[pid] = true
 	}
 
-	sigs <- syscall.SIGHUP
-	logs.wait(t, "reload done", 1)
-	logs.wait(t, "worker exited", 2)
+	if err := c.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitLog("reload done", 1)
+	c.WaitLog("worker exited", 2)
 	pid, _, gen := parseHello(t, fetch(t, addr))
 	if old[pid] || gen != 2 {
 		t.Errorf("after a reload, answer from pid %d generation %d, want a new worker of generation 2", pid, gen)
 	}
 
-	sigs <- syscall.SIGTERM
-	if err := <-done; err != nil {
+	if err := c.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); err != nil {
 		t.Errorf("master after graceful stop: %v", err)
 	}
 }
