@@ -134,10 +134,6 @@ func (c *Cluster) Addr() string { return c.m.Addrs()[0].String() }
 // Options.Listen (or Options.Activated).
 func (c *Cluster) Addrs() []net.Addr { return c.m.Addrs() }
 
-// Master returns the running master, for what the Cluster does not wrap.
-// Do not call its Run.
-func (c *Cluster) Master() *master.Master { return c.m }
-
 // Signal delivers sig to the master as if the process had received it
 // (HUP rolling reload, TERM or INT graceful stop, QUIT immediate stop,
 // TTIN/TTOU one worker more or fewer, WINCH stop the workers until the

@@ -16,8 +16,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterd/clusterd/master"
 	"github.com/clusterd/clusterd/master/mastertest"
@@ -77,6 +79,14 @@ func TestCluster(t *testing.T) {
 		Workers: 2,
 		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 	})
+	// ReapOnlyWorkers is on: the test process is no child subreaper.
+	var subreaper int32
+	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&subreaper)), 0, 0, 0); err != nil {
+		t.Fatalf("prctl PR_GET_CHILD_SUBREAPER: %v", err)
+	}
+	if subreaper != 0 {
+		t.Error("the test process became a child subreaper: ReapOnlyWorkers is off")
+	}
 	if addrs := c.Addrs(); len(addrs) != 1 || addrs[0].String() != c.Addr() {
 		t.Errorf("Addrs() = %v, want one address, Addr() = %s", addrs, c.Addr())
 	}
