@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Benchmarks between two processes: the test binary and its "sink" helper. Run:
@@ -101,7 +104,7 @@ func BenchmarkOneWay(b *testing.B) {
 func rawRate(b *testing.B, c *Conn, raw *os.File, frame []byte, n int64, chunk int) float64 {
 	b.Helper()
 	total := n * int64(len(frame))
-	job, err := NewMessage(KindJob, total)
+	job, err := NewMessage(KindJob, &sinkJob{Bytes: total})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -135,7 +138,12 @@ func rawRate(b *testing.B, c *Conn, raw *os.File, frame []byte, n int64, chunk i
 
 // BenchmarkRoundTrip measures Call latency to another process that answers at
 // once, and reports the median and 99th percentile: with the default options,
-// and with the reader polling for 50µs before it sleeps (Options.SpinWait).
+// and with the reader polling for 50µs before it sleeps (Options.SpinWait). In
+// the same run it measures what bounds them, 64-byte round trips over a bare
+// socketpair to the same child with blocking read(2) and write(2): done by the
+// waiting goroutine itself (raw-syscalls), and with a reader goroutine on each
+// side handing every message to the goroutine that waits for it over a channel
+// (raw-handoff), the least hand-over a Conn makes.
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, spin := range []time.Duration{0, 50 * time.Microsecond} {
 		name := "default"
@@ -158,10 +166,144 @@ func BenchmarkRoundTrip(b *testing.B) {
 					b.Fatalf("reply %s", r.Kind)
 				}
 			}
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "rtt-p50-ns")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "rtt-p99-ns")
+			reportLatency(b, lat)
 		})
+	}
+	for _, echo := range []string{echoDirect, echoHandoff} {
+		b.Run("raw-"+echo, func(b *testing.B) { benchRawRoundTrip(b, echo) })
+	}
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "rtt-p50-ns")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "rtt-p99-ns")
+}
+
+// Ways of answering on the bare socketpair (sinkJob.Echo).
+const (
+	echoDirect  = "syscalls" // one goroutine reads and writes
+	echoHandoff = "handoff"  // a reader goroutine hands each message to a writer
+)
+
+// rawMsgSize is the size of a message on the bare socketpair.
+const rawMsgSize = 64
+
+// benchRawRoundTrip measures round trips of rawMsgSize bytes over a bare blocking
+// socketpair to the sink, which answers in the way echo names, as this side does.
+func benchRawRoundTrip(b *testing.B, echo string) {
+	rawParent, rawChild, err := Pair()
+	if err != nil {
+		b.Fatal(err)
+	}
+	fd := int(rawParent.Fd())
+	var replies <-chan []byte
+	defer func() {
+		// Shutting the socket down ends the reader goroutine's read and the
+		// child's echo.
+		_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+		if replies != nil {
+			for range replies {
+			}
+		}
+		rawParent.Close()
+	}()
+	c := startSink(b, Options{}, rawChild)
+	rawChild.Close()
+	job, err := NewMessage(KindJob, &sinkJob{Echo: echo})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r, err := c.Call(context.Background(), job); err != nil || r.Kind != KindResult {
+		b.Fatalf("echo job: %v, %v", r, err)
+	}
+	if echo == echoHandoff {
+		replies = rawReader(fd)
+	}
+	msg, in := make([]byte, rawMsgSize), make([]byte, rawMsgSize)
+	lat := make([]time.Duration, 0, 1<<16)
+	for b.Loop() {
+		t0 := time.Now()
+		if err := rawWriteAll(fd, msg); err != nil {
+			b.Fatal(err)
+		}
+		if replies != nil {
+			if _, ok := <-replies; !ok {
+				b.Fatal("raw reader ended")
+			}
+		} else if err := rawReadFull(fd, in); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	reportLatency(b, lat)
+}
+
+// rawReader reads rawMsgSize-byte messages from the blocking descriptor fd and
+// hands each one over on the returned channel, then yields the processor so that
+// the goroutine it woke runs on this thread before this one blocks in read(2)
+// again. The channel is closed at end of stream or at an error.
+func rawReader(fd int) <-chan []byte {
+	ch := make(chan []byte, 1)
+	go func() {
+		defer close(ch)
+		for {
+			p := make([]byte, rawMsgSize)
+			if rawReadFull(fd, p) != nil {
+				return
+			}
+			ch <- p
+			runtime.Gosched()
+		}
+	}()
+	return ch
+}
+
+// rawReadFull fills p from the blocking descriptor fd.
+func rawReadFull(fd int, p []byte) error {
+	for len(p) > 0 {
+		n, err := unix.Read(fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return io.EOF
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// rawWriteAll writes p to the blocking descriptor fd.
+func rawWriteAll(fd int, p []byte) error {
+	for len(p) > 0 {
+		n, err := unix.Write(fd, p)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// echoRaw answers every rawMsgSize bytes read from the blocking descriptor fd with
+// the same bytes until end of stream, in the way echo names.
+func echoRaw(fd int, echo string) {
+	if echo == echoHandoff {
+		for p := range rawReader(fd) {
+			if rawWriteAll(fd, p) != nil {
+				return
+			}
+		}
+		return
+	}
+	p := make([]byte, rawMsgSize)
+	for rawReadFull(fd, p) == nil && rawWriteAll(fd, p) == nil {
 	}
 }
 
@@ -192,10 +334,17 @@ func BenchmarkFDPassing(b *testing.B) {
 	b.ReportMetric(float64(n)/elapsed.Seconds(), "fds/s")
 }
 
+// sinkJob is the body of a KindJob to the sink: read Bytes bytes from the raw
+// socket, or start answering on it as Echo names (echoDirect, echoHandoff).
+type sinkJob struct {
+	Bytes int64
+	Echo  string
+}
+
 // helperSink counts KindUser messages and their descriptors (closing them),
 // answers KindStats with the counts and KindRequest with an empty response, and
-// for a KindJob whose body is a byte count reads that many bytes from its raw
-// socket (fd 4) and answers with a KindResult.
+// for a KindJob ([sinkJob]) either reads its byte count from its raw socket (fd
+// 4) or starts echoing on that socket, then answers with a KindResult.
 func helperSink() int {
 	c, err := helperConn()
 	if err != nil {
@@ -236,8 +385,12 @@ func helperSink() int {
 		case KindRequest:
 			r = &Message{Kind: KindResponse, ReplyTo: m.ID}
 		case KindJob:
-			var total int64
-			if err = m.Decode(&total); err == nil {
+			var job sinkJob
+			if err = m.Decode(&job); err == nil && job.Echo != "" {
+				go echoRaw(4, job.Echo)
+			}
+			total := job.Bytes
+			if err == nil {
 				for total > 0 {
 					var k int
 					k, err = raw.Read(rbuf[:min(int64(len(rbuf)), total)])

@@ -32,8 +32,10 @@
 // takes many frames per read. This is what makes the channel fast (see
 // docs/BENCHMARKS.md). [Conn.Flush] waits until what was sent has reached the
 // kernel, and [Conn.Counters] shows how well messages were coalesced. A round
-// trip is bounded by the two thread wake-ups it needs, one in each process;
-// [Options].SpinWait trades CPU for shorter ones on machines with idle cores.
+// trip is bounded not by its system calls but by the thread wake-ups of the Go
+// scheduler in each process, to wake the reader and to hand each message from
+// the reader to the goroutine waiting for it; [Options].SpinWait trades CPU for
+// avoiding them.
 //
 // # Lifecycle
 //

@@ -65,15 +65,18 @@ type Options struct {
 	// accepted into an empty buffer). 0 means [DefaultWriteBuffer].
 	WriteBuffer int
 
-	// SpinWait is how long the reader keeps polling the socket, yielding the
-	// processor between polls, after it ran dry and before it sleeps in the
-	// runtime's poller. Waking a sleeping thread costs tens of microseconds on
-	// an idle virtual CPU, more than a request's whole round trip, and a short
-	// poll catches a reply that is a few microseconds away (docs/BENCHMARKS.md:
-	// a median of about 8 µs instead of 45 µs with 50µs on an idle 2-CPU VM).
-	// The poll costs up to SpinWait of CPU each time the connection goes quiet,
-	// and gains nothing when the CPUs are busy anyway. 0, the default, never
-	// polls; at most one second.
+	// SpinWait is how long the reader keeps polling the socket, letting the
+	// process's other goroutines run between polls, after it ran dry and before
+	// it sleeps in the runtime's poller. Waking a goroutine parked in the
+	// poller, and handing its message to another goroutine, costs tens of
+	// microseconds of thread wake-ups on an idle virtual CPU, more than a
+	// request's whole round trip, and a short poll catches a reply that is a
+	// few microseconds away (docs/BENCHMARKS.md, 2-CPU VM, both ends polling
+	// for 50µs: a median of about 8 µs instead of 45 µs idle, and instead of
+	// 19 µs beside two busy processes). The poll costs up to SpinWait of CPU
+	// each time the connection goes quiet: fine for a worker, which has one
+	// connection, when its requests' latency matters; not for a master reading
+	// hundreds. 0, the default, never polls; at most one second.
 	SpinWait time.Duration
 }
 

@@ -122,12 +122,12 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 				} else if time.Since(spinStart) > s.spin {
 					return false
 				}
-				// Yield to this process's goroutines (the one the last message
-				// went to, above all) and to other threads of the machine (the
-				// peer, which needs a CPU to answer): polling that held the CPU
-				// made round trips slower on a busy machine.
+				// Let this process's goroutines run between polls (the one the
+				// last message went to, above all). The thread keeps its CPU:
+				// yielding that too (sched_yield) was measured to lose it to
+				// any busy process for a whole time slice, milliseconds
+				// (docs/BENCHMARKS.md).
 				runtime.Gosched()
-				unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never fails on Linux
 			}
 		})
 		if err == nil {
