@@ -72,7 +72,7 @@ type Options struct {
 	// microseconds of thread wake-ups on an idle virtual CPU, more than a
 	// request's whole round trip, and a short poll catches a reply that is a
 	// few microseconds away (docs/BENCHMARKS.md, 2-CPU VM, both ends polling
-	// for 50µs: a median of about 8 µs instead of 45 µs idle, and instead of
+	// for 50µs: a median of about 8 µs instead of 50 µs idle, and instead of
 	// 19 µs beside two busy processes). The poll costs up to SpinWait of CPU
 	// each time the connection goes quiet: fine for a worker, which has one
 	// connection, when its requests' latency matters; not for a master reading
