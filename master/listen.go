@@ -60,7 +60,7 @@ func (ls *listeners) bind() error {
 			per := reuse && spec.Network != "unix"
 			f, err := sockshare.Listen(spec, opts)
 			if err != nil {
-				return fmt.Errorf("listen %s: %w", spec, err)
+				return err // sockshare's error names the address already
 			}
 			if per {
 				ls.slots[0] = append(ls.slots[0], f)
@@ -139,7 +139,7 @@ func (ls *listeners) forSlot(slot int) ([]*os.File, []string, error) {
 			f, err := sockshare.Listen(spec, opts)
 			if err != nil {
 				ls.closeSlotFiles(files[:i], have)
-				return nil, nil, fmt.Errorf("listen %s for worker %d: %w", spec, slot, err)
+				return nil, nil, fmt.Errorf("worker %d: %w", slot, err)
 			}
 			files[i] = f
 			opened = true
