@@ -345,6 +345,13 @@ func throughput(c config) error {
 			}
 			return cl.addr, func() { cl.stop(10 * time.Second) }, nil
 		}},
+		{"clusterd -w 2 --balance reuseport", func() (string, func(), error) {
+			cl, err := startCluster(c, 2, "--balance", "reuseport")
+			if err != nil {
+				return "", nil, err
+			}
+			return cl.addr, func() { cl.stop(10 * time.Second) }, nil
+		}},
 	}
 	const rounds = 3
 	rps := make([][]float64, len(setups))
@@ -373,11 +380,13 @@ func throughput(c config) error {
 		med[i] = median(rps[i])
 		fmt.Printf("| %s | %.0f |\n", s.name, med[i])
 	}
-	fmt.Printf("ratio clusterd / 2 processes: %.3f (per round:", med[2]/med[1])
-	for r := 0; r < rounds; r++ {
-		fmt.Printf(" %.3f", rps[2][r]/rps[1][r])
+	for _, i := range []int{2, 3} {
+		fmt.Printf("ratio %s / 2 processes: %.3f (per round:", setups[i].name, med[i]/med[1])
+		for r := 0; r < rounds; r++ {
+			fmt.Printf(" %.3f", rps[i][r]/rps[1][r])
+		}
+		fmt.Println(")")
 	}
-	fmt.Println(")")
 	return nil
 }
 
