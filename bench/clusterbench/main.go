@@ -335,23 +335,20 @@ func throughput(c config) error {
 			return addr, stop, nil
 		}
 	}
+	underClusterd := func(extra ...string) func() (string, func(), error) {
+		return func() (string, func(), error) {
+			cl, err := startCluster(c, 2, extra...)
+			if err != nil {
+				return "", nil, err
+			}
+			return cl.addr, func() { cl.stop(10 * time.Second) }, nil
+		}
+	}
 	setups := []setup{
 		{"hello, 1 process", direct(1)},
 		{"hello, 2 processes (SO_REUSEPORT)", direct(2)},
-		{"clusterd -w 2 (shared socket)", func() (string, func(), error) {
-			cl, err := startCluster(c, 2)
-			if err != nil {
-				return "", nil, err
-			}
-			return cl.addr, func() { cl.stop(10 * time.Second) }, nil
-		}},
-		{"clusterd -w 2 --balance reuseport", func() (string, func(), error) {
-			cl, err := startCluster(c, 2, "--balance", "reuseport")
-			if err != nil {
-				return "", nil, err
-			}
-			return cl.addr, func() { cl.stop(10 * time.Second) }, nil
-		}},
+		{"clusterd -w 2 (shared socket)", underClusterd()},
+		{"clusterd -w 2 --balance reuseport", underClusterd("--balance", "reuseport")},
 	}
 	const rounds = 3
 	rps := make([][]float64, len(setups))
@@ -412,61 +409,77 @@ func waitServing(addr string, timeout time.Duration) error {
 // and compares p99 latency with a steady-state run of the same length.
 func reloadUnderLoad(c config) error {
 	for _, closeConn := range []bool{false, true} {
-		mode := "keep-alive"
-		if closeConn {
-			mode = "new connection per request"
-		}
-		cl, err := startCluster(c, 2)
-		if err != nil {
+		if err := reloadRun(c, closeConn); err != nil {
 			return err
 		}
-		steady, err := runWrk(context.Background(), c, cl.addr, c.duration, closeConn)
-		if err != nil {
-			cl.stop(10 * time.Second)
-			return err
-		}
-		// One reload of two workers takes well under a second; give each
-		// HUP a one-second slot and let wrk run past the last one.
-		d := time.Duration(c.reloads+2) * time.Second
-		type res struct {
-			r   wrkResult
-			err error
-		}
-		done := make(chan res, 1)
-		go func() {
-			r, err := runWrk(context.Background(), c, cl.addr, d, closeConn)
-			done <- res{r, err}
-		}()
-		var reloadTimes []time.Duration
-		time.Sleep(time.Second) // let wrk open its connections first
-		for i := 0; i < c.reloads; i++ {
-			t0 := time.Now()
-			if err := cl.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-				return err
-			}
-			e, err := cl.wait("reload done", 30*time.Second)
-			if err != nil {
-				cl.stop(10 * time.Second)
-				return err
-			}
-			reloadTimes = append(reloadTimes, e.At.Sub(t0))
-			if rest := time.Second - time.Since(t0); rest > 0 {
-				time.Sleep(rest)
-			}
-		}
-		out := <-done
-		cl.stop(10 * time.Second)
-		if out.err != nil {
-			return out.err
-		}
-		r := out.r
-		fmt.Printf("\n## reload under load: %d HUPs, wrk -t%d -c%d -d%s, %s\n", c.reloads, c.threads, c.conns, d, mode)
-		fmt.Printf("requests %d, failed %d (connect %d, read %d, write %d, timeout %d, non-2xx %d)\n",
-			r.requests, r.errors(), r.connErr, r.readErr, r.writeErr, r.timeoutErr, r.non2xx)
-		fmt.Printf("steady state: %.0f req/s, p50 %s, p99 %s (failed %d)\n", steady.rps, steady.p50, steady.p99, steady.errors())
-		fmt.Printf("during reloads: %.0f req/s, p50 %s, p99 %s\n", r.rps, r.p50, r.p99)
-		fmt.Printf("reload duration (HUP to \"reload done\"): median %s, max %s\n", medianDur(reloadTimes), maxDur(reloadTimes))
 	}
+	return nil
+}
+
+// reloadRun is one reload-under-load run; every process it starts (the
+// cluster and wrk) is gone when it returns, on every path.
+func reloadRun(c config, closeConn bool) error {
+	mode := "keep-alive"
+	if closeConn {
+		mode = "new connection per request"
+	}
+	cl, err := startCluster(c, 2)
+	if err != nil {
+		return err
+	}
+	defer cl.stop(10 * time.Second)
+	steady, err := runWrk(context.Background(), c, cl.addr, c.duration, closeConn)
+	if err != nil {
+		return err
+	}
+	// One reload of two workers takes well under a second; give each
+	// HUP a one-second slot and let wrk run past the last one.
+	d := time.Duration(c.reloads+2) * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	type res struct {
+		r   wrkResult
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		r, err := runWrk(ctx, c, cl.addr, d, closeConn)
+		done <- res{r, err}
+	}()
+	collected := false
+	defer func() { // kills and waits for wrk if a reload fails
+		cancel()
+		if !collected {
+			<-done
+		}
+	}()
+	var reloadTimes []time.Duration
+	time.Sleep(time.Second) // pacing: let wrk open its connections first
+	for i := 0; i < c.reloads; i++ {
+		t0 := time.Now()
+		if err := cl.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			return err
+		}
+		e, err := cl.wait("reload done", 30*time.Second)
+		if err != nil {
+			return err
+		}
+		reloadTimes = append(reloadTimes, e.At.Sub(t0))
+		if rest := time.Second - time.Since(t0); rest > 0 {
+			time.Sleep(rest) // pacing: one HUP per second
+		}
+	}
+	out := <-done
+	collected = true
+	if out.err != nil {
+		return out.err
+	}
+	r := out.r
+	fmt.Printf("\n## reload under load: %d HUPs, wrk -t%d -c%d -d%s, %s\n", c.reloads, c.threads, c.conns, d, mode)
+	fmt.Printf("requests %d, failed %d (connect %d, read %d, write %d, timeout %d, non-2xx %d)\n",
+		r.requests, r.errors(), r.connErr, r.readErr, r.writeErr, r.timeoutErr, r.non2xx)
+	fmt.Printf("steady state: %.0f req/s, p50 %s, p99 %s (failed %d)\n", steady.rps, steady.p50, steady.p99, steady.errors())
+	fmt.Printf("during reloads: %.0f req/s, p50 %s, p99 %s\n", r.rps, r.p50, r.p99)
+	fmt.Printf("reload duration (HUP to \"reload done\"): median %s, max %s\n", medianDur(reloadTimes), maxDur(reloadTimes))
 	return nil
 }
 
@@ -508,26 +521,18 @@ func crashToReady(c config) error {
 	return nil
 }
 
-// workerPIDs lists the master's children.
+// workerPIDs lists the master's children: the children of each of its
+// threads, since the kernel files a child under the thread that forked it.
 func workerPIDs(master int) ([]int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", master, master))
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", master))
 	if err != nil {
 		return nil, err
 	}
 	var pids []int
-	for _, f := range strings.Fields(string(b)) {
-		n, _ := strconv.Atoi(f)
-		pids = append(pids, n)
-	}
-	// Children of other threads of the master.
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", master))
 	for _, t := range tasks {
-		if t.Name() == strconv.Itoa(master) {
-			continue
-		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", master, t.Name()))
 		if err != nil {
-			continue
+			continue // the thread ended meanwhile
 		}
 		for _, f := range strings.Fields(string(b)) {
 			n, _ := strconv.Atoi(f)
