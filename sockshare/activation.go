@@ -135,6 +135,20 @@ func ParseListenEnv(lookup func(string) (string, bool), pid int) (n int, names [
 	return n, names, nil
 }
 
+// activationEnv is the first step of [Files] on every system: it reads the
+// socket-activation variables of this process with [ParseListenEnv] and, when
+// unsetEnv is true, removes them from the environment whatever the outcome.
+func activationEnv(unsetEnv bool) (n int, names []string, err error) {
+	n, names, err = ParseListenEnv(os.LookupEnv, os.Getpid())
+	if unsetEnv {
+		err = errors.Join(err, unsetListenEnv())
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("socket activation: %w", err)
+	}
+	return n, names, nil
+}
+
 // unsetListenEnv removes the socket-activation variables from the environment.
 func unsetListenEnv() error {
 	var errs []error

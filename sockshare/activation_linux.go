@@ -1,7 +1,6 @@
 package sockshare
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -27,15 +26,9 @@ import (
 // descriptor close it twice. It fails, wrapping the fcntl error, if a descriptor it
 // was promised is not open; it then wraps none of them.
 func Files(unsetEnv bool) ([]*os.File, error) {
-	n, names, err := ParseListenEnv(os.LookupEnv, os.Getpid())
-	if unsetEnv {
-		err = errors.Join(err, unsetListenEnv())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("socket activation: %w", err)
-	}
-	if n == 0 {
-		return nil, nil
+	n, names, err := activationEnv(unsetEnv)
+	if err != nil || n == 0 {
+		return nil, err
 	}
 	// Check and mark every descriptor before wrapping any, so that an error leaves
 	// nothing half-owned.

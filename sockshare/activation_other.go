@@ -3,7 +3,6 @@
 package sockshare
 
 import (
-	"errors"
 	"fmt"
 	"os"
 )
@@ -13,15 +12,9 @@ import (
 // [errors.ErrUnsupported] when the environment says the process was activated, and
 // an empty result otherwise.
 func Files(unsetEnv bool) ([]*os.File, error) {
-	n, _, err := ParseListenEnv(os.LookupEnv, os.Getpid())
-	if unsetEnv {
-		err = errors.Join(err, unsetListenEnv())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("socket activation: %w", err)
-	}
-	if n == 0 {
-		return nil, nil
+	n, _, err := activationEnv(unsetEnv)
+	if err != nil || n == 0 {
+		return nil, err
 	}
 	return nil, fmt.Errorf("socket activation: %w", errUnsupported)
 }

@@ -2,6 +2,7 @@ package sockshare
 
 import (
 	"errors"
+	"fmt"
 	"net"
 )
 
@@ -38,4 +39,32 @@ func closeSockets(ss []Socket) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Listeners is [Files] followed by [Sockets]: the sockets passed by socket
+// activation, ready for use with package net, in descriptor order and named by
+// LISTEN_FDNAMES. It closes the inherited descriptors once converted (the Sockets
+// are dups, owned by the caller). unsetEnv is as for Files. When the process was not
+// activated, Listeners returns an empty result and no error; on systems other than
+// Linux, an activated process gets an error wrapping [errors.ErrUnsupported].
+func Listeners(unsetEnv bool) ([]Socket, error) {
+	files, err := Files(unsetEnv)
+	if err != nil || len(files) == 0 {
+		return nil, err
+	}
+	socks, err := Sockets(files)
+	var errs []error
+	for _, f := range files {
+		if cerr := f.Close(); cerr != nil {
+			errs = append(errs, fmt.Errorf("close inherited %s: %w", f.Name(), cerr))
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(errs...); err != nil {
+		closeSockets(socks)
+		return nil, err
+	}
+	return socks, nil
 }

@@ -21,15 +21,3 @@ func Dup(c syscall.Conn, name string) (*os.File, error) {
 func Sockets(files []*os.File) ([]Socket, error) {
 	return nil, fmt.Errorf("sockets: %w", errUnsupported)
 }
-
-// Listeners returns the sockets passed by socket activation for use with package
-// net. It is implemented on Linux only; elsewhere it returns an error wrapping
-// [errors.ErrUnsupported] when the process was activated, and an empty result
-// otherwise.
-func Listeners(unsetEnv bool) ([]Socket, error) {
-	files, err := Files(unsetEnv)
-	if err != nil || len(files) == 0 {
-		return nil, err
-	}
-	return nil, fmt.Errorf("sockets: %w", errUnsupported)
-}
