@@ -50,6 +50,8 @@ Signals to the master:
   TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
   QUIT         immediate stop
   TTIN, TTOU   one worker more, one worker fewer
+  WINCH        stop every worker, keep the master and its sockets; HUP brings
+               them back
 
 Environment:
   Every flag can also be set with a CLUSTERD_* variable, named after the flag
