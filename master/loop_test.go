@@ -199,6 +199,16 @@ func (h *harness) starts(n int) []*fakeProc {
 	return ps
 }
 
+// startsReady waits for n started workers and reports each ready over IPC.
+func (h *harness) startsReady(n int) []*fakeProc {
+	h.t.Helper()
+	ps := h.starts(n)
+	for _, p := range ps {
+		h.readyIPC(p)
+	}
+	return ps
+}
+
 func (h *harness) exit(p *fakeProc, s exitStatus) { h.exits <- exitEvent{pid: p.pid, status: s} }
 
 func (h *harness) readyIPC(p *fakeProc) {
@@ -463,10 +473,7 @@ func TestLoopReadyDelay(t *testing.T) {
 func TestLoopRollingReload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := startLoop(t, Options{Workers: 3, Ready: ReadyMode{Kind: ReadyIPC}, KillTimeout: 10 * time.Second})
-		old := h.starts(3)
-		for _, p := range old {
-			h.readyIPC(p)
-		}
+		old := h.startsReady(3)
 		<-h.ready
 		<-h.notes // READY=1
 		h.signal(syscall.SIGHUP)
@@ -512,10 +519,7 @@ func TestLoopRollingReload(t *testing.T) {
 func TestLoopReloadBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := startLoop(t, Options{Workers: 4, ReloadBatch: 2, Ready: ReadyMode{Kind: ReadyIPC}})
-		old := h.starts(4)
-		for _, p := range old {
-			h.readyIPC(p)
-		}
+		old := h.startsReady(4)
 		h.signal(syscall.SIGHUP)
 		a, b := h.nextStart(time.Second), h.nextStart(time.Second)
 		h.noStart(time.Second)
@@ -540,10 +544,7 @@ func TestLoopReloadAbort(t *testing.T) {
 	t.Run("ready timeout", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			h := startLoop(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}, ReadyTimeout: 3 * time.Second})
-			old := h.starts(2)
-			for _, p := range old {
-				h.readyIPC(p)
-			}
+			old := h.startsReady(2)
 			h.signal(syscall.SIGHUP)
 			n0 := h.nextStart(time.Second)
 			h.readyIPC(n0)
@@ -592,10 +593,7 @@ func TestLoopReloadAbort(t *testing.T) {
 func TestLoopSecondHUPRestartsReload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := startLoop(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}})
-		old := h.starts(2)
-		for _, p := range old {
-			h.readyIPC(p)
-		}
+		old := h.startsReady(2)
 		h.signal(syscall.SIGHUP)
 		n0 := h.nextStart(time.Second)
 		h.signal(syscall.SIGHUP)
@@ -811,10 +809,7 @@ func TestLoopProtocolErrorRestartsWorker(t *testing.T) {
 func TestLoopScaleDownDuringReload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := startLoop(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}})
-		old := h.starts(2)
-		for _, p := range old {
-			h.readyIPC(p)
-		}
+		old := h.startsReady(2)
 		h.signal(syscall.SIGHUP)
 		n0 := h.nextStart(time.Second)
 		h.readyIPC(n0)
