@@ -20,9 +20,68 @@ import (
 // descriptor (sendmsg/recvmsg) under the runtime's poller, so that every write
 // can carry SCM_RIGHTS and every read can receive it.
 type socket struct {
-	uc   *net.UnixConn
-	rc   syscall.RawConn
-	spin time.Duration // how long read polls before it sleeps (Options.SpinWait)
+	uc *net.UnixConn
+	rc syscall.RawConn
+
+	// The arguments and results of the sendmsg and recvmsg calls, and the
+	// functions handed to rc that make them, built once in newSocket: a closure
+	// made at each call would cost a heap allocation for itself and for every
+	// variable it shares, on every read and write. write is called by the
+	// Conn's writer goroutine only and read by its reader only, so each half
+	// has one user at a time.
+	w       sendmsgCall
+	r       recvmsgCall
+	sendmsg func(fd uintptr) bool
+	recvmsg func(fd uintptr) bool
+}
+
+// sendmsgCall is one sendmsg(2) of [socket.write].
+type sendmsgCall struct {
+	p, oob []byte
+	n      int
+	err    error
+}
+
+func (c *sendmsgCall) call(fd uintptr) bool {
+	c.n, c.err = unix.SendmsgN(int(fd), c.p, c.oob, nil, unix.MSG_NOSIGNAL)
+	return c.err != unix.EAGAIN
+}
+
+// recvmsgCall is one recvmsg(2) of [socket.read], polling for up to spin before
+// it lets the poller sleep.
+type recvmsgCall struct {
+	p, oob         []byte
+	n, oobn, flags int
+	err            error
+	spin           time.Duration // Options.SpinWait
+	spinStart      time.Time
+}
+
+func (c *recvmsgCall) call(fd uintptr) bool {
+	for {
+		c.n, c.oobn, c.flags, _, c.err = unix.Recvmsg(int(fd), c.p, c.oob, sockshare.RecvmsgFlags)
+		if c.err != unix.EAGAIN {
+			return true
+		}
+		// The socket ran dry. With SpinWait, poll it a little longer before
+		// sleeping in the poller:
+		// a sleeping thread, on an idle (virtual) CPU above all, takes tens of
+		// microseconds to wake, which would dominate the round trip of a
+		// request whose reply is a few microseconds away.
+		if c.spin <= 0 {
+			return false
+		}
+		if c.spinStart.IsZero() {
+			c.spinStart = time.Now()
+		} else if time.Since(c.spinStart) > c.spin {
+			return false
+		}
+		// Let this process's goroutines run between polls (the one the last
+		// message went to, above all). The thread keeps its CPU: yielding that
+		// too (sched_yield) was measured to lose it to any busy process for a
+		// whole time slice, milliseconds (docs/BENCHMARKS.md).
+		runtime.Gosched()
+	}
 }
 
 // newSocket duplicates f into a close-on-exec, non-blocking socket registered
@@ -64,22 +123,22 @@ func newSocket(f *os.File, spin time.Duration) (*socket, error) {
 		_ = uc.Close() // the error above is the news
 		return nil, fmt.Errorf("ipc: new conn %s: %w", name, os.NewSyscallError("getsockopt SO_TYPE", serr))
 	}
-	return &socket{uc: uc, rc: rc, spin: spin}, nil
+	s := &socket{uc: uc, rc: rc, r: recvmsgCall{spin: spin}}
+	s.sendmsg, s.recvmsg = s.w.call, s.r.call
+	return s, nil
 }
 
 // write writes all of p; oob (SCM_RIGHTS) goes with the first sendmsg, so on the
 // first byte of p. MSG_NOSIGNAL: a dead peer is an EPIPE error, not a signal. It
 // returns the number of sendmsg calls that wrote data.
 func (s *socket) write(p, oob []byte) (calls int, err error) {
+	w := &s.w
+	defer func() { w.p, w.oob = nil, nil }() // hold no buffer between writes
 	for len(p) > 0 {
-		var n int
-		var serr error
-		err = s.rc.Write(func(fd uintptr) bool {
-			n, serr = unix.SendmsgN(int(fd), p, oob, nil, unix.MSG_NOSIGNAL)
-			return serr != unix.EAGAIN
-		})
+		w.p, w.oob = p, oob
+		err = s.rc.Write(s.sendmsg)
 		if err == nil {
-			err = serr
+			err = w.err
 		}
 		if err == unix.EINTR {
 			continue
@@ -88,7 +147,7 @@ func (s *socket) write(p, oob []byte) (calls int, err error) {
 			return calls, os.NewSyscallError("sendmsg", err)
 		}
 		calls++
-		p = p[n:]
+		p = p[w.n:]
 		oob = nil
 	}
 	return calls, nil
@@ -99,39 +158,14 @@ func (s *socket) write(p, oob []byte) (calls int, err error) {
 // no descriptor is returned open; when the kernel truncated the descriptors
 // (MSG_CTRUNC) the error wraps ErrTooManyFDs and n still counts the data read.
 func (s *socket) read(p, oob []byte) (int, []int, error) {
+	r := &s.r
+	r.p, r.oob = p, oob
+	defer func() { r.p, r.oob = nil, nil }() // hold no buffer between reads
 	for {
-		var n, oobn, flags int
-		var serr error
-		var spinStart time.Time
-		err := s.rc.Read(func(fd uintptr) bool {
-			for {
-				n, oobn, flags, _, serr = unix.Recvmsg(int(fd), p, oob, sockshare.RecvmsgFlags)
-				if serr != unix.EAGAIN {
-					return true
-				}
-				// The socket ran dry. With SpinWait, poll it a little longer
-				// before sleeping in the poller:
-				// a sleeping thread, on an idle (virtual) CPU above all, takes
-				// tens of microseconds to wake, which would dominate the round
-				// trip of a request whose reply is a few microseconds away.
-				if s.spin <= 0 {
-					return false
-				}
-				if spinStart.IsZero() {
-					spinStart = time.Now()
-				} else if time.Since(spinStart) > s.spin {
-					return false
-				}
-				// Let this process's goroutines run between polls (the one the
-				// last message went to, above all). The thread keeps its CPU:
-				// yielding that too (sched_yield) was measured to lose it to
-				// any busy process for a whole time slice, milliseconds
-				// (docs/BENCHMARKS.md).
-				runtime.Gosched()
-			}
-		})
+		r.spinStart = time.Time{}
+		err := s.rc.Read(s.recvmsg)
 		if err == nil {
-			err = serr
+			err = r.err
 		}
 		if err == unix.EINTR {
 			continue
@@ -139,6 +173,7 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 		if err != nil {
 			return 0, nil, fmt.Errorf("ipc: read: %w", os.NewSyscallError("recvmsg", err))
 		}
+		n, oobn, flags := r.n, r.oobn, r.flags
 		var fds []int
 		if oobn > 0 || flags&unix.MSG_CTRUNC != 0 {
 			fds, err = sockshare.ParseRecvRights(oob[:oobn], flags)
