@@ -169,16 +169,8 @@ func helperActivated() error {
 		return fmt.Errorf("Files returned %d files, want %d", len(files), expect)
 	}
 	for _, f := range files {
-		fd, err := connFD(f)
-		if err != nil {
-			return err
-		}
-		fdfl, fl, err := fdFlags(fd)
-		if err != nil {
-			return err
-		}
-		if fdfl&unix.FD_CLOEXEC == 0 || fl&unix.O_NONBLOCK == 0 {
-			return fmt.Errorf("fd %d after Files: flags %#x status %#x, want close-on-exec and non-blocking", fd, fdfl, fl)
+		if err := cloexecNonblocking(f); err != nil {
+			return fmt.Errorf("after Files: %w", err)
 		}
 	}
 	if again, err := Files(true); err != nil || len(again) != 0 {

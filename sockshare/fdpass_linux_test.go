@@ -523,16 +523,8 @@ func helperRecvListener() error {
 	if string(buf[:n]) != "L" || len(files) != 1 {
 		return fmt.Errorf("received %q with %d fds, want \"L\" with 1", buf[:n], len(files))
 	}
-	fd, err := connFD(files[0])
-	if err != nil {
-		return err
-	}
-	fdfl, fl, err := fdFlags(fd)
-	if err != nil {
-		return err
-	}
-	if fdfl&unix.FD_CLOEXEC == 0 || fl&unix.O_NONBLOCK == 0 {
-		return fmt.Errorf("received fd flags %#x, status %#x: want close-on-exec and non-blocking", fdfl, fl)
+	if err := cloexecNonblocking(files[0]); err != nil {
+		return fmt.Errorf("received %w", err)
 	}
 	socks, err := Sockets(files)
 	closeFiles(files)

@@ -112,6 +112,23 @@ func fdFlags(fd int) (fdFlags, flFlags int, err error) {
 	return fdFlags, flFlags, nil
 }
 
+// cloexecNonblocking returns an error, for a helper to report, unless the
+// descriptor under c is close-on-exec and in non-blocking mode.
+func cloexecNonblocking(c syscall.Conn) error {
+	fd, err := connFD(c)
+	if err != nil {
+		return err
+	}
+	fdfl, fl, err := fdFlags(fd)
+	if err != nil {
+		return err
+	}
+	if fdfl&unix.FD_CLOEXEC == 0 || fl&unix.O_NONBLOCK == 0 {
+		return fmt.Errorf("fd %d: flags %#x, status %#x; want close-on-exec and non-blocking", fd, fdfl, fl)
+	}
+	return nil
+}
+
 // connFD returns the descriptor under c without touching its mode.
 func connFD(c syscall.Conn) (int, error) {
 	rc, err := c.SyscallConn()
