@@ -162,49 +162,49 @@ func closeAll(lns []net.Listener) {
 }
 
 // connTracker follows the state of every connection of one server, through
-// its ConnState hook.
+// its ConnState hook. The hook runs twice per request (active, then idle), so
+// it takes no lock shared by all connections: sync.Map swaps the state of a
+// known connection without one, and the count of busy ones is atomic.
 type connTracker struct {
 	draining atomic.Bool
 
-	mu    sync.Mutex
-	state map[net.Conn]http.ConnState
-	busy  int // connections in StateNew or StateActive
+	state sync.Map     // net.Conn -> http.ConnState
+	busy  atomic.Int64 // connections in StateNew or StateActive
 
-	changed chan struct{} // gets a token after every change (capacity 1)
+	changed chan struct{} // gets a token after a change while draining (capacity 1)
 }
 
 func newConnTracker() *connTracker {
-	return &connTracker{state: make(map[net.Conn]http.ConnState), changed: make(chan struct{}, 1)}
+	return &connTracker{changed: make(chan struct{}, 1)}
 }
 
 func isBusy(st http.ConnState) bool {
 	return st == http.StateNew || st == http.StateActive
 }
 
+// set records that c is now in state st. net/http reports the states of one
+// connection in order, so the swap returns the state this one replaces.
 func (t *connTracker) set(c net.Conn, st http.ConnState) {
-	t.mu.Lock()
-	if old, ok := t.state[c]; ok && isBusy(old) {
-		t.busy--
-	}
+	var old any
+	var known bool
 	if st == http.StateClosed || st == http.StateHijacked {
-		delete(t.state, c)
+		old, known = t.state.LoadAndDelete(c)
 	} else {
-		t.state[c] = st
+		old, known = t.state.Swap(c, st)
 		if isBusy(st) {
-			t.busy++
+			t.busy.Add(1)
 		}
 	}
-	t.mu.Unlock()
-	select {
-	case t.changed <- struct{}{}:
-	default:
+	if known && isBusy(old.(http.ConnState)) {
+		t.busy.Add(-1)
 	}
-}
-
-func (t *connTracker) busyCount() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.busy
+	// Only waitQuiet reads the tokens, and it runs once draining is set.
+	if t.draining.Load() {
+		select {
+		case t.changed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // waitQuiet returns once no connection is new or active and graceEnd has
@@ -216,7 +216,7 @@ func (t *connTracker) waitQuiet(graceEnd, deadline time.Time) {
 	defer deadlineTimer.Stop()
 	graceOver := false
 	for {
-		if graceOver && t.busyCount() == 0 {
+		if graceOver && t.busy.Load() == 0 {
 			return
 		}
 		select {
