@@ -329,11 +329,11 @@ func (p *execProcess) drain(timeout time.Duration) {
 	if p.conn == nil || !p.helloOK.Load() {
 		return
 	}
-	body, err := ipc.Encode(ipc.Drain{Deadline: time.Now().Add(timeout)})
+	m, err := ipc.NewMessage(ipc.KindDrain, ipc.Drain{Deadline: time.Now().Add(timeout)})
 	if err != nil {
 		return
 	}
-	_ = p.conn.Send(&ipc.Message{Kind: ipc.KindDrain, Body: body})
+	_ = p.conn.Send(m)
 }
 
 // serveIPC reads the worker's messages: its hello, then ready, heartbeats
@@ -366,9 +366,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 			}
 			return
 		}
-		for _, f := range m.FDs {
-			f.Close() // no message the master reads carries fds it keeps
-		}
+		_ = m.CloseFDs() // no message the master reads carries fds it keeps
 		switch m.Kind {
 		case ipc.KindReady:
 			st.post(workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC})
