@@ -359,12 +359,7 @@ func (c *Conn) writeLoop() {
 	defer c.wg.Done()
 	for {
 		c.wmu.Lock()
-		for len(c.wbuf) == 0 {
-			if c.isDead() {
-				c.wmu.Unlock()
-				c.dropWrites()
-				return
-			}
+		for len(c.wbuf) == 0 && !c.isDead() {
 			c.wsleeping = true
 			c.wmu.Unlock()
 			select {
