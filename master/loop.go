@@ -467,10 +467,6 @@ func (l *loop) onExit(e exitEvent) {
 	}
 
 	s := w.slot
-	desc := fmt.Sprintf("worker %d %s", s.id, e.status)
-	if w.why != "" && !w.expected {
-		desc += " (" + w.why + ")"
-	}
 	switch {
 	case s.next == w:
 		s.next = nil
@@ -485,6 +481,10 @@ func (l *loop) onExit(e exitEvent) {
 		if s.next != nil {
 			// A reload's replacement is on its way; it takes over the slot.
 			break
+		}
+		desc := fmt.Sprintf("worker %d %s", s.id, e.status)
+		if w.why != "" {
+			desc += " (" + w.why + ")"
 		}
 		l.restartSlot(s, e.status, uptime, desc)
 	}
@@ -595,7 +595,7 @@ func (l *loop) onTimers(now time.Time) {
 			l.readyTimeout(w)
 		}
 	}
-	for _, s := range slices.Clone(l.slots) {
+	for _, s := range l.slots {
 		if due(s.restartAt, now) {
 			s.restartAt = time.Time{}
 			if !l.stopping && !l.paused && s.cur == nil && s.next == nil && !s.removed {
