@@ -40,6 +40,21 @@ func newPair(t testing.TB, opts Options) (a, b *Conn) {
 	return a, b
 }
 
+// goServe runs serve, a peer's loop that returns once c is closed, in a
+// goroutine that the test owns: a cleanup closes c and waits for it.
+func goServe(t testing.TB, c *Conn, serve func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve()
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+}
+
 // rawPair returns a Conn and the other end of its socket as a plain blocking
 // file, for a test that plays a misbehaving peer.
 func rawPair(t testing.TB, opts Options) (*Conn, *os.File) {
@@ -166,12 +181,12 @@ func TestCallMatching(t *testing.T) {
 		}
 		return nil
 	}
-	go func() {
+	goServe(t, b, func() {
 		if err := serve(); err != nil {
 			t.Error(err)
 			b.Close()
 		}
-	}()
+	})
 	var wg sync.WaitGroup
 	for i := range callers {
 		wg.Go(func() {
@@ -374,7 +389,7 @@ func TestDescriptorRoundTrips(t *testing.T) {
 		defer pr.Close()
 		defer pw.Close()
 		const rounds = 2000
-		go func() {
+		goServe(t, b, func() {
 			for {
 				m, err := b.Recv()
 				if err != nil {
@@ -390,7 +405,7 @@ func TestDescriptorRoundTrips(t *testing.T) {
 					return
 				}
 			}
-		}()
+		})
 		for i := range rounds {
 			m := &Message{Kind: KindRequest, FDs: []*os.File{pw, pr}}
 			if i%2 == 1 {

@@ -125,7 +125,7 @@ func TestCallCancel(t *testing.T) {
 func TestCallRemoteError(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t, Options{})
-	go func() {
+	goServe(t, b, func() {
 		m, err := b.Recv()
 		if err != nil {
 			return
@@ -138,7 +138,7 @@ func TestCallRemoteError(t *testing.T) {
 			t.Error(err)
 			b.Close() // fails the pending call
 		}
-	}()
+	})
 	_, err := a.Call(t.Context(), &Message{Kind: KindRequest})
 	var re *RemoteError
 	if !errors.As(err, &re) || re.Code != CodeBadRequest || re.Text != "no such thing" {
@@ -362,7 +362,7 @@ func TestFlushCancel(t *testing.T) {
 func TestSpinWait(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t, Options{SpinWait: 200 * time.Microsecond})
-	go func() {
+	goServe(t, b, func() {
 		for {
 			m, err := b.Recv()
 			if err != nil {
@@ -374,7 +374,7 @@ func TestSpinWait(t *testing.T) {
 				return
 			}
 		}
-	}()
+	})
 	for i := range 200 {
 		req, err := NewMessage(KindRequest, i)
 		if err != nil {
