@@ -150,7 +150,8 @@ func TestShutdownAloneDropsRequest(t *testing.T) {
 			accepted <- struct{}{}
 		}
 	}}
-	go srv.Serve(ln)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +173,9 @@ func TestShutdownAloneDropsRequest(t *testing.T) {
 		t.Error("net/http answered a request read after Shutdown began: ServeHTTP's work-around is no longer needed, and this test should go")
 	}
 	<-shut
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve after Shutdown = %v, want http.ErrServerClosed", err)
+	}
 }
 
 func TestServeHTTPKeepAliveGetsConnectionClose(t *testing.T) {
