@@ -55,6 +55,20 @@ func failDeadline(t testing.TB) time.Duration {
 	return d
 }
 
+// eventually polls cond until it holds and reports whether it did within
+// failDeadline. It is for states no event announces (/proc, a buffer, the
+// goroutine count): the one place these tests wait by sleeping.
+func eventually(t testing.TB, cond func() bool) bool {
+	deadline := time.Now().Add(failDeadline(t))
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // startMaster runs the master helper with c; the cleanup kills its process
 // group (its workers die by Pdeathsig) and waits for it.
 func startMaster(t testing.TB, c masterConfig) *runningMaster {
@@ -646,12 +660,9 @@ func TestRealMasterFDsStableAcrossRestarts(t *testing.T) {
 	}
 	// The dead workers' output pipes close when their readers reach EOF,
 	// which may trail the replacement's readiness: wait for it.
-	deadline := time.Now().Add(failDeadline(t))
-	for n := fdCount(t, m.pid); n != base; n = fdCount(t, m.pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("master holds %d fds after %d restarts, %d before", n, restarts, base)
-		}
-		time.Sleep(10 * time.Millisecond) // polling /proc: no event tells when a pipe closes
+	var n int
+	if !eventually(t, func() bool { n = fdCount(t, m.pid); return n == base }) {
+		t.Fatalf("master holds %d fds after %d restarts, %d before", n, restarts, base)
 	}
 }
 
@@ -789,14 +800,17 @@ func TestRealMasterKilledLeavesNoWorkers(t *testing.T) {
 		}
 		m.signal(syscall.SIGKILL)
 		m.wait()
-		deadline := time.Now().Add(failDeadline(t))
-		for _, pid := range pids {
-			for alive(pid) {
-				if time.Now().After(deadline) {
-					t.Fatalf("worker %d survived its master", pid)
+		survivor := 0
+		if !eventually(t, func() bool {
+			survivor = 0
+			for _, pid := range pids {
+				if alive(pid) {
+					survivor = pid
 				}
-				time.Sleep(5 * time.Millisecond) // polling /proc: the kernel does not tell us
 			}
+			return survivor == 0
+		}) {
+			t.Fatalf("worker %d survived its master", survivor)
 		}
 	}
 }
@@ -911,12 +925,8 @@ func TestInProcessReapOnlyWorkers(t *testing.T) {
 		t.Error("second Run = nil, want an error")
 	}
 	sigs <- syscall.SIGTTIN
-	deadline := time.Now().Add(failDeadline(t))
-	for !strings.Contains(out.String(), "hello from worker 2") {
-		if time.Now().After(deadline) {
-			t.Fatalf("TTIN started no worker 2; output:\n%s", out.String())
-		}
-		time.Sleep(10 * time.Millisecond) // polling a buffer: no event to wait on
+	if !eventually(t, func() bool { return strings.Contains(out.String(), "hello from worker 2") }) {
+		t.Fatalf("TTIN started no worker 2; output:\n%s", out.String())
 	}
 	cancel()
 	select {
@@ -932,12 +942,10 @@ func TestInProcessReapOnlyWorkers(t *testing.T) {
 	}
 	// Run's own goroutines are gone; the http client may still be closing
 	// connections, so allow it a moment.
-	for n := runtime.NumGoroutine(); n > goroutinesBefore; n = runtime.NumGoroutine() {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines after Run, %d before:\n%s", n, goroutinesBefore, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond) // polling: goroutine exit has no event
+	var n int
+	if !eventually(t, func() bool { n = runtime.NumGoroutine(); return n <= goroutinesBefore }) {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after Run, %d before:\n%s", n, goroutinesBefore, buf[:runtime.Stack(buf, true)])
 	}
 	for i := range 3 {
 		if !strings.Contains(out.String(), fmt.Sprintf("[w%d pid ", i)) {
@@ -1055,21 +1063,18 @@ func TestRealOrphansReaped(t *testing.T) {
 	m.next("worker exited", "pid", worker)
 	// The orphan is re-parented to the master (a child subreaper), which
 	// reaps it when it exits: it must vanish, not linger as a zombie.
-	deadline := time.Now().Add(failDeadline(t))
 	sawParent := false
-	for {
-		ppid, ok := procStatus(orphan, "PPid")
-		if !ok {
-			break
-		}
-		if ppid == strconv.Itoa(m.pid) {
+	var ppid string
+	if !eventually(t, func() bool {
+		var ok bool
+		ppid, ok = procStatus(orphan, "PPid")
+		if ok && ppid == strconv.Itoa(m.pid) {
 			sawParent = true
 		}
-		if time.Now().After(deadline) {
-			state, _ := procStatus(orphan, "State")
-			t.Fatalf("orphan %d still there (parent %s, state %s)", orphan, ppid, state)
-		}
-		time.Sleep(10 * time.Millisecond) // polling /proc: reaping has no event we can see
+		return !ok
+	}) {
+		state, _ := procStatus(orphan, "State")
+		t.Fatalf("orphan %d still there (parent %s, state %s)", orphan, ppid, state)
 	}
 	if !sawParent {
 		t.Log("orphan exited before it was seen re-parented to the master")
