@@ -69,15 +69,10 @@ func eventually(t testing.TB, cond func() bool) bool {
 	return true
 }
 
-// startMaster runs the master helper with c; the cleanup kills its process
-// group (its workers die by Pdeathsig) and waits for it.
-func startMaster(t testing.TB, c masterConfig) *runningMaster {
-	t.Helper()
-	return startMasterEnv(t, c)
-}
-
-// startMasterEnv is startMaster with extra environment for the master.
-func startMasterEnv(t testing.TB, c masterConfig, env ...string) *runningMaster {
+// startMaster runs the master helper with c and env added to its
+// environment; the cleanup kills its process group (its workers die by
+// Pdeathsig) and waits for it.
+func startMaster(t testing.TB, c masterConfig, env ...string) *runningMaster {
 	t.Helper()
 	usedHelpers.Store("master", true)
 	if len(c.Command) == 0 {
@@ -987,7 +982,7 @@ func TestRealMasterSDNotify(t *testing.T) {
 			t.Fatalf("no sd_notify %q", prefix)
 		}
 	}
-	m := startMasterEnv(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"},
+	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"},
 		"NOTIFY_SOCKET="+sock)
 	want("READY=1")
 	m.signal(syscall.SIGHUP)
