@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -66,13 +65,18 @@ func (p *process) ipcConn() (*ipc.Conn, error) {
 // openIPCLocked adopts the inherited IPC fd, says hello and starts the
 // goroutine that reads the master's messages.
 func (p *process) openIPCLocked() (*ipc.Conn, error) {
-	v, ok := p.lookup(ipc.EnvIPCFD)
+	// A malformed slot or generation fails here too: the master would
+	// reject the hello that carried it.
+	env, ok, err := ipc.ParseEnv(p.lookup)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
 	if !ok {
 		return nil, nil
 	}
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		return nil, fmt.Errorf("worker: %s=%q: not an inherited file descriptor", ipc.EnvIPCFD, v)
+	fd := env.IPCFD
+	if fd < 3 {
+		return nil, fmt.Errorf("worker: %s=%d: not an inherited file descriptor", ipc.EnvIPCFD, fd)
 	}
 	// The fd was inherited, so it is not close-on-exec: make it so, or every
 	// program this worker starts would hold the master's connection open.
@@ -83,8 +87,7 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: ipc fd %d: %w", fd, err)
 	}
-	id, _ := p.id()
-	local := ipc.Hello{Version: ipc.Version, PID: os.Getpid(), WorkerID: id, Generation: p.generation()}
+	local := ipc.Hello{Version: ipc.Version, PID: os.Getpid(), WorkerID: env.WorkerID, Generation: env.Generation}
 	if _, err := conn.Handshake(context.Background(), local); err != nil {
 		conn.Close() // the handshake error is the one to report
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
