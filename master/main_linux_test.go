@@ -290,6 +290,10 @@ func helperWorker() int {
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		// Headers first: a client that has them knows the request is in
+		// this worker's hands, which tests synchronise on.
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
 		time.Sleep(d) // the request's own duration, part of the behaviour under test
 		fmt.Fprintf(w, "%d %s %s slow\n", os.Getpid(), id, gen)
 	})

@@ -694,19 +694,16 @@ func TestRealGracefulStopWaitsForRequest(t *testing.T) {
 	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
 	addr := m.addr()
 	m.next("all workers ready")
-	got := make(chan error, 1)
-	go func() {
-		_, err := get(addr, "/slow?d=700ms")
-		got <- err
-	}()
-	// The request is in flight once the worker accepted it; a second
-	// connection that gets answered proves the first was accepted before.
-	if _, err := get(addr, "/"); err != nil {
+	// Get returns once the response headers arrive, which the worker
+	// sends before it sleeps: from then on the request is in flight.
+	resp, err := client.Get("http://" + addr + "/slow?d=700ms")
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	m.signal(syscall.SIGTERM)
-	if err := <-got; err != nil {
-		t.Errorf("in-flight request during graceful stop: %v", err)
+	if b, err := io.ReadAll(resp.Body); err != nil || !strings.HasSuffix(string(b), "slow\n") {
+		t.Errorf("in-flight request during graceful stop: body %q, %v", b, err)
 	}
 	if code := m.wait(); code != 0 {
 		t.Errorf("master exit code %d, want 0", code)
