@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/clusterd/clusterd/sockshare"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clusterd/clusterd/sockshare"
 )
 
 // runningMaster is a master helper process under test.

@@ -110,3 +110,39 @@ type IntensityError struct {
 func (e *IntensityError) Error() string {
 	return fmt.Sprintf("restart intensity exceeded: %d restarts in %v (last: %s)", e.Restarts, e.Window, e.Last)
 }
+
+// restartSlot applies the restart policy, backoff and intensity limit to
+// the unexpected exit of s's worker.
+func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, desc string) {
+	if !shouldRestart(l.cfg.Restart, status) {
+		l.log.Info("worker not restarted", "worker", s.id, "restart", l.cfg.Restart.String())
+		if status.failed() {
+			l.lastBad = desc
+		}
+		return
+	}
+	if ok, n := l.limit.allow(time.Now()); !ok {
+		err := &IntensityError{Restarts: n, Window: l.cfg.RestartWindow, Last: desc}
+		l.log.Error("restart intensity exceeded", "error", err.Error())
+		l.result = err
+		l.beginStop(false)
+		return
+	}
+	d := s.backoff.next(uptime, l.cfg.MinUptime, l.jitter)
+	if d > 0 {
+		s.restartAt = time.Now().Add(d)
+		l.log.Info("restart delayed", "worker", s.id, "backoff", d.String(), "attempt", s.backoff.attempt)
+		return
+	}
+	l.tryStart(s)
+}
+
+// tryStart starts s's worker and turns a failure into a delayed retry.
+func (l *loop) tryStart(s *slot) {
+	err := l.startWorker(s)
+	if err == nil {
+		return
+	}
+	l.log.Error("start worker failed", "worker", s.id, "error", err)
+	l.restartSlot(s, exitStatus{code: 127}, 0, err.Error())
+}

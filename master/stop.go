@@ -1,0 +1,101 @@
+package master
+
+import (
+	"syscall"
+	"time"
+)
+
+// Stopping: draining a worker (stop signal, IPC drain, kill timeout),
+// killing one, the cluster's graceful and immediate stop, and the
+// maintenance pause (WINCH) and resume.
+
+// drainWorker tells a worker to stop (its stop signal, and a drain message
+// over IPC) and arms the kill timeout.
+func (l *loop) drainWorker(w *worker, why string) {
+	if w.state == stateDraining || w.state == stateExited {
+		return
+	}
+	w.state = stateDraining
+	w.expected = true
+	w.why = why
+	w.readyAt, w.readyBy = time.Time{}, time.Time{}
+	w.killAt = time.Now().Add(l.cfg.KillTimeout)
+	w.log.Debug("draining worker", "reason", why, "signal", signalName(l.cfg.StopSignal))
+	w.proc.drain(l.cfg.KillTimeout)
+	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
+		w.log.Debug("stop signal not delivered", "error", err)
+	}
+}
+
+// killWorker SIGKILLs a worker's process group. expected says whether its
+// exit is intended (no restart) or counts as a failure of its slot.
+func (l *loop) killWorker(w *worker, expected bool, why string) {
+	if w.state == stateExited {
+		return
+	}
+	if expected {
+		w.expected = true
+		w.state = stateDraining
+	}
+	if w.why == "" {
+		w.why = why
+	}
+	w.readyAt, w.readyBy, w.killAt = time.Time{}, time.Time{}, time.Time{}
+	if err := w.proc.signal(syscall.SIGKILL); err != nil {
+		w.log.Debug("kill not delivered", "error", err)
+	}
+}
+
+// beginStop stops every worker: drained (graceful) or SIGKILLed (force).
+func (l *loop) beginStop(force bool) {
+	if !l.stopping {
+		l.stopping = true
+		l.sdNotify("STOPPING=1")
+		if l.reload != nil {
+			l.rlog.Info("reload canceled by stop")
+			l.reload = nil
+		}
+		for _, s := range l.slots {
+			s.restartAt = time.Time{}
+		}
+	}
+	if force {
+		l.force = true
+	}
+	for _, w := range l.workers() {
+		if l.force {
+			l.killWorker(w, true, "stop")
+		} else {
+			l.drainWorker(w, "stop")
+		}
+	}
+}
+
+// pause stops every worker but keeps the master and its sockets (WINCH,
+// for maintenance); HUP brings the workers back.
+func (l *loop) pause() {
+	l.paused = true
+	l.log.Info("stopping workers for maintenance", "workers", len(l.slots))
+	if l.reload != nil {
+		l.rlog.Info("reload canceled by maintenance stop")
+		l.reload = nil
+	}
+	for _, s := range l.slots {
+		s.restartAt = time.Time{}
+	}
+	for _, w := range l.workers() {
+		l.drainWorker(w, "maintenance stop")
+	}
+}
+
+// resume starts a worker in every slot after pause.
+func (l *loop) resume() {
+	l.paused = false
+	l.log.Info("starting workers after maintenance", "workers", len(l.slots))
+	for _, s := range l.slots {
+		s.backoff.attempt = 0
+		if s.cur == nil && s.next == nil {
+			l.tryStart(s)
+		}
+	}
+}
