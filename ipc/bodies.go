@@ -19,6 +19,10 @@ type Hello struct {
 	WorkerID int `msgpack:"worker_id"`
 	// Generation is the worker's generation (from [EnvWorkerGen]); 0 for the master.
 	Generation int `msgpack:"generation"`
+	// HeartbeatMS, in the master's hello, is how often (milliseconds) the worker
+	// should send a [KindHeartbeat] (with its [Stats] as a [KindStats] where it
+	// has any); 0 asks for none. Workers leave it 0.
+	HeartbeatMS int64 `msgpack:"heartbeat_ms,omitempty"`
 }
 
 // Ready is the body of [KindReady]. It may be empty: the message itself is the news.
@@ -82,4 +86,13 @@ const (
 	CodeListen = "listen_failed"
 	// CodeInternal means the receiver failed for a reason of its own.
 	CodeInternal = "internal"
+	// CodeForbidden means the master refuses the request (for example a listen
+	// address it does not allow workers to open).
+	CodeForbidden = "forbidden"
+	// CodeLimit means the request would pass a limit of the receiver (for
+	// example the number of listeners workers may ask for).
+	CodeLimit = "limit"
+	// CodeGone means the request's target went away before it answered (a
+	// worker that exited with a request outstanding).
+	CodeGone = "gone"
 )
