@@ -38,6 +38,20 @@ type config struct {
 	big       int           // workers of the large RSS run
 	idle      time.Duration // idle window for the CPU measurement
 	scenarios string
+
+	// compare
+	src         string // repository root, for the scripts of the Node and Python targets
+	node        string
+	pm2         string
+	pm2Home     string
+	gunicorn    string
+	rounds      int
+	cmpReloads  int
+	reloadConns int
+	kills       int
+	only        string // comma-separated short names of the targets to run
+	out         string // JSON results
+	mark        string // CLUSTERBENCH_MARK of every process started
 }
 
 func main() {
@@ -50,8 +64,23 @@ func main() {
 	flag.IntVar(&c.crashes, "crashes", 30, "kill -9 rounds for the crash-to-ready time")
 	flag.IntVar(&c.big, "big", 256, "workers in the large master-RSS run")
 	flag.DurationVar(&c.idle, "idle", 10*time.Second, "idle window for the master CPU measurement")
-	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle", "comma-separated scenarios")
+	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle", "comma-separated scenarios (compare is run by bench/compare.sh)")
+	flag.StringVar(&c.src, "src", ".", "compare: the repository root")
+	flag.StringVar(&c.node, "node", "node", "compare: the node binary")
+	flag.StringVar(&c.pm2, "pm2", "", "compare: the pm2 binary (empty: no PM2 target)")
+	flag.StringVar(&c.pm2Home, "pm2-home", "bench/.pm2-home", "compare: PM2_HOME of the private PM2")
+	flag.StringVar(&c.gunicorn, "gunicorn", "gunicorn", "compare: the gunicorn binary")
+	flag.IntVar(&c.rounds, "rounds", 3, "compare: rounds, every target once per round")
+	flag.IntVar(&c.cmpReloads, "cmp-reloads", 10, "compare: rolling reloads under load per target and round")
+	flag.IntVar(&c.reloadConns, "reload-conns", 8, "compare: connections of each load client (keep-alive, close) during the reloads")
+	flag.IntVar(&c.kills, "kills", 2, "compare: kill -9 of a worker per target and round")
+	flag.StringVar(&c.only, "only", "", "compare: comma-separated short names of the targets to run (default all)")
+	flag.StringVar(&c.out, "out", "bench/results/compare.json", "compare: where the results go")
 	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "clusterbench: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "clusterbench: %v\n", err)
 		os.Exit(1)
@@ -59,6 +88,13 @@ func main() {
 }
 
 func run(c config) error {
+	// Every process started from here on inherits the mark, by which the
+	// sweep (and bench/compare.sh's trap) finds what outlived its stop.
+	c.mark = os.Getenv("CLUSTERBENCH_MARK")
+	if c.mark == "" {
+		c.mark = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+		os.Setenv("CLUSTERBENCH_MARK", c.mark)
+	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk not found on PATH (bench/run.sh installs it from Debian's packages)")
 	}
@@ -81,6 +117,8 @@ func run(c config) error {
 			err = masterRSS(c)
 		case "idle":
 			err = idleCPU(c)
+		case "compare":
+			err = compare(c)
 		default:
 			err = fmt.Errorf("unknown scenario %q", s)
 		}
@@ -158,7 +196,16 @@ type cluster struct {
 	addr   string
 }
 
+// startCluster runs examples/hello under clusterd with workers workers,
+// ready over IPC; extra flags go to `clusterd run`.
 func startCluster(c config, workers int, extra ...string) (*cluster, error) {
+	flags := append([]string{"--ready", "ipc"}, extra...)
+	return startClusterCmd(c, workers, flags, []string{filepath.Join(c.bin, "hello")})
+}
+
+// startClusterCmd runs command under clusterd with workers workers and the
+// given flags of `clusterd run`, and waits until all workers are ready.
+func startClusterCmd(c config, workers int, flags, command []string) (*cluster, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -168,8 +215,9 @@ func startCluster(c config, workers int, extra ...string) (*cluster, error) {
 		return nil, err
 	}
 	args := append([]string{"run", "--listen", "tcp://" + addr, "-w", strconv.Itoa(workers),
-		"--ready", "ipc", "--log-json", "--output", "raw", "--max-restarts", "-1"}, extra...)
-	args = append(args, "--", filepath.Join(c.bin, "hello"))
+		"--log-json", "--output", "raw", "--max-restarts", "-1"}, flags...)
+	args = append(args, "--")
+	args = append(args, command...)
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
