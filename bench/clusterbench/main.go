@@ -52,6 +52,10 @@ type config struct {
 	only        string // comma-separated short names of the targets to run
 	out         string // JSON results
 	mark        string // CLUSTERBENCH_MARK of every process started
+
+	// charts
+	in        string // JSON results to draw
+	chartsDir string
 }
 
 func main() {
@@ -76,7 +80,17 @@ func main() {
 	flag.IntVar(&c.kills, "kills", 2, "compare: kill -9 of a worker per target and round")
 	flag.StringVar(&c.only, "only", "", "compare: comma-separated short names of the targets to run (default all)")
 	flag.StringVar(&c.out, "out", "bench/results/compare.json", "compare: where the results go")
+	flag.StringVar(&c.in, "in", "bench/results/compare.json", "charts: the results of a compare run")
+	flag.StringVar(&c.chartsDir, "charts-dir", "docs", "charts: where the PNG charts go (the table goes to stdout)")
 	flag.Parse()
+	if c.scenarios == "charts" {
+		// Drawing needs none of the binaries.
+		if err := charts(c.in, c.chartsDir, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "clusterbench: charts: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "clusterbench: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
