@@ -34,7 +34,7 @@ go build -o bench/bin/ ./cmd/clusterd ./examples/hello ./bench/clusterbench ./be
 
 # Every process of the run inherits this mark; the trap finds by it, and
 # kills by pid, whatever is left.
-export CLUSTERBENCH_MARK="compare-$$-$(date +%s)"
+mark="compare-$$-$(date +%s)"
 bench_pid=
 cleanup() {
   local rc=$?
@@ -49,7 +49,7 @@ cleanup() {
   for env in /proc/[0-9]*/environ; do
     pid=${env#/proc/}; pid=${pid%/environ}
     [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-    if tr '\0' '\n' <"$env" 2>/dev/null | grep -qxF "CLUSTERBENCH_MARK=$CLUSTERBENCH_MARK"; then
+    if { tr "\0" "\n" <"$env"; } 2>/dev/null | grep -qxF "CLUSTERBENCH_MARK=$mark"; then
       left+=("$pid")
     fi
   done
@@ -64,7 +64,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 echo "# $(date -u +%FT%TZ) uptime: $(uptime)"
-bench/bin/clusterbench -bin bench/bin -run compare -src "$root" -pm2 "$pm2" -pm2-home "$PM2_HOME" \
+CLUSTERBENCH_MARK=$mark bench/bin/clusterbench -bin bench/bin -run compare -src "$root" -pm2 "$pm2" -pm2-home "$PM2_HOME" \
   -d 4s -out bench/results/compare.json "$@" &
 bench_pid=$!
 wait "$bench_pid"
