@@ -81,9 +81,11 @@ func (m *Master) Addrs() []net.Addr {
 // or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
 // graceful stop.
 //
-// Run blocks until every worker has been reaped, every goroutine it started
-// has returned and every fd it owns is closed (listeners and Activated
-// sockets included). It returns nil after a requested stop, an
+// Run blocks until every worker has been reaped, every other process of
+// the cluster it can find is gone (stopped, then killed at the stop's kill
+// timeout; see the package doc), the guardian has exited, every goroutine it
+// started has returned and every fd it owns is closed (listeners and
+// Activated sockets included). It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
 func (m *Master) Run(ctx context.Context) (err error) {
