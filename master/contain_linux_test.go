@@ -1,9 +1,11 @@
 package master
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -257,5 +259,95 @@ func TestRealRestartEscapedChildLeaksNoFD(t *testing.T) {
 		if alive(pid) {
 			t.Errorf("escaped process %d outlived the master", pid)
 		}
+	}
+}
+
+// startSleep starts "sleep 300" with attr and waits for it at cleanup.
+func startSleep(t *testing.T, attr *syscall.SysProcAttr) *exec.Cmd {
+	t.Helper()
+	attr.Pdeathsig = syscall.SIGKILL
+	cmd := exec.Command("/bin/sleep", "300")
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait() // a second Wait after the test's own returns an error: fine
+	})
+	return cmd
+}
+
+// killedBySIGKILL waits for cmd and reports whether SIGKILL ended it.
+func killedBySIGKILL(cmd *exec.Cmd) bool {
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// The guardian on its own, without a master: what it was told is killed
+// when its stdin ends — a process group, an orphan by pid and start time,
+// the cgroup where one can be made — and a pid whose start time does not
+// match (reused by an unrelated process) is left alone.
+func TestGuardianKillsWhatItWasTold(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := startSleep(t, &syscall.SysProcAttr{Setpgid: true})
+	orphan := startSleep(t, &syscall.SysProcAttr{Setsid: true})
+	reused := startSleep(t, &syscall.SysProcAttr{Setsid: true})
+	facts := fmt.Sprintf("group %d\n", group.Process.Pid)
+	for _, c := range []struct {
+		cmd   *exec.Cmd
+		shift uint64
+	}{{orphan, 0}, {reused, 1}} {
+		st, ok := readProcStat(c.cmd.Process.Pid)
+		if !ok {
+			t.Fatalf("read /proc/%d/stat", c.cmd.Process.Pid)
+		}
+		facts += fmt.Sprintf("proc %d %d\n", c.cmd.Process.Pid, st.start+c.shift)
+	}
+	facts += "ungroup 12345\nunproc 12345\nnonsense line\n"
+
+	var inCgroup *exec.Cmd
+	cg, cgErr := makeCgroup(os.Getpid())
+	if cgErr == nil {
+		defer cg.close()
+		t.Cleanup(func() { _ = cg.remove(time.Second) })
+		inCgroup = startSleep(t, &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd, Setsid: true})
+		facts += "cgroup " + cg.dir + "\n"
+	} else {
+		t.Logf("no cgroup here, the cgroup part is not tried: %v", cgErr)
+	}
+
+	g := exec.Command(exe, GuardianArg)
+	g.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	g.Stdin = strings.NewReader(facts) // EOF after the facts: the master is gone
+	out, err := g.CombinedOutput()
+	if err != nil {
+		t.Fatalf("guardian: %v: %s", err, out)
+	}
+	if !killedBySIGKILL(group) {
+		t.Error("a process of a group the guardian was told of survived")
+	}
+	if !killedBySIGKILL(orphan) {
+		t.Error("an orphan the guardian was told of survived")
+	}
+	if inCgroup != nil {
+		if !killedBySIGKILL(inCgroup) {
+			t.Error("a member of the cgroup survived")
+		}
+		if _, err := os.Stat(cg.dir); !os.IsNotExist(err) {
+			t.Errorf("guardian left cgroup %s behind (%v)", cg.dir, err)
+		}
+	}
+	if !alive(reused.Process.Pid) {
+		t.Error("the guardian killed a process whose start time did not match")
 	}
 }
