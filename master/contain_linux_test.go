@@ -351,3 +351,31 @@ func TestGuardianKillsWhatItWasTold(t *testing.T) {
 		t.Error("the guardian killed a process whose start time did not match")
 	}
 }
+
+// A crash loop whose workers each leave an escaped process behind: when
+// the restart intensity stops the cluster, the master sweeps them (here
+// found as orphans reparented to it, without a cgroup) before it exits.
+func TestRealIntensityStopEndsEscaped(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"},
+		// The pid is printed from inside the new session, so the process
+		// has escaped the worker's group before the worker exits.
+		Command:    []string{"/bin/sh", "-c", `p=$(setsid -f sh -c 'echo $$; exec sleep 300 >/dev/null 2>&1'); echo "bg: $p"; exit 1`},
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 80 * time.Millisecond, MaxRestarts: 2, Window: time.Minute,
+	}, "GORACE=atexit_sleep_ms=0")
+	if code := m.wait(); code != 3 {
+		t.Errorf("master exit code %d, want 3 (Run error)", code)
+	}
+	m.first("restart intensity exceeded")
+	pids := m.stdoutPIDs("bg: ", 3)
+	killAtCleanup(t, pids)
+	if g := m.first("processes left by workers are gone"); field(g, "killed") != 0 {
+		t.Errorf("%v: want the escaped processes ended by the stop signal, none killed", g)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("escaped process %d outlived the master", pid)
+		}
+	}
+}
