@@ -131,8 +131,10 @@ func TestRealMasterKilledLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The shape of countless entrypoint scripts: a helper in the
-	// background, then exec the server. Both helpers inherit the listener.
-	script := `sleep 300 & a=$!; setsid sleep 300 & b=$!; echo "bg: $a $b"; exec "$0"`
+	// background, then exec the server. Both helpers inherit the listener;
+	// the second prints its pid from its new session, so it has escaped
+	// the worker's process group before the master is killed.
+	script := `sleep 300 & a=$!; b=$(setsid -f sh -c 'echo $$; exec sleep 300 >/dev/null 2>&1'); echo "bg: $a $b"; exec "$0"`
 	for trial := range 20 {
 		m := startMaster(t, masterConfig{
 			Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Contain: true,
