@@ -116,7 +116,7 @@ func (l *loop) sweepLeftovers(now time.Time) bool {
 			l.sweep.killAt = now
 		}
 		l.log.Info("waiting for processes left by workers", "processes", len(pids), "pids", pidList(pids),
-			"kill_at", l.sweep.killAt.Sub(now).Round(time.Millisecond).String())
+			"timeout", l.sweep.killAt.Sub(now).Round(time.Millisecond).String())
 		if now.Before(l.sweep.killAt) {
 			l.cluster.signal(l.cfg.StopSignal)
 		}
