@@ -115,6 +115,13 @@ func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness
 
 func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
+	return startLoopDeps(t, opts, watchdog, nil, setup...)
+}
+
+// startLoopDeps is startLoop with a watchdog interval and the cluster's
+// leftovers (nil: none).
+func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster leftovers, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
 	}
@@ -146,6 +153,7 @@ func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup
 		sockets:  h.socks,
 		exits:    h.exits,
 		events:   h.events,
+		cluster:  cluster,
 		sdNotify: func(s string) { h.notes <- s },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },

@@ -21,6 +21,10 @@ import (
 // into exec-worker mode (see [ExecWorker]).
 const ExecWorkerArg = "exec-worker"
 
+// GuardianArg is the first argument that puts a program linking master
+// into guardian mode (see [Guardian] and Options.Contain).
+const GuardianArg = "guardian"
+
 // Master supervises a cluster of worker processes. Create it with [New] and
 // run it once with [Master.Run].
 type Master struct {
@@ -77,9 +81,11 @@ func (m *Master) Addrs() []net.Addr {
 // or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
 // graceful stop.
 //
-// Run blocks until every worker has been reaped, every goroutine it started
-// has returned and every fd it owns is closed (listeners and Activated
-// sockets included). It returns nil after a requested stop, an
+// Run blocks until every worker has been reaped, every other process of
+// the cluster it can find is gone (stopped, then killed at the stop's kill
+// timeout; see the package doc), the guardian has exited, every goroutine it
+// started has returned and every fd it owns is closed (listeners and
+// Activated sockets included). It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
 func (m *Master) Run(ctx context.Context) (err error) {
@@ -110,6 +116,12 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.stop()
+	// Before any worker: the guardian must know of every one.
+	cont, err := newContainment(cfg, r, log)
+	if err != nil {
+		return err
+	}
+	defer cont.close()
 	events := make(chan workerEvent)
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
@@ -125,14 +137,15 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
+	defer out.wait()
+	st, err := newExecStarter(cfg, log, ns.addr, out, r, cont, events, done)
 	if err != nil {
 		return err
 	}
 	defer st.close()
-	// Deferred last, so it runs first: the loop has ended, and goroutines
+	// Deferred last, so they run first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
+	defer r.loopEnded()
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
@@ -140,6 +153,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		sockets:  ls,
 		exits:    r.exits,
 		events:   events,
+		cluster:  cont,
 		sdNotify: sd.notify,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,

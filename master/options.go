@@ -111,12 +111,23 @@ type Options struct {
 	// the production behaviour: the master is a child subreaper and reaps
 	// every child, orphans included, as PID 1 must.
 	ReapOnlyWorkers bool
+	// Contain, when true, makes sure no process of the cluster outlives the
+	// master, however the master ends: Run puts the workers into a cgroup
+	// of their own where it can make one (cgroup v2, writable: root, or a
+	// delegated subtree), and starts a guardian process (this program in
+	// [GuardianArg] mode, which must then dispatch to [Guardian] first
+	// thing in main) that kills the cluster when the master is gone. The
+	// zero value leaves the host's cgroups and processes alone: workers
+	// die with the master by their parent-death signal, their children
+	// only when the master stops them. cmd/clusterd sets it.
+	Contain bool
 }
 
 // config is the validated copy of Options the master runs with.
 type config struct {
 	Options
 	path       string              // resolved Command[0]
+	guardian   string              // with Contain: the executable run in guardian mode
 	credential *syscall.Credential // nil: keep the master's
 }
 
@@ -240,6 +251,13 @@ func normalize(opts Options) (*config, error) {
 			return nil, fmt.Errorf("find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
+	}
+	if c.Contain {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find own executable for guardian mode: %w", err)
+		}
+		c.guardian = exe
 	}
 	if c.PIDFile != "" {
 		abs, err := filepath.Abs(c.PIDFile)

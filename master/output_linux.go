@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,15 +15,16 @@ import (
 // epoll loop over the pipes' non-blocking read ends. One goroutine for all
 // workers, instead of one per pipe, keeps the master small with hundreds of
 // workers. The relay owns the read ends: it closes each at EOF (every
-// process holding the write end has exited), and wait closes the rest.
+// process holding the write end has exited), or when its worker was reaped
+// (retire), and wait closes the rest.
 type outputs struct {
 	epfd int
 	wake int // eventfd: a new deadline, or stop
 
 	mu       sync.Mutex
 	streams  map[int]*stream // by read-end fd
+	retiring []*stream       // to close once what is readable now is relayed
 	stopping bool
-	deadline time.Time
 
 	done chan struct{}
 }
@@ -50,23 +51,86 @@ func newOutputs() (*outputs, error) {
 
 // relay takes ownership of fd, a pipe's read end (close-on-exec), and
 // copies what arrives to w: line by line with prefix, or untouched when
-// prefix is "".
-func (o *outputs) relay(fd int, w io.Writer, prefix string) error {
+// prefix is "". The stream it returns is for retire; nil on error.
+func (o *outputs) relay(fd int, w io.Writer, prefix string) (*stream, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
+		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
+	s := &stream{w: w, prefix: prefix}
 	o.mu.Lock()
-	o.streams[fd] = &stream{w: w, prefix: prefix}
+	o.streams[fd] = s
 	o.mu.Unlock()
 	if err := unix.EpollCtl(o.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		o.mu.Lock()
 		delete(o.streams, fd)
 		o.mu.Unlock()
 		unix.Close(fd)
-		return fmt.Errorf("output pipe: %w", os.NewSyscallError("epoll_ctl", err))
+		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("epoll_ctl", err))
 	}
-	return nil
+	return s, nil
+}
+
+// retire tells the relay that the process writing to these streams was
+// reaped: it relays what the pipes hold now and closes them, without
+// waiting for an EOF that a child holding the write end (one that left the
+// worker's process group) may never send. nil streams are skipped.
+func (o *outputs) retire(ss ...*stream) {
+	o.mu.Lock()
+	for _, s := range ss {
+		if s != nil {
+			o.retiring = append(o.retiring, s)
+		}
+	}
+	o.mu.Unlock()
+	o.poke()
+}
+
+// poke wakes the relay goroutine.
+func (o *outputs) poke() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(o.wake, one[:]) // the counter cannot overflow here
+}
+
+// finishRetired closes the retired streams still open (one that reached
+// EOF meanwhile is gone from streams, and its fd number may be another
+// stream's by now: streams are matched by identity, not by fd).
+func (o *outputs) finishRetired(buf []byte) {
+	o.mu.Lock()
+	retiring := o.retiring
+	o.retiring = nil
+	var fds []int
+	for _, r := range retiring {
+		for fd, s := range o.streams {
+			if s == r {
+				fds = append(fds, fd)
+			}
+		}
+	}
+	o.mu.Unlock()
+	for i, fd := range fds {
+		o.finish(fd, retiring[i], buf)
+	}
+}
+
+// finish relays what fd holds now, without waiting for more, and closes it.
+func (o *outputs) finish(fd int, s *stream, buf []byte) {
+	// Bounded, more than a pipe's default 64 KiB: a writer that keeps
+	// writing does not hold the relay here.
+	for range 64 {
+		n, err := unix.Read(fd, buf)
+		if n > 0 {
+			s.feed(buf[:n])
+			continue
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		break // EAGAIN: nothing more now; 0: EOF; or an error that ends it
+	}
+	o.mu.Lock()
+	o.closeLocked(fd, s)
+	o.mu.Unlock()
 }
 
 func (o *outputs) run() {
@@ -74,27 +138,23 @@ func (o *outputs) run() {
 	events := make([]unix.EpollEvent, 64)
 	buf := make([]byte, 32<<10)
 	for {
-		timeout := -1
+		o.finishRetired(buf)
 		o.mu.Lock()
-		if o.stopping {
-			if len(o.streams) == 0 {
-				o.mu.Unlock()
-				return
-			}
-			left := time.Until(o.deadline)
-			if left <= 0 {
-				// Someone outside the workers' process groups still holds
-				// a write end: stop waiting for its EOF.
-				for fd, s := range o.streams {
-					o.closeLocked(fd, s)
-				}
-				o.mu.Unlock()
-				return
-			}
-			timeout = int(left.Milliseconds()) + 1
-		}
+		stopping := o.stopping
 		o.mu.Unlock()
-		n, err := unix.EpollWait(o.epfd, events, timeout)
+		if stopping {
+			// Every process of the cluster is gone: relay what is left
+			// and close, without waiting for an EOF.
+			o.mu.Lock()
+			left := make(map[int]*stream, len(o.streams))
+			maps.Copy(left, o.streams)
+			o.mu.Unlock()
+			for fd, s := range left {
+				o.finish(fd, s, buf)
+			}
+			return
+		}
+		n, err := unix.EpollWait(o.epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -147,16 +207,14 @@ func (o *outputs) closeLocked(fd int, s *stream) {
 	delete(o.streams, fd)
 }
 
-// wait lets the relay finish every pipe (EOF), at most for grace, closes
-// those still open after it, and releases the relay's own fds. Called once,
-// after every worker has exited.
-func (o *outputs) wait(grace time.Duration) {
+// wait relays what every pipe still holds, closes them and releases the
+// relay's own fds. Called once, after every process of the cluster has
+// exited: no more output can come, so it does not wait for EOFs.
+func (o *outputs) wait() {
 	o.mu.Lock()
 	o.stopping = true
-	o.deadline = time.Now().Add(grace)
 	o.mu.Unlock()
-	var one = [8]byte{1}
-	_, _ = unix.Write(o.wake, one[:]) // the counter cannot overflow here
+	o.poke()
 	<-o.done
 	unix.Close(o.wake)
 	unix.Close(o.epfd)

@@ -24,6 +24,8 @@ type execProcess struct {
 	pid     int
 	conn    *ipc.Conn     // nil without IPC
 	done    chan struct{} // closed by release
+	out     *outputs
+	streams []*stream // its stdout and stderr pipes (nil entries: not relayed)
 	once    sync.Once
 	helloOK atomic.Bool // the worker said hello: it reads its IPC end
 }
@@ -38,6 +40,9 @@ func (p *execProcess) signal(sig syscall.Signal) error {
 func (p *execProcess) release() {
 	p.once.Do(func() {
 		close(p.done)
+		// Children that left the worker's process group may still hold
+		// the pipes' write ends: stop waiting for their EOF.
+		p.out.retire(p.streams...)
 		if p.conn != nil {
 			p.conn.Close() // unblocks serveIPC; the conn is of no further use
 		}

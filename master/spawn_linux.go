@@ -32,6 +32,7 @@ type execStarter struct {
 	stderr  int
 	out     *outputs
 	reaper  *reaper
+	contain *containment
 	events  chan<- workerEvent
 	done    <-chan struct{} // closed when the loop has ended
 
@@ -61,9 +62,9 @@ var protocolEnv = []string{
 }
 
 func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outputs, r *reaper,
-	events chan<- workerEvent, done <-chan struct{}) (*execStarter, error) {
+	cont *containment, events chan<- workerEvent, done <-chan struct{}) (*execStarter, error) {
 	st := &execStarter{
-		cfg: cfg, log: log, out: out, reaper: r, events: events, done: done,
+		cfg: cfg, log: log, out: out, reaper: r, contain: cont, events: events, done: done,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
 	}
@@ -230,8 +231,14 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		},
 	}
 	reply := make(chan spawnResult, 1)
+	st.contain.forkAttr(attr.Sys)
 	st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
 	res := <-reply
+	if res.err != nil && st.contain.forkFailed(res.err) {
+		st.contain.forkAttr(attr.Sys)
+		st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
+		res = <-reply
+	}
 	// The fds were used by number: keep their files alive until the fork.
 	runtime.KeepAlive(req.files)
 	runtime.KeepAlive(child)
@@ -240,24 +247,29 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 	pid := res.pid
 	st.reaper.watch(pid)
+	st.contain.started(pid)
 
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
+	p := &execProcess{pid: pid, done: make(chan struct{}), out: st.out}
 	if outR >= 0 {
 		unix.Close(outFD)
-		if err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix)); err != nil {
+		s, err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix))
+		if err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
+		p.streams = append(p.streams, s)
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		if err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix)); err != nil {
+		s, err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix))
+		if err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
+		p.streams = append(p.streams, s)
 	}
 
-	p := &execProcess{pid: pid, done: make(chan struct{})}
 	conn, err := ipc.NewConn(parent, ipc.Options{})
 	if err != nil {
 		// The worker runs; it just has no IPC. Say so and carry on.

@@ -26,6 +26,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
 		os.Exit(exitExecFailed)
 	}
+	// The master's guardian is `clusterd guardian`, started by run before
+	// any worker; it too must not build the command tree.
+	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
+		os.Exit(guardian())
+	}
 	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 

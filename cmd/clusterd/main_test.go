@@ -67,6 +67,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
 		os.Exit(exitExecFailed)
 	}
+	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
+		os.Exit(guardian())
+	}
 	if name := os.Getenv(helperEnv); name != "" {
 		h, ok := helpers[name]
 		if !ok {
