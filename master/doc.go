@@ -53,8 +53,25 @@
 // count and the reload in progress. Child exits (from the reaper), worker
 // messages (IPC and sd_notify readers), signals (Options.Signals), timers
 // and ctx reach it on channels; no mutex guards that state. The loop keeps
-// no ticker: while nothing is due it sleeps until an event, so an idle
-// master does not wake up.
+// one slow timer only: while nothing else is due it sleeps until an event
+// or the next listener check, every 5 s, so an idle master wakes up once
+// every 5 s.
+//
+// # Listeners that heal
+//
+// Every worker holds the same socket, so one worker's shutdown(2) on it
+// stops it listening for all of them, and a restarted worker would get the
+// same dead socket. The master checks its stream listeners when a worker
+// exits and every 5 s (SO_ACCEPTCONN; for unix sockets also POLLRDHUP): a
+// TCP socket that stopped listening listens again at once, in place (for a
+// port 0 socket, rebound to the port it had first), which restores it for
+// every holder; Warn "listener stopped listening; listening again" (addr,
+// name, worker and pid of the worker whose exit found it, or the running
+// workers). One that cannot (a unix socket, or one a worker connected) is
+// replaced by a new socket on the same address and the workers restarted
+// onto it with a rolling reload (Warn "listener stopped listening; replaced
+// by a new socket"). With BalanceReusePort each slot's socket is checked
+// and healed the same way.
 //
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
 // thread that forks); one reader of the notify socket; one goroutine per

@@ -122,6 +122,9 @@ type loopDeps struct {
 	ready    func()             // called once every initial worker is ready
 	jitter   func() float64     // in [0, 1)
 	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -142,6 +145,7 @@ type loop struct {
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
+	checkAt  time.Time // next periodic listener check
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -174,6 +178,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -350,6 +357,7 @@ func (l *loop) onExit(e exitEvent) {
 		}
 		l.restartSlot(s, e.status, uptime, desc)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
@@ -395,6 +403,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(s.restartAt)
 	}
 	add(l.petAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -405,6 +414,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {
