@@ -132,6 +132,22 @@
 // and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
 // half of WATCHDOG_USEC when the service has a watchdog.
 //
+// # Limits on a worker's IPC
+//
+// Package ipc bounds what a worker's connection costs in memory (frame size,
+// descriptors per frame, queue depth) and in time: a frame that began to
+// arrive must end within ipc.DefaultFrameTimeout (10 s), so a worker that
+// sends half a frame and stops is an "ipc protocol error" (Warn, worker,
+// pid) and is restarted. The master also bounds the CPU a worker can make it
+// spend reading: at most [IPCMessageRate] messages and [IPCFDRate]
+// descriptors a second, each with a burst of as many again. A worker over a
+// limit is paced, not killed: the master reads it at the limit, its queue
+// fills, and the socket pushes back on the worker's sends. The first message
+// over a limit logs Warn "ipc flood: reading the worker's messages at the
+// limit" (worker, pid, what: messages or descriptors), once per burst: the
+// next line comes only after the worker stayed within its limits for long
+// enough to refill them.
+//
 // # Logging
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and

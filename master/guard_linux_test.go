@@ -2,17 +2,20 @@ package master
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/sockshare"
 	"golang.org/x/sys/unix"
 )
@@ -25,6 +28,7 @@ const envGuardMode = "CLUSTERD_TEST_GUARD_MODE"
 
 func init() {
 	registerHelper("guard-worker", helperGuardWorker)
+	registerHelper("guard-ipc", helperGuardIPC)
 }
 
 // guardCommand is the worker command that runs helper name with the given
@@ -254,4 +258,162 @@ func (m *runningMaster) countLocked(msg string, kv ...any) int {
 		}
 	}
 	return n
+}
+
+// helperGuardIPC is a worker that says ready over IPC, then misbehaves on
+// the IPC connection in its first generation, as CLUSTERD_TEST_GUARD_MODE
+// says:
+//
+//	flood       send heartbeats as fast as it can, until the connection ends
+//	flood-fds   the same with 16 descriptors on each
+//	half-frame  send half of a 1 MiB frame and stop; print "misbehaved"
+//	            once it is in the kernel
+//
+// Then it waits for SIGTERM.
+func helperGuardIPC() int {
+	mode := os.Getenv(envGuardMode)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	fd, err := strconv.Atoi(os.Getenv(ipc.EnvIPCFD))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker: no ipc fd")
+		return 2
+	}
+	raw, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) // for bytes beside the Conn's
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+		return 2
+	}
+	if err := sayReady(false); err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+		return 2
+	}
+	if os.Getenv(ipc.EnvWorkerGen) == "1" {
+		if err := misbehave(mode, raw); err != nil {
+			fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+			return 2
+		}
+		fmt.Println("misbehaved")
+	}
+	<-term
+	return 0
+}
+
+func misbehave(mode string, raw int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	switch mode {
+	case "flood", "flood-fds":
+		m := &ipc.Message{Kind: ipc.KindHeartbeat}
+		if mode == "flood-fds" {
+			m.FDs = make([]*os.File, 16)
+			for i := range m.FDs {
+				m.FDs[i] = os.Stdin // /dev/null; Send sends duplicates
+			}
+		}
+		for workerConn.Send(m) == nil {
+		}
+		return nil // the master ended the connection
+	case "half-frame":
+		if err := workerConn.Flush(ctx); err != nil {
+			return err
+		}
+		// A length prefix for a frame just under the limit, then half of it.
+		const size = ipc.DefaultMaxFrameSize - 16
+		frame := make([]byte, 4+size/2)
+		binary.BigEndian.PutUint32(frame, size)
+		for len(frame) > 0 {
+			n, err := unix.Write(raw, frame)
+			if err == unix.EAGAIN {
+				// The Conn made the socket non-blocking: wait until writable.
+				if _, err := unix.Poll([]unix.PollFd{{Fd: int32(raw), Events: unix.POLLOUT}}, -1); err != nil && err != unix.EINTR {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			frame = frame[n:]
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown mode %q", mode)
+}
+
+// clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
+// every Linux architecture clusterd builds for.
+const clockTicks = 100
+
+// quietFor lets d pass while something goes on (a flood being measured):
+// the one place these tests sleep on purpose.
+func quietFor(d time.Duration) { time.Sleep(d) }
+
+// cpuTicks returns the user and system time of pid in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+func TestRealIPCFlood(t *testing.T) {
+	for _, mode := range []string{"flood", "flood-fds"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			m := startMaster(t, masterConfig{
+				Workers: 1, Ready: "ipc", Command: guardCommand(t, "guard-ipc", mode),
+			})
+			ready := m.next("worker ready", "worker", 0)
+			l := m.next("ipc flood: reading the worker's messages at the limit", "worker", 0, "pid", field(ready, "pid"))
+			// The flood goes on: measure what it costs the master, and that
+			// it is logged once however long it lasts.
+			start, ticks := time.Now(), cpuTicks(t, m.pid)
+			quietFor(2 * time.Second)
+			took, used := time.Since(start), cpuTicks(t, m.pid)-ticks
+			t.Logf("%s: logged %v; master CPU %.0f%% of one CPU (%d ticks in %v) while paced", mode, l["what"],
+				float64(used)/clockTicks/took.Seconds()*100, used, took.Round(time.Millisecond))
+			want := map[string]string{"flood": "messages", "flood-fds": "descriptors"}[mode]
+			if l["what"] != want {
+				t.Errorf("flood log says %v, want %s", l["what"], want)
+			}
+			if n := m.count("ipc flood: reading the worker's messages at the limit"); n != 1 {
+				t.Errorf("one flood logged %d times, want once", n)
+			}
+			if n := m.count("ipc protocol error"); n != 0 {
+				t.Errorf("a flood was %d protocol errors, want a paced worker", n)
+			}
+		})
+	}
+}
+
+func TestRealIPCHalfFrame(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Ready: "ipc", Command: guardCommand(t, "guard-ipc", "half-frame"),
+	})
+	ready := m.next("worker ready", "worker", 0)
+	pid := field(ready, "pid")
+	m.stdoutLine("misbehaved")
+	sent := time.Now()
+	e := m.next("ipc protocol error", "worker", 0, "pid", pid)
+	took := time.Since(sent)
+	if msg, _ := e["error"].(string); !strings.Contains(msg, "frame timed out") {
+		t.Errorf("protocol error %q, want a frame timeout", msg)
+	}
+	if took > ipc.DefaultFrameTimeout+5*time.Second {
+		t.Errorf("half-sent frame was an error after %v, want within %v", took, ipc.DefaultFrameTimeout)
+	}
+	t.Logf("half-sent frame: protocol error %v after the worker sent it", took.Round(time.Millisecond))
+	m.next("worker exited", "worker", 0, "pid", pid)
+	m.next("worker ready", "worker", 0, "generation", 2)
+	if n := m.count("ipc protocol error"); n != 1 {
+		t.Errorf("%d protocol errors logged, want 1", n)
+	}
 }
