@@ -14,8 +14,9 @@ import (
 
 // listeners owns the master's listening sockets: one per address
 // (BalanceShared, activated sockets, unix sockets), or one per address and
-// slot (BalanceReusePort). Only the loop goroutine calls forSlot and
-// dropSlot; Run calls bind before and closeAll after the loop.
+// slot (BalanceReusePort). Only the loop goroutine calls forSlot, dropSlot
+// and check (watch_linux.go); Run calls bind before and closeAll after the
+// loop.
 type listeners struct {
 	cfg    *config
 	log    hclog.Logger

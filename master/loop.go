@@ -132,6 +132,9 @@ type loopDeps struct {
 	ready    func()             // called once every initial worker is ready
 	jitter   func() float64     // in [0, 1)
 	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -154,6 +157,7 @@ type loop struct {
 	petAt    time.Time // next WATCHDOG=1
 	stopAt   time.Time // when the stop began
 	sweep    sweepState
+	checkAt  time.Time // next periodic listener check
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -186,6 +190,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -362,6 +369,7 @@ func (l *loop) onExit(e exitEvent) {
 		}
 		l.restartSlot(s, e.status, uptime, desc)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
@@ -408,6 +416,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	add(l.petAt)
 	add(l.sweep.pollAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -418,6 +427,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

@@ -158,6 +158,8 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
+
+		checkListeners: ls.check,
 	})
 	return l.run(ctx)
 }

@@ -84,6 +84,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	}
 	p.helloOK.Store(true)
 	log.Debug("ipc hello", "version", peer.Version)
+	lim := newIPCLimiter(log, p.done)
 	for {
 		m, err := p.conn.Recv()
 		if err != nil {
@@ -92,7 +93,11 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 			}
 			return
 		}
+		nfds := len(m.FDs)
 		_ = m.CloseFDs() // no message the master reads carries fds it keeps
+		if !lim.admit(nfds) {
+			return // released while paced
+		}
 		switch m.Kind {
 		case ipc.KindReady:
 			st.post(workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC})

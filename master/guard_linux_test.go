@@ -1,0 +1,419 @@
+package master
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
+	"golang.org/x/sys/unix"
+)
+
+// Tests of the master against hostile or broken workers: a worker that
+// shuts the shared listening socket down, floods the IPC connection, or
+// stops in the middle of a frame.
+
+const envGuardMode = "CLUSTERD_TEST_GUARD_MODE"
+
+func init() {
+	registerHelper("guard-worker", helperGuardWorker)
+	registerHelper("guard-ipc", helperGuardIPC)
+}
+
+// guardCommand is the worker command that runs helper name with the given
+// mode: env(1) sets the helper variable over the master's own (the master
+// helper's environment names the master helper), under the same pid, so
+// LISTEN_PID still matches.
+func guardCommand(t testing.TB, name, mode string) []string {
+	t.Helper()
+	usedHelpers.Store(name, true)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{"/usr/bin/env", envHelper + "=" + name, envGuardMode + "=" + mode, exe}
+}
+
+// helperGuardWorker is an HTTP worker that says ready over IPC and, like
+// most servers, exits when accept fails. Its mode (CLUSTERD_TEST_GUARD_MODE):
+//
+//	shutdown  GET /shutdown calls shutdown(SHUT_RD) on the listener
+//	hijack    the same, then connect(2)s the listener to another socket,
+//	          so that it can never listen again
+func helperGuardWorker() int {
+	mode := os.Getenv(envGuardMode)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	n, _, err := sockshare.ParseListenEnv(os.LookupEnv, os.Getpid())
+	if err != nil || n == 0 {
+		fmt.Fprintln(os.Stderr, "guard worker: no listener:", err)
+		return 2
+	}
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "guard worker:", err)
+		return 2
+	}
+	id := os.Getenv("CLUSTERD_WORKER_ID")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d %s\n", os.Getpid(), id)
+	})
+	mux.HandleFunc("/shutdown", func(w http.ResponseWriter, r *http.Request) {
+		if err := breakListener(ln, mode == "hijack"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "%d %s shut down\n", os.Getpid(), id)
+	})
+	srv := &http.Server{Handler: mux}
+	srv.SetKeepAlivesEnabled(false)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	if err := sayReady(false); err != nil {
+		fmt.Fprintln(os.Stderr, "guard worker:", err)
+		return 2
+	}
+	select {
+	case err := <-served:
+		// What servers do when accept fails for good, after finishing the
+		// requests they have (the one that broke the listener among them).
+		fmt.Fprintln(os.Stderr, "guard worker: serve:", err)
+		_ = srv.Shutdown(context.Background())
+		return 1
+	case <-term:
+		return 0
+	}
+}
+
+// breakListener shuts the listening socket down under every worker; with
+// hijack it also connects it somewhere, which makes it a client socket.
+func breakListener(ln net.Listener, hijack bool) error {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return errors.New("listener has no descriptor")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var opErr error
+	var target net.Listener
+	if hijack {
+		if target, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		defer target.Close()
+	}
+	err = rc.Control(func(fd uintptr) {
+		if opErr = unix.Shutdown(int(fd), unix.SHUT_RD); opErr != nil || !hijack {
+			return
+		}
+		a := target.Addr().(*net.TCPAddr)
+		sa := &unix.SockaddrInet4{Port: a.Port}
+		copy(sa.Addr[:], a.IP.To4())
+		if err := unix.Connect(int(fd), sa); err != nil && err != unix.EINPROGRESS {
+			opErr = fmt.Errorf("connect: %w", err)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return opErr
+}
+
+// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// answersWithin dials addr until an HTTP request succeeds, and reports how
+// long that took, failing the test past limit.
+func answersWithin(t *testing.T, addr string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		_, err := get(addr, "/")
+		if err == nil {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("%s still failing %v after the shutdown: %v", addr, limit, err)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a port: no event says it listens again
+	}
+}
+
+func TestRealListenerShutdownHeals(t *testing.T) {
+	for _, tc := range []struct {
+		name, balance string
+		port          bool // an explicit port, not port 0
+	}{
+		{"shared-port0", "shared", false},
+		{"shared-explicit-port", "shared", true},
+		{"reuseport", "reuseport", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			listen := "tcp://127.0.0.1:0"
+			if tc.port {
+				listen = fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+			}
+			m := startMaster(t, masterConfig{
+				Workers: 2, Listen: []string{listen}, Balance: tc.balance, Ready: "ipc",
+				Command: guardCommand(t, "guard-worker", "shutdown"), MinUptime: time.Millisecond,
+			})
+			addr := m.addr()
+			m.next("all workers ready")
+			// Any worker answers; with reuseport, keep asking until slot 0
+			// does, whose socket is then the one shut down.
+			var who string
+			for range 1000 {
+				resp, err := client.Get("http://" + addr + "/shutdown")
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 128)
+				k, _ := resp.Body.Read(b)
+				resp.Body.Close()
+				who = string(b[:k])
+				if resp.StatusCode != 200 {
+					t.Fatalf("shutdown: %s %s", resp.Status, who)
+				}
+				if tc.balance == "shared" || strings.Fields(who)[1] == "0" {
+					break
+				}
+			}
+			took := answersWithin(t, addr, time.Second)
+			healed := m.first("listener stopped listening; listening again")
+			if healed["worker"] == nil || healed["pid"] == nil {
+				t.Errorf("heal log %v does not name the worker and pid", healed)
+			}
+			if tc.balance == "reuseport" && field(healed, "worker") != 0 {
+				t.Errorf("heal log names worker %v, want slot 0", healed["worker"])
+			}
+			t.Logf("port answered again %v after the shutdown (%s)", took, strings.TrimSpace(who))
+			// The crashed workers come back on the healed socket.
+			m.waitFor("two workers serving again", func() bool {
+				return m.countLocked("worker ready") >= 3
+			})
+			pidsServing(t, addr, 2)
+			n := underLoad(t, addr, func() {
+				m.signal(syscall.SIGHUP)
+				m.next("reload done")
+			})
+			t.Logf("%d requests, none failed, across a reload after the heal", n)
+			if c := m.count("listener stopped listening; replaced by a new socket"); c != 0 {
+				t.Errorf("%d listeners replaced, want healed in place", c)
+			}
+		})
+	}
+}
+
+func TestRealListenerHijackReplaced(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc",
+		Command: guardCommand(t, "guard-worker", "hijack"), MinUptime: time.Millisecond,
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	if _, err := get(addr, "/shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	r := m.first("listener stopped listening; replaced by a new socket")
+	if r["worker"] == nil || r["pid"] == nil {
+		t.Errorf("replace log %v does not name the worker and pid", r)
+	}
+	m.first("restarting workers onto a replaced listener")
+	answersWithin(t, addr, failDeadline(t))
+	m.next("reload done")
+	pidsServing(t, addr, 2)
+}
+
+// countLocked counts log lines with msg; for waitFor conditions, which run
+// under the lock.
+func (m *runningMaster) countLocked(msg string, kv ...any) int {
+	n := 0
+	for _, l := range m.logs {
+		if logMatches(l, msg, kv) {
+			n++
+		}
+	}
+	return n
+}
+
+// helperGuardIPC is a worker that says ready over IPC, then misbehaves on
+// the IPC connection in its first generation, as CLUSTERD_TEST_GUARD_MODE
+// says:
+//
+//	flood       send heartbeats as fast as it can, until the connection ends
+//	flood-fds   the same with 16 descriptors on each
+//	half-frame  send half of a 1 MiB frame and stop; print "misbehaved"
+//	            once it is in the kernel
+//
+// Then it waits for SIGTERM.
+func helperGuardIPC() int {
+	mode := os.Getenv(envGuardMode)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	fd, err := strconv.Atoi(os.Getenv(ipc.EnvIPCFD))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker: no ipc fd")
+		return 2
+	}
+	raw, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) // for bytes beside the Conn's
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+		return 2
+	}
+	if err := sayReady(false); err != nil {
+		fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+		return 2
+	}
+	if os.Getenv(ipc.EnvWorkerGen) == "1" {
+		if err := misbehave(mode, raw); err != nil {
+			fmt.Fprintln(os.Stderr, "guard ipc worker:", err)
+			return 2
+		}
+		fmt.Println("misbehaved")
+	}
+	<-term
+	return 0
+}
+
+func misbehave(mode string, raw int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	switch mode {
+	case "flood", "flood-fds":
+		m := &ipc.Message{Kind: ipc.KindHeartbeat}
+		if mode == "flood-fds" {
+			m.FDs = make([]*os.File, 16)
+			for i := range m.FDs {
+				m.FDs[i] = os.Stdin // /dev/null; Send sends duplicates
+			}
+		}
+		for workerConn.Send(m) == nil {
+		}
+		return nil // the master ended the connection
+	case "half-frame":
+		if err := workerConn.Flush(ctx); err != nil {
+			return err
+		}
+		// A length prefix for a frame just under the limit, then half of it.
+		const size = ipc.DefaultMaxFrameSize - 16
+		frame := make([]byte, 4+size/2)
+		binary.BigEndian.PutUint32(frame, size)
+		for len(frame) > 0 {
+			n, err := unix.Write(raw, frame)
+			if err == unix.EAGAIN {
+				// The Conn made the socket non-blocking: wait until writable.
+				if _, err := unix.Poll([]unix.PollFd{{Fd: int32(raw), Events: unix.POLLOUT}}, -1); err != nil && err != unix.EINTR {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			frame = frame[n:]
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown mode %q", mode)
+}
+
+// clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
+// every Linux architecture clusterd builds for.
+const clockTicks = 100
+
+// quietFor lets d pass while something goes on (a flood being measured):
+// the one place these tests sleep on purpose.
+func quietFor(d time.Duration) { time.Sleep(d) }
+
+// cpuTicks returns the user and system time of pid in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+func TestRealIPCFlood(t *testing.T) {
+	for _, mode := range []string{"flood", "flood-fds"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			m := startMaster(t, masterConfig{
+				Workers: 1, Ready: "ipc", Command: guardCommand(t, "guard-ipc", mode),
+			})
+			ready := m.next("worker ready", "worker", 0)
+			l := m.next("ipc flood: reading the worker's messages at the limit", "worker", 0, "pid", field(ready, "pid"))
+			// The flood goes on: measure what it costs the master, and that
+			// it is logged once however long it lasts.
+			start, ticks := time.Now(), cpuTicks(t, m.pid)
+			quietFor(2 * time.Second)
+			took, used := time.Since(start), cpuTicks(t, m.pid)-ticks
+			t.Logf("%s: logged %v; master CPU %.0f%% of one CPU (%d ticks in %v) while paced", mode, l["what"],
+				float64(used)/clockTicks/took.Seconds()*100, used, took.Round(time.Millisecond))
+			want := map[string]string{"flood": "messages", "flood-fds": "descriptors"}[mode]
+			if l["what"] != want {
+				t.Errorf("flood log says %v, want %s", l["what"], want)
+			}
+			if n := m.count("ipc flood: reading the worker's messages at the limit"); n != 1 {
+				t.Errorf("one flood logged %d times, want once", n)
+			}
+			if n := m.count("ipc protocol error"); n != 0 {
+				t.Errorf("a flood was %d protocol errors, want a paced worker", n)
+			}
+		})
+	}
+}
+
+func TestRealIPCHalfFrame(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Ready: "ipc", Command: guardCommand(t, "guard-ipc", "half-frame"),
+	})
+	ready := m.next("worker ready", "worker", 0)
+	pid := field(ready, "pid")
+	m.stdoutLine("misbehaved")
+	sent := time.Now()
+	e := m.next("ipc protocol error", "worker", 0, "pid", pid)
+	took := time.Since(sent)
+	if msg, _ := e["error"].(string); !strings.Contains(msg, "frame timed out") {
+		t.Errorf("protocol error %q, want a frame timeout", msg)
+	}
+	if took > ipc.DefaultFrameTimeout+5*time.Second {
+		t.Errorf("half-sent frame was an error after %v, want within %v", took, ipc.DefaultFrameTimeout)
+	}
+	t.Logf("half-sent frame: protocol error %v after the worker sent it", took.Round(time.Millisecond))
+	m.next("worker exited", "worker", 0, "pid", pid)
+	m.next("worker ready", "worker", 0, "generation", 2)
+	if n := m.count("ipc protocol error"); n != 1 {
+		t.Errorf("%d protocol errors logged, want 1", n)
+	}
+}
