@@ -93,6 +93,16 @@ type loadClient struct {
 	samples []sample
 	first   []string // the first few errors, for the log
 	open    map[*clientConn]bool
+	failLog []failRecord // every failure, for attribution (soak)
+}
+
+// failRecord is one failed request: its class, when it ended (from the
+// start of the load), and the worker that last answered on its
+// connection (0 for a connection that had no answer yet).
+type failRecord struct {
+	Class failClass
+	At    time.Duration
+	PID   int
 }
 
 // clientConn is one connection's state, for the end of the run: a request
@@ -102,6 +112,7 @@ type clientConn struct {
 	conn      net.Conn
 	inRequest bool
 	hung      bool // counted hung by halt; its late error is not counted again
+	pid       int  // the worker that last answered on this connection
 }
 
 func startLoadClient(addr string, conns int, keepAlive, record bool) *loadClient {
@@ -165,10 +176,13 @@ func (l *loadClient) loop(cc *clientConn) {
 			cr = &countingReader{r: c}
 			br = bufio.NewReader(cr)
 			reused = false
+			cc.mu.Lock()
+			cc.pid = 0
+			cc.mu.Unlock()
 		}
 		cr.n = 0
 		conn.SetDeadline(t0.Add(l.timeout))
-		resp, err := l.roundTrip(conn, br, req)
+		resp, pid, err := l.roundTrip(conn, br, req)
 		if err != nil {
 			l.failed(cc, classify(err, reused, cr.n > 0), err)
 			closeConn()
@@ -176,6 +190,9 @@ func (l *loadClient) loop(cc *clientConn) {
 			continue
 		}
 		l.ok.Add(1)
+		cc.mu.Lock()
+		cc.pid = pid
+		cc.mu.Unlock()
 		if l.record {
 			samples = append(samples, sample{At: time.Since(l.start), Latency: time.Since(t0)})
 		}
@@ -191,10 +208,15 @@ func (l *loadClient) loop(cc *clientConn) {
 // failed counts a failed request of cc unless halt has counted it hung.
 func (l *loadClient) failed(cc *clientConn, c failClass, err error) {
 	cc.mu.Lock()
-	hung := cc.hung
+	hung, pid := cc.hung, cc.pid
 	cc.mu.Unlock()
 	if !hung {
 		l.fail(c, err)
+		l.mu.Lock()
+		if len(l.failLog) < 100000 {
+			l.failLog = append(l.failLog, failRecord{c, time.Since(l.start), pid})
+		}
+		l.mu.Unlock()
 	}
 }
 
@@ -205,26 +227,27 @@ func (l *loadClient) endRequest(cc *clientConn) {
 }
 
 // roundTrip writes one request and reads its whole answer.
-func (l *loadClient) roundTrip(conn net.Conn, br *bufio.Reader, req string) (*http.Response, error) {
+func (l *loadClient) roundTrip(conn net.Conn, br *bufio.Reader, req string) (*http.Response, int, error) {
 	if _, err := io.WriteString(conn, req); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return nil, &answerError{fmt.Sprintf("body: %v", err)}
+		return nil, 0, &answerError{fmt.Sprintf("body: %v", err)}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, &answerError{fmt.Sprintf("status %d", resp.StatusCode)}
+		return nil, 0, &answerError{fmt.Sprintf("status %d", resp.StatusCode)}
 	}
-	if _, ok := parsePID(string(body)); !ok {
-		return nil, &answerError{fmt.Sprintf("answer %q", body)}
+	pid, ok := parsePID(string(body))
+	if !ok {
+		return nil, 0, &answerError{fmt.Sprintf("answer %q", body)}
 	}
-	return resp, nil
+	return resp, pid, nil
 }
 
 // answerError is a response that arrived but is not the expected one.
@@ -271,6 +294,7 @@ type loadResult struct {
 	samples   []sample
 	closeWait int // sockets to the port in CLOSE-WAIT when the run ended
 	first     []string
+	failLog   []failRecord
 }
 
 // halt stops the client: requests in flight get grace to finish; those
@@ -304,7 +328,7 @@ func (l *loadClient) halt(grace time.Duration) loadResult {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r.ok, r.fails, r.samples, r.first = l.ok.Load(), l.fails, l.samples, l.first
+	r.ok, r.fails, r.samples, r.first, r.failLog = l.ok.Load(), l.fails, l.samples, l.first, l.failLog
 	return r
 }
 

@@ -53,6 +53,8 @@ type config struct {
 	out         string // JSON results
 	mark        string // CLUSTERBENCH_MARK of every process started
 
+	soakFor time.Duration
+
 	// charts
 	in        string // JSON results to draw
 	chartsDir string
@@ -80,6 +82,7 @@ func main() {
 	flag.IntVar(&c.kills, "kills", 2, "compare: kill -9 of a worker per target and round")
 	flag.StringVar(&c.only, "only", "", "compare: comma-separated short names of the targets to run (default all)")
 	flag.StringVar(&c.out, "out", "bench/results/compare.json", "compare: where the results go")
+	flag.DurationVar(&c.soakFor, "soak", 10*time.Minute, "soak: how long it runs (bench/soak.sh)")
 	flag.StringVar(&c.in, "in", "bench/results/compare.json", "charts: the results of a compare run")
 	flag.StringVar(&c.chartsDir, "charts-dir", "docs", "charts: where the PNG charts go (the table goes to stdout)")
 	flag.Parse()
@@ -133,6 +136,8 @@ func run(c config) error {
 			err = idleCPU(c)
 		case "compare":
 			err = compare(c)
+		case "soak":
+			err = soak(c)
 		default:
 			err = fmt.Errorf("unknown scenario %q", s)
 		}
