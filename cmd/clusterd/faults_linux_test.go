@@ -48,18 +48,27 @@ func faultDuration(t *testing.T, env string, def time.Duration) time.Duration {
 // vmRSS reads a process's resident set in KiB.
 func vmRSS(t testing.TB, pid int) int {
 	t.Helper()
+	return memStatus(t, pid)["VmRSS"]
+}
+
+// memStatus reads the memory lines of /proc/PID/status (VmRSS, RssAnon,
+// RssFile, ...), in KiB.
+func memStatus(t testing.TB, pid int) map[string]int {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := map[string]int{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
+		if f := strings.Fields(line); len(f) == 3 && f[2] == "kB" {
+			m[strings.TrimSuffix(f[0], ":")], _ = strconv.Atoi(f[1])
 		}
 	}
-	t.Fatalf("no VmRSS for pid %d", pid)
-	return 0
+	if _, ok := m["VmRSS"]; !ok {
+		t.Fatalf("no VmRSS for pid %d", pid)
+	}
+	return m
 }
 
 // comm is a process's command name, "" once it is gone.
@@ -261,15 +270,22 @@ type fault struct {
 // third. Bound: 0 refused connections; every failed request was in flight
 // on, or kept alive to, a worker that was killed or stopped, so there are
 // at most (faults × clients) of them; the master is alive afterwards with
-// 4 ready workers, and its fd count and RSS are within 10% of the start.
+// 4 ready workers, and its fd count and VmRSS are within 10% of the start.
 func TestFaultChaosUnderLoad(t *testing.T) {
 	const workers, keep, fresh = 4, 8, 8
 	total := faultDuration(t, "CLUSTERD_FAULT_CHAOS", 60*time.Second)
 	killPhase := total * 2 / 3
+	// fds and memory are also logged after a tenth of the run, once the
+	// master has been through every path the chaos drives: RssFile (pages
+	// of its binary touched for the first time) against RssAnon (its heap)
+	// tells first use from growth.
+	warmUp := total / 10
 	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", strconv.Itoa(workers), "--ready", "ipc",
 		"--max-restarts", "-1", "--min-uptime", "1ms", "--backoff-min", "1ms", "--backoff-max", "1ms", "--log-level", "info"}})
 	addr, _ := c.waitStarted()
-	fds0, rss0 := countFDs(t, c.pid), vmRSS(t, c.pid)
+	fdsStart, memStart := countFDs(t, c.pid), memStatus(t, c.pid)
+	var fdsWarm int
+	var memWarm map[string]int
 	l := startChaosLoad(t, addr, keep, fresh)
 
 	var faults []fault
@@ -288,6 +304,9 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 	tick := time.NewTicker(300 * time.Millisecond)
 	for time.Since(begin) < killPhase {
 		<-tick.C // the pace of the chaos, not a synchronisation
+		if memWarm == nil && time.Since(begin) >= warmUp {
+			fdsWarm, memWarm = countFDs(t, c.pid), memStatus(t, c.pid)
+		}
 		pids := live()
 		if len(pids) == 0 {
 			continue
@@ -323,7 +342,8 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 		pids, ok = readyWorkersLocked(c, workers)
 		return ok
 	})
-	fds1, rss1 := countFDs(t, c.pid), vmRSS(t, c.pid)
+	fds1, mem1 := countFDs(t, c.pid), memStatus(t, c.pid)
+	fds0, rss0, rss1 := fdsStart, memStart["VmRSS"], mem1["VmRSS"]
 
 	// Every failure must be explained by a fault: a keep-alive connection
 	// last answered by a killed or stopped worker, or a request in flight
@@ -347,7 +367,15 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 	clients := keep + fresh
 	t.Logf("chaos %s: %d kills, %d stops; %d requests ok, %d refused, %d failed (bound %d = faults × clients), %d unexplained",
 		total, kills, stops, l.ok, l.refused, len(l.failures), len(faults)*clients, len(unexplained))
-	t.Logf("master: fds %d → %d, VmRSS %d → %d KiB, %d ready workers %v", fds0, fds1, rss0, rss1, len(pids), pids)
+	for _, m := range []struct {
+		when string
+		fds  int
+		mem  map[string]int
+	}{{"start", fdsStart, memStart}, {"after " + warmUp.String(), fdsWarm, memWarm}, {"end", fds1, mem1}} {
+		t.Logf("master at %s: fds %d, VmRSS %d KiB (RssAnon %d, RssFile %d), VmHWM %d KiB",
+			m.when, m.fds, m.mem["VmRSS"], m.mem["RssAnon"], m.mem["RssFile"], m.mem["VmHWM"])
+	}
+	t.Logf("%d ready workers %v", len(pids), pids)
 	if l.refused > 0 {
 		t.Errorf("%d connections refused, want 0", l.refused)
 	}
