@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -176,9 +177,14 @@ func start(name string, args []string, stdout, stderr *os.File) (*proc, error) {
 }
 
 // stop sends SIGTERM to the group, then SIGKILL after grace, and waits.
-func (p *proc) stop(grace time.Duration) {
+func (p *proc) stop(grace time.Duration) { p.stopWith(-p.cmd.Process.Pid, grace) }
+
+// stopLeader is stop with the SIGTERM sent to the group's leader alone.
+func (p *proc) stopLeader(grace time.Duration) { p.stopWith(p.cmd.Process.Pid, grace) }
+
+func (p *proc) stopWith(target int, grace time.Duration) {
 	pid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	_ = syscall.Kill(target, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { p.cmd.Wait(); close(done) }()
 	select {
@@ -559,7 +565,7 @@ func crashToReady(c config) error {
 		return err
 	}
 	defer cl.stop(10 * time.Second)
-	pids, err := workerPIDs(cl.cmd.Process.Pid)
+	pids, err := clusterWorkerPIDs(cl.cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -586,6 +592,28 @@ func crashToReady(c config) error {
 	fmt.Printf("\n## crash-to-ready: %d × kill -9 of a worker, time until the replacement said ready (read from the master's log)\n", c.crashes)
 	fmt.Printf("median %s, p90 %s, min %s, max %s\n", times[len(times)/2], times[len(times)*9/10], times[0], times[len(times)-1])
 	return nil
+}
+
+// clusterWorkerPIDs lists a clusterd master's workers: those of its
+// children that carry CLUSTERD_WORKER_ID, which the master's guardian
+// process (also its child) does not.
+func clusterWorkerPIDs(master int) ([]int, error) {
+	kids, err := workerPIDs(master)
+	if err != nil {
+		return nil, err
+	}
+	key := []byte("CLUSTERD_WORKER_ID=")
+	var pids []int
+	for _, pid := range kids {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err == nil && (bytes.HasPrefix(env, key) || bytes.Contains(env, append([]byte{0}, key...))) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("master %d has no worker among its children %v", master, kids)
+	}
+	return pids, nil
 }
 
 // workerPIDs lists the master's children: the children of each of its

@@ -86,7 +86,7 @@ loop:
 			}
 			reloads++
 		case <-killT.C:
-			pids, err := workerPIDs(pid)
+			pids, err := clusterWorkerPIDs(pid)
 			if err != nil {
 				runErr = err
 				break loop

@@ -32,6 +32,9 @@ type running struct {
 	sup int
 	// parent is the process whose children are the workers.
 	parent int
+	// clusterd: the workers are only those children that carry
+	// CLUSTERD_WORKER_ID (the master's guardian is a child too).
+	clusterd bool
 	// reload replaces every worker and returns once the last old one is
 	// gone; nil when the target has no reload.
 	reload func() error
@@ -40,7 +43,12 @@ type running struct {
 	stop     func()
 }
 
-func (r *running) workers() ([]int, error) { return workerPIDs(r.parent) }
+func (r *running) workers() ([]int, error) {
+	if r.clusterd {
+		return clusterWorkerPIDs(r.parent)
+	}
+	return workerPIDs(r.parent)
+}
 
 // compareTargets are the rows of the comparison, in the order they run in
 // each round.
@@ -136,7 +144,7 @@ func startLauncher(c config, workers int) (*running, error) {
 func clusterRunning(cl *cluster) *running {
 	pid := cl.cmd.Process.Pid
 	return &running{
-		addr: cl.addr, sup: pid, parent: pid, restarts: true,
+		addr: cl.addr, sup: pid, parent: pid, restarts: true, clusterd: true,
 		stop: func() { cl.stop(10 * time.Second) },
 		reload: func() error {
 			if err := cl.cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -224,7 +232,10 @@ func nodeCluster(policy string) func(config, int) (*running, error) {
 		r := &running{
 			addr: addr, sup: pid, parent: pid, restarts: true,
 			stop: func() {
-				p.stop(10 * time.Second)
+				// The primary alone: it disconnects its workers. SIGTERM to
+				// the whole group lets a worker exit before the primary has
+				// heard it, and the primary replaces it.
+				p.stopLeader(10 * time.Second)
 				for range lines { // the pipe is at EOF once the group is gone
 				}
 			},
@@ -427,7 +438,14 @@ func sweep(c config, after string) int {
 	if c.mark == "" {
 		return 0
 	}
-	left := marked(c.mark)
+	// A process the stop just SIGKILLed may not be gone yet.
+	deadline := time.Now().Add(2 * time.Second)
+	var left []int
+	for _, pid := range marked(c.mark) {
+		if !waitExit(pid, max(time.Until(deadline), time.Millisecond)) {
+			left = append(left, pid)
+		}
+	}
 	for _, pid := range left {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		fmt.Fprintf(os.Stderr, "clusterbench: process %d (%s) outlived %s; killing it\n", pid,
