@@ -406,7 +406,8 @@ func versions(c config) map[string]string {
 		cmd := exec.Command(name, args...)
 		cmd.Env = benchEnv(c, "PM2_HOME="+c.pm2Home)
 		out, _ := cmd.CombinedOutput()
-		v[key] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+		line, _, _ := strings.Cut(strings.SplitN(string(out), "\n", 2)[0], " Copyright")
+		v[key] = strings.TrimSpace(line)
 	}
 	ask("clusterd", filepath.Join(c.bin, "clusterd"), "version")
 	ask("node", c.node, "--version")
