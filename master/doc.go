@@ -38,21 +38,33 @@
 //   - Pdeathsig fires when the thread that forked the child exits, not the
 //     process: every worker is forked by one goroutine locked to its OS
 //     thread for the whole of Run.
-//   - The master is a child subreaper (PR_SET_CHILD_SUBREAPER) and may be
-//     PID 1, so orphaned grandchildren become its children. One reaper
-//     goroutine owns every wait4: on SIGCHLD it reaps with WNOHANG and
-//     forwards exits of known pids to the loop; orphans are reaped and
-//     ignored. Nothing else in the process may wait for children: a program
-//     that does (or a test binary that waits for its own helpers) sets
-//     Options.ReapOnlyWorkers, which waits for the master's workers by pid
-//     only and leaves the subreaper flag alone.
+//   - With Options.Subreaper (cmd/clusterd sets it) the master is a child
+//     subreaper (PR_SET_CHILD_SUBREAPER) and may be PID 1, so orphaned
+//     grandchildren become its children. One reaper goroutine owns every
+//     wait4: on SIGCHLD it reaps with WNOHANG and forwards exits of known
+//     pids to the loop; orphans are reaped and ignored. Nothing else in the
+//     process may wait for children then. The default, for programs that
+//     embed the master, waits for the master's workers by pid only and
+//     leaves the process's other children (exec.Cmd) alone.
 //
 // # The loop
 //
 // One goroutine owns all supervisor state: the worker table, the desired
 // count and the reload in progress. Child exits (from the reaper), worker
-// messages (IPC and sd_notify readers), signals (Options.Signals), timers
-// and ctx reach it on channels; no mutex guards that state. The loop keeps
+// messages (IPC and sd_notify readers), signals (Options.Signals), timers,
+// ctx and commands reach it on channels; no mutex guards that state.
+//
+// Commands in: [Master.Reload], [Master.Scale], [Master.Stop],
+// [Master.Signal], [Master.Workers] and a worker's run-time listen request
+// are values with a reply channel that the loop applies and answers; the
+// signal table turns each signal into the same command. Events out:
+// [Master.Subscribe] delivers fork, online, ready, disconnect, exit and
+// reload events in order, and drops (and counts) what a full subscriber
+// buffer cannot take, so no subscriber can stall the loop. Application
+// messages do not pass through the loop: [Master.Send] and
+// [Master.Request] use the worker's connection directly, and a worker's
+// messages and requests reach Options.OnMessage and Options.HandleRequest
+// from its session goroutine. The loop keeps
 // no ticker: while nothing is due it sleeps until an event, so an idle
 // master does not wake up.
 //

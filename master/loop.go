@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -25,6 +28,11 @@ type process interface {
 	// release frees what the master holds for the process (its IPC
 	// connection). The loop calls it once, after the process was reaped.
 	release()
+	// send queues a message to the worker over IPC; call sends a request
+	// and waits for its answer. Both are safe from any goroutine, and fail
+	// once the connection is gone.
+	send(m *ipc.Message) error
+	call(ctx context.Context, m *ipc.Message) (*ipc.Message, error)
 }
 
 // spawnRequest is what a starter needs to start one worker.
@@ -46,6 +54,9 @@ type sockets interface {
 	forSlot(slot int) ([]*os.File, []string, error)
 	// dropSlot closes what belongs to a slot removed by scaling down.
 	dropSlot(slot int)
+	// listen returns the socket for a worker's run-time listen request
+	// (owned by sockets), or a *listenError.
+	listen(slot, pid int, spec sockshare.Spec) (*os.File, error)
 }
 
 // exitEvent reports a reaped child.
@@ -57,10 +68,14 @@ type exitEvent struct {
 type eventKind int
 
 const (
-	evReady    eventKind = iota // readiness reported (source says how)
-	evStopping                  // the worker says it is stopping (STOPPING=1)
-	evWatchdog                  // WATCHDOG=1 keep-alive
-	evProtocol                  // the worker broke the IPC protocol (err)
+	evReady      eventKind = iota // readiness reported (source says how)
+	evStopping                    // the worker says it is stopping (STOPPING=1)
+	evWatchdog                    // WATCHDOG=1 keep-alive
+	evProtocol                    // the worker broke the IPC protocol (err)
+	evOnline                      // the worker's IPC hello arrived
+	evDisconnect                  // the worker's IPC connection ended (err: why, nil if closed)
+	evHeartbeat                   // an IPC heartbeat
+	evStats                       // IPC stats (stats)
 )
 
 // workerEvent is a message from or about a worker, attributed by pid (and,
@@ -70,6 +85,7 @@ type workerEvent struct {
 	kind      eventKind
 	source    ReadyKind
 	err       error
+	stats     map[string]int64
 }
 
 type workerState int
@@ -99,7 +115,14 @@ type worker struct {
 	readyBy  time.Time // ReadyTimeout deadline; zero: none
 	killAt   time.Time // draining: SIGKILL at this time; zero: none
 	expected bool      // its exit is intended (drained or killed on purpose)
+	failed   bool      // killed on purpose, but for failing (ready timeout)
 	why      string    // why it was stopped, for the exit log
+
+	online       bool      // its IPC hello arrived
+	disconnected bool      // EventDisconnect was emitted
+	readySince   time.Time // when it became ready
+	heartbeat    time.Time // its last IPC heartbeat
+	stats        map[string]int64
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -110,6 +133,8 @@ type slot struct {
 	restartAt time.Time // pending restart; zero: none
 	backoff   backoff
 	removed   bool
+	restarts  int    // unplanned restarts
+	lastExit  string // how its last worker ended
 }
 
 // loopDeps are the loop's connections to the outside world.
@@ -118,10 +143,13 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	sdNotify func(state string) // the master's own sd_notify; never nil
-	ready    func()             // called once every initial worker is ready
-	jitter   func() float64     // in [0, 1)
-	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
+	sdNotify func(state string)          // the master's own sd_notify; never nil
+	ready    func()                      // called once every initial worker is ready
+	jitter   func() float64              // in [0, 1)
+	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
+	commands <-chan command              // Master's methods, IPC sessions; nil: none
+	hub      *eventHub                   // where events go; nil: nowhere
+	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
 }
 
 type loop struct {
@@ -142,6 +170,7 @@ type loop struct {
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
+	rerouted bool      // a slot's serving online worker changed: publish routes
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -153,6 +182,7 @@ func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
 		gens:     make(map[int]int),
 		byPID:    make(map[int]*worker),
 		limit:    intensity{max: cfg.MaxRestarts, window: cfg.RestartWindow},
+		rerouted: true, // publish the first (empty) table
 	}
 }
 
@@ -180,7 +210,9 @@ func (l *loop) run(ctx context.Context) error {
 	defer timer.Stop()
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
+	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
 	for {
+		l.publishRoutes()
 		if l.finished() {
 			break
 		}
@@ -204,6 +236,8 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+		case c := <-l.commands:
+			c.apply(l)
 		case <-timer.C:
 			l.onTimers(time.Now())
 		}
@@ -272,6 +306,7 @@ func (l *loop) startWorker(s *slot) error {
 		s.cur = w
 	}
 	w.log.Debug("worker started")
+	l.emit(EventFork, w, nil)
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
 		l.becameReady(w)
@@ -308,6 +343,7 @@ func (l *loop) onExit(e exitEvent) {
 	}
 	delete(l.byPID, e.pid)
 	w.state = stateExited
+	l.rerouted = l.rerouted || w.online
 	w.proc.release()
 	// The worker's children may outlive it in its process group; they must
 	// not keep serving (or holding its sockets) behind the master's back.
@@ -327,13 +363,25 @@ func (l *loop) onExit(e exitEvent) {
 	} else {
 		w.log.Warn("worker exited", kv...)
 	}
+	if w.online && !w.disconnected {
+		// release closed the connection; the session's own report of it
+		// would arrive after the exit.
+		w.disconnected = true
+		l.emit(EventDisconnect, w, nil)
+	}
+	l.emit(EventExit, w, func(ev *Event) {
+		ev.ExitCode, ev.Signal, ev.Uptime = e.status.code, e.status.signal, uptime
+		ev.ExitedAfterDisconnect = w.expected && !w.failed
+		ev.Reason = w.why
+	})
 
 	s := w.slot
+	s.lastExit = e.status.String()
 	switch {
 	case s.next == w:
 		s.next = nil
 		if !w.expected {
-			l.abortReload(fmt.Sprintf("worker %d (pid %d) %s before it was ready", s.id, w.pid, e.status))
+			l.abortReload(s, w.pid, e.status.String()+" before it was ready")
 		}
 	case s.cur == w:
 		s.cur = nil
@@ -375,6 +423,25 @@ func (l *loop) onEvent(e workerEvent) {
 		if !w.expected {
 			l.killWorker(w, false, "ipc protocol error: "+e.err.Error())
 		}
+	case evOnline:
+		if w.online {
+			return
+		}
+		w.online = true
+		w.log.Debug("worker online")
+		l.rerouted = true
+		l.emit(EventOnline, w, nil)
+	case evDisconnect:
+		if !w.online || w.disconnected {
+			return
+		}
+		w.disconnected = true
+		l.rerouted = true
+		l.emit(EventDisconnect, w, func(ev *Event) { ev.Err = e.err })
+	case evHeartbeat:
+		w.heartbeat = time.Now()
+	case evStats:
+		w.stats = e.stats
 	}
 }
 

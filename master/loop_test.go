@@ -12,6 +12,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -47,6 +49,11 @@ func (p *fakeProc) drain(d time.Duration) {
 
 func (p *fakeProc) release() { p.once.Do(func() { close(p.released) }) }
 
+func (p *fakeProc) send(*ipc.Message) error { return errors.New("fake process: no ipc") }
+func (p *fakeProc) call(context.Context, *ipc.Message) (*ipc.Message, error) {
+	return nil, errors.New("fake process: no ipc")
+}
+
 type fakeStarter struct {
 	calls   int
 	failAt  int // this call (1-based) fails
@@ -73,6 +80,9 @@ type fakeSockets struct{ dropped chan int }
 
 func (s *fakeSockets) forSlot(int) ([]*os.File, []string, error) { return nil, nil, nil }
 func (s *fakeSockets) dropSlot(slot int)                         { s.dropped <- slot }
+func (s *fakeSockets) listen(int, int, sockshare.Spec) (*os.File, error) {
+	return nil, errors.New("fake sockets: no run-time listeners")
+}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -211,7 +221,9 @@ func (h *harness) startsReady(n int) []*fakeProc {
 
 func (h *harness) exit(p *fakeProc, s exitStatus) { h.exits <- exitEvent{pid: p.pid, status: s} }
 
+// readyIPC plays a worker's hello and ready message.
 func (h *harness) readyIPC(p *fakeProc) {
+	h.events <- workerEvent{pid: p.pid, kind: evOnline}
 	h.events <- workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC}
 }
 

@@ -139,7 +139,7 @@ func helperMaster() int {
 		Workers: c.Workers, MinUptime: c.MinUptime, BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.Window, ReadyTimeout: c.ReadyTimeout,
 		KillTimeout: c.KillTimeout, ReloadBatch: c.ReloadBatch, PIDFile: c.PIDFile, User: c.User, Group: c.Group,
-		Logger: logger, Signals: sigs,
+		Logger: logger, Signals: sigs, Subreaper: true,
 	}
 	var err error
 	for _, l := range c.Listen {

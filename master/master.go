@@ -30,6 +30,12 @@ type Master struct {
 	listening chan struct{}
 	ready     chan struct{}
 	addrs     []net.Addr // written before listening is closed
+
+	cmds      chan command               // into the loop
+	loopEnded chan struct{}              // closed when the loop has returned
+	done      chan struct{}              // closed when Run has returned
+	hub       *eventHub                  // events out of the loop
+	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -46,8 +52,23 @@ func New(opts Options) (*Master, error) {
 		log:       cfg.Logger.Named("master"),
 		listening: make(chan struct{}),
 		ready:     make(chan struct{}),
+		cmds:      make(chan command),
+		loopEnded: make(chan struct{}),
+		done:      make(chan struct{}),
+		hub:       newEventHub(),
 	}, nil
 }
+
+// Subscribe returns a subscription to the master's events with room for
+// buffer events (0 or less: [DefaultEventBuffer]). Subscribe before Run to
+// see the first workers' events. The loop never waits for a subscriber:
+// when the buffer is full an event is dropped and counted
+// ([Subscription.Dropped]). The channel is closed after Run's last event.
+// Safe for concurrent use, at any time.
+func (m *Master) Subscribe(buffer int) *Subscription { return m.hub.subscribe(buffer) }
+
+// Done returns a channel closed when Run has returned.
+func (m *Master) Done() <-chan struct{} { return m.done }
 
 // Listening returns a channel closed once Run has bound every listener;
 // [Master.Addrs] is valid from then on. It is never closed when Run fails
@@ -86,10 +107,16 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("master: Run called more than once")
 	}
+	defer close(m.done)
+	loopEnded := sync.OnceFunc(func() { close(m.loopEnded) })
+	defer loopEnded() // when Run fails before the loop
+	defer m.hub.close()
 	cfg, log := m.cfg, m.log
 	ls := newListeners(cfg, log)
+	cs := newClusterSockets(ls)
 	defer func() {
-		if cerr := ls.closeAll(); cerr != nil && err == nil {
+		cerr := errors.Join(ls.closeAll(), cs.closeRuntime())
+		if cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
@@ -105,7 +132,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	m.addrs = ls.addrs
 	close(m.listening)
 
-	r, err := startReaper(cfg.ReapOnlyWorkers)
+	r, err := startReaper(!cfg.Subreaper)
 	if err != nil {
 		return err
 	}
@@ -126,7 +153,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
+	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
@@ -137,15 +164,21 @@ func (m *Master) Run(ctx context.Context) (err error) {
 
 	l := newLoop(cfg, log, loopDeps{
 		starter:  st,
-		sockets:  ls,
+		sockets:  cs,
 		exits:    r.exits,
 		events:   events,
 		sdNotify: sd.notify,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands: m.cmds,
+		hub:      m.hub,
+		routes:   &m.routes,
 	})
-	return l.run(ctx)
+	err = l.run(ctx)
+	m.routes.Store(nil)
+	loopEnded()
+	return err
 }
 
 // writePIDFile writes the master's pid atomically (temporary file, rename).

@@ -864,8 +864,8 @@ func TestRealBindError(t *testing.T) {
 	}
 }
 
-// TestInProcessReapOnlyWorkers runs a Master inside the test binary: with
-// ReapOnlyWorkers it waits for its own workers only, so it coexists with
+// TestInProcessReapOnlyWorkers runs a Master inside the test binary:
+// without Options.Subreaper (the default) it waits for its own workers only, so it coexists with
 // the other tests' children. It checks the public API and that Run leaves
 // no goroutine and no fd behind.
 func TestInProcessReapOnlyWorkers(t *testing.T) {
@@ -889,7 +889,7 @@ func TestInProcessReapOnlyWorkers(t *testing.T) {
 	m, err := New(Options{
 		Command: []string{exe}, Env: []string{envHelper + "=worker", envWorkerMode + "=hello"},
 		Workers: 2, Listen: []sockshare.Spec{spec}, Ready: ReadyMode{Kind: ReadyIPC},
-		Stdout: &out, Stderr: &out, Signals: sigs, ReapOnlyWorkers: true, KillTimeout: 5 * time.Second,
+		Stdout: &out, Stderr: &out, Signals: sigs, KillTimeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -1251,7 +1251,7 @@ func TestInProcessActivated(t *testing.T) {
 	usedHelpers.Store("worker", true)
 	m, err := New(Options{
 		Command: []string{exe}, Env: []string{envHelper + "=worker"}, Workers: 1,
-		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC}, ReapOnlyWorkers: true,
+		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC},
 		Stdout: io.Discard, Stderr: io.Discard,
 	})
 	if err != nil {

@@ -16,12 +16,17 @@ func (l *loop) becameReady(w *worker) {
 	}
 	w.state = stateReady
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
-	w.log.Info("worker ready", "duration", time.Since(w.started).Round(time.Microsecond).String())
+	w.readySince = time.Now()
+	took := w.readySince.Sub(w.started)
+	w.log.Info("worker ready", "duration", took.Round(time.Microsecond).String())
+	l.emit(EventReady, w, nil)
 	s := w.slot
 	if s.next == w {
 		s.next = nil
 		old := s.cur
 		s.cur = w
+		l.rerouted = true
+		l.reloadReplaced(s, w, took)
 		if old != nil {
 			l.drainWorker(old, "replaced by reload")
 		}
@@ -49,8 +54,9 @@ func (l *loop) readyTimeout(w *worker) {
 	why := fmt.Sprintf("not ready after %v", l.cfg.ReadyTimeout)
 	if w.slot.next == w {
 		l.killWorker(w, true, why)
+		w.failed = true // stopped on purpose, but for failing
 		w.slot.next = nil
-		l.abortReload(fmt.Sprintf("worker %d (pid %d) %s", w.slot.id, w.pid, why))
+		l.abortReload(w.slot, w.pid, why)
 		return
 	}
 	w.log.Error("worker not ready", "timeout", l.cfg.ReadyTimeout.String())

@@ -5,44 +5,30 @@ import (
 	"syscall"
 )
 
-// The signal-to-action table of the loop (Options.Signals).
+// The signal table of the loop (Options.Signals): each signal is turned
+// into the command a Master method would send, and applied.
 
 func (l *loop) onSignal(sig os.Signal) {
 	s, _ := sig.(syscall.Signal)
 	l.log.Debug("signal received", "signal", signalName(s))
+	var c command
 	switch s {
 	case syscall.SIGHUP:
-		switch {
-		case l.stopping:
-		case l.paused:
-			l.resume()
-		default:
-			l.beginReload()
-		}
+		c = &reloadCmd{} // no reply: a reload in progress starts over
 	case syscall.SIGWINCH:
-		if !l.stopping && !l.paused {
-			l.pause()
-		}
+		c = pauseCmd{}
 	case syscall.SIGTERM, syscall.SIGINT:
-		if l.stopping {
-			l.log.Info("stopping at once", "signal", signalName(s))
-			l.beginStop(true)
-			return
-		}
-		l.log.Info("stopping", "signal", signalName(s))
-		l.beginStop(false)
+		// A second one stops at once.
+		c = &stopCmd{force: l.stopping, sig: s}
 	case syscall.SIGQUIT:
-		l.log.Info("stopping at once", "signal", signalName(s))
-		l.beginStop(true)
+		c = &stopCmd{force: true, sig: s}
 	case syscall.SIGTTIN:
-		if !l.stopping {
-			l.scaleUp()
-		}
+		c = &scaleCmd{delta: 1}
 	case syscall.SIGTTOU:
-		if !l.stopping {
-			l.scaleDown()
-		}
+		c = &scaleCmd{delta: -1}
 	default:
 		l.log.Debug("signal ignored", "signal", sig.String())
+		return
 	}
+	c.apply(l)
 }

@@ -33,6 +33,7 @@ type execStarter struct {
 	out     *outputs
 	reaper  *reaper
 	events  chan<- workerEvent
+	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
 
 	jobs    chan spawnJob
@@ -61,9 +62,9 @@ var protocolEnv = []string{
 }
 
 func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outputs, r *reaper,
-	events chan<- workerEvent, done <-chan struct{}) (*execStarter, error) {
+	events chan<- workerEvent, cmds chan<- command, done <-chan struct{}) (*execStarter, error) {
 	st := &execStarter{
-		cfg: cfg, log: log, out: out, reaper: r, events: events, done: done,
+		cfg: cfg, log: log, out: out, reaper: r, events: events, cmds: cmds, done: done,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
 	}
@@ -257,7 +258,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		}
 	}
 
-	p := &execProcess{pid: pid, done: make(chan struct{})}
+	p := &execProcess{pid: pid}
 	conn, err := ipc.NewConn(parent, ipc.Options{})
 	if err != nil {
 		// The worker runs; it just has no IPC. Say so and carry on.
@@ -289,5 +290,3 @@ func (st *execStarter) close() {
 		st.devNull = -1
 	}
 }
-
-var _ process = (*execProcess)(nil)

@@ -21,7 +21,9 @@ func (l *loop) drainWorker(w *worker, why string) {
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
 	w.killAt = time.Now().Add(l.cfg.KillTimeout)
 	w.log.Debug("draining worker", "reason", why, "signal", signalName(l.cfg.StopSignal))
-	w.proc.drain(l.cfg.KillTimeout)
+	if w.online {
+		w.proc.drain(l.cfg.KillTimeout)
+	}
 	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
 		w.log.Debug("stop signal not delivered", "error", err)
 	}
@@ -53,7 +55,7 @@ func (l *loop) beginStop(force bool) {
 		l.sdNotify("STOPPING=1")
 		if l.reload != nil {
 			l.rlog.Info("reload canceled by stop")
-			l.reload = nil
+			l.endReload(ErrStopping)
 		}
 		for _, s := range l.slots {
 			s.restartAt = time.Time{}
@@ -78,7 +80,7 @@ func (l *loop) pause() {
 	l.log.Info("stopping workers for maintenance", "workers", len(l.slots))
 	if l.reload != nil {
 		l.rlog.Info("reload canceled by maintenance stop")
-		l.reload = nil
+		l.endReload(errReloadPaused)
 	}
 	for _, s := range l.slots {
 		s.restartAt = time.Time{}

@@ -195,6 +195,9 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	signal.Notify(sigs, masterSignals()...)
 	defer signal.Stop(sigs)
 	opts.Signals = sigs
+	// The CLI is the cluster's main process (and may be PID 1): it reaps
+	// orphaned grandchildren too, and runs no other children of its own.
+	opts.Subreaper = true
 
 	m, err := master.New(opts)
 	if err != nil {

@@ -24,10 +24,10 @@
 //
 // # What Start changes in Options
 //
-//   - ReapOnlyWorkers is forced on: the master waits for its own workers by
-//     pid and never calls wait4(-1), which would steal the exit status of
-//     every other child the test binary waits for (and must not become a
-//     child subreaper of the test process).
+//   - Subreaper is forced off (the default): the master waits for its own
+//     workers by pid and never calls wait4(-1), which would steal the exit
+//     status of every other child the test binary waits for (and must not
+//     become a child subreaper of the test process).
 //   - Signals belongs to the [Cluster]; it must be nil. [Cluster.Signal]
 //     sends on it, so the test binary's own signal handling is untouched.
 //   - Logger belongs to the Cluster; it must be nil. The master logs JSON at

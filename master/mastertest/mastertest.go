@@ -48,7 +48,7 @@ type Cluster struct {
 
 // Start runs a master with opts in the test process and returns once it
 // listens and every initial worker is ready. See the package doc for what
-// it changes in opts (ReapOnlyWorkers, Signals, Logger, Stdout, Stderr,
+// it changes in opts (Subreaper, Signals, Logger, Stdout, Stderr,
 // Listen); opts itself is not modified.
 //
 // Start fails the test (t.Fatal) when opts is invalid, when Run returns
@@ -74,7 +74,7 @@ func Start(t testing.TB, opts master.Options) *Cluster {
 		sigs: make(chan os.Signal),
 		done: make(chan struct{}),
 	}
-	opts.ReapOnlyWorkers = true
+	opts.Subreaper = false
 	opts.Signals = c.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{
 		Name:       "clusterd",

@@ -79,13 +79,13 @@ func TestCluster(t *testing.T) {
 		Workers: 2,
 		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 	})
-	// ReapOnlyWorkers is on: the test process is no child subreaper.
+	// Subreaper is off: the test process is no child subreaper.
 	var subreaper int32
 	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&subreaper)), 0, 0, 0); err != nil {
 		t.Fatalf("prctl PR_GET_CHILD_SUBREAPER: %v", err)
 	}
 	if subreaper != 0 {
-		t.Error("the test process became a child subreaper: ReapOnlyWorkers is off")
+		t.Error("the test process became a child subreaper: Subreaper is on")
 	}
 	if addrs := c.Addrs(); len(addrs) != 1 || addrs[0].String() != c.Addr() {
 		t.Errorf("Addrs() = %v, want one address, Addr() = %s", addrs, c.Addr())
