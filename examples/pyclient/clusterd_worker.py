@@ -315,13 +315,14 @@ class Conn:
 
     def listen(self, addr):
         """Asks the master for a listening socket (addr as in clusterd's
-        --listen, e.g. "tcp://127.0.0.1:0") and returns it."""
+        --listen, e.g. "tcp://127.0.0.1:0") and returns it with the address
+        it is bound to."""
         m = self.call(LISTEN_REQUEST, {"addr": addr})
         if m.kind != LISTEN_REPLY or len(m.fds) != 1:
             for fd in m.fds:
                 os.close(fd)
             raise ProtocolError("listen answered by kind %d with %d descriptors" % (m.kind, len(m.fds)))
-        return socket.socket(fileno=m.fds[0])
+        return socket.socket(fileno=m.fds[0]), m.body.get("addr", "")
 
 
 def worker_env():

@@ -5,6 +5,7 @@ package pyclient_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -15,9 +16,17 @@ import (
 	"time"
 
 	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/master"
+	"github.com/clusterd/clusterd/master/mastertest"
 	"github.com/clusterd/clusterd/sockshare"
 	"github.com/clusterd/clusterd/worker/workertest"
 )
+
+func TestMain(m *testing.M) {
+	// The master starts workers through `<this binary> exec-worker -- ...`.
+	mastertest.DispatchExecWorker()
+	os.Exit(m.Run())
+}
 
 // python3 returns the interpreter's path, or skips the test outside CI
 // (CI=true: .ci/run installs it, and a missing one fails the test).
@@ -39,6 +48,7 @@ type (
 		Hello string `msgpack:"hello"`
 		PID   int    `msgpack:"pid"`
 		Slot  int    `msgpack:"worker"`
+		Addr  string `msgpack:"addr"`
 	}
 	answer struct {
 		Answer int `msgpack:"answer"`
@@ -120,8 +130,16 @@ func TestPythonWorker(t *testing.T) {
 	}
 	var hm helloMsg
 	next(&hm)
-	if hm != (helloMsg{Hello: "from python", PID: w.PID(), Slot: 1}) {
-		t.Errorf("first user message = %+v", hm)
+	f := w.Listened()["tcp://127.0.0.1:0"]
+	if f == nil {
+		t.Fatalf("python worker asked for no socket (%v)", w.Listened())
+	}
+	addr, err := sockshare.Addr(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hm != (helloMsg{Hello: "from python", PID: w.PID(), Slot: 1, Addr: addr.String()}) {
+		t.Errorf("first user message = %+v, want the hello of pid %d, worker 1, on %s", hm, w.PID(), addr)
 	}
 	if p := <-pings; p.Op != "ping" || p.PID != w.PID() {
 		t.Errorf("python request = %+v, want op ping from pid %d", p, w.PID())
@@ -156,14 +174,6 @@ func TestPythonWorker(t *testing.T) {
 		t.Errorf("heartbeat %d with stats %v, want the stats of the same heartbeat", hb.Seq, stats)
 	}
 
-	f := w.Listened()["tcp://127.0.0.1:0"]
-	if f == nil {
-		t.Fatalf("python worker asked for no socket (%v)", w.Listened())
-	}
-	addr, err := sockshare.Addr(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	resp, err := http.Get("http://" + addr.String() + "/")
 	if err != nil {
 		t.Fatal(err)
@@ -189,4 +199,177 @@ func TestPythonWorker(t *testing.T) {
 	if len(lines) != 2 || !strings.Contains(lines[0], "master replied {'answer': 42}") || !strings.HasPrefix(lines[1], "pyclient: draining until "+deadline.UTC().Format("2006-01-02 15:04:05")) {
 		t.Errorf("python worker printed %q, want the reply and the drain deadline", lines)
 	}
+}
+
+// TestPythonWorkerUnderMaster runs worker.py under a real master (package
+// master, as `clusterd run -w 2 --ready ipc -- python3 worker.py ADDR`
+// does): both workers say hello and ready, get one socket from the master
+// and serve it, their user messages reach OnMessage, their requests
+// HandleRequest, the master's Request and Send reach them, and their
+// heartbeats and stats show in Workers.
+func TestPythonWorkerUnderMaster(t *testing.T) {
+	py := python3(t)
+	msgs := make(chan ipc.Message, 16)
+	m, err := master.New(master.Options{
+		Command:           []string{py, "worker.py", "tcp://127.0.0.1:0"},
+		Workers:           2,
+		Ready:             master.ReadyMode{Kind: master.ReadyIPC},
+		HeartbeatInterval: 10 * time.Millisecond,
+		Stdout:            io.Discard,
+		Stderr:            os.Stderr,
+		OnMessage: func(from master.WorkerRef, m *ipc.Message) {
+			msgs <- ipc.Message{Kind: m.Kind, Body: append([]byte(nil), m.Body...)}
+		},
+		HandleRequest: func(ctx context.Context, from master.WorkerRef, req *ipc.Message) (any, error) {
+			var p ping
+			if err := req.Decode(&p); err != nil || p.Op != "ping" || p.PID != from.PID {
+				return nil, &ipc.RemoteError{Code: ipc.CodeBadRequest, Text: "want a ping from the sender"}
+			}
+			return answer{Answer: 42}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- m.Run(context.Background()) }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			m.Stop(context.Background())
+			<-errc
+		}
+	}()
+	select {
+	case <-m.Ready():
+	case err := <-errc:
+		stopped = true
+		t.Fatalf("master stopped before its workers were ready: %v", err)
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+
+	next := func(v any) {
+		t.Helper()
+		select {
+		case msg := <-msgs:
+			if err := msg.Decode(v); err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	// Per worker: its hello message, then the reply it saw, in that order;
+	// the two workers' messages interleave.
+	addrs := map[string]bool{}
+	pids := map[int]bool{}
+	for range 4 {
+		var raw map[string]any
+		next(&raw)
+		switch {
+		case raw["hello"] == "from python":
+			addrs[fmt.Sprint(raw["addr"])] = true
+			pids[int(toInt(raw["pid"]))] = true
+		case raw["reply"] != nil:
+			if r, ok := raw["reply"].(map[string]any); !ok || toInt(r["answer"]) != 42 {
+				t.Errorf("python saw the reply %v, want answer 42", raw["reply"])
+			}
+		default:
+			t.Errorf("unexpected message %v", raw)
+		}
+	}
+	if len(addrs) != 1 || len(pids) != 2 {
+		t.Fatalf("python workers %v listen on %v, want two workers on one address", pids, addrs)
+	}
+	var addr string
+	for a := range addrs {
+		addr = a
+	}
+	served := map[string]bool{}
+	for len(served) < 2 {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served[string(b)] = true
+	}
+	for pid := range pids {
+		if !served["hello from python pid "+strconv.Itoa(pid)+"\n"] {
+			t.Errorf("pid %d did not answer on the shared socket (answers: %v)", pid, served)
+		}
+	}
+
+	for slot := range 2 {
+		r, err := m.Request(ctx, slot, query{Q: "pong me"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pm pongMsg
+		if err := r.Decode(&pm); err != nil || pm.Pong.Q != "pong me" {
+			t.Errorf("worker %d answered %+v, %v; want pong me", slot, pm, err)
+		}
+		if err := m.Send(slot, query{Q: "echo me"}); err != nil {
+			t.Fatal(err)
+		}
+		var em echoMsg
+		next(&em)
+		if em.Echo.Q != "echo me" {
+			t.Errorf("worker %d echoed %+v, want echo me", slot, em)
+		}
+	}
+
+	// Heartbeats every 10ms: wait, within the deadline, until both workers
+	// have reported stats with one.
+	for {
+		n := 0
+		for _, w := range m.Workers() {
+			if !w.LastHeartbeat.IsZero() && w.Stats["heartbeats"] > 0 {
+				n++
+			}
+		}
+		if n == 2 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("workers without heartbeats and stats: %+v", m.Workers())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+
+	stopped = true
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Errorf("master Run after Stop: %v", err)
+	}
+}
+
+// toInt reads a msgpack integer decoded into an interface value.
+func toInt(v any) int64 {
+	switch n := v.(type) {
+	case int8:
+		return int64(n)
+	case int16:
+		return int64(n)
+	case int32:
+		return int64(n)
+	case int64:
+		return n
+	case uint8:
+		return int64(n)
+	case uint16:
+		return int64(n)
+	case uint32:
+		return int64(n)
+	case uint64:
+		return int64(n)
+	}
+	return -1
 }

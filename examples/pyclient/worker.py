@@ -44,12 +44,12 @@ def main():
         return 2
     slot, gen = cw.worker_env()
     master = conn.handshake(slot, gen)
-    listener = None
+    listener, addr = None, ""
     if len(sys.argv) > 1:
-        listener = conn.listen(sys.argv[1])
+        listener, addr = conn.listen(sys.argv[1])
         listener.setblocking(False)
     conn.send(cw.READY, {"listeners": 1 if listener else 0})
-    conn.send(cw.USER, {"hello": "from python", "pid": os.getpid(), "worker": slot})
+    conn.send(cw.USER, {"hello": "from python", "pid": os.getpid(), "worker": slot, "addr": addr})
     try:
         reply = conn.request({"op": "ping", "pid": os.getpid()})
     except cw.RemoteError as e:
