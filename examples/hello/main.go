@@ -76,8 +76,13 @@ func run(ctx context.Context, addr string, log io.Writer) error {
 	return worker.ServeHTTP(ctx, srv, lns...)
 }
 
+// requests counts the requests answered; the master sees it in its worker
+// table, reported with the worker's heartbeats.
+var requests = worker.NewCounter("requests")
+
 // hello answers with the serving process: "hello from pid 1234, worker 3".
 func hello(w http.ResponseWriter, r *http.Request) {
+	requests.Inc()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	id, ok := worker.ID()
 	if !ok {

@@ -158,6 +158,8 @@ func TestHelloListenFromMaster(t *testing.T) {
 		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 		Stdout:  io.Discard,
 		Stderr:  io.Discard,
+		// Often, so that the request counts reach the master quickly.
+		HeartbeatInterval: 10 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,9 +168,34 @@ func TestHelloListenFromMaster(t *testing.T) {
 
 	ino, port := sharedListener(t, m, 2)
 	seen := map[int]bool{}
+	fetched := 0
 	for len(seen) < 2 {
 		pid, _, _ := parseHello(t, fetch(t, fmt.Sprintf("127.0.0.1:%d", port)))
 		seen[pid] = true
+		fetched++
+	}
+	// Each worker counts its requests (worker.NewCounter) and its
+	// heartbeats carry the count to the master's worker table.
+	for {
+		var total int64
+		beats := 0
+		for _, w := range m.Workers() {
+			total += w.Stats["requests"]
+			if !w.LastHeartbeat.IsZero() {
+				beats++
+			}
+		}
+		if total == int64(fetched) && beats == 2 {
+			break
+		}
+		if total > int64(fetched) {
+			t.Fatalf("workers counted %d requests, want %d", total, fetched)
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("workers' stats never showed %d requests: %+v", fetched, m.Workers())
+		case <-time.After(5 * time.Millisecond): // the next heartbeat is due within 10ms
+		}
 	}
 
 	res, err := m.Reload(t.Context())
