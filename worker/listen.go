@@ -55,8 +55,14 @@ func (p *process) listen(ctx context.Context, network, addr string) (net.Listene
 	default:
 		return nil, fmt.Errorf("network %q: want tcp, tcp4, tcp6 or unix", network)
 	}
-	if s, ok, err := p.takeInherited(func(s sockshare.Socket) bool { return s.Name == addr }); err != nil || ok {
-		return inheritedListener(s, err)
+	byName := func(s sockshare.Socket) (bool, error) {
+		if s.Name != addr {
+			return false, nil
+		}
+		return true, usable(s, network)
+	}
+	if s, ok, err := p.takeInherited(byName); err != nil || ok {
+		return s.Listener, err
 	}
 	spec, err := sockshare.ParseSpec(network + "://" + addr)
 	if err != nil {
@@ -66,8 +72,11 @@ func (p *process) listen(ctx context.Context, network, addr string) (net.Listene
 	if err != nil {
 		return nil, err
 	}
-	if s, ok, err := p.takeInherited(func(s sockshare.Socket) bool { return s.Listener != nil && match(s.Listener.Addr()) }); err != nil || ok {
-		return inheritedListener(s, err)
+	byAddr := func(s sockshare.Socket) (bool, error) {
+		return s.Listener != nil && match(s.Listener.Addr()), nil
+	}
+	if s, ok, err := p.takeInherited(byAddr); err != nil || ok {
+		return s.Listener, err
 	}
 	conn, err := p.ipcConn()
 	if err != nil {
@@ -80,29 +89,33 @@ func (p *process) listen(ctx context.Context, network, addr string) (net.Listene
 	return askMaster(ctx, conn, spec)
 }
 
-// inheritedListener returns the Listener of a socket taken by name: an
-// inherited datagram socket cannot be one.
-func inheritedListener(s sockshare.Socket, err error) (net.Listener, error) {
-	if err != nil {
-		return nil, err
-	}
+// usable reports why inherited socket s cannot be the listener Listen was
+// asked for on network: a datagram socket, or one of another network.
+func usable(s sockshare.Socket, network string) error {
 	if s.Listener == nil {
-		s.Close() // the error says why it is of no use
-		return nil, fmt.Errorf("inherited socket %s is a datagram socket: use worker.Sockets", s.Name)
+		return fmt.Errorf("inherited socket %s is a datagram socket: use worker.Sockets", s.Name)
 	}
-	return s.Listener, nil
+	if _, isUnix := s.Listener.Addr().(*net.UnixAddr); isUnix != (network == "unix") {
+		return fmt.Errorf("inherited socket %s is a %s socket, not %s", s.Name, s.Listener.Addr().Network(), network)
+	}
+	return nil
 }
 
 // takeInherited removes from the inherited set, loading it on first use, the
-// first socket for which match is true.
-func (p *process) takeInherited(match func(sockshare.Socket) bool) (sockshare.Socket, bool, error) {
+// first socket that match accepts. A socket that matches with an error
+// stays in the set, and the error is returned.
+func (p *process) takeInherited(match func(sockshare.Socket) (bool, error)) (sockshare.Socket, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.loadInheritedLocked(); err != nil {
 		return sockshare.Socket{}, false, err
 	}
 	for i, s := range p.inherited {
-		if match(s) {
+		ok, err := match(s)
+		if err != nil {
+			return sockshare.Socket{}, false, err
+		}
+		if ok {
 			p.inherited = append(p.inherited[:i], p.inherited[i+1:]...)
 			return s, true, nil
 		}

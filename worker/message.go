@@ -92,7 +92,8 @@ func Flush(ctx context.Context) error {
 // channel (a few hundred) and then in the connection, which stops reading
 // from the master. So a program that receives messages must keep taking
 // them; until it does, the master's later messages, requests and drain wait
-// behind them. Call Messages before [Ready] if the master may send at once.
+// behind them. Messages that arrive before the first call (once [Ready] or
+// another call opened the connection) wait in the channel too.
 func Messages() <-chan Message {
 	p := self()
 	_, _ = p.ipcConn() // an error closes the channel; Ready reports it

@@ -359,6 +359,10 @@ func inode(t *testing.T, f *os.File) uint64 {
 func helperListen() int {
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid())) // as exec-worker does
 	ctx := context.Background()
+	const mismatch = "worker: listen unix web: inherited socket web is a tcp socket, not unix"
+	if _, err := Listen(ctx, "unix", "web"); err == nil || err.Error() != mismatch {
+		return helperFail("Listen of the tcp socket web as unix = %v, want %q", err, mismatch)
+	}
 	byName, err := Listen(ctx, "tcp", "web")
 	if err != nil {
 		return helperFail("%v", err)
