@@ -10,6 +10,7 @@ package ipcbench
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -239,45 +240,63 @@ func (c *cluster) result(b *testing.B) result {
 	return r
 }
 
-// nodeFigures are node_ipc.js's, measured once per benchmark process.
-type nodeFigures struct {
-	ToWorker  float64 `json:"to_worker_msgs_s"`
-	ToPrimary float64 `json:"to_primary_msgs_s"`
-	Req1      float64 `json:"request_1_per_s"`
-	Req1P50   float64 `json:"request_1_p50_ns"`
-	Req1P99   float64 `json:"request_1_p99_ns"`
-	Req64     float64 `json:"request_64_per_s"`
+// nodeFigure is what node_ipc.js prints for one mode.
+type nodeFigure struct {
+	PerSec float64 `json:"per_s"`
+	P50    float64 `json:"p50_ns"`
+	P99    float64 `json:"p99_ns"`
 }
 
-var node = sync.OnceValues(func() (nodeFigures, error) {
-	var f nodeFigures
-	path, err := exec.LookPath("node")
-	if err != nil {
-		return f, err
-	}
-	out, err := exec.Command(path, "node_ipc.js", "200000", "20000").Output()
-	if err != nil {
-		return f, fmt.Errorf("node_ipc.js: %w", err)
-	}
-	return f, json.Unmarshal(out, &f)
-})
+// nodeCount is how many messages or requests node_ipc.js measures.
+const nodeCount = 100000
 
-// reportNode adds Node's figure beside ours, and our multiple of it.
-func reportNode(b *testing.B, ours float64, pick func(nodeFigures) float64, unit string) {
-	f, err := node()
+// reportNode measures Node's figure for mode right after ours, once per
+// sub-benchmark (in its last round, see lastRound), with the timer
+// stopped, and reports it beside ours: rate is ours, unit its unit.
+func reportNode(b *testing.B, mode string, rate float64, unit string, latency bool) {
+	b.StopTimer()
+	defer b.StartTimer()
+	path, err := exec.LookPath("node")
 	if err != nil {
 		b.Logf("no Node.js figures: %v", err)
 		return
 	}
-	b.ReportMetric(pick(f), "node-"+unit)
-	b.ReportMetric(ours/pick(f), "x-node")
+	out, err := exec.Command(path, "node_ipc.js", mode, fmt.Sprint(nodeCount)).Output()
+	var f nodeFigure
+	if err == nil {
+		err = json.Unmarshal(out, &f)
+	}
+	if err != nil {
+		b.Fatalf("node_ipc.js %s: %v", mode, err)
+	}
+	b.ReportMetric(f.PerSec, "node-"+unit)
+	b.ReportMetric(rate/f.PerSec, "x-node")
+	if latency {
+		b.ReportMetric(f.P50, "node-p50-ns")
+		b.ReportMetric(f.P99, "node-p99-ns")
+	}
+}
+
+// lastRound reports whether a round of a benchmark that took elapsed is
+// (most likely) its last, the one whose figures are printed: the testing
+// package stops growing b.N once a round takes about -test.benchtime. Node
+// runs only then, so that it runs once per printed line, next to it.
+func lastRound(elapsed time.Duration) bool {
+	bt := flag.Lookup("test.benchtime")
+	if bt == nil {
+		return true
+	}
+	d, err := time.ParseDuration(bt.Value.String())
+	if err != nil {
+		return true // a count ("100x"): a single round
+	}
+	return elapsed >= d/2
 }
 
 // BenchmarkMessages sends b.N user messages each way through the public
 // APIs and reports the rate, beside Node's cluster messages.
 func BenchmarkMessages(b *testing.B) {
 	c := startCluster(b)
-	node() // once, before any timing
 	b.Run("to-worker", func(b *testing.B) {
 		start := time.Now()
 		msg := command{Op: "count", N: b.N}
@@ -290,9 +309,12 @@ func BenchmarkMessages(b *testing.B) {
 			}
 		}
 		c.result(b)
-		rate := float64(b.N) / time.Since(start).Seconds()
+		elapsed := time.Since(start)
+		rate := float64(b.N) / elapsed.Seconds()
 		b.ReportMetric(rate, "msgs/s")
-		reportNode(b, rate, func(f nodeFigures) float64 { return f.ToWorker }, "msgs/s")
+		if lastRound(elapsed) {
+			reportNode(b, "to-worker", rate, "msgs/s", false)
+		}
 	})
 	b.Run("to-master", func(b *testing.B) {
 		c.counted.Store(0)
@@ -303,9 +325,12 @@ func BenchmarkMessages(b *testing.B) {
 			b.Fatal(err)
 		}
 		<-c.reached
-		rate := float64(b.N) / time.Since(start).Seconds()
+		elapsed := time.Since(start)
+		rate := float64(b.N) / elapsed.Seconds()
 		b.ReportMetric(rate, "msgs/s")
-		reportNode(b, rate, func(f nodeFigures) float64 { return f.ToPrimary }, "msgs/s")
+		if lastRound(elapsed) {
+			reportNode(b, "to-primary", rate, "msgs/s", false)
+		}
 	})
 }
 
@@ -316,7 +341,6 @@ func BenchmarkMessages(b *testing.B) {
 // bare socketpair ping-pong with another process.
 func BenchmarkRequest(b *testing.B) {
 	c := startCluster(b)
-	node() // once, before any timing
 	raw := rawPingPong(b)
 	for _, callers := range []int{1, 64} {
 		b.Run(fmt.Sprintf("to-worker/callers=%d", callers), func(b *testing.B) {
@@ -351,15 +375,12 @@ func BenchmarkRequest(b *testing.B) {
 			rate := float64(b.N) / elapsed.Seconds()
 			b.ReportMetric(rate, "req/s")
 			b.ReportMetric(float64(lat[len(lat)/2]), "p50-ns")
+			b.ReportMetric(float64(lat[len(lat)*99/100]), "p99-ns")
 			if callers == 1 {
-				b.ReportMetric(float64(lat[len(lat)*99/100]), "p99-ns")
-				reportNode(b, rate, func(f nodeFigures) float64 { return f.Req1 }, "req/s")
-				if f, err := node(); err == nil {
-					b.ReportMetric(f.Req1P50, "node-p50-ns")
-				}
 				b.ReportMetric(float64(raw), "raw-p50-ns")
-			} else {
-				reportNode(b, rate, func(f nodeFigures) float64 { return f.Req64 }, "req/s")
+			}
+			if lastRound(elapsed) {
+				reportNode(b, fmt.Sprintf("request-%d", callers), rate, "req/s", true)
 			}
 		})
 		b.Run(fmt.Sprintf("to-master/callers=%d", callers), func(b *testing.B) {
@@ -370,9 +391,7 @@ func BenchmarkRequest(b *testing.B) {
 			rate := float64(b.N) / (float64(r.Nanos) / 1e9)
 			b.ReportMetric(rate, "req/s")
 			b.ReportMetric(float64(r.P50), "p50-ns")
-			if callers == 1 {
-				b.ReportMetric(float64(r.P99), "p99-ns")
-			}
+			b.ReportMetric(float64(r.P99), "p99-ns")
 		})
 	}
 }

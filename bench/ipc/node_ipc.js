@@ -1,5 +1,5 @@
 // Node.js's cluster IPC, measured the way bench/ipc/ipc_test.go measures
-// clusterd's: the primary forks one worker and, in turn,
+// clusterd's: the primary forks one worker and runs one mode,
 //
 //   to-worker     sends N messages with worker.send; the worker counts them
 //                 (process.on('message')) and answers "done";
@@ -9,18 +9,20 @@
 //                 at a time, each answered at once by the worker, with the
 //                 latency of every one;
 //
-// and prints one JSON object with the rates and latencies. Every message is
-// {seq, pad} with a 48-character pad, as in the Go benchmark.
+// and prints one JSON object with the rate (per_s) and, for requests, the
+// latencies (p50_ns, p99_ns). Every message is {seq, pad} with a
+// 48-character pad, as in the Go benchmark.
 //
-//   node bench/ipc/node_ipc.js [MESSAGES] [REQUESTS]
+//   node bench/ipc/node_ipc.js MODE N
 'use strict';
 const cluster = require('node:cluster');
 
 const PAD = 'x'.repeat(48);
 
 if (cluster.isPrimary) {
-  const messages = Number(process.argv[2] || 200000);
-  const requests = Number(process.argv[3] || 20000);
+  const mode = process.argv[2];
+  const messages = Number(process.argv[3] || 200000);
+  const requests = messages;
   const w = cluster.fork();
   let onMessage = () => {};
   w.on('message', (m) => onMessage(m));
@@ -72,20 +74,19 @@ if (cluster.isPrimary) {
     for (let i = 0; i < callers && id < requests; i++) issue();
   });
 
+  const modes = {
+    'to-worker': async () => ({ per_s: await toWorker() }),
+    'to-primary': async () => ({ per_s: await toPrimary() }),
+    'request-1': () => request(1),
+    'request-64': () => request(64),
+  };
+  if (!modes[mode]) {
+    console.error(`node_ipc.js: unknown mode ${mode}: want one of ${Object.keys(modes).join(', ')}`);
+    process.exit(2);
+  }
   w.once('online', async () => {
     await next(); // the worker's "ready"
-    const out = {
-      messages, requests,
-      to_worker_msgs_s: await toWorker(),
-      to_primary_msgs_s: await toPrimary(),
-    };
-    const r1 = await request(1);
-    const r64 = await request(64);
-    Object.assign(out, {
-      request_1_per_s: r1.per_s, request_1_p50_ns: r1.p50_ns, request_1_p99_ns: r1.p99_ns,
-      request_64_per_s: r64.per_s, request_64_p50_ns: r64.p50_ns,
-    });
-    console.log(JSON.stringify(out));
+    console.log(JSON.stringify(await modes[mode]()));
     w.kill();
   });
 } else {

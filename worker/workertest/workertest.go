@@ -26,7 +26,8 @@ type Options struct {
 	// for the worker (after the protocol variables are removed from it).
 	Env []string
 	// Listen are the addresses to bind, in sockshare.ParseSpec syntax; the
-	// worker gets them at fds 3, 4, … Nil means one "tcp://127.0.0.1:0".
+	// worker gets them at fds 3, 4, … Nil means one "tcp://127.0.0.1:0"; an
+	// empty slice none (for a worker that asks with worker.Listen).
 	Listen []string
 	// WorkerID is the worker's slot (CLUSTERD_WORKER_ID); zero is slot 0.
 	WorkerID int
