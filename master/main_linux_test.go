@@ -52,11 +52,7 @@ func init() {
 
 func TestMain(m *testing.M) {
 	// The exec-worker step comes first: nothing may open a file before it.
-	if len(os.Args) > 1 && os.Args[1] == ExecWorkerArg {
-		err := ExecWorker(os.Args[2:])
-		fmt.Fprintln(os.Stderr, "clusterd:", err)
-		os.Exit(127)
-	}
+	DispatchExecWorker()
 	if name := os.Getenv(envHelper); name != "" {
 		f, ok := helpers[name]
 		if !ok {

@@ -8,10 +8,10 @@
 // adjusts them for a test, and runs [master.Master.Run] in a goroutine of the
 // test process. The master starts its workers as real child processes, each
 // through the test binary's own exec-worker mode, so the test binary's
-// TestMain must call [DispatchExecWorker] first:
+// TestMain must call [master.DispatchExecWorker] first:
 //
 //	func TestMain(m *testing.M) {
-//		mastertest.DispatchExecWorker()
+//		master.DispatchExecWorker()
 //		os.Exit(m.Run())
 //	}
 //

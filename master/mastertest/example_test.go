@@ -13,7 +13,7 @@ import (
 
 // testReload is what a test of a server program looks like: the program's
 // own test binary runs as the workers (its TestMain calls
-// [mastertest.DispatchExecWorker] first, then starts the server when
+// [master.DispatchExecWorker] first, then starts the server when
 // SERVER_UNDER_TEST is set), a reload replaces them, and SIGTERM stops
 // the master gracefully.
 func testReload(t *testing.T) {
