@@ -183,6 +183,9 @@ func (h *eventHub) close() {
 
 // emit publishes an event about w.
 func (l *loop) emit(kind EventKind, w *worker, fill func(*Event)) {
+	// A subscriber that acts on an event (Send after EventOnline) must find
+	// the routes it implies.
+	l.publishRoutes()
 	if l.hub == nil {
 		return
 	}

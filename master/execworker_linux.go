@@ -22,17 +22,9 @@ import (
 //
 // args are the arguments after [ExecWorkerArg]: an optional "--", then the
 // command path (resolved by the master; a name without a slash is looked up
-// in PATH) and its arguments. Programs that link master call it first thing
-// in main when os.Args[1] == ExecWorkerArg, before anything opens a file:
-//
-//	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-//		err := master.ExecWorker(os.Args[2:])
-//		fmt.Fprintln(os.Stderr, "clusterd:", err)
-//		os.Exit(127)
-//	}
-//
-// ExecWorker returns only on error; the caller should print it on one line
-// and exit with code 127, as a shell does for a command it cannot run.
+// in PATH) and its arguments. Programs that link master dispatch to it
+// first thing in main with [DispatchExecWorker]. ExecWorker returns only on
+// error.
 //
 // The master forks this process with the parent-death signal SIGKILL, which
 // the kernel keeps per thread: only the forked thread has it, threads the Go

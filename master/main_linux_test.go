@@ -52,11 +52,7 @@ func init() {
 
 func TestMain(m *testing.M) {
 	// The exec-worker step comes first: nothing may open a file before it.
-	if len(os.Args) > 1 && os.Args[1] == ExecWorkerArg {
-		err := ExecWorker(os.Args[2:])
-		fmt.Fprintln(os.Stderr, "clusterd:", err)
-		os.Exit(127)
-	}
+	DispatchExecWorker()
 	if name := os.Getenv(envHelper); name != "" {
 		f, ok := helpers[name]
 		if !ok {
@@ -190,11 +186,73 @@ func helperMaster() int {
 		fmt.Fprintln(os.Stderr, "run error:", err)
 		return 3
 	}
-	if err := m.Run(context.Background()); err != nil {
+	printed := make(chan struct{})
+	go func() {
+		defer close(printed)
+		printEvents(m, logger.Named("test"))
+	}()
+	err = m.Run(context.Background())
+	<-printed
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "run error:", err)
 		return 3
 	}
 	return 0
+}
+
+// printEvents logs each of m's events as an "event" line (kind, and the
+// log's keys: worker, pid, generation, exit_code, signal, reason, error),
+// and "all-ready" once m.Ready is closed, for the tests to synchronise on.
+// It returns when Run's events end.
+func printEvents(m *Master, log hclog.Logger) {
+	sub := m.Subscribe(1 << 16)
+	print := func(e Event) {
+		kv := []any{"kind", e.Kind.String()}
+		if e.Kind != EventReload {
+			kv = append(kv, "worker", e.Slot, "pid", e.PID, "generation", e.Generation)
+		}
+		if e.Kind == EventExit {
+			if e.Signal != 0 {
+				kv = append(kv, "signal", signalName(e.Signal))
+			} else {
+				kv = append(kv, "exit_code", e.ExitCode)
+			}
+			kv = append(kv, "exited_after_disconnect", e.ExitedAfterDisconnect, "reason", e.Reason)
+		}
+		if e.Err != nil {
+			kv = append(kv, "error", e.Err.Error())
+		}
+		log.Info("event", kv...)
+	}
+	ready := m.Ready()
+	for {
+		select {
+		case e, ok := <-sub.C:
+			if !ok {
+				if n := sub.Dropped(); n > 0 {
+					log.Error("events dropped", "count", n)
+				}
+				return
+			}
+			print(e)
+		case <-ready:
+			ready = nil
+			// The last worker's ready event was published before Ready
+			// closed: print what is buffered first, to keep the order.
+			for drained := false; !drained; {
+				select {
+				case e, ok := <-sub.C:
+					if !ok {
+						return
+					}
+					print(e)
+				default:
+					drained = true
+				}
+			}
+			log.Info("event", "kind", "all-ready")
+		}
+	}
 }
 
 const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"

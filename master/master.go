@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +18,34 @@ import (
 // ExecWorkerArg is the first argument that puts a program linking master
 // into exec-worker mode (see [ExecWorker]).
 const ExecWorkerArg = "exec-worker"
+
+// ExecWorkerExitCode is the exit status of an exec-worker that could not
+// exec the worker command, as a shell's for a command it cannot run.
+const ExecWorkerExitCode = 127
+
+// DispatchExecWorker handles the exec-worker step of a program that runs a
+// master (its own binary is the default Options.ExecWorker): when
+// os.Args[1] is [ExecWorkerArg], the process was forked by the master to
+// start a worker, and DispatchExecWorker runs [ExecWorker], which replaces
+// the process with the worker command; if that fails it prints the error on
+// one line to stderr and exits with [ExecWorkerExitCode]. Otherwise it
+// returns at once and does nothing.
+//
+// Call it first thing in main (or TestMain), before anything opens a file
+// or starts a goroutine that could:
+//
+//	func main() {
+//		master.DispatchExecWorker()
+//		...
+//	}
+func DispatchExecWorker() {
+	if len(os.Args) < 2 || os.Args[1] != ExecWorkerArg {
+		return
+	}
+	err := ExecWorker(os.Args[2:])
+	fmt.Fprintln(os.Stderr, "clusterd:", err)
+	os.Exit(ExecWorkerExitCode)
+}
 
 // Master supervises a cluster of worker processes. Create it with [New] and
 // run it once with [Master.Run].
@@ -42,7 +68,14 @@ type Master struct {
 // yet. It resolves the worker command (a missing or non-executable command
 // is an error), the user and group, and applies the documented defaults to
 // its own copy of opts.
+//
+// Off Linux, New returns an error wrapping [errors.ErrUnsupported]: the
+// package compiles everywhere, so a program that is both master and worker
+// builds for any platform, but supervises only on Linux.
 func New(opts Options) (*Master, error) {
+	if err := supported(); err != nil {
+		return nil, err
+	}
 	cfg, err := normalize(opts)
 	if err != nil {
 		return nil, err
@@ -103,82 +136,11 @@ func (m *Master) Addrs() []net.Addr {
 // sockets included). It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
-func (m *Master) Run(ctx context.Context) (err error) {
+func (m *Master) Run(ctx context.Context) error {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("master: Run called more than once")
 	}
-	defer close(m.done)
-	loopEnded := sync.OnceFunc(func() { close(m.loopEnded) })
-	defer loopEnded() // when Run fails before the loop
-	defer m.hub.close()
-	cfg, log := m.cfg, m.log
-	ls := newListeners(cfg, log)
-	cs := newClusterSockets(ls)
-	defer func() {
-		cerr := errors.Join(ls.closeAll(), cs.closeRuntime())
-		if cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if cfg.PIDFile != "" {
-		if err := writePIDFile(cfg.PIDFile); err != nil {
-			return err
-		}
-		defer removePIDFile(cfg.PIDFile, log)
-	}
-	if err := ls.bind(); err != nil {
-		return err
-	}
-	m.addrs = ls.addrs
-	close(m.listening)
-
-	r, err := startReaper(!cfg.Subreaper)
-	if err != nil {
-		return err
-	}
-	defer r.stop()
-	events := make(chan workerEvent)
-	done := make(chan struct{})
-	closeDone := sync.OnceFunc(func() { close(done) })
-	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
-	}
-	defer ns.close()
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
-	out, err := newOutputs()
-	if err != nil {
-		return err
-	}
-	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
-	if err != nil {
-		return err
-	}
-	defer st.close()
-	// Deferred last, so it runs first: the loop has ended, and goroutines
-	// still sending it events must give up before they are waited for.
-	defer closeDone()
-
-	l := newLoop(cfg, log, loopDeps{
-		starter:  st,
-		sockets:  cs,
-		exits:    r.exits,
-		events:   events,
-		sdNotify: sd.notify,
-		ready:    func() { close(m.ready) },
-		jitter:   rand.Float64,
-		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
-		commands: m.cmds,
-		hub:      m.hub,
-		routes:   &m.routes,
-	})
-	err = l.run(ctx)
-	m.routes.Store(nil)
-	loopEnded()
-	return err
+	return m.run(ctx)
 }
 
 // writePIDFile writes the master's pid atomically (temporary file, rename).

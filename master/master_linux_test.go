@@ -224,6 +224,20 @@ func (m *runningMaster) next(msg string, kv ...any) map[string]any {
 	return found
 }
 
+// nextEvent waits for the next event of kind (an EventKind's String, or
+// "all-ready") whose fields match kv, after the previous match of next; the
+// master helper logs each event as an "event" line.
+func (m *runningMaster) nextEvent(kind string, kv ...any) map[string]any {
+	m.t.Helper()
+	return m.next("event", append([]any{"kind", kind}, kv...)...)
+}
+
+// firstEvent returns the first event of kind with fields kv, waiting for it.
+func (m *runningMaster) firstEvent(kind string, kv ...any) map[string]any {
+	m.t.Helper()
+	return m.first("event", append([]any{"kind", kind}, kv...)...)
+}
+
 // first returns the first log line with msg and fields kv, waiting for it.
 func (m *runningMaster) first(msg string, kv ...any) map[string]any {
 	m.t.Helper()
@@ -413,10 +427,10 @@ func TestRealWorkersServe(t *testing.T) {
 				Workers: 3, Listen: []string{"tcp://127.0.0.1:0"}, Balance: balance, Ready: "ipc",
 			})
 			addr := m.addr()
-			m.next("all workers ready")
+			m.nextEvent("all-ready")
 			pids := pidsServing(t, addr, 3)
 			for i := range 3 {
-				l := m.first("worker ready", "worker", i)
+				l := m.firstEvent("ready", "worker", i)
 				if !pids[field(l, "pid")] {
 					t.Errorf("worker %d pid %v never answered", i, l["pid"])
 				}
@@ -436,8 +450,8 @@ func TestRealKill9Replacement(t *testing.T) {
 		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Millisecond,
 	})
 	addr := m.addr()
-	m.next("all workers ready")
-	w1 := m.first("worker ready", "worker", 1)
+	m.nextEvent("all-ready")
+	w1 := m.firstEvent("ready", "worker", 1)
 	pid := field(w1, "pid")
 	// Connections keep being accepted while the slot is empty: the socket
 	// is the master's, and the other worker serves its queue.
@@ -462,14 +476,14 @@ func TestRealKill9Replacement(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	exit := m.next("worker exited", "worker", 1, "pid", pid)
-	if exit["signal"] != "SIGKILL" || exit["@level"] != "warn" {
-		t.Errorf("exit log %v, want a warning with signal SIGKILL", exit)
+	exit := m.nextEvent("exit", "worker", 1, "pid", pid)
+	if exit["signal"] != "SIGKILL" || exit["exited_after_disconnect"] != false {
+		t.Errorf("exit event %v, want signal SIGKILL, not after a disconnect", exit)
 	}
-	if _, ok := exit["uptime"]; !ok {
-		t.Errorf("exit log %v lacks uptime", exit)
+	if l := m.first("worker exited", "pid", pid); l["@level"] != "warn" || l["uptime"] == nil {
+		t.Errorf("exit log %v, want a warning with the uptime", l)
 	}
-	r := m.next("worker ready", "worker", 1, "generation", 2)
+	r := m.nextEvent("ready", "worker", 1, "generation", 2)
 	close(stopDial)
 	if err := <-refused; err != nil {
 		t.Errorf("dial during the replacement: %v", err)
@@ -614,7 +628,7 @@ func TestRealWorkerFDs(t *testing.T) {
 		Workers: 1, Listen: []string{"a=tcp://127.0.0.1:0", "b=tcp://127.0.0.1:0"}, WorkerMode: []string{"fds"},
 		Ready: "ipc",
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	line := m.stdoutLine("fds: ")
 	_, got, _ := strings.Cut(line, "fds: ")
 	// stdin, stdout, stderr, two listeners, the IPC end: nothing else.
@@ -642,8 +656,8 @@ func TestRealMasterFDsStableAcrossRestarts(t *testing.T) {
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Millisecond,
 		MaxRestarts: -1,
 	})
-	m.next("all workers ready")
-	r := m.first("worker ready")
+	m.nextEvent("all-ready")
+	r := m.firstEvent("ready")
 	base := fdCount(t, m.pid)
 	const restarts = 100
 	for i := range restarts {
@@ -651,8 +665,8 @@ func TestRealMasterFDsStableAcrossRestarts(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		m.next("worker exited", "pid", pid)
-		r = m.next("worker ready", "generation", i+2)
+		m.nextEvent("exit", "pid", pid)
+		r = m.nextEvent("ready", "generation", i+2)
 	}
 	// The dead workers' output pipes close when their readers reach EOF,
 	// which may trail the replacement's readiness: wait for it.
@@ -668,14 +682,15 @@ func TestRealRollingReloadKeepsServing(t *testing.T) {
 		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc",
 	})
 	addr := m.addr()
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	before := pidsServing(t, addr, 2)
 
 	total := underLoad(t, addr, func() {
 		for range 3 {
 			m.signal(syscall.SIGHUP)
-			m.next("reload started")
-			m.next("reload done")
+			if e := m.nextEvent("reload"); e["error"] != nil {
+				t.Errorf("reload: %v", e["error"])
+			}
 		}
 	})
 	after := pidsServing(t, addr, 2)
@@ -685,7 +700,7 @@ func TestRealRollingReloadKeepsServing(t *testing.T) {
 		}
 	}
 	for i := range 2 {
-		m.first("worker ready", "worker", i, "generation", 4)
+		m.firstEvent("ready", "worker", i, "generation", 4)
 	}
 	t.Logf("%d requests across 3 reloads", total)
 }
@@ -694,7 +709,7 @@ func TestRealGracefulStopWaitsForRequest(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
 	addr := m.addr()
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	// Get returns once the response headers arrive, which the worker
 	// sends before it sleeps: from then on the request is in flight.
 	resp, err := client.Get("http://" + addr + "/slow?d=700ms")
@@ -709,7 +724,7 @@ func TestRealGracefulStopWaitsForRequest(t *testing.T) {
 	if code := m.wait(); code != 0 {
 		t.Errorf("master exit code %d, want 0", code)
 	}
-	e := m.next("worker exited")
+	e := m.nextEvent("exit")
 	if e["exit_code"] != float64(0) {
 		t.Errorf("worker exit %v, want code 0", e)
 	}
@@ -721,11 +736,11 @@ func TestRealKillTimeout(t *testing.T) {
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"ignore-term"},
 		KillTimeout: 300 * time.Millisecond,
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	start := time.Now()
 	m.signal(syscall.SIGTERM)
 	m.next("worker killed after kill timeout")
-	e := m.next("worker exited")
+	e := m.nextEvent("exit")
 	if e["signal"] != "SIGKILL" {
 		t.Errorf("worker exit %v, want signal SIGKILL", e)
 	}
@@ -742,7 +757,7 @@ func TestRealNotifyReadiness(t *testing.T) {
 	m := startMaster(t, masterConfig{
 		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "notify", WorkerMode: []string{"notify", "hello"},
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	for i := range 2 {
 		line := m.stdoutLine(fmt.Sprintf("hello from worker %d", i))
 		if !strings.HasPrefix(line, fmt.Sprintf("[w%d pid ", i)) {
@@ -758,17 +773,16 @@ func TestRealReadyTimeoutAbortsReload(t *testing.T) {
 		WorkerMode: []string{"reload-never-ready"},
 	})
 	addr := m.addr()
-	m.next("all workers ready")
-	old := field(m.first("worker ready"), "pid")
+	m.nextEvent("all-ready")
+	old := field(m.firstEvent("ready"), "pid")
 	m.signal(syscall.SIGHUP)
-	m.next("reload started")
-	a := m.next("reload aborted")
+	a := m.nextEvent("reload")
 	if want := "reload: worker 0 (pid "; !strings.HasPrefix(fmt.Sprint(a["error"]), want) ||
 		!strings.HasSuffix(fmt.Sprint(a["error"]), ") not ready after 500ms") {
 		t.Errorf("reload aborted with %q, want it to name worker 0 and the timeout", a["error"])
 	}
-	if a["@level"] != "error" {
-		t.Errorf("reload aborted logged at %v, want error", a["@level"])
+	if l := m.first("reload aborted"); l["@level"] != "error" || l["error"] != a["error"] {
+		t.Errorf("reload aborted logged as %v, want an error line with the event's error", l)
 	}
 	// The old worker kept serving and still does.
 	for range 20 {
@@ -786,10 +800,10 @@ func TestRealMasterKilledLeavesNoWorkers(t *testing.T) {
 	t.Parallel()
 	for range 3 {
 		m := startMaster(t, masterConfig{Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
-		m.next("all workers ready")
+		m.nextEvent("all-ready")
 		var pids []int
 		for i := range 2 {
-			pids = append(pids, field(m.first("worker ready", "worker", i), "pid"))
+			pids = append(pids, field(m.firstEvent("ready", "worker", i), "pid"))
 		}
 		m.signal(syscall.SIGKILL)
 		m.wait()
@@ -822,7 +836,7 @@ func TestRealPIDFile(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "clusterd.pid")
 	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, PIDFile: path})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -999,17 +1013,17 @@ func TestRealScaleReusePort(t *testing.T) {
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Balance: "reuseport", Ready: "ipc",
 	})
 	addr := m.addr()
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	_, portStr, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portStr)
 	m.signal(syscall.SIGTTIN)
-	m.next("worker ready", "worker", 1)
+	m.nextEvent("ready", "worker", 1)
 	pidsServing(t, addr, 2)
 	if _, n := listenerFlags(t, m.pid, port); n != 2 {
 		t.Errorf("master holds %d reuseport sockets for 2 slots, want 2", n)
 	}
 	m.signal(syscall.SIGTTOU)
-	m.next("worker exited", "worker", 1)
+	m.nextEvent("exit", "worker", 1)
 	if _, n := listenerFlags(t, m.pid, port); n != 1 {
 		t.Errorf("master holds %d reuseport sockets after scaling down, want 1", n)
 	}
@@ -1042,18 +1056,18 @@ func TestRealOrphansReaped(t *testing.T) {
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"orphan"},
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	line := m.stdoutLine("orphan: ")
 	_, v, _ := strings.Cut(line, "orphan: ")
 	orphan, err := strconv.Atoi(v)
 	if err != nil {
 		t.Fatalf("orphan line %q", line)
 	}
-	worker := field(m.first("worker ready"), "pid")
+	worker := field(m.firstEvent("ready"), "pid")
 	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	m.next("worker exited", "pid", worker)
+	m.nextEvent("exit", "pid", worker)
 	// The orphan is re-parented to the master (a child subreaper), which
 	// reaps it when it exits: it must vanish, not linger as a zombie.
 	sawParent := false
@@ -1072,7 +1086,7 @@ func TestRealOrphansReaped(t *testing.T) {
 	if !sawParent {
 		t.Log("orphan exited before it was seen re-parented to the master")
 	}
-	m.next("worker ready", "generation", 2)
+	m.nextEvent("ready", "generation", 2)
 }
 
 // BenchmarkCrashToReady measures how long a killed worker's slot goes
@@ -1083,16 +1097,16 @@ func BenchmarkCrashToReady(b *testing.B) {
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Nanosecond,
 		MaxRestarts: -1,
 	})
-	m.next("all workers ready")
-	r := m.first("worker ready")
+	m.nextEvent("all-ready")
+	r := m.firstEvent("ready")
 	var ds []time.Duration
 	for i := 0; b.Loop(); i++ {
 		pid := field(r, "pid")
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			b.Fatal(err)
 		}
-		e := m.next("worker exited", "pid", pid)
-		r = m.next("worker ready", "generation", i+2)
+		e := m.nextEvent("exit", "pid", pid)
+		r = m.nextEvent("ready", "generation", i+2)
 		t0, err0 := time.Parse(time.RFC3339Nano, e["@timestamp"].(string))
 		t1, err1 := time.Parse(time.RFC3339Nano, r["@timestamp"].(string))
 		if err0 != nil || err1 != nil {
@@ -1133,7 +1147,7 @@ func TestRealUserAndGroup(t *testing.T) {
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, User: "nobody", Group: "nogroup",
 		WorkerMode: []string{"ids"}, ExecPath: cp, Ready: "ipc",
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	line := m.stdoutLine("ids: ")
 	if _, got, _ := strings.Cut(line, "ids: "); got != "65534 65534 [65534]" {
 		t.Errorf("worker ids %q, want uid, gid and groups 65534", got)
@@ -1145,7 +1159,7 @@ func TestRealOutputRaw(t *testing.T) {
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Output: "raw", WorkerMode: []string{"hello"},
 	})
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	if line := m.stdoutLine("hello from worker 0"); line != "hello from worker 0" {
 		t.Errorf("raw output line %q, want it untouched", line)
 	}
@@ -1171,17 +1185,19 @@ func TestRealMasterAsPID1(t *testing.T) {
 		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", PID1: true, WorkerMode: []string{"orphan"},
 	})
 	addr := m.addr()
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	pidsServing(t, addr, 2)
 	m.signal(syscall.SIGHUP)
-	m.next("reload done")
+	if e := m.nextEvent("reload"); e["error"] != nil {
+		t.Errorf("reload: %v", e["error"])
+	}
 	pidsServing(t, addr, 2)
 	m.signal(syscall.SIGTERM)
 	if code := m.wait(); code != 0 {
 		t.Errorf("master as PID 1 exit code %d, want 0", code)
 	}
 	for i := range 2 {
-		if e := m.first("worker exited", "worker", i, "generation", 2); e["exit_code"] != float64(0) {
+		if e := m.firstEvent("exit", "worker", i, "generation", 2); e["exit_code"] != float64(0) {
 			t.Errorf("worker %d exit %v, want code 0", i, e)
 		}
 	}
@@ -1191,16 +1207,16 @@ func TestRealScaleUnderLoad(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc"})
 	addr := m.addr()
-	m.next("all workers ready")
+	m.nextEvent("all-ready")
 	total := underLoad(t, addr, func() {
 		for range 2 {
 			m.signal(syscall.SIGTTIN)
-			m.next("worker ready", "worker", 2)
+			m.nextEvent("ready", "worker", 2)
 			m.signal(syscall.SIGTTOU)
-			m.next("worker exited", "worker", 2)
+			m.nextEvent("exit", "worker", 2)
 		}
 		m.signal(syscall.SIGTTOU)
-		m.next("worker exited", "worker", 1)
+		m.nextEvent("exit", "worker", 1)
 	})
 	pidsServing(t, addr, 1)
 	t.Logf("%d requests across 2 TTIN, 3 TTOU", total)
@@ -1212,7 +1228,8 @@ func TestRealReadyLateAndNever(t *testing.T) {
 		m := startMaster(t, masterConfig{
 			Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", WorkerMode: []string{"ready-late"},
 		})
-		r := m.next("worker ready")
+		m.nextEvent("ready")
+		r := m.first("worker ready")
 		d, err := time.ParseDuration(fmt.Sprint(r["duration"]))
 		if err != nil || d < 200*time.Millisecond {
 			t.Errorf("ready after %v (%v), want at least the worker's 200ms start-up", r["duration"], err)
@@ -1225,11 +1242,11 @@ func TestRealReadyLateAndNever(t *testing.T) {
 			ReadyTimeout: 300 * time.Millisecond, BackoffMin: time.Millisecond,
 		})
 		m.next("worker not ready", "worker", 0, "generation", 1)
-		e := m.next("worker exited", "generation", 1)
+		e := m.nextEvent("exit", "generation", 1)
 		if e["signal"] != "SIGKILL" || e["reason"] != "not ready after 300ms" {
 			t.Errorf("exit %v, want SIGKILL for not being ready", e)
 		}
-		m.next("worker started", "generation", 2) // and it is retried
+		m.nextEvent("fork", "generation", 2) // and it is retried
 	})
 }
 

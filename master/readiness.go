@@ -19,13 +19,17 @@ func (l *loop) becameReady(w *worker) {
 	w.readySince = time.Now()
 	took := w.readySince.Sub(w.started)
 	w.log.Info("worker ready", "duration", took.Round(time.Microsecond).String())
-	l.emit(EventReady, w, nil)
 	s := w.slot
-	if s.next == w {
+	if s.next != w {
+		l.emit(EventReady, w, nil)
+	} else {
+		// The replacement serves the slot (and takes its messages) from
+		// the moment its ready event is seen.
 		s.next = nil
 		old := s.cur
 		s.cur = w
 		l.rerouted = true
+		l.emit(EventReady, w, nil)
 		l.reloadReplaced(s, w, took)
 		if old != nil {
 			l.drainWorker(old, "replaced by reload")

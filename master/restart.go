@@ -128,6 +128,7 @@ func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, des
 		l.beginStop(false)
 		return
 	}
+	s.restarts++
 	d := s.backoff.next(uptime, l.cfg.MinUptime, l.jitter)
 	if d > 0 {
 		s.restartAt = time.Now().Add(d)

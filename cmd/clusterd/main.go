@@ -21,11 +21,7 @@ import (
 func main() {
 	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
 	// reach execve as fast as possible, without building the command tree.
-	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := execWorker(os.Args[2:])
-		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
-		os.Exit(exitExecFailed)
-	}
+	master.DispatchExecWorker()
 	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -36,7 +32,7 @@ const (
 	exitUsage = 2 // bad usage: unknown flag, bad flag value, missing command
 	// exitExecFailed is the status of an exec-worker that could not execve
 	// the worker command, as a shell's "command not found".
-	exitExecFailed = 127
+	exitExecFailed = master.ExecWorkerExitCode
 )
 
 // execute runs the command tree on args and returns the exit code, after

@@ -62,11 +62,7 @@ var startFDs = inheritedFDs()
 
 func TestMain(m *testing.M) {
 	// The master starts each worker as `<this binary> exec-worker -- ...`.
-	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := execWorker(os.Args[2:])
-		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
-		os.Exit(exitExecFailed)
-	}
+	master.DispatchExecWorker()
 	if name := os.Getenv(helperEnv); name != "" {
 		h, ok := helpers[name]
 		if !ok {

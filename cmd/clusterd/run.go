@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -204,7 +205,7 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		for _, a := range activated {
 			a.Close() // New failed, so they are still ours; the error says why
 		}
-		return err
+		return optionError(err)
 	}
 	return m.Run(cmd.Context())
 }
@@ -218,12 +219,15 @@ func masterSignals() []os.Signal {
 }
 
 // options turns the flag values into master.Options (without Command,
-// Logger, outputs and signals). Bad values are usage errors naming the flag.
+// Logger, outputs and signals). It checks only what master.New cannot: the
+// syntax of values, and an explicit 0 where master.Options reads 0 as "the
+// default". master.New validates the rest, and runCluster turns its
+// *master.OptionError into a usage error naming the flag.
 func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	var o master.Options
 	var err error
-	if fs.Changed("workers") && f.workers < 1 {
-		return o, usagef("--workers must be at least 1, got %d", f.workers)
+	if fs.Changed("workers") && f.workers == 0 {
+		return o, usagef("--workers must be at least 1, got 0")
 	}
 	o.Workers = f.workers
 	for _, s := range f.listen {
@@ -249,12 +253,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		{"restart-window", f.restartWindow},
 		{"kill-timeout", f.killTimeout},
 	} {
-		if d.v <= 0 {
-			return o, usagef("--%s must be positive, got %v", d.name, d.v)
+		if d.v == 0 {
+			return o, usagef("--%s must be positive, got 0s", d.name)
 		}
-	}
-	if f.backoffMax < f.backoffMin {
-		return o, usagef("--backoff-max %v is below --backoff-min %v", f.backoffMax, f.backoffMin)
 	}
 	o.MinUptime, o.BackoffMin, o.BackoffMax = f.minUptime, f.backoffMin, f.backoffMax
 	o.RestartWindow, o.KillTimeout = f.restartWindow, f.killTimeout
@@ -269,17 +270,12 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		return o, usagef("--ready-timeout must not be zero (negative: no limit)")
 	}
 	o.ReadyTimeout = f.readyTimeout
-	if f.reloadBatch < 1 {
-		return o, usagef("--reload-batch must be at least 1, got %d", f.reloadBatch)
+	if f.reloadBatch == 0 {
+		return o, usagef("--reload-batch must be at least 1, got 0")
 	}
 	o.ReloadBatch = f.reloadBatch
 	if o.StopSignal, err = parseSignal(f.stopSignal); err != nil {
 		return o, usagef("--stop-signal: %w", err)
-	}
-	for _, kv := range f.env {
-		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
-			return o, usagef("--env %q: want KEY=VALUE", kv)
-		}
 	}
 	o.Env = f.env
 	o.Dir = f.cwd
@@ -289,6 +285,29 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	o.PIDFile = f.pidFile
 	return o, nil
+}
+
+// optionFlags names the flag of each master.Options field the flags set.
+var optionFlags = map[string]string{
+	"Workers": "workers", "Listen": "listen", "Balance": "balance", "Restart": "restart",
+	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
+	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
+	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
+	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
+	"Output": "output", "PIDFile": "pid-file",
+}
+
+// optionError turns master.New's error for a field into a usage error
+// that names the flag; other errors pass unchanged.
+func optionError(err error) error {
+	var oe *master.OptionError
+	if !errors.As(err, &oe) {
+		return err
+	}
+	if name, ok := optionFlags[oe.Field]; ok {
+		return usagef("--%s: %w", name, err)
+	}
+	return &usageError{err}
 }
 
 // logger builds the root logger from --log-level and --log-json.

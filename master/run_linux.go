@@ -1,0 +1,88 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"sync"
+)
+
+// supported reports whether the master can run here: on Linux, always.
+func supported() error { return nil }
+
+// run is Run on Linux.
+func (m *Master) run(ctx context.Context) (err error) {
+	defer close(m.done)
+	loopEnded := sync.OnceFunc(func() { close(m.loopEnded) })
+	defer loopEnded() // when Run fails before the loop
+	defer m.hub.close()
+	cfg, log := m.cfg, m.log
+	ls := newListeners(cfg, log)
+	cs := newClusterSockets(ls)
+	defer func() {
+		cerr := errors.Join(ls.closeAll(), cs.closeRuntime())
+		if cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if cfg.PIDFile != "" {
+		if err := writePIDFile(cfg.PIDFile); err != nil {
+			return err
+		}
+		defer removePIDFile(cfg.PIDFile, log)
+	}
+	if err := ls.bind(); err != nil {
+		return err
+	}
+	m.addrs = ls.addrs
+	close(m.listening)
+
+	r, err := startReaper(!cfg.Subreaper)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	events := make(chan workerEvent)
+	done := make(chan struct{})
+	closeDone := sync.OnceFunc(func() { close(done) })
+	defer closeDone()
+	ns, err := listenNotify(events, done, log.Named("notify"))
+	if err != nil {
+		return err
+	}
+	defer ns.close()
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	out, err := newOutputs()
+	if err != nil {
+		return err
+	}
+	defer out.wait(cfg.KillTimeout)
+	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	// Deferred last, so it runs first: the loop has ended, and goroutines
+	// still sending it events must give up before they are waited for.
+	defer closeDone()
+
+	l := newLoop(cfg, log, loopDeps{
+		starter:  st,
+		sockets:  cs,
+		exits:    r.exits,
+		events:   events,
+		sdNotify: sd.notify,
+		ready:    func() { close(m.ready) },
+		jitter:   rand.Float64,
+		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands: m.cmds,
+		hub:      m.hub,
+		routes:   &m.routes,
+	})
+	err = l.run(ctx)
+	m.routes.Store(nil)
+	loopEnded()
+	return err
+}
