@@ -37,7 +37,8 @@ func (m Message) Raw() msgpack.RawMessage { return m.body }
 // encodes its argument. An error is sent as an IPC error reply: an
 // [*ipc.RemoteError] (or an error wrapping one) with its Code and Text, any
 // other error with code [ipc.CodeInternal] and the error's text. ctx is done
-// when the connection to the master ends.
+// when the connection to the master ends. As in any goroutine, a panic in
+// the handler ends the process.
 type Handler func(ctx context.Context, req Message) (reply any, err error)
 
 // Send sends msg, encoded with msgpack, to the master as a one-way user
