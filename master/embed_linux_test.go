@@ -414,6 +414,9 @@ func TestAPIEventsAndReload(t *testing.T) {
 	if err := c.m.Signal(9, syscall.SIGTERM); !errors.Is(err, ErrNoWorker) {
 		t.Errorf("Signal(9) = %v, want ErrNoWorker", err)
 	}
+	if err := c.m.Signal(0, 0); err == nil {
+		t.Error("Signal(0, 0) = nil, want an error")
+	}
 }
 
 // TestAPIReloadInProgress: a second Reload while one runs says so.
