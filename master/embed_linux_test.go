@@ -555,6 +555,11 @@ func TestAPIRuntimeListen(t *testing.T) {
 		return ino, addr
 	}
 	ino, addr := inode()
+	for slot := range 2 {
+		if e := c.event("listening", func(e Event) bool { return e.Kind == EventListening && e.Slot == slot }); e.Addr != addr {
+			t.Errorf("listening event of worker %d: %+v, want addr %s", slot, e, addr)
+		}
+	}
 	if !holdsInode(os.Getpid(), ino) {
 		t.Errorf("the master does not hold the listener %s", ino)
 	}

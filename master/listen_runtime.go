@@ -191,8 +191,9 @@ type listenCmd struct {
 }
 
 type listenReply struct {
-	f   *os.File // owned by the master; the session sends a copy
-	err error    // a *listenError
+	f    *os.File // owned by the master; the session sends a copy
+	addr string   // its bound address
+	err  error    // a *listenError
 }
 
 func (c *listenCmd) apply(l *loop) {
@@ -206,5 +207,14 @@ func (c *listenCmd) apply(l *loop) {
 		return
 	}
 	f, err := l.sockets.listen(w.slot.id, w.pid, c.spec)
-	c.reply <- listenReply{f: f, err: err}
+	if err != nil {
+		c.reply <- listenReply{err: err}
+		return
+	}
+	addr := c.spec.Address
+	if a, err := sockshare.Addr(f); err == nil {
+		addr = a.String()
+	}
+	c.reply <- listenReply{f: f, addr: addr}
+	l.emit(EventListening, w, func(e *Event) { e.Addr = addr })
 }
