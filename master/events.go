@@ -18,7 +18,8 @@ type EventKind int
 
 // Event kinds, in the order they happen to one worker: fork, online (once,
 // if it speaks IPC), listening (for each run-time listener, usually before
-// ready), ready, disconnect (if it spoke IPC), exit.
+// ready), ready, disconnect (if it spoke IPC), exit. With ReadyExec a
+// worker is ready at fork, so its ready comes before its online.
 const (
 	// EventFork: a worker process was started (its pid exists).
 	EventFork EventKind = iota + 1
