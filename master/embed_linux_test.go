@@ -646,3 +646,30 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// TestAPIListenStatic: a listen request for an address of Options.Listen,
+// as given, as bound or by name, gets that listener (the one the worker
+// inherited at fd 3), not a new socket.
+func TestAPIListenStatic(t *testing.T) {
+	spec, err := sockshare.ParseSpec("web=tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startAPI(t, Options{Workers: 1, Listen: []sockshare.Spec{spec}, MaxListeners: -1})
+	pid := c.pids()[0]
+	inherited, err := socketInode(pid, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{"tcp://127.0.0.1:0", "tcp://" + c.m.Addrs()[0].String(), "web=tcp://127.0.0.1:1"} {
+		c.m.Send(0, apiMsg{Op: "listen", Addr: addr})
+		r := c.msg("listened")
+		if r.Text != "" {
+			t.Errorf("listen %s: %s", addr, r.Text)
+			continue
+		}
+		if got, err := socketInode(pid, r.FD); err != nil || got != inherited {
+			t.Errorf("listen %s gave %s (%v), want the inherited listener %s", addr, got, err, inherited)
+		}
+	}
+}
