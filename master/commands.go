@@ -217,8 +217,11 @@ func (m *Master) Stop(ctx context.Context) error {
 	if !m.running.Load() {
 		return ErrNotRunning
 	}
-	if err := m.do(ctx, &stopCmd{why: "stop requested"}); err != nil && !errors.Is(err, ErrNotRunning) {
-		return err
+	// The loop takes commands at once; ctx bounds the stop, not the asking
+	// (an expired ctx still stops, at once).
+	if err := m.do(context.Background(), &stopCmd{why: "stop requested"}); err != nil {
+		<-m.done // the loop has ended (ErrNotRunning): Run returns soon
+		return nil
 	}
 	select {
 	case <-m.done:

@@ -474,6 +474,31 @@ func TestAPIReloadAbort(t *testing.T) {
 	}
 }
 
+// TestAPIStopExpired: Stop with a context that has already ended stops the
+// cluster at once.
+func TestAPIStopExpired(t *testing.T) {
+	c := startAPI(t, Options{Workers: 2})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := c.m.Stop(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Stop(canceled) = %v, want context.Canceled after stopping", err)
+	}
+	select {
+	case <-c.m.Done():
+	default:
+		t.Fatal("Stop returned before Run")
+	}
+	for range 2 {
+		e := c.event("exit", func(e Event) bool { return e.Kind == EventExit })
+		if !e.ExitedAfterDisconnect {
+			t.Errorf("exit %+v, want a deliberate stop", e)
+		}
+	}
+	if err := c.m.Stop(t.Context()); err != nil {
+		t.Errorf("second Stop = %v, want nil", err)
+	}
+}
+
 // TestAPIScale scales up and down through the API.
 func TestAPIScale(t *testing.T) {
 	c := startAPI(t, Options{Workers: 1})
