@@ -32,7 +32,10 @@ import (
 // the socket it returns; [Listeners] and [Sockets] take the ones still there
 // (all of them when Listen was not called first), and after them Listen
 // finds none and goes to the master. A second Listen of an inherited address
-// therefore asks the master too.
+// therefore asks the master too. The first call converts the whole
+// inherited set and removes LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES from
+// the environment, as Listeners does, so the program's children do not see
+// them.
 //
 // The caller owns the listener and closes it; closing it in one worker leaves
 // the socket open in the master and the other workers. Errors name network

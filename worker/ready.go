@@ -111,7 +111,6 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 		conn.Close() // the handshake error is the one to report
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
 	}
-	p.master = peer
 	p.startSession(conn, peer)
 	return conn, nil
 }

@@ -36,7 +36,6 @@ type process struct {
 	conn     *ipc.Conn // IPC connection to the master, once opened
 	connDone bool      // the IPC connection has been attempted
 	connErr  error     // why it could not be opened
-	master   ipc.Hello // the master's hello, once the connection is open
 
 	drain     chan struct{} // closed once when the worker must drain
 	drainOnce sync.Once

@@ -26,7 +26,6 @@ import (
 
 	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/master"
-	"github.com/clusterd/clusterd/master/mastertest"
 	"github.com/clusterd/clusterd/worker"
 )
 
@@ -36,7 +35,7 @@ const helperEnv = "CLUSTERD_TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	// The master starts workers through `<this binary> exec-worker -- ...`.
-	mastertest.DispatchExecWorker()
+	master.DispatchExecWorker()
 	switch os.Getenv(helperEnv) {
 	case "":
 		os.Exit(m.Run())

@@ -23,7 +23,7 @@ const helperEnv = "CLUSTERD_TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	// The master starts workers through `<this binary> exec-worker -- ...`.
-	mastertest.DispatchExecWorker()
+	master.DispatchExecWorker()
 	if os.Getenv(helperEnv) == "hello" {
 		main()
 		os.Exit(0)
@@ -56,8 +56,8 @@ func parseHello(t *testing.T, body string) (pid, id, gen int) {
 }
 
 // TestHelloUnderClusterd supervises two hello workers with package master,
-// as `clusterd run --ready ipc` does: they answer with their pid and slot,
-// a reload replaces both, and a graceful stop ends them.
+// as `clusterd run --listen ... --ready ipc` does: they answer with their pid
+// and slot, a reload replaces both, and a graceful stop ends them.
 func TestHelloUnderClusterd(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -81,11 +81,18 @@ func TestHelloUnderClusterd(t *testing.T) {
 		old[pid] = true
 	}
 
-	if err := c.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	res, err := c.Master().Reload(t.Context())
+	if err != nil {
+		t.Fatalf("reload: %v", err)
 	}
-	c.WaitLog("reload done", 1)
-	c.WaitLog("worker exited", 2)
+	if len(res.Slots) != 2 {
+		t.Fatalf("reload replaced %d slots, want 2: %+v", len(res.Slots), res)
+	}
+	for _, s := range res.Slots {
+		if !old[s.OldPID] || s.NewPID == 0 || old[s.NewPID] {
+			t.Errorf("reload of slot %d: pid %d replaced by %d, want an old worker replaced by a new one", s.Slot, s.OldPID, s.NewPID)
+		}
+	}
 	pid, _, gen := parseHello(t, fetch(t, addr))
 	if old[pid] || gen != 2 {
 		t.Errorf("after a reload, answer from pid %d generation %d, want a new worker of generation 2", pid, gen)

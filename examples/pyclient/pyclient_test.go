@@ -17,14 +17,13 @@ import (
 
 	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/master"
-	"github.com/clusterd/clusterd/master/mastertest"
 	"github.com/clusterd/clusterd/sockshare"
 	"github.com/clusterd/clusterd/worker/workertest"
 )
 
 func TestMain(m *testing.M) {
 	// The master starts workers through `<this binary> exec-worker -- ...`.
-	mastertest.DispatchExecWorker()
+	master.DispatchExecWorker()
 	os.Exit(m.Run())
 }
 
