@@ -445,7 +445,7 @@ func TestAPIReloadInProgress(t *testing.T) {
 // TestAPIReloadAbort: a replacement that never becomes ready aborts the
 // reload with an error naming its slot; the old workers still serve.
 func TestAPIReloadAbort(t *testing.T) {
-	c := startAPI(t, Options{Workers: 2, ReadyTimeout: time.Second}, envAPINeverReadyFrom+"=2")
+	c := startAPI(t, Options{Workers: 2, ReadyTimeout: 5 * time.Second}, envAPINeverReadyFrom+"=2")
 	before := c.pids()
 	res, err := c.m.Reload(t.Context())
 	var re *ReloadError
