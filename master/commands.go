@@ -217,8 +217,11 @@ func (m *Master) Stop(ctx context.Context) error {
 	if !m.running.Load() {
 		return ErrNotRunning
 	}
-	if err := m.do(ctx, &stopCmd{why: "stop requested"}); err != nil && !errors.Is(err, ErrNotRunning) {
-		return err
+	// The loop takes commands at once; ctx bounds the stop, not the asking
+	// (an expired ctx still stops, at once).
+	if err := m.do(context.Background(), &stopCmd{why: "stop requested"}); err != nil {
+		<-m.done // the loop has ended (ErrNotRunning): Run returns soon
+		return nil
 	}
 	select {
 	case <-m.done:
@@ -232,9 +235,14 @@ func (m *Master) Stop(ctx context.Context) error {
 
 // Signal sends sig to the process group of slot's serving worker (during a
 // reload, the old one until its replacement is ready). It returns an error
-// wrapping [ErrNoWorker] when the slot does not exist or is empty. Safe for
+// wrapping [ErrNoWorker] when the slot does not exist or is empty, and an
+// error for a sig outside 1..64. A worker it kills is restarted by the
+// restart policy, as any crash. Safe for
 // concurrent use.
 func (m *Master) Signal(slot int, sig syscall.Signal) error {
+	if sig <= 0 || sig > 64 {
+		return fmt.Errorf("signal worker %d: %d is not a signal", slot, int(sig))
+	}
 	c := &signalCmd{slot: slot, sig: sig, reply: make(chan error, 1)}
 	if err := m.do(context.Background(), c); err != nil {
 		return err

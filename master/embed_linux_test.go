@@ -414,6 +414,9 @@ func TestAPIEventsAndReload(t *testing.T) {
 	if err := c.m.Signal(9, syscall.SIGTERM); !errors.Is(err, ErrNoWorker) {
 		t.Errorf("Signal(9) = %v, want ErrNoWorker", err)
 	}
+	if err := c.m.Signal(0, 0); err == nil {
+		t.Error("Signal(0, 0) = nil, want an error")
+	}
 }
 
 // TestAPIReloadInProgress: a second Reload while one runs says so.
@@ -442,7 +445,7 @@ func TestAPIReloadInProgress(t *testing.T) {
 // TestAPIReloadAbort: a replacement that never becomes ready aborts the
 // reload with an error naming its slot; the old workers still serve.
 func TestAPIReloadAbort(t *testing.T) {
-	c := startAPI(t, Options{Workers: 2, ReadyTimeout: time.Second}, envAPINeverReadyFrom+"=2")
+	c := startAPI(t, Options{Workers: 2, ReadyTimeout: 5 * time.Second}, envAPINeverReadyFrom+"=2")
 	before := c.pids()
 	res, err := c.m.Reload(t.Context())
 	var re *ReloadError
@@ -468,6 +471,31 @@ func TestAPIReloadAbort(t *testing.T) {
 	}
 	if got := c.pids(); !maps.Equal(got, before) {
 		t.Errorf("workers after an aborted reload %v, want %v", got, before)
+	}
+}
+
+// TestAPIStopExpired: Stop with a context that has already ended stops the
+// cluster at once.
+func TestAPIStopExpired(t *testing.T) {
+	c := startAPI(t, Options{Workers: 2})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := c.m.Stop(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Stop(canceled) = %v, want context.Canceled after stopping", err)
+	}
+	select {
+	case <-c.m.Done():
+	default:
+		t.Fatal("Stop returned before Run")
+	}
+	for range 2 {
+		e := c.event("exit", func(e Event) bool { return e.Kind == EventExit })
+		if !e.ExitedAfterDisconnect {
+			t.Errorf("exit %+v, want a deliberate stop", e)
+		}
+	}
+	if err := c.m.Stop(t.Context()); err != nil {
+		t.Errorf("second Stop = %v, want nil", err)
 	}
 }
 
@@ -552,6 +580,11 @@ func TestAPIRuntimeListen(t *testing.T) {
 		return ino, addr
 	}
 	ino, addr := inode()
+	for slot := range 2 {
+		if e := c.event("listening", func(e Event) bool { return e.Kind == EventListening && e.Slot == slot }); e.Addr != addr {
+			t.Errorf("listening event of worker %d: %+v, want addr %s", slot, e, addr)
+		}
+	}
 	if !holdsInode(os.Getpid(), ino) {
 		t.Errorf("the master does not hold the listener %s", ino)
 	}
@@ -637,4 +670,31 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestAPIListenStatic: a listen request for an address of Options.Listen,
+// as given, as bound or by name, gets that listener (the one the worker
+// inherited at fd 3), not a new socket.
+func TestAPIListenStatic(t *testing.T) {
+	spec, err := sockshare.ParseSpec("web=tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startAPI(t, Options{Workers: 1, Listen: []sockshare.Spec{spec}, MaxListeners: -1})
+	pid := c.pids()[0]
+	inherited, err := socketInode(pid, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{"tcp://127.0.0.1:0", "tcp://" + c.m.Addrs()[0].String(), "web=tcp://127.0.0.1:1"} {
+		c.m.Send(0, apiMsg{Op: "listen", Addr: addr})
+		r := c.msg("listened")
+		if r.Text != "" {
+			t.Errorf("listen %s: %s", addr, r.Text)
+			continue
+		}
+		if got, err := socketInode(pid, r.FD); err != nil || got != inherited {
+			t.Errorf("listen %s gave %s (%v), want the inherited listener %s", addr, got, err, inherited)
+		}
+	}
 }

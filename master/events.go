@@ -17,7 +17,9 @@ import (
 type EventKind int
 
 // Event kinds, in the order they happen to one worker: fork, online (once,
-// if it speaks IPC), ready, disconnect (if it spoke IPC), exit.
+// if it speaks IPC), listening (for each run-time listener, usually before
+// ready), ready, disconnect (if it spoke IPC), exit. With ReadyExec a
+// worker is ready at fork, so its ready comes before its online.
 const (
 	// EventFork: a worker process was started (its pid exists).
 	EventFork EventKind = iota + 1
@@ -37,6 +39,10 @@ const (
 	// EventReload: a rolling reload ended (done, aborted, or started over
 	// by another one); Reload holds its result.
 	EventReload
+	// EventListening: the master handed the worker a listener it asked
+	// for at run time (worker.Listen); Addr is its address. Listeners the
+	// worker inherited at start raise no event.
+	EventListening
 )
 
 func (k EventKind) String() string {
@@ -53,6 +59,8 @@ func (k EventKind) String() string {
 		return "exit"
 	case EventReload:
 		return "reload"
+	case EventListening:
+		return "listening"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -88,6 +96,9 @@ type Event struct {
 	Err error
 	// Reload is the result of the reload that ended (EventReload).
 	Reload *ReloadResult
+	// Addr is the listener's address (EventListening), e.g.
+	// "127.0.0.1:8080".
+	Addr string
 }
 
 // DefaultEventBuffer is the buffer of a [Master.Subscribe] with a buffer

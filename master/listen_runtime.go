@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/sockshare"
@@ -14,10 +15,14 @@ import (
 // listen() does. There is one socket per address for the whole cluster
 // (one per slot and address under BalanceReusePort), created when the first
 // worker asks and handed to every worker that asks after it; the master
-// holds it across restarts and reloads and closes it when Run ends. An
-// address of Options.Listen (the same spec, or the same name) is answered
-// with that listener. Like the listeners, it is used by the loop goroutine
-// only.
+// holds it across restarts and reloads and closes it when Run ends.
+// Addresses are matched as written: every worker asking for
+// "tcp://127.0.0.1:0" gets the one socket the first request bound, on the
+// port the kernel chose (as in a Node cluster), and the bound address
+// ("tcp://127.0.0.1:41234") names it too. An address of Options.Listen or
+// an activated socket (the same spec, as given or as bound, or the same
+// name) is answered with that listener. Like the listeners, it is used by
+// the loop goroutine only.
 
 // clusterSockets are the master's listeners plus the run-time ones.
 type clusterSockets struct {
@@ -120,8 +125,10 @@ func (cs *clusterSockets) static(slot int, spec sockshare.Spec) (*os.File, bool,
 	for i, bound := range cs.specs {
 		same := spec.Name != "" && spec.Name == cs.names[i]
 		if spec.Address != "" {
-			same = specKey(spec) == specKey(bound) ||
-				(i < len(cs.cfg.Listen) && specKey(spec) == specKey(cs.cfg.Listen[i]))
+			same = same || (bound.Address != "" && specKey(spec) == specKey(bound)) ||
+				(i < len(cs.cfg.Listen) && specKey(spec) == specKey(cs.cfg.Listen[i])) ||
+				(i < len(cs.addrs) && spec.Address == cs.addrs[i].String() &&
+					strings.HasPrefix(spec.Network, cs.addrs[i].Network()))
 		}
 		if !same {
 			continue
@@ -191,8 +198,9 @@ type listenCmd struct {
 }
 
 type listenReply struct {
-	f   *os.File // owned by the master; the session sends a copy
-	err error    // a *listenError
+	f    *os.File // owned by the master; the session sends a copy
+	addr string   // its bound address
+	err  error    // a *listenError
 }
 
 func (c *listenCmd) apply(l *loop) {
@@ -206,5 +214,14 @@ func (c *listenCmd) apply(l *loop) {
 		return
 	}
 	f, err := l.sockets.listen(w.slot.id, w.pid, c.spec)
-	c.reply <- listenReply{f: f, err: err}
+	if err != nil {
+		c.reply <- listenReply{err: err}
+		return
+	}
+	addr := c.spec.Address
+	if a, err := sockshare.Addr(f); err == nil {
+		addr = a.String()
+	}
+	c.reply <- listenReply{f: f, addr: addr}
+	l.emit(EventListening, w, func(e *Event) { e.Addr = addr })
 }

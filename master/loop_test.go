@@ -114,6 +114,8 @@ type harness struct {
 	result  chan error
 	cancel  context.CancelFunc
 	workers int
+	cmds    chan command
+	hub     *eventHub
 }
 
 // start runs a loop with opts (Command defaults to /bin/true) inside the
@@ -124,6 +126,13 @@ func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness
 }
 
 func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
+	return startLoopHub(t, opts, watchdog, newEventHub(), setup...)
+}
+
+// startLoopHub starts a loop that publishes its events to hub, so a test
+// can subscribe before the first worker starts.
+func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
@@ -139,6 +148,8 @@ func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup
 		notes:  make(chan string, 64),
 		logs:   &syncBuffer{},
 		result: make(chan error, 1),
+		cmds:   make(chan command),
+		hub:    hub,
 	}
 	opts.Signals = h.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{Output: h.logs, Level: hclog.Trace})
@@ -160,10 +171,15 @@ func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },
 		watchdog: watchdog,
+		commands: h.cmds,
+		hub:      h.hub,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() { h.result <- l.run(ctx) }()
+	go func() {
+		h.result <- l.run(ctx)
+		h.hub.close()
+	}()
 	t.Cleanup(cancel)
 	return h
 }

@@ -769,7 +769,7 @@ func TestRealNotifyReadiness(t *testing.T) {
 func TestRealReadyTimeoutAbortsReload(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
-		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", ReadyTimeout: 500 * time.Millisecond,
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", ReadyTimeout: 5 * time.Second,
 		WorkerMode: []string{"reload-never-ready"},
 	})
 	addr := m.addr()
@@ -778,7 +778,7 @@ func TestRealReadyTimeoutAbortsReload(t *testing.T) {
 	m.signal(syscall.SIGHUP)
 	a := m.nextEvent("reload")
 	if want := "reload: worker 0 (pid "; !strings.HasPrefix(fmt.Sprint(a["error"]), want) ||
-		!strings.HasSuffix(fmt.Sprint(a["error"]), ") not ready after 500ms") {
+		!strings.HasSuffix(fmt.Sprint(a["error"]), ") not ready after 5s") {
 		t.Errorf("reload aborted with %q, want it to name worker 0 and the timeout", a["error"])
 	}
 	if l := m.first("reload aborted"); l["@level"] != "error" || l["error"] != a["error"] {

@@ -20,16 +20,17 @@ func (l *loop) becameReady(w *worker) {
 	took := w.readySince.Sub(w.started)
 	w.log.Info("worker ready", "duration", took.Round(time.Microsecond).String())
 	s := w.slot
-	if s.next != w {
-		l.emit(EventReady, w, nil)
-	} else {
+	replacing := s.next == w
+	var old *worker
+	if replacing {
 		// The replacement serves the slot (and takes its messages) from
 		// the moment its ready event is seen.
 		s.next = nil
-		old := s.cur
-		s.cur = w
+		old, s.cur = s.cur, w
 		l.rerouted = true
-		l.emit(EventReady, w, nil)
+	}
+	l.emit(EventReady, w, nil)
+	if replacing {
 		l.reloadReplaced(s, w, took)
 		if old != nil {
 			l.drainWorker(old, "replaced by reload")

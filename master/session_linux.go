@@ -269,10 +269,7 @@ func (s *session) listen(m *ipc.Message) error {
 		s.log.Debug("listen request refused", "addr", req.Addr, "error", r.err)
 		return s.replyError(m, code, r.err.Error())
 	}
-	addr := spec.Address
-	if a, err := sockshare.Addr(r.f); err == nil {
-		addr = a.String()
-	}
+	addr := r.addr
 	reply, err := m.Reply(ipc.KindListenReply, ipc.ListenReply{Addr: addr})
 	if err != nil {
 		return err
