@@ -597,6 +597,12 @@ func TestAPIRuntimeListen(t *testing.T) {
 		t.Errorf("after a reload the workers have %s at %s, before %s at %s", ino2, addr2, ino, addr)
 	}
 	pidsServing(t, addr, 2)
+	if err := c.m.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if holdsInode(os.Getpid(), ino) {
+		t.Errorf("the master still holds the run-time listener %s after Run returned", ino)
+	}
 }
 
 // TestAPIListenRefused: a bad address, a forbidden one and one past the
