@@ -206,7 +206,7 @@ func helperMaster() int {
 // It returns when Run's events end.
 func printEvents(m *Master, log hclog.Logger) {
 	sub := m.Subscribe(1 << 16)
-	print := func(e Event) {
+	logEvent := func(e Event) {
 		kv := []any{"kind", e.Kind.String()}
 		if e.Kind != EventReload {
 			kv = append(kv, "worker", e.Slot, "pid", e.PID, "generation", e.Generation)
@@ -234,7 +234,7 @@ func printEvents(m *Master, log hclog.Logger) {
 				}
 				return
 			}
-			print(e)
+			logEvent(e)
 		case <-ready:
 			ready = nil
 			// The last worker's ready event was published before Ready
@@ -245,7 +245,7 @@ func printEvents(m *Master, log hclog.Logger) {
 					if !ok {
 						return
 					}
-					print(e)
+					logEvent(e)
 				default:
 					drained = true
 				}

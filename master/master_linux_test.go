@@ -878,11 +878,11 @@ func TestRealBindError(t *testing.T) {
 	}
 }
 
-// TestInProcessReapOnlyWorkers runs a Master inside the test binary:
+// TestInProcessOwnWorkersOnly runs a Master inside the test binary:
 // without Options.Subreaper (the default) it waits for its own workers only, so it coexists with
 // the other tests' children. It checks the public API and that Run leaves
 // no goroutine and no fd behind.
-func TestInProcessReapOnlyWorkers(t *testing.T) {
+func TestInProcessOwnWorkersOnly(t *testing.T) {
 	usedHelpers.Store("worker", true)
 	spec, err := sockshareSpec("tcp://127.0.0.1:0")
 	if err != nil {
