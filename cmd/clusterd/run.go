@@ -233,6 +233,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	o.Workers = f.workers
 	for _, s := range f.listen {
+		if strings.TrimSpace(s) == "" {
+			return o, usagef("--listen %q: empty address", s)
+		}
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
 			return o, usagef("--listen %s: %w", s, err)
