@@ -113,8 +113,10 @@
 //	           the old one; a replacement that fails aborts the reload and
 //	           the old workers keep serving; a second HUP starts it over
 //	TERM, INT  graceful stop: drain every worker, return once all exited;
-//	           a second one stops at once
-//	QUIT       immediate stop (SIGKILL)
+//	           a second one stops at once, but only 1s or more after the
+//	           first (coreutils timeout signals the master, then its process
+//	           group: one request that arrives twice)
+//	QUIT       immediate stop (SIGKILL), whenever it comes
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
 //	WINCH      stop all workers but keep the master and its sockets (for
 //	           maintenance); HUP starts them again

@@ -56,8 +56,10 @@ Signals to the master:
                worker, wait until it is ready, then drain the old one (its stop
                signal, SIGKILL after --kill-timeout); a worker that fails to
                become ready aborts the reload and the old ones keep serving
-  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
-  QUIT         immediate stop
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at
+               once, but only 1s or more after the first (coreutils timeout
+               signals the master and then its process group: one request)
+  QUIT         immediate stop: SIGKILL to every worker, whenever it comes
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
