@@ -141,7 +141,7 @@
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
 // "notify") has lines other programs may rely on: Info "listening" (addr,
-// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// name), Warn "no listen address: workers get no sockets from clusterd", Info "worker ready" (worker, pid, generation), Info "all workers
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart

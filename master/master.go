@@ -104,6 +104,11 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
 
 	r, err := startReaper(cfg.ReapOnlyWorkers)
 	if err != nil {
