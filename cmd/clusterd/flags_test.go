@@ -76,7 +76,7 @@ func TestRunFlagsToOptions(t *testing.T) {
 	args := []string{
 		"-w", "3",
 		"--listen", "web=tcp://127.0.0.1:0", "--listen", "unix:///tmp/x.sock",
-		"--balance", "reuseport", "--restart", "on-failure",
+		"--balance", "reuseport", "--tcp-nodelay=false", "--restart", "on-failure",
 		"--min-uptime", "2s", "--backoff-min", "10ms", "--backoff-max", "1s",
 		"--max-restarts", "-1", "--restart-window", "30s",
 		"--ready", "delay=250ms", "--ready-timeout", "5s", "--kill-timeout", "3s",
@@ -95,6 +95,7 @@ func TestRunFlagsToOptions(t *testing.T) {
 		Workers:       3,
 		Listen:        []sockshare.Spec{web, sock},
 		Balance:       master.BalanceReusePort,
+		ListenOptions: sockshare.ListenOptions{TCPDelay: true},
 		Restart:       master.RestartOnFailure,
 		MinUptime:     2 * time.Second,
 		BackoffMin:    10 * time.Millisecond,
