@@ -87,9 +87,17 @@
 //
 // # Lifecycle and signals
 //
-// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
-// sends READY=1 (notify), when it sends an ipc ready message after its hello
-// (ipc), when it has stayed up for a delay, or (listening, the CLI's
+// The exec-worker step reports the outcome of its execve through a
+// close-on-exec pipe (CLUSTERD_EXEC_FD): end-of-file when the command runs,
+// the errno when it could not be executed. A failed exec is one Error line
+// naming the command and the errno; when no other worker runs the command
+// (a binary of the wrong format, one the workers' user may not execute) the
+// cluster stops and Run returns that error, with no restart loop.
+//
+// A worker is ready, by Options.Ready, as soon as its command was executed
+// (exec), when it sends READY=1 (notify), when it sends an ipc ready
+// message after its hello (ipc), when it has stayed up for a delay, or
+// (listening, the CLI's
 // default) when /proc shows it waiting for connections on an inherited
 // listener: a thread blocked in accept on it, or the listener in one of its
 // epoll sets, matched by inode. A probe goroutine per starting worker
