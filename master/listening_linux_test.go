@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,7 +97,7 @@ const (
 const s = http.createServer((req, res) => res.end(process.pid + ' node\n'));
 process.stdout.write('listen_at: ' + Math.round((performance.timeOrigin + performance.now()) * 1000) + '\n');
 s.listen({fd: 3});
-process.on('SIGTERM', () => process.exit(0));
+process.on('SIGTERM', () => { s.close(() => process.exit(0)); s.closeIdleConnections(); });
 `
 	asyncioServer = `import asyncio, os, socket, sys, time, signal
 async def handle(r, w):
@@ -164,8 +165,15 @@ func TestRealReadyListening(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			// A long fallback where detection is expected, so that a busy
+			// machine cannot turn it into a fallback.
+			mode := "listening=40s"
+			if tt.how == "" {
+				mode = "listening=1s"
+			}
 			c := masterConfig{
-				Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=3s", WorkerMode: tt.mode,
+				Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: mode, ReadyTimeout: 50 * time.Second,
+				WorkerMode: tt.mode,
 			}
 			if tt.command != nil {
 				c.Command = tt.command(t)
@@ -224,8 +232,8 @@ func TestRealReadyListeningLatency(t *testing.T) {
 			var ratios []float64
 			var listens, readies []time.Duration
 			for range 7 {
-				c := masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=5s",
-					WorkerMode: []string{"never-ready", "listen-stamp"}}
+				c := masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=40s",
+					ReadyTimeout: 50 * time.Second, WorkerMode: []string{"never-ready", "listen-stamp"}}
 				if server == "node" {
 					c.Command = []string{needTool(t, "node"), script(t, "server.js", nodeServer)}
 				}
@@ -245,4 +253,49 @@ func TestRealReadyListeningLatency(t *testing.T) {
 				server, listens[mid], readies[mid], ratios[mid], ratios[0], ratios[len(ratios)-1])
 		})
 	}
+}
+
+// TestRealReloadNodeDefaultReadiness reloads Node workers under load with
+// the default readiness (listening) and measures, from the log, the fewest
+// workers ready and not draining at any moment of the reload.
+func TestRealReloadNodeDefaultReadiness(t *testing.T) {
+	t.Parallel()
+	const n = 3
+	m := startMaster(t, masterConfig{
+		Workers: n, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening",
+		Command: []string{needTool(t, "node"), script(t, "server.js", nodeServer)},
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	var from, to int
+	total := underLoad(t, addr, func() {
+		m.signal(syscall.SIGHUP)
+		m.next("reload started")
+		m.mu.Lock()
+		from = m.cursor - 1
+		m.mu.Unlock()
+		m.next("reload done")
+		m.mu.Lock()
+		to = m.cursor
+		m.mu.Unlock()
+	})
+	m.mu.Lock()
+	serving, fewest := n, n
+	for _, l := range m.logs[from:to] {
+		switch l["@message"] {
+		case "worker ready":
+			serving++
+		case "draining worker":
+			serving--
+		}
+		fewest = min(fewest, serving)
+	}
+	m.mu.Unlock()
+	if fewest < n-1 {
+		t.Errorf("at least once only %d of %d workers were ready during the reload, want %d or more", fewest, n, n-1)
+	}
+	if n := m.count("worker not seen waiting on its listener (a select or poll server?): ready after a delay"); n != 0 {
+		t.Errorf("%d Node workers ready by the fallback delay, want every one detected", n)
+	}
+	t.Logf("reload of %d Node workers: at least %d ready at every moment, %d requests, none failed", n, fewest, total)
 }
