@@ -344,12 +344,14 @@ func TestRealReadyListeningLatency(t *testing.T) {
 
 // TestRealReloadNodeDefaultReadiness reloads Node workers under load with
 // the default readiness (listening) and measures, from the log, the fewest
-// workers ready and not draining at any moment of the reload.
+// workers ready and not draining at any moment of the reload. The fallback
+// delay is made long: on a machine busy enough, Node may take longer than
+// the default 10s to start, and the test is about detection.
 func TestRealReloadNodeDefaultReadiness(t *testing.T) {
 	t.Parallel()
 	const n = 3
 	m := startMaster(t, masterConfig{
-		Workers: n, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening",
+		Workers: n, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=50s", ReadyTimeout: time.Minute,
 		Command: []string{needTool(t, "node"), script(t, "server.js", nodeServer)},
 	})
 	addr := m.addr()
