@@ -102,10 +102,12 @@ const (
 	// descendants') is blocked in accept(2)/accept4(2) on it, or in
 	// poll(2)/select(2) with it in the set (gunicorn's sync worker, puma),
 	// or the listener is registered in one of their epoll sets (Go,
-	// Node/libuv, asyncio and uvicorn, lighttpd, nginx). A worker that said
-	// its IPC hello is ready by its IPC ready message instead. A worker with
-	// no inherited listener, or one not seen waiting within ReadyMode.Delay,
-	// is ready after ReadyMode.Delay, with one log line that says so.
+	// Node/libuv, asyncio and uvicorn, lighttpd, nginx). An IPC ready
+	// message counts as well, whichever comes first, and once a worker has
+	// said its IPC hello the probe stops and leaves it to that message. A
+	// worker with no inherited listener, or one not seen waiting within
+	// ReadyMode.Delay, is ready after ReadyMode.Delay, with one log line that
+	// says so.
 	ReadyListening
 )
 

@@ -42,8 +42,10 @@ Readiness (--ready) - when a started worker counts as serving:
                inherited, as /proc shows it: a thread blocked in accept on it
                or in poll or select with it in the set (gunicorn), or the
                socket in one of its epoll sets (Go, Node, asyncio and uvicorn,
-               lighttpd, nginx); a worker that speaks the IPC protocol is
-               ready when it says so. A worker with no inherited socket, or
+               lighttpd, nginx), or its worker.Ready() over IPC, whichever
+               comes first (a Go worker that has work to do between taking
+               its listeners and Ready() wants --ready ipc). A worker with no
+               inherited socket, or
                one not seen waiting within 10s, is ready after 10s, and the
                log says so; listening=DUR sets that delay
   exec         as soon as the command was executed
