@@ -22,9 +22,18 @@
 //     EINHORN_FD_COUNT / EINHORN_FD_i for servers written for einhorn;
 //   - its end of an IPC socketpair (package ipc) at fd 3+n, named by
 //     CLUSTERD_IPC_FD;
-//   - NOTIFY_SOCKET, a per-master datagram socket in the abstract namespace;
-//     messages (READY=1, STOPPING=1, WATCHDOG=1) are attributed by the
-//     sender's pid from SCM_CREDENTIALS, or its process group;
+//   - only where it is expected to speak sd_notify (ReadyNotify), as
+//     systemd sets it only for Type=notify: NOTIFY_SOCKET, a datagram
+//     socket of its own, a file (not the abstract "@" form, which some
+//     clients reject) in the master's private runtime directory, made in
+//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd (not when the
+//     workers run as another user), else /run/clusterd as root, else
+//     os.TempDir(), and removed when Run returns. The directory is 0700 (0710 with the workers' group under
+//     Options.User) and each socket 0600, owned by the workers' uid: only
+//     they reach it. A message (READY=1, STOPPING=1, WATCHDOG=1) belongs to
+//     the worker whose socket it came in on, whoever sent it; a socket is
+//     read at most 128 datagrams a second after a burst of 256, so a
+//     flooding worker is logged once per burst and meets a full queue;
 //   - its own process group, Pdeathsig SIGKILL, the configured user and
 //     group, and no other fd of the master.
 //
@@ -69,8 +78,10 @@
 // master does not wake up.
 //
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
-// thread that forks); one reader of the notify socket; one goroutine per
-// worker reading its IPC connection; and one output relay, an epoll loop
+// thread that forks); one reader per worker notify socket (a goroutine
+// parked on a socket costs a few kilobytes, and the runtime already
+// multiplexes them over one epoll); one goroutine per worker reading its
+// IPC connection; and one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
 // workers keeps the master small with hundreds of them).
 //
@@ -79,18 +90,34 @@
 // The master owns its listeners (and Options.Activated, once New
 // succeeded), the parent end of each worker's IPC socketpair (closed when
 // the worker is reaped), the read ends of the output pipes (closed at EOF,
-// or when Run ends), /dev/null for the workers' stdin, the notify socket
-// and the connection to its own NOTIFY_SOCKET. All are close-on-exec; a
+// or when Run ends), /dev/null for the workers' stdin, each worker's
+// notify socket (closed and unlinked when the worker is reaped) and the
+// connection to its own NOTIFY_SOCKET. All are close-on-exec; a
 // worker gets copies of exactly the ones meant for it. [ExecWorker] also
 // marks close-on-exec any fd the master itself inherited without the flag,
 // so nothing else reaches the worker command.
 //
 // # Lifecycle and signals
 //
-// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
-// sends READY=1 (notify), when it sends an ipc ready message after its hello
-// (ipc), or when it has stayed up for a delay. One that is not ready within
-// ReadyTimeout is killed.
+// The exec-worker step reports the outcome of its execve through a
+// close-on-exec pipe (CLUSTERD_EXEC_FD): end-of-file when the command runs,
+// the errno when it could not be executed. A failed exec is one Error line
+// naming the command and the errno; when no other worker runs the command
+// (a binary of the wrong format, one the workers' user may not execute) the
+// cluster stops and Run returns that error, with no restart loop.
+//
+// A worker is ready, by Options.Ready, as soon as its command was executed
+// (exec), when it sends READY=1 (notify), when it sends an ipc ready
+// message after its hello (ipc), when it has stayed up for a delay, or
+// (listening, the CLI's default) when /proc shows it waiting for
+// connections on an inherited listener: a thread blocked in accept on it,
+// or in poll or select with it in the set, or the listener in one of its
+// epoll sets, matched by inode. A probe goroutine per starting worker
+// samples /proc (every 2 ms at first, backing off to 50 ms) and posts the
+// ready event, so the loop never reads /proc itself; it stops at readiness.
+// A worker with no inherited listener, or one not seen waiting within the
+// fallback delay, is ready after that delay, with one log line that says
+// so. One that is not ready within ReadyTimeout is killed.
 //
 // A worker that exits unexpectedly is restarted according to
 // Options.Restart, in the same slot: at once if it stayed up at least
@@ -105,8 +132,10 @@
 //	           the old one; a replacement that fails aborts the reload and
 //	           the old workers keep serving; a second HUP starts it over
 //	TERM, INT  graceful stop: drain every worker, return once all exited;
-//	           a second one stops at once
-//	QUIT       immediate stop (SIGKILL)
+//	           a second one stops at once, but only 1s or more after the
+//	           first (coreutils timeout signals the master, then its process
+//	           group: one request that arrives twice)
+//	QUIT       immediate stop (SIGKILL), whenever it comes
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
 //	WINCH      stop all workers but keep the master and its sockets (for
 //	           maintenance); HUP starts them again
@@ -131,7 +160,7 @@
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
 // "notify") has lines other programs may rely on: Info "listening" (addr,
-// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// name), Warn "no listen address: workers get no sockets from clusterd", Info "worker ready" (worker, pid, generation), Info "all workers
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart

@@ -76,16 +76,16 @@ const (
 	evDisconnect                  // the worker's IPC connection ended (err: why, nil if closed)
 	evHeartbeat                   // an IPC heartbeat
 	evStats                       // IPC stats (stats)
+	evExec                        // the exec-worker step ran the command (err nil) or failed to (err)
 )
 
-// workerEvent is a message from or about a worker, attributed by pid (and,
-// for sd_notify messages from a worker's children, by process group).
+// workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid, pgid int
-	kind      eventKind
-	source    ReadyKind
-	err       error
-	stats     map[string]int64
+	pid    int
+	kind   eventKind
+	source ReadyKind
+	err    error
+	stats  map[string]int64
 }
 
 type workerState int
@@ -123,6 +123,8 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
+	exec         execState  // what is known of its execve
+	heldExit     *exitEvent // its exit, held until its exec outcome arrives
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -171,6 +173,7 @@ type loop struct {
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
 	rerouted bool      // a slot's serving online worker changed: publish routes
+	termAt   time.Time // the TERM or INT that began a stop; zero: none
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -307,10 +310,15 @@ func (l *loop) startWorker(s *slot) error {
 	}
 	w.log.Debug("worker started")
 	l.emit(EventFork, w, nil)
+	if r, ok := p.(execReporter); ok && r.reportsExec() {
+		w.exec = execPending
+	}
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		l.becameReady(w)
-		return nil
+		if w.exec == execUntracked {
+			l.becameReady(w) // no exec outcome will come: running is all we know
+			return nil
+		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
@@ -339,6 +347,13 @@ func (l *loop) onExit(e exitEvent) {
 	w := l.byPID[e.pid]
 	if w == nil {
 		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
+		return
+	}
+	if w.exec == execPending {
+		// The reaper was quicker than the exec-outcome pipe, which reports
+		// at the latest when the process is gone: act on the exit after it,
+		// so that a failed exec is known as one (onExec).
+		w.heldExit = &e
 		return
 	}
 	delete(l.byPID, e.pid)
@@ -402,22 +417,21 @@ func (l *loop) onExit(e exitEvent) {
 
 func (l *loop) onEvent(e workerEvent) {
 	w := l.byPID[e.pid]
-	if w == nil && e.pgid > 0 {
-		w = l.byPID[e.pgid] // a child of the worker, in its process group
-	}
 	if w == nil {
 		l.log.Trace("event from unknown process", "pid", e.pid)
 		return
 	}
 	switch e.kind {
 	case evReady:
-		if e.source == l.cfg.Ready.Kind {
+		if l.cfg.Ready.accepts(e.source) {
 			l.becameReady(w)
 		}
 	case evStopping:
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+	case evExec:
+		l.onExec(w, e.err)
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {

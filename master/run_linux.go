@@ -37,6 +37,11 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
 
 	r, err := startReaper(!cfg.Subreaper)
 	if err != nil {
@@ -47,11 +52,17 @@ func (m *Master) run(ctx context.Context) (err error) {
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
 	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
+	var nd *notifyDir
+	if cfg.speaksNotify() {
+		if nd, err = newNotifyDir(cfg.credential); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := nd.remove(); rerr != nil {
+				log.Warn("runtime directory not removed", "error", rerr)
+			}
+		}()
 	}
-	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
 	out, err := newOutputs()
@@ -59,7 +70,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
+	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
 	if err != nil {
 		return err
 	}

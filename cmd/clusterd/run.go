@@ -35,10 +35,21 @@ Each worker gets:
   CLUSTERD_WORKER_GEN                     the slot's generation
   CLUSTERD_IPC_FD                         its end of the IPC channel to the master
   EINHORN_FD_COUNT, EINHORN_FD_n          the sockets again, for einhorn servers
-  NOTIFY_SOCKET                           where sd_notify READY=1 is heard
+  NOTIFY_SOCKET                           with --ready notify only: a socket file
+                                          of its own, where sd_notify READY=1 is heard
 
 Readiness (--ready) - when a started worker counts as serving:
-  exec         as soon as it runs
+  listening    (the default) when it waits for connections on a socket it
+               inherited, as /proc shows it: a thread blocked in accept on it
+               or in poll or select with it in the set (gunicorn), or the
+               socket in one of its epoll sets (Go, Node, asyncio and uvicorn,
+               lighttpd, nginx), or its worker.Ready() over IPC, whichever
+               comes first (a Go worker that has work to do between taking
+               its listeners and Ready() wants --ready ipc). A worker with no
+               inherited socket, or
+               one not seen waiting within 10s, is ready after 10s, and the
+               log says so; listening=DUR sets that delay
+  exec         as soon as the command was executed
   notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
   ipc          when it calls worker.Ready() (the Go library, over IPC)
   delay=DUR    once it has stayed up for DUR (e.g. delay=500ms)
@@ -48,8 +59,10 @@ Signals to the master:
                worker, wait until it is ready, then drain the old one (its stop
                signal, SIGKILL after --kill-timeout); a worker that fails to
                become ready aborts the reload and the old ones keep serving
-  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
-  QUIT         immediate stop
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at
+               once, but only 1s or more after the first (coreutils timeout
+               signals the master and then its process group: one request)
+  QUIT         immediate stop: SIGKILL to every worker, whenever it comes
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
@@ -72,8 +85,8 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
   # A Go server that links the worker library reports readiness over IPC.
   clusterd run --listen 127.0.0.1:8080 --ready ipc -- bin/hello
 
-  # Any binary that can listen on an inherited fd, ready after it stayed up 1s.
-  clusterd run --listen :3000 --ready delay=1s -- node examples/node/server.js
+  # Any binary that can listen on an inherited fd, ready once it listens.
+  clusterd run --listen :3000 -- node examples/node/server.js
 
   # One SO_REUSEPORT socket per worker, workers run as www-data, JSON logs.
   clusterd run --listen :80 --balance reuseport --user www-data --log-json -- ./server
@@ -86,6 +99,7 @@ type runFlags struct {
 	workers       int
 	listen        []string
 	balance       string
+	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
 	backoffMin    time.Duration
@@ -112,13 +126,14 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
 	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
 	fs.DurationVar(&f.backoffMin, "backoff-min", master.DefaultBackoffMin, "first restart delay of a worker that keeps crashing")
 	fs.DurationVar(&f.backoffMax, "backoff-max", master.DefaultBackoffMax, "longest restart delay of a worker that keeps crashing")
 	fs.IntVar(&f.maxRestarts, "max-restarts", master.DefaultMaxRestarts, "restart intensity: more restarts than this within --restart-window stop the cluster with an error (negative: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", master.DefaultRestartWindow, "time window of --max-restarts")
-	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyExec}.String(), "when a started worker counts as ready: exec, notify, ipc or delay=DURATION")
+	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyListening}.String(), "when a started worker counts as ready: listening[=FALLBACK], exec, notify, ipc or delay=DURATION")
 	fs.DurationVar(&f.readyTimeout, "ready-timeout", master.DefaultReadyTimeout, "how long a starting worker may take to become ready before it is killed (negative: no limit)")
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
@@ -231,6 +246,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	o.Workers = f.workers
 	for _, s := range f.listen {
+		if strings.TrimSpace(s) == "" {
+			return o, usagef("--listen %q: empty address", s)
+		}
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
 			return o, usagef("--listen %s: %w", s, err)
@@ -240,6 +258,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
+	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
 	}
