@@ -152,9 +152,14 @@
 // connections: the master logs a warning.
 //
 // When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
-// its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
-// and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
-// half of WATCHDOG_USEC when the service has a watchdog.
+// its own supervisor: READY=1 once every initial worker is ready (not when
+// the master starts), RELOADING=1 with MONOTONIC_USEC= and then READY=1
+// around a reload (as Type=notify-reload wants), STOPPING=1 when it stops,
+// STATUS= whenever its one-line state changes ("4/4 workers ready",
+// "reloading 2/4", "degraded: slot 3 crash-looping", "stopping: 2 workers
+// left"), and WATCHDOG=1 at half of WATCHDOG_USEC when the service has a
+// watchdog. The pings come from the loop's own timer, so a loop that is
+// stuck stops sending them and systemd's watchdog fires.
 //
 // # Logging
 //

@@ -146,6 +146,7 @@ type loopDeps struct {
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
 	sdNotify func(state string)          // the master's own sd_notify; never nil
+	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
 	ready    func()                      // called once every initial worker is ready
 	jitter   func() float64              // in [0, 1)
 	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
@@ -174,6 +175,7 @@ type loop struct {
 	petAt    time.Time // next WATCHDOG=1
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
+	status   string    // the last STATUS= sent
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -216,6 +218,7 @@ func (l *loop) run(ctx context.Context) error {
 	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
 	for {
 		l.publishRoutes()
+		l.publishStatus()
 		if l.finished() {
 			break
 		}
@@ -474,6 +477,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	for _, s := range l.slots {
 		add(s.restartAt)
+		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
 	return next, !next.IsZero()

@@ -85,6 +85,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		exits:    r.exits,
 		events:   events,
 		sdNotify: sd.notify,
+		sdStatus: sd.statusFunc(),
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),

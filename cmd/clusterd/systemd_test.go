@@ -1,0 +1,145 @@
+package main
+
+import (
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sdSocket is a test-owned NOTIFY_SOCKET: it records every datagram the
+// master sends its service manager, in order.
+type sdSocket struct {
+	t    *testing.T
+	path string
+	msgs chan string
+}
+
+func newSDSocket(t *testing.T) *sdSocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sdSocket{t: t, path: path, msgs: make(chan string, 1024)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return // closed by the cleanup
+			}
+			s.msgs <- string(buf[:n])
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+	})
+	return s
+}
+
+// next returns the next datagram that is not a STATUS= line, collecting
+// the STATUS= texts seen on the way into statuses.
+func (s *sdSocket) next(statuses *[]string) string {
+	s.t.Helper()
+	for {
+		select {
+		case m := <-s.msgs:
+			if text, ok := strings.CutPrefix(m, "STATUS="); ok {
+				*statuses = append(*statuses, text)
+				continue
+			}
+			return m
+		case <-time.After(failAfter(s.t)):
+			s.t.Fatalf("no sd_notify datagram (statuses so far: %q)", *statuses)
+			return ""
+		}
+	}
+}
+
+// TestNotifyLifecycle runs clusterd under a test-owned NOTIFY_SOCKET and
+// checks what a Type=notify unit sees, in order: READY=1 only once every
+// worker is ready, RELOADING=1 with MONOTONIC_USEC= and READY=1 around a
+// SIGHUP reload, STOPPING=1 on SIGTERM, and STATUS= lines between them.
+func TestNotifyLifecycle(t *testing.T) {
+	sd := newSDSocket(t)
+	c := startCluster(t, clusterConfig{
+		flags: []string{listenAny, "-w", "2", "--ready", "ipc"},
+		env:   []string{"NOTIFY_SOCKET=" + sd.path},
+	})
+	var statuses []string
+	if m := sd.next(&statuses); m != "READY=1" {
+		t.Fatalf("first sd_notify %q, want READY=1", m)
+	}
+	// By the time READY=1 is sent, both workers are ready in the log.
+	c.mu.Lock()
+	readyLogged := 0
+	for _, e := range c.logs {
+		if e.msg() == "worker ready" {
+			readyLogged++
+		}
+	}
+	c.mu.Unlock()
+	if readyLogged != 2 {
+		t.Errorf("READY=1 sent with %d workers ready, want 2", readyLogged)
+	}
+	if len(statuses) == 0 || statuses[0] != "0/2 workers ready" {
+		t.Errorf("statuses before READY=1 %q, want to begin with \"0/2 workers ready\"", statuses)
+	}
+
+	before := monotonicUsec(t)
+	c.signal(syscall.SIGHUP)
+	m := sd.next(&statuses)
+	usec, ok := strings.CutPrefix(m, "RELOADING=1\nMONOTONIC_USEC=")
+	if !ok {
+		t.Fatalf("sd_notify %q after SIGHUP, want RELOADING=1 with MONOTONIC_USEC=", m)
+	}
+	if v, err := strconv.ParseInt(usec, 10, 64); err != nil || v < before || v > monotonicUsec(t) {
+		t.Errorf("MONOTONIC_USEC=%s, want a CLOCK_MONOTONIC time in microseconds after %d", usec, before)
+	}
+	if m := sd.next(&statuses); m != "READY=1" {
+		t.Fatalf("sd_notify %q after the reload, want READY=1", m)
+	}
+	c.signal(syscall.SIGTERM)
+	if m := sd.next(&statuses); m != "STOPPING=1" {
+		t.Fatalf("sd_notify %q after SIGTERM, want STOPPING=1", m)
+	}
+	if code, last := c.wait(); code != 0 {
+		t.Fatalf("clusterd exited %d (%s), want 0", code, last)
+	}
+	for len(sd.msgs) > 0 {
+		if m := <-sd.msgs; strings.HasPrefix(m, "STATUS=") {
+			statuses = append(statuses, strings.TrimPrefix(m, "STATUS="))
+		} else {
+			t.Errorf("sd_notify %q after STOPPING=1", m)
+		}
+	}
+	for _, want := range []string{"2/2 workers ready", "reloading 0/2", "reloading 1/2", "stopping: 2 workers left", "stopping: 0 workers left"} {
+		found := false
+		for _, s := range statuses {
+			found = found || s == want
+		}
+		if !found {
+			t.Errorf("no STATUS=%s among %q", want, statuses)
+		}
+	}
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, the clock of
+// MONOTONIC_USEC=.
+func monotonicUsec(t *testing.T) int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return ts.Nano() / 1000
+}
