@@ -88,6 +88,11 @@ type clusterConfig struct {
 	prefix []string   // argv before "run" (e.g. exec-worker -- <exe>)
 	extra  []*os.File // the master's fds 3, 4, ...
 	env    []string   // added to the master's environment
+
+	// launcher is a command that execs the master, the test binary's
+	// path and the master's argv appended (systemd-socket-activate ...);
+	// nil: none.
+	launcher []string
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -120,7 +125,9 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
-	c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
+	argv := append(append([]string{exe}, cfg.prefix...), args...)
+	argv = append(slices.Clip(cfg.launcher), argv...)
+	c.cmd = exec.Command(argv[0], argv[1:]...)
 	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra

@@ -28,6 +28,10 @@ Listen addresses:
   tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
   unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
   NAME= prefix that the worker sees in LISTEN_FDNAMES.
+  Under systemd socket activation (LISTEN_FDS for clusterd itself), each
+  activated socket stands in for the --listen of the same NAME, or else of
+  the same address; a --listen with no match is bound, and an activated
+  socket with no --listen is served as well, with a warning.
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"io"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -142,4 +146,80 @@ func monotonicUsec(t *testing.T) int64 {
 		t.Fatal(err)
 	}
 	return ts.Nano() / 1000
+}
+
+// needTool returns the path of a program a test runs: outside CI a missing
+// one skips the test, under CI=true (where .ci/run installs it) it fails.
+func needTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found (Debian package %s; .ci/run installs it): %v", name, pkg, err)
+	}
+	t.Skipf("%s not found (install the Debian package %s): %v", name, pkg, err)
+	return ""
+}
+
+// TestSystemdSocketActivate drives clusterd through systemd's own
+// implementation of socket activation: systemd-socket-activate listens,
+// waits for the first connection, then execs clusterd with the socket at
+// fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES=web). The --listen of the same unix
+// path is matched to it by address, so nothing is bound twice, and the
+// connection that woke the service is answered by a worker.
+func TestSystemdSocketActivate(t *testing.T) {
+	activate := needTool(t, "systemd-socket-activate", "systemd")
+	path := filepath.Join(t.TempDir(), "web.sock")
+	c := startCluster(t, clusterConfig{
+		launcher: []string{activate, "-l", path, "--fdname=web", "-E", helperEnv},
+		flags:    []string{"--listen", "unix://" + path, "-w", "2", "--ready", "ipc"},
+	})
+	// systemd-socket-activate prints its "Listening on" line before it
+	// waits; the socket exists once it can be dialled.
+	var conn net.Conn
+	deadline := time.Now().Add(failAfter(t))
+	for {
+		var err error
+		if conn, err = net.Dial("unix", path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("activation socket %s never accepted: %v", path, err)
+		}
+		// Polling for a file another process creates: there is no event
+		// to wait on, and this is a failure deadline, not a delay.
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_, l := c.waitLog(0, "listening")
+	if l.str("name") != "web" || l.str("addr") != path {
+		t.Errorf("listening on %v, want the activated socket web at %s", l, path)
+	}
+	_, pids := c.waitStarted()
+	if len(pids) != 2 {
+		t.Errorf("%d workers ready, want 2", len(pids))
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(failAfter(t))); err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("answer to the connection that activated the service: %v", err)
+	}
+	_, payload, _ := strings.Cut(string(body), "\r\n\r\n")
+	if !slices.Contains(pids, pidOf(t, payload)) {
+		t.Errorf("answer %q from none of the workers %v", body, pids)
+	}
+	if n := c.countLogs(0, "activated socket matches no listen address: serving it as well"); n != 0 {
+		t.Errorf("the activated socket was not matched to --listen by its address")
+	}
+	c.signal(syscall.SIGTERM)
+	if code, last := c.wait(); code != 0 {
+		t.Fatalf("clusterd exited %d (%s), want 0", code, last)
+	}
 }
