@@ -161,6 +161,13 @@
 // watchdog. The pings come from the loop's own timer, so a loop that is
 // stuck stops sending them and systemd's watchdog fires.
 //
+// With NOTIFY_SOCKET set (and FDSTORE, where systemd ≥ 254 sets it, not
+// 0), the master hands every listener it bound itself, named or on a fixed
+// port, to the service manager's fd store (FDSTORE=1, FDNAME= the Listen
+// name). After a crash, kill -9 or restart systemd passes them back in
+// LISTEN_FDS, and they are matched to Listen like activated sockets: the
+// listening sockets and their accept queues outlive every master.
+//
 // # Logging
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and

@@ -17,14 +17,15 @@ import (
 // slot (BalanceReusePort). Only the loop goroutine calls forSlot and
 // dropSlot; Run calls bind before and closeAll after the loop.
 type listeners struct {
-	cfg    *config
-	log    hclog.Logger
-	specs  []sockshare.Spec // bound addresses (a port 0 replaced by the real one)
-	names  []string
-	perTCP []bool             // per address: one socket per slot
-	shared []*os.File         // per address, for shared ones
-	slots  map[int][]*os.File // reuseport: per slot, aligned with specs
-	addrs  []net.Addr
+	cfg     *config
+	log     hclog.Logger
+	specs   []sockshare.Spec // bound addresses (a port 0 replaced by the real one)
+	names   []string
+	perTCP  []bool             // per address: one socket per slot
+	adopted []bool             // per address: an activated socket (the service manager holds it)
+	shared  []*os.File         // per address, for shared ones
+	slots   map[int][]*os.File // reuseport: per slot, aligned with specs
+	addrs   []net.Addr
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
 }
@@ -81,6 +82,7 @@ func (ls *listeners) bind() error {
 		ls.specs = append(ls.specs, spec)
 		ls.names = append(ls.names, name)
 		ls.perTCP = append(ls.perTCP, per)
+		ls.adopted = append(ls.adopted, false)
 	}
 	for j, f := range ls.cfg.Activated {
 		if f == nil {
@@ -130,6 +132,7 @@ func (ls *listeners) adopt(f *os.File, spec sockshare.Spec, name string) {
 	ls.specs = append(ls.specs, spec)
 	ls.names = append(ls.names, name)
 	ls.perTCP = append(ls.perTCP, false)
+	ls.adopted = append(ls.adopted, true)
 }
 
 // matchActivated pairs Listen entries with activated sockets: match[i] is

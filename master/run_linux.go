@@ -35,6 +35,16 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err := ls.bind(); err != nil {
 		return err
 	}
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	if max := fdStoreMax(os.LookupEnv); max != 0 {
+		files, names := ls.storable()
+		if n, err := sd.storeFDs(files, names, max); err != nil {
+			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
+		} else if n > 0 {
+			log.Info("listeners kept by the service manager", "stored", n)
+		}
+	}
 	m.addrs = ls.addrs
 	close(m.listening)
 	if len(m.addrs) == 0 {
@@ -63,8 +73,6 @@ func (m *Master) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
 	out, err := newOutputs()
 	if err != nil {
 		return err
