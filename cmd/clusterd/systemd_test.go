@@ -223,3 +223,145 @@ func TestSystemdSocketActivate(t *testing.T) {
 		t.Fatalf("clusterd exited %d (%s), want 0", code, last)
 	}
 }
+
+// verifyUnits runs systemd-analyze verify on the named units of dir.
+// systemd-analyze exits 0 on many problems it only warns about ("Unknown
+// key", "Failed to parse"), so any output at all counts as a failure.
+func verifyUnits(t *testing.T, analyze, dir string, units ...string) string {
+	t.Helper()
+	args := []string{"verify", "--man=no"}
+	for _, u := range units {
+		args = append(args, filepath.Join(dir, u))
+	}
+	cmd := exec.Command(analyze, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil && len(out) == 0 {
+		out = []byte(err.Error())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// installUnits copies the units of systemd/ into a fresh directory, with
+// ExecStart's /usr/local/bin/clusterd replaced by this test binary
+// (systemd-analyze checks that the command exists), renamed by rename.
+func installUnits(t *testing.T, rename map[string]string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for src, dst := range rename {
+		b, err := os.ReadFile(filepath.Join("..", "..", "systemd", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.ReplaceAll(string(b), "/usr/local/bin/clusterd ", exe+" ")
+		if err := os.WriteFile(filepath.Join(dir, dst), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// unitValue returns the value of the first KEY= line of a unit file.
+func unitValue(t *testing.T, unit, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "systemd", unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+"="); ok {
+			return v
+		}
+	}
+	t.Fatalf("%s has no %s=", unit, key)
+	return ""
+}
+
+// TestUnitFiles checks the shipped units with systemd-analyze verify, and
+// that what they say agrees with clusterd: the stop timeout leaves room for
+// the workers' --kill-timeout, and the template's env file holds only
+// variables run understands.
+func TestUnitFiles(t *testing.T) {
+	analyze := needTool(t, "systemd-analyze", "systemd")
+	dir := installUnits(t, map[string]string{
+		"clusterd@.service":        "clusterd@.service",
+		"clusterd-example.service": "clusterd-example.service",
+		"clusterd-example.socket":  "clusterd-example.socket",
+	})
+	for _, units := range [][]string{{"clusterd@web.service"}, {"clusterd-example.socket", "clusterd-example.service"}} {
+		if out := verifyUnits(t, analyze, dir, units...); out != "" {
+			t.Errorf("systemd-analyze verify %v:\n%s", units, out)
+		}
+	}
+
+	// The check can fail: a misspelt Type= leaves systemd-analyze's exit
+	// status 0, but not its output.
+	bad := installUnits(t, map[string]string{"clusterd-example.service": "bad.service"})
+	b, err := os.ReadFile(filepath.Join(bad, "bad.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bad, "bad.service"), []byte(strings.Replace(string(b), "Type=notify\n", "Type=notify-relaod\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := verifyUnits(t, analyze, bad, "bad.service"); !strings.Contains(out, "notify-relaod") {
+		t.Errorf("systemd-analyze verify let a bad Type= pass: %q", out)
+	}
+
+	env := map[string]string{}
+	b, err = os.ReadFile(filepath.Join("..", "..", "systemd", "example.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			env[k] = v
+		}
+	}
+	if env["CLUSTERD_COMMAND"] == "" {
+		t.Errorf("example.env sets no CLUSTERD_COMMAND")
+	}
+	delete(env, "CLUSTERD_COMMAND") // ExecStart's, not a flag
+	run := newRunCommand()
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	if err := applyEnv(run.Flags(), lookup, func(k string) error { delete(env, k); return nil }); err != nil {
+		t.Errorf("example.env: %v", err)
+	}
+	for k := range env {
+		t.Errorf("example.env sets %s, which no flag of run reads", k)
+	}
+	killTimeout, err := run.Flags().GetDuration("kill-timeout")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for unit, kill := range map[string]time.Duration{"clusterd@.service": killTimeout, "clusterd-example.service": 0} {
+		if kill == 0 {
+			start := unitValue(t, unit, "ExecStart")
+			_, after, ok := strings.Cut(start, "--kill-timeout ")
+			if !ok {
+				t.Fatalf("%s: ExecStart has no --kill-timeout: %s", unit, start)
+			}
+			if kill, err = time.ParseDuration(strings.Fields(after)[0]); err != nil {
+				t.Fatalf("%s: %v", unit, err)
+			}
+		}
+		stop, err := time.ParseDuration(unitValue(t, unit, "TimeoutStopSec"))
+		if err != nil {
+			t.Fatalf("%s: TimeoutStopSec: %v", unit, err)
+		}
+		if stop <= kill {
+			t.Errorf("%s: TimeoutStopSec=%v leaves the workers' --kill-timeout %v no room", unit, stop, kill)
+		}
+		if got := unitValue(t, unit, "KillMode"); got != "mixed" {
+			t.Errorf("%s: KillMode=%s, want mixed (SIGTERM to the master alone, which drains)", unit, got)
+		}
+		if unitValue(t, unit, "FileDescriptorStoreMax") == "0" {
+			t.Errorf("%s: the fd store is off", unit)
+		}
+	}
+}
