@@ -118,10 +118,11 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	sdNotify func(state string) // the master's own sd_notify; never nil
-	ready    func()             // called once every initial worker is ready
-	jitter   func() float64     // in [0, 1)
-	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
+	output   func(pid int) *tail // takes a worker's last output line; nil: none
+	sdNotify func(state string)  // the master's own sd_notify; never nil
+	ready    func()              // called once every initial worker is ready
+	jitter   func() float64      // in [0, 1)
+	watchdog time.Duration       // send WATCHDOG=1 this often; 0: never
 }
 
 type loop struct {
@@ -307,6 +308,10 @@ func (l *loop) onExit(e exitEvent) {
 		return
 	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
 	w.proc.release()
 	// The worker's children may outlive it in its process group; they must
@@ -348,7 +353,7 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
 }
 

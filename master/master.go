@@ -79,7 +79,10 @@ func (m *Master) Addrs() []net.Addr {
 //
 // Run blocks until every worker has been reaped, every goroutine it started
 // has returned and every fd it owns is closed (listeners and Activated
-// sockets included). It returns nil after a requested stop, an
+// sockets included), with one exception: a Write to Options.Stdout or
+// Options.Stderr that has made no progress for a second when Run ends is
+// abandoned (its output counted as dropped), and its goroutine ends when
+// that Write returns. It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
 func (m *Master) Run(ctx context.Context) (err error) {
@@ -121,10 +124,18 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	out, err := newOutputs()
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
 	defer out.wait(cfg.KillTimeout)
 	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
 	if err != nil {
@@ -140,6 +151,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		sockets:  ls,
 		exits:    r.exits,
 		events:   events,
+		output:   out.takeTail,
 		sdNotify: sd.notify,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,

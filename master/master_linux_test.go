@@ -499,7 +499,9 @@ func TestRealCrashLoopIntensity(t *testing.T) {
 		t.Errorf("%d delayed restarts, want 4", n)
 	}
 	m.next("restart intensity exceeded")
-	want := "run error: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1)"
+	// The error quotes what the worker printed last, so the reason it
+	// crashes reaches the operator.
+	want := `run error: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1, after it printed "crashing on purpose")`
 	m.waitFor("run error line", func() bool {
 		for _, l := range m.stderr {
 			if l == want {
