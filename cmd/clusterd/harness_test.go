@@ -88,6 +88,7 @@ type clusterConfig struct {
 	prefix []string   // argv before "run" (e.g. exec-worker -- <exe>)
 	extra  []*os.File // the master's fds 3, 4, ...
 	env    []string   // added to the master's environment
+	stdout *os.File   // the master's stdout instead of a pipe the test reads
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -129,24 +130,31 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdoutR, stdoutW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
+	stdoutR, stdoutW := (*os.File)(nil), cfg.stdout
+	if stdoutW == nil {
+		if stdoutR, stdoutW, err = os.Pipe(); err != nil {
+			t.Fatal(err)
+		}
+		defer stdoutW.Close()
 	}
 	c.cmd.Stderr, c.cmd.Stdout = stderrW, stdoutW
 	err = c.cmd.Start()
 	stderrW.Close()
-	stdoutW.Close()
 	if err != nil {
 		stderrR.Close()
-		stdoutR.Close()
+		if stdoutR != nil {
+			stdoutR.Close()
+		}
 		t.Fatalf("start clusterd: %v", err)
 	}
 	c.pid = c.cmd.Process.Pid
 	t.Cleanup(c.cleanup)
-	c.readers.Add(2)
+	c.readers.Add(1)
 	go c.read(stderrR, true)
-	go c.read(stdoutR, false)
+	if stdoutR != nil {
+		c.readers.Add(1)
+		go c.read(stdoutR, false)
+	}
 	go func() {
 		c.readers.Wait() // the pipes are at EOF: the master has exited
 		err := c.cmd.Wait()
