@@ -153,13 +153,15 @@ func drive(args []string) error {
 			fmt.Printf("round %d  %-8s %-6s master CPU %5.1f%%  output %6.1f MB/s\n", round, c.label, c.output, 100*r.cpu, r.mbps)
 		}
 	}
-	fmt.Printf("\n| clusterd | --output | master CPU (median) | MB/s (median) | CPU-seconds per GB |\n|---|---|---|---|---|\n")
+	fmt.Printf("\n| clusterd | --output | master CPU (median) | MB/s (median) | master CPU-seconds per GB (median) |\n|---|---|---|---|---|\n")
 	for _, c := range cases {
 		cpu, mbps := median(c.results, func(r result) float64 { return r.cpu }), median(c.results, func(r result) float64 { return r.mbps })
-		perGB := 0.0
-		if mbps > 0 {
-			perGB = cpu / mbps * 1000
-		}
+		perGB := median(c.results, func(r result) float64 {
+			if r.mbps <= 0 {
+				return 0
+			}
+			return r.cpu / r.mbps * 1000
+		})
 		fmt.Printf("| %s | %s | %.1f%% | %.1f | %.2f |\n", c.label, c.output, 100*cpu, mbps, perGB)
 	}
 	return nil
