@@ -182,7 +182,8 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Command = command
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logOut := &logWriter{w: cmd.ErrOrStderr(), alt: cmd.OutOrStdout()}
+	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
+	defer logOut.close()
 	logger, err := f.logger(logOut)
 	if err != nil {
 		return err
@@ -214,7 +215,6 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		}
 		return err
 	}
-	defer logOut.summary()
 	return m.Run(cmd.Context())
 }
 
