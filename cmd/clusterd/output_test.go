@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/clusterd/clusterd/master"
 )
 
 // needTool returns the path of a program a test runs. Outside CI a missing
@@ -190,4 +194,103 @@ func TestWorkersKeepDefaultSIGPIPE(t *testing.T) {
 	if ignored&(1<<(syscall.SIGPIPE-1)) != 0 {
 		t.Errorf("worker ignores SIGPIPE (SigIgn %s): inherited from the master", strings.TrimSpace(mask))
 	}
+}
+
+// TestMasterStdoutAndStderrNeverDrained is `clusterd run ... 2>&1 | tee`
+// with the tee stopped: stdout and stderr are one pipe nobody reads, filled
+// by a worker's 20 MB. The master's own log must not stall its loop: a
+// reload and a crash are handled (seen through the workers' answers, since
+// the log cannot be read), and once the pipe is read again the log says
+// what was dropped.
+func TestMasterStdoutAndStderrNeverDrained(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	lf, err := ln.(*net.TCPListener).File() // fd 3 of the master
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c := startCluster(t, clusterConfig{
+		flags:      []string{"-w", "2", "--ready", "ipc"},
+		prefix:     []string{master.ExecWorkerArg, "--", exe}, // sets LISTEN_PID
+		extra:      []*os.File{lf},
+		env:        []string{"LISTEN_FDS=1"},
+		workerArgs: []string{"-spew", "20000000", "-spew-gens", "1-1"},
+		stdout:     w,
+		stderr:     w,
+	})
+	w.Close()
+	url := "http://" + addr + "/"
+	first := answer(t, url) // the socket is bound: this waits for a worker
+
+	// Both pipes are full long before the spewing workers are done; the
+	// loop goes on regardless.
+	c.signal(syscall.SIGHUP)
+	// Slot 1 is replaced only once slot 0's new worker is ready.
+	waitAnswer(t, url, "worker 1 of generation 2", func(a workerAnswer) bool { return a.slot == 1 && a.gen == 2 })
+	fresh := waitAnswer(t, url, "worker 0 of generation 2", func(a workerAnswer) bool { return a.slot == 0 && a.gen == 2 })
+	if err := syscall.Kill(fresh.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, url, "the replacement of worker 0", func(a workerAnswer) bool { return a.slot == 0 && a.gen == 3 })
+	if first.pid == fresh.pid {
+		t.Errorf("pid %d answered before and after the reload", first.pid)
+	}
+
+	// Read the pipe again, and stop.
+	read := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		read <- string(b)
+	}()
+	c.signal(syscall.SIGTERM)
+	if code, _ := c.wait(); code != exitOK {
+		t.Fatalf("clusterd exited %d, want 0", code)
+	}
+	out := <-read
+	for _, want := range []string{`"@message":"reload done"`, `"@message":"worker output dropped"`, `"@message":"stopped"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output, once read again, lacks %s (%d bytes, ends %q)", want, len(out), out[max(0, len(out)-300):])
+		}
+	}
+}
+
+// workerAnswer is a worker helper's answer to GET /.
+type workerAnswer struct{ pid, slot, gen int }
+
+func answer(t *testing.T, url string) workerAnswer {
+	t.Helper()
+	body := get(t, url)
+	var a workerAnswer
+	if _, err := fmt.Sscanf(body, "pid=%d worker=%d gen=%d", &a.pid, &a.slot, &a.gen); err != nil {
+		t.Fatalf("worker answer %q: %v", body, err)
+	}
+	return a
+}
+
+// waitAnswer asks url until an answer satisfies ok: each request is the
+// event waited on, within the failure deadline.
+func waitAnswer(t *testing.T, url, what string, ok func(workerAnswer) bool) workerAnswer {
+	t.Helper()
+	deadline := time.Now().Add(failAfter(t))
+	for time.Now().Before(deadline) {
+		if a := answer(t, url); ok(a) {
+			return a
+		}
+	}
+	t.Fatalf("no answer from %s before the deadline", what)
+	return workerAnswer{}
 }
