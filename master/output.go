@@ -25,7 +25,29 @@ type stream struct {
 	prefix  string
 	tail    *tail // nil: not recorded
 	partial []byte
-	batch   []byte // the prefixed lines of one feed, reused
+	// batch holds the prefixed lines of one feed. Every stream of the
+	// relay shares one (one goroutine feeds them all), so a worker that
+	// once wrote a lot does not keep a large buffer; nil: own.
+	batch *[]byte
+	own   []byte
+}
+
+// buffer returns the batch buffer, emptied.
+func (s *stream) buffer() []byte {
+	if s.batch == nil {
+		s.batch = &s.own
+	}
+	return (*s.batch)[:0]
+}
+
+// keep stores out as the batch buffer for the next feed, unless a burst
+// made it large.
+func (s *stream) keep(out []byte) {
+	if cap(out) <= maxBatch {
+		*s.batch = out[:0]
+	} else {
+		*s.batch = nil
+	}
 }
 
 // feed relays p. With a prefix, every complete line gets it, and all the
@@ -42,7 +64,7 @@ func (s *stream) feed(p []byte) {
 		s.sink.append(p)
 		return
 	}
-	out := s.batch[:0]
+	out := s.buffer()
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
@@ -76,11 +98,7 @@ func (s *stream) feed(p []byte) {
 		s.partial = s.partial[:0]
 	}
 	s.sink.append(out)
-	if cap(out) <= maxBatch {
-		s.batch = out[:0]
-	} else {
-		s.batch = nil // do not keep a burst's buffer for every worker
-	}
+	s.keep(out)
 	if cap(s.partial) > 4<<10 && len(s.partial) == 0 {
 		s.partial = nil // nor a long line's
 	}
@@ -110,9 +128,10 @@ func (s *stream) flush() {
 		// Untouched output has no partial line.
 		return
 	}
-	s.sink.append(s.line(s.batch[:0], s.partial, nil))
+	out := s.line(s.buffer(), s.partial, nil)
+	s.sink.append(out)
+	s.keep(out)
 	s.partial = nil
-	s.batch = nil
 }
 
 // tail is the last non-blank line a worker wrote on stdout or stderr,

@@ -36,6 +36,8 @@ type outputs struct {
 	stopping bool
 	deadline time.Time
 
+	batch []byte // the streams' shared batch buffer; only run uses it
+
 	tailMu sync.Mutex
 	tails  map[int]*tail // by worker pid, until the loop takes it
 
@@ -102,7 +104,7 @@ func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) error {
 		return fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
 	o.mu.Lock()
-	o.streams[fd] = &stream{sink: to, prefix: prefix, tail: t}
+	o.streams[fd] = &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
 	o.mu.Unlock()
 	if err := unix.EpollCtl(o.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		o.mu.Lock()
