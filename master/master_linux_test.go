@@ -487,6 +487,9 @@ func TestRealCrashLoopIntensity(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, WorkerMode: []string{"crash"},
+		// Every crash counts as short-lived however slow the machine is:
+		// a loaded one has taken more than the default 1s to run the helper.
+		MinUptime:  time.Hour,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 80 * time.Millisecond, MaxRestarts: 4, Window: time.Minute,
 	})
 	if code := m.wait(); code != 3 {
