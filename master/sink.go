@@ -84,8 +84,9 @@ func newSink(name string, w io.Writer, log hclog.Logger, limit int) *sink {
 }
 
 // append queues p, which should end with a newline, for writing. What does
-// not fit in the buffer is dropped at a line boundary and counted. It
-// never blocks on the writer and does not keep p.
+// not fit in the buffer (limit bytes, or p alone when the buffer is empty)
+// is dropped at a line boundary and counted. It never blocks on the writer
+// and does not keep p.
 func (s *sink) append(p []byte) {
 	if len(p) == 0 {
 		return
@@ -93,8 +94,13 @@ func (s *sink) append(p []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	room := s.limit - len(s.buf)
-	if s.closing {
+	switch {
+	case s.closing:
 		room = 0
+	case len(s.buf) == 0:
+		// One feed's batch always fits an empty buffer, however many
+		// tiny lines its prefixes made it (at most 17 x 64 KiB).
+		room = max(room, len(p))
 	}
 	if room < len(p) {
 		keep := 0

@@ -173,3 +173,16 @@ func TestSameWriter(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestSinkTakesOneLargeBatch: a batch larger than the buffer (a read full
+// of empty lines, each given a prefix) is not dropped by an idle sink.
+func TestSinkTakesOneLargeBatch(t *testing.T) {
+	var out syncBuffer
+	s := newSink("stdout", &out, hclog.NewNullLogger(), 100)
+	big := []byte(strings.Repeat("[w0 pid 1] \n", 50)) // 600 bytes
+	s.append(big)
+	s.close()
+	if blocked, _ := s.dropped(); blocked.bytes != 0 || out.String() != string(big) {
+		t.Errorf("wrote %d of %d bytes, dropped %+v", len(out.String()), len(big), blocked)
+	}
+}
