@@ -81,9 +81,23 @@
 // thread that forks); one reader per worker notify socket (a goroutine
 // parked on a socket costs a few kilobytes, and the runtime already
 // multiplexes them over one epoll); one goroutine per worker reading its
-// IPC connection; and one output relay, an epoll loop
+// IPC connection; one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
-// workers keeps the master small with hundreds of them).
+// workers keeps the master small with hundreds of them); and one writer
+// per output sink (Options.Stdout, Options.Stderr).
+//
+// The relay never writes to the user's writers itself. It prefixes the
+// lines of each read and appends them, whole, to the sink's bounded buffer
+// (256 KiB); the sink's goroutine writes the buffer out in one Write. A
+// writer that blocks stalls only its own goroutine: once the buffer is
+// full, lines are dropped and counted, the relay keeps reading (no worker
+// blocks on its stdout), and the loop and the spawn path never wait for
+// it. A writer that fails (EPIPE when the reader of the master's stdout
+// went away) is logged once, and what it lost is counted. Dropped output
+// is logged ("worker output dropped", with sink, reason, lines and bytes)
+// once per burst, on the next successful write, and when Run ends. The
+// relay also keeps each worker's last non-blank line, which the
+// [*IntensityError] quotes.
 //
 // # File descriptors
 //

@@ -145,6 +145,7 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
+	output   func(pid int) *tail         // takes a worker's last output line; nil: none
 	sdNotify func(state string)          // the master's own sd_notify; never nil
 	ready    func()                      // called once every initial worker is ready
 	jitter   func() float64              // in [0, 1)
@@ -357,6 +358,10 @@ func (l *loop) onExit(e exitEvent) {
 		return
 	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
 	l.rerouted = l.rerouted || w.online
 	w.proc.release()
@@ -411,7 +416,7 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
 }
 

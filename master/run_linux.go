@@ -65,10 +65,18 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	out, err := newOutputs()
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
 	defer out.wait(cfg.KillTimeout)
 	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
 	if err != nil {
@@ -84,6 +92,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sockets:  cs,
 		exits:    r.exits,
 		events:   events,
+		output:   out.takeTail,
 		sdNotify: sd.notify,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
