@@ -73,6 +73,12 @@
 // by a new socket"). With BalanceReusePort each slot's socket is checked
 // and healed the same way.
 //
+// A unix socket file the master created is removed on every stop (graceful,
+// immediate, restart intensity exceeded, start-up failure), but only while
+// the path still holds that socket (same device and inode): a file someone
+// put there since is left alone, and so is the file of a socket from socket
+// activation, which belongs to whoever activated it.
+//
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
 // thread that forks); one reader of the notify socket; one goroutine per
 // worker reading its IPC connection; and one output relay, an epoll loop

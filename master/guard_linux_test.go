@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -415,5 +417,178 @@ func TestRealIPCHalfFrame(t *testing.T) {
 	m.next("worker ready", "worker", 0, "generation", 2)
 	if n := m.count("ipc protocol error"); n != 1 {
 		t.Errorf("%d protocol errors logged, want 1", n)
+	}
+}
+
+// unixClient sends HTTP requests over the unix socket at path.
+func unixClient(path string) *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", path)
+			},
+		},
+	}
+}
+
+func getUnix(path, urlPath string) error {
+	resp, err := unixClient(path).Get("http://unix" + urlPath)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return nil
+}
+
+// TestRealUnixListener: a unix listener with mode=0660 has that mode, and its
+// file is gone after every kind of stop.
+func TestRealUnixListener(t *testing.T) {
+	for _, stop := range []string{"term", "quit", "intensity"} {
+		t.Run(stop, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "app.sock")
+			c := masterConfig{Workers: 1, Listen: []string{"unix://" + path + "?mode=0660"}, Ready: "ipc"}
+			if stop == "intensity" {
+				c.WorkerMode, c.Ready, c.MaxRestarts, c.BackoffMin, c.BackoffMax = []string{"crash"}, "exec", 2, time.Millisecond, time.Millisecond
+			}
+			m := startMaster(t, c)
+			m.next("listening")
+			fi, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o660 {
+				t.Errorf("socket file mode %v, want a socket with 0660", fi.Mode())
+			}
+			switch stop {
+			case "term", "quit":
+				m.next("all workers ready")
+				if err := getUnix(path, "/"); err != nil {
+					t.Fatalf("request over %s: %v", path, err)
+				}
+				sig := map[string]syscall.Signal{"term": syscall.SIGTERM, "quit": syscall.SIGQUIT}[stop]
+				m.signal(sig)
+				if code := m.wait(); code != 0 {
+					t.Errorf("master exit code %d after %s, want 0", code, stop)
+				}
+			case "intensity":
+				if code := m.wait(); code == 0 {
+					t.Errorf("master exit code 0 after restart intensity exceeded, want non-zero")
+				}
+				m.first("restart intensity exceeded")
+			}
+			if _, err := os.Lstat(path); !os.IsNotExist(err) {
+				t.Errorf("socket file after the master's %s stop: %v, want it removed", stop, err)
+			}
+		})
+	}
+}
+
+// TestRealUnixSocketFileNotOurs: a file that replaced the master's socket
+// at its path is not removed at stop.
+func TestRealUnixSocketFileNotOurs(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "app.sock")
+	m := startMaster(t, masterConfig{Workers: 1, Listen: []string{"unix://" + path}, Ready: "ipc"})
+	m.next("all workers ready")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("someone else's\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(); code != 0 {
+		t.Errorf("master exit code %d, want 0", code)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "someone else's\n" {
+		t.Errorf("file that replaced the socket after stop: %q, %v; want it left alone", b, err)
+	}
+}
+
+// TestInProcessActivatedUnixKept: the file of a unix socket from socket
+// activation belongs to whoever activated it and stays after Run.
+func TestInProcessActivatedUnixKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "activated.sock")
+	spec, err := sockshare.ParseSpec("unix://" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := sockshare.Listen(spec, sockshare.ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := os.NewFile(uintptr(dupFD(t, f)), "web")
+	f.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	usedHelpers.Store("worker", true)
+	m, err := New(Options{
+		Command: []string{exe}, Env: []string{envHelper + "=worker"}, Workers: 1,
+		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC}, ReapOnlyWorkers: true,
+		Stdout: io.Discard, Stderr: io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		t.Fatalf("Run = %v", err)
+	}
+	if err := getUnix(path, "/"); err != nil {
+		t.Errorf("request to the activated unix socket: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("activated socket file after Run: %v, %v; want it left in place", fi, err)
+	}
+}
+
+// TestRealUnixListenerShutdownReplaced: a unix listener that a worker shut
+// down cannot listen again; the periodic check replaces it and restarts the
+// workers onto the new one.
+func TestRealUnixListenerShutdownReplaced(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "app.sock")
+	m := startMaster(t, masterConfig{
+		Workers: 2, Listen: []string{"unix://" + path + "?mode=0600"}, Ready: "ipc",
+		Command: guardCommand(t, "guard-worker", "shutdown"),
+	})
+	m.next("all workers ready")
+	if err := getUnix(path, "/shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	r := m.next("listener stopped listening; replaced by a new socket")
+	if r["cause"] != "periodic check" {
+		t.Errorf("replace log %v, want the periodic check", r)
+	}
+	m.next("reload done")
+	for range 10 {
+		if err := getUnix(path, "/"); err != nil {
+			t.Fatalf("request after the replacement: %v", err)
+		}
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("replaced socket file: %v, %v; want mode 0600", fi, err)
+	}
+	m.signal(syscall.SIGTERM)
+	m.wait()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("replaced socket file after stop: %v, want it removed", err)
 	}
 }

@@ -26,6 +26,9 @@ type listeners struct {
 	shared []*os.File         // per address, for shared ones
 	slots  map[int][]*os.File // reuseport: per slot, aligned with specs
 	addrs  []net.Addr
+	// files are the unix socket files the master created (never those of
+	// activated sockets), removed by closeAll.
+	files []socketFile
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
 }
@@ -63,6 +66,7 @@ func (ls *listeners) bind() error {
 			if err != nil {
 				return err // sockshare's error names the address already
 			}
+			ls.created(spec)
 			if per {
 				ls.slots[0] = append(ls.slots[0], f)
 				ls.shared = append(ls.shared, nil)
@@ -228,5 +232,61 @@ func (ls *listeners) closeAll() error {
 	for _, f := range ls.cfg.Activated {
 		closeOne(f) // not adopted because bind failed before
 	}
+	for _, sf := range ls.files {
+		if err := sf.remove(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ls.files = nil
 	return errors.Join(errs...)
+}
+
+// socketFile is a unix socket file the master created, by its path and the
+// identity (device and inode) it had then.
+type socketFile struct {
+	path     string
+	dev, ino uint64
+}
+
+// created records the socket file of a unix spec just bound, so that
+// closeAll removes it. A file that cannot be identified is not recorded (it
+// is then left in place, which only costs a stale file that the next start
+// clears).
+func (ls *listeners) created(spec sockshare.Spec) {
+	if spec.Network != "unix" || spec.IsAbstract() {
+		return
+	}
+	dev, ino, err := fileID(spec.Address)
+	if err != nil {
+		ls.log.Warn("socket file will not be removed at stop", "addr", spec.Address, "error", err)
+		return
+	}
+	sf := socketFile{path: spec.Address, dev: dev, ino: ino}
+	for i := range ls.files {
+		if ls.files[i].path == sf.path {
+			ls.files[i] = sf // replaced by a new socket (watch_linux.go)
+			return
+		}
+	}
+	ls.files = append(ls.files, sf)
+}
+
+// remove removes the socket file if it is still the one the master created:
+// a file that someone else put at the path since (another master's socket,
+// say) is left alone.
+func (sf socketFile) remove() error {
+	dev, ino, err := fileID(sf.path)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errNotSocket) {
+		return nil // gone, or replaced by something that is not ours
+	}
+	if err != nil {
+		return fmt.Errorf("remove socket file %s: %w", sf.path, err)
+	}
+	if dev != sf.dev || ino != sf.ino {
+		return nil // not ours any more
+	}
+	if err := os.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove socket file %s: %w", sf.path, err)
+	}
+	return nil
 }

@@ -28,6 +28,9 @@ import (
 //     a new one on the same address, and the workers that hold the old one
 //     are restarted onto it.
 
+// errNotSocket is a path that holds something other than a socket.
+var errNotSocket = errors.New("not a socket")
+
 // errCannotRelisten marks a socket that cannot listen again in place.
 var errCannotRelisten = errors.New("the socket cannot listen again")
 
@@ -240,5 +243,23 @@ func (ls *listeners) replace(i, slot int) (*os.File, error) {
 	spec = withPort(spec, ls.addrs[i])
 	opts := ls.cfg.ListenOptions
 	opts.ReusePort = slot >= 0
-	return sockshare.Listen(spec, opts)
+	f, err := sockshare.Listen(spec, opts)
+	if err != nil {
+		return nil, err
+	}
+	ls.created(spec)
+	return f, nil
+}
+
+// fileID returns the device and inode of the file at path (not following a
+// symbolic link).
+func fileID(path string) (dev, ino uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return 0, 0, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return uint64(st.Dev), st.Ino, fmt.Errorf("%s: %w", path, errNotSocket)
+	}
+	return uint64(st.Dev), st.Ino, nil
 }
