@@ -29,6 +29,12 @@ type listeners struct {
 	// files are the unix socket files the master created (never those of
 	// activated sockets), removed by closeAll.
 	files []socketFile
+	// watched says, per address, whether check watches it: a stream socket
+	// that listened when the master got it (an activated socket may be
+	// something else). broken holds the sockets check could not restore,
+	// reported once.
+	watched []bool
+	broken  map[*os.File]bool
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
 }
@@ -95,6 +101,7 @@ func (ls *listeners) bind() error {
 			return fmt.Errorf("listener %s: %w", ls.names[i], err)
 		}
 		ls.addrs = append(ls.addrs, a)
+		ls.watched = append(ls.watched, watchable(f, a))
 		ls.log.Info("listening", "addr", a.String(), "name", ls.names[i])
 	}
 	// Bind every initial slot now, so a bind error surfaces before any

@@ -58,10 +58,10 @@ func (ls *listeners) check(exited *worker, running []*worker) (replaced bool) {
 // probeOne checks the listener of address i (slot -1: the shared one),
 // heals it if it stopped listening, and reports whether it was replaced.
 func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running []*worker) (replaced bool) {
-	stream, isUnix := streamKind(ls.addrs[i])
-	if !stream {
+	if i >= len(ls.watched) || !ls.watched[i] || ls.broken[f] {
 		return false
 	}
+	_, isUnix := streamKind(ls.addrs[i])
 	ok, err := listening(f, isUnix)
 	if err != nil {
 		ls.log.Warn("check listener", "addr", ls.addrs[i].String(), "name", ls.names[i], "error", err)
@@ -81,6 +81,10 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 	if rerr != nil {
 		ls.log.Error("listener stopped listening and cannot be restored", append(kv, "error",
 			fmt.Sprintf("%v; replace: %v", err, rerr))...)
+		if ls.broken == nil {
+			ls.broken = make(map[*os.File]bool)
+		}
+		ls.broken[f] = true // said once; the operator has to act
 		return false
 	}
 	if slot < 0 {
@@ -120,6 +124,17 @@ func culprit(slot int, exited *worker, running []*worker) []any {
 		pids = append(pids, w.pid)
 	}
 	return []any{"workers", slots, "pids", pids, "cause", "periodic check"}
+}
+
+// watchable reports whether check should watch the listener f bound to a:
+// a stream socket that listens now.
+func watchable(f *os.File, a net.Addr) bool {
+	stream, isUnix := streamKind(a)
+	if !stream {
+		return false
+	}
+	ok, err := listening(f, isUnix)
+	return err == nil && ok
 }
 
 // streamKind reports whether a listener's address is a stream socket's, and
