@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -79,7 +80,15 @@ func helperGuardWorker() int {
 		}
 		fmt.Fprintf(w, "%d %s shut down\n", os.Getpid(), id)
 	})
-	srv := &http.Server{Handler: mux}
+	var active sync.WaitGroup
+	srv := &http.Server{Handler: mux, ConnState: func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			active.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			active.Done()
+		}
+	}}
 	srv.SetKeepAlivesEnabled(false)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -95,6 +104,11 @@ func helperGuardWorker() int {
 		_ = srv.Shutdown(context.Background())
 		return 1
 	case <-term:
+		// Drain: stop accepting, answer every connection already accepted
+		// (net/http's Shutdown alone drops a request that arrives on a
+		// connection accepted just before it).
+		ln.Close()
+		active.Wait()
 		return 0
 	}
 }
