@@ -74,6 +74,10 @@ func helperGuardWorker() int {
 		fmt.Fprintf(w, "%d %s\n", os.Getpid(), id)
 	})
 	mux.HandleFunc("/shutdown", func(w http.ResponseWriter, r *http.Request) {
+		if want := r.URL.Query().Get("worker"); want != "" && want != id {
+			http.Error(w, "not this worker", http.StatusConflict)
+			return
+		}
 		if err := breakListener(ln, mode == "hijack"); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -199,10 +203,15 @@ func TestRealListenerShutdownHeals(t *testing.T) {
 			addr := m.addr()
 			m.next("all workers ready")
 			// Any worker answers; with reuseport, keep asking until slot 0
-			// does, whose socket is then the one shut down.
+			// does (the others refuse), whose socket is then the one shut
+			// down.
+			path := "/shutdown"
+			if tc.balance == "reuseport" {
+				path += "?worker=0"
+			}
 			var who string
 			for range 1000 {
-				resp, err := client.Get("http://" + addr + "/shutdown")
+				resp, err := client.Get("http://" + addr + path)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -210,20 +219,28 @@ func TestRealListenerShutdownHeals(t *testing.T) {
 				k, _ := resp.Body.Read(b)
 				resp.Body.Close()
 				who = string(b[:k])
-				if resp.StatusCode != 200 {
-					t.Fatalf("shutdown: %s %s", resp.Status, who)
-				}
-				if tc.balance == "shared" || strings.Fields(who)[1] == "0" {
+				if resp.StatusCode == 200 {
 					break
 				}
+				if resp.StatusCode != http.StatusConflict {
+					t.Fatalf("shutdown: %s %s", resp.Status, who)
+				}
+			}
+			if !strings.Contains(who, "shut down") {
+				t.Fatalf("no worker of slot 0 answered: %q", who)
 			}
 			took := answersWithin(t, addr, time.Second)
 			healed := m.first("listener stopped listening; listening again")
 			if healed["worker"] == nil || healed["pid"] == nil {
 				t.Errorf("heal log %v does not name the worker and pid", healed)
 			}
-			if tc.balance == "reuseport" && field(healed, "worker") != 0 {
-				t.Errorf("heal log names worker %v, want slot 0", healed["worker"])
+			if tc.balance == "reuseport" {
+				if field(healed, "worker") != 0 {
+					t.Errorf("heal log names worker %v, want slot 0", healed["worker"])
+				}
+				if n := m.count("listener stopped listening; listening again"); n != 1 {
+					t.Errorf("%d reuseport sockets healed, want only slot 0's", n)
+				}
 			}
 			t.Logf("port answered again %v after the shutdown (%s)", took, strings.TrimSpace(who))
 			// The crashed workers come back on the healed socket.

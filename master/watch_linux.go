@@ -101,18 +101,23 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 
 // culprit names the worker that ran on a listener when it was found dead:
 // the slot's worker for a reuseport socket; for a shared one the worker
-// whose exit prompted the check, or else every running worker.
+// whose exit prompted the check, or else every running worker. cause says
+// what prompted the check: a worker's exit or the periodic check.
 func culprit(slot int, exited *worker, running []*worker) []any {
+	cause := "periodic check"
+	if exited != nil {
+		cause = "worker exited"
+	}
 	if slot >= 0 {
 		if exited != nil && exited.slot.id == slot {
-			return []any{"worker", slot, "pid", exited.pid, "cause", "worker exited"}
+			return []any{"worker", slot, "pid", exited.pid, "cause", cause}
 		}
 		for _, w := range running {
 			if w.slot.id == slot {
-				return []any{"worker", slot, "pid", w.pid, "cause", "periodic check"}
+				return []any{"worker", slot, "pid", w.pid, "cause", cause}
 			}
 		}
-		return []any{"worker", slot, "cause", "periodic check"}
+		return []any{"worker", slot, "cause", cause}
 	}
 	if exited != nil {
 		return []any{"worker", exited.slot.id, "pid", exited.pid, "cause", "worker exited"}
