@@ -261,24 +261,45 @@ func TestRealListenerShutdownHeals(t *testing.T) {
 }
 
 func TestRealListenerHijackReplaced(t *testing.T) {
-	t.Parallel()
-	m := startMaster(t, masterConfig{
-		Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc",
-		Command: guardCommand(t, "guard-worker", "hijack"), MinUptime: time.Millisecond,
-	})
-	addr := m.addr()
-	m.next("all workers ready")
-	if _, err := get(addr, "/shutdown"); err != nil {
-		t.Fatal(err)
+	for _, balance := range []string{"shared", "reuseport"} {
+		t.Run(balance, func(t *testing.T) {
+			t.Parallel()
+			m := startMaster(t, masterConfig{
+				Workers: 2, Listen: []string{"tcp://127.0.0.1:0"}, Balance: balance, Ready: "ipc",
+				Command: guardCommand(t, "guard-worker", "hijack"), MinUptime: time.Millisecond,
+			})
+			addr := m.addr()
+			m.next("all workers ready")
+			// With reuseport, only slot 0's socket is hijacked.
+			for i := 0; ; i++ {
+				resp, err := client.Get("http://" + addr + "/shutdown?worker=0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+				if resp.StatusCode != http.StatusConflict || i > 1000 {
+					t.Fatalf("shutdown: %s", resp.Status)
+				}
+			}
+			r := m.first("listener stopped listening; replaced by a new socket")
+			if r["worker"] == nil || r["pid"] == nil {
+				t.Errorf("replace log %v does not name the worker and pid", r)
+			}
+			if balance == "reuseport" && field(r, "worker") != 0 {
+				t.Errorf("replace log names worker %v, want slot 0", r["worker"])
+			}
+			m.first("restarting workers onto a replaced listener")
+			answersWithin(t, addr, failDeadline(t))
+			m.next("reload done")
+			pidsServing(t, addr, 2)
+			if n := m.count("listener stopped listening; replaced by a new socket"); n != 1 {
+				t.Errorf("%d sockets replaced, want 1", n)
+			}
+		})
 	}
-	r := m.first("listener stopped listening; replaced by a new socket")
-	if r["worker"] == nil || r["pid"] == nil {
-		t.Errorf("replace log %v does not name the worker and pid", r)
-	}
-	m.first("restarting workers onto a replaced listener")
-	answersWithin(t, addr, failDeadline(t))
-	m.next("reload done")
-	pidsServing(t, addr, 2)
 }
 
 // countLocked counts log lines with msg; for waitFor conditions, which run
