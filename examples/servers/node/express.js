@@ -1,0 +1,34 @@
+// An Express 5 app for clusterd: it listens on the socket clusterd shares
+// as fd 3 and drains on SIGTERM. Install Express first:
+//   npm ci --prefix examples/servers/node
+//   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --ready delay=1s -- \
+//     node examples/servers/node/express.js
+'use strict';
+
+const express = require('express');
+
+const worker = process.env.CLUSTERD_WORKER_ID ?? '-';
+let draining = false;
+
+const app = express();
+app.get('/', (req, res) => {
+  if (draining) {
+    res.set('Connection', 'close');
+  }
+  res.type('text/plain').send(`hello from express pid ${process.pid}, worker ${worker}\n`);
+});
+
+if (!process.env.LISTEN_FDS || Number(process.env.LISTEN_PID) !== process.pid) {
+  process.stderr.write('express.js: no socket at fd 3: run it under clusterd --listen\n');
+  process.exit(2);
+}
+// app.listen passes its argument to http.Server.listen. Node calls
+// listen(2) again on the inherited socket with its own backlog (511), which
+// replaces the one clusterd chose (4096) for every worker sharing it.
+const server = app.listen({ fd: 3 });
+
+process.on('SIGTERM', () => {
+  draining = true;
+  server.close(() => process.exit(0));
+  server.closeIdleConnections();
+});
