@@ -22,9 +22,18 @@
 //     EINHORN_FD_COUNT / EINHORN_FD_i for servers written for einhorn;
 //   - its end of an IPC socketpair (package ipc) at fd 3+n, named by
 //     CLUSTERD_IPC_FD;
-//   - NOTIFY_SOCKET, a per-master datagram socket in the abstract namespace;
-//     messages (READY=1, STOPPING=1, WATCHDOG=1) are attributed by the
-//     sender's pid from SCM_CREDENTIALS, or its process group;
+//   - only where it is expected to speak sd_notify (ReadyNotify), as
+//     systemd sets it only for Type=notify: NOTIFY_SOCKET, a datagram
+//     socket of its own, a file (not the abstract "@" form, which some
+//     clients reject) in the master's private runtime directory, made in
+//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd, else
+//     /run/clusterd as root, else os.TempDir(), and removed when Run
+//     returns. The directory is 0700 (0710 with the workers' group under
+//     Options.User) and each socket 0600, owned by the workers' uid: only
+//     they reach it. A message (READY=1, STOPPING=1, WATCHDOG=1) belongs to
+//     the worker whose socket it came in on, whoever sent it; a socket is
+//     read at most 128 datagrams a second after a burst of 256, so a
+//     flooding worker is logged once per burst and meets a full queue;
 //   - its own process group, Pdeathsig SIGKILL, the configured user and
 //     group, and no other fd of the master.
 //
@@ -57,8 +66,10 @@
 // master does not wake up.
 //
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
-// thread that forks); one reader of the notify socket; one goroutine per
-// worker reading its IPC connection; and one output relay, an epoll loop
+// thread that forks); one reader per worker notify socket (a goroutine
+// parked on a socket costs a few kilobytes, and the runtime already
+// multiplexes them over one epoll); one goroutine per worker reading its
+// IPC connection; and one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
 // workers keeps the master small with hundreds of them).
 //
@@ -67,8 +78,9 @@
 // The master owns its listeners (and Options.Activated, once New
 // succeeded), the parent end of each worker's IPC socketpair (closed when
 // the worker is reaped), the read ends of the output pipes (closed at EOF,
-// or when Run ends), /dev/null for the workers' stdin, the notify socket
-// and the connection to its own NOTIFY_SOCKET. All are close-on-exec; a
+// or when Run ends), /dev/null for the workers' stdin, each worker's
+// notify socket (closed and unlinked when the worker is reaped) and the
+// connection to its own NOTIFY_SOCKET. All are close-on-exec; a
 // worker gets copies of exactly the ones meant for it. [ExecWorker] also
 // marks close-on-exec any fd the master itself inherited without the flag,
 // so nothing else reaches the worker command.

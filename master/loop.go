@@ -63,13 +63,12 @@ const (
 	evProtocol                  // the worker broke the IPC protocol (err)
 )
 
-// workerEvent is a message from or about a worker, attributed by pid (and,
-// for sd_notify messages from a worker's children, by process group).
+// workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid, pgid int
-	kind      eventKind
-	source    ReadyKind
-	err       error
+	pid    int
+	kind   eventKind
+	source ReadyKind
+	err    error
 }
 
 type workerState int
@@ -354,9 +353,6 @@ func (l *loop) onExit(e exitEvent) {
 
 func (l *loop) onEvent(e workerEvent) {
 	w := l.byPID[e.pid]
-	if w == nil && e.pgid > 0 {
-		w = l.byPID[e.pgid] // a child of the worker, in its process group
-	}
 	if w == nil {
 		l.log.Trace("event from unknown process", "pid", e.pid)
 		return

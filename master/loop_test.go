@@ -756,22 +756,6 @@ func TestLoopRestartStartFailureRetries(t *testing.T) {
 	})
 }
 
-func TestLoopNotifyFromWorkerChild(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		h := startLoop(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyNotify}})
-		p := h.nextStart(time.Second)
-		// READY=1 from a process the worker started, in its process group.
-		h.events <- workerEvent{pid: 999, pgid: p.pid, kind: evReady, source: ReadyNotify}
-		synctest.Wait()
-		select {
-		case <-h.ready:
-		default:
-			t.Fatal("READY=1 from the worker's process group did not make it ready")
-		}
-		h.stop(p)
-	})
-}
-
 func TestLoopReadyOfOtherModeIgnored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := startLoop(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyNotify}})

@@ -207,7 +207,14 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	never-ready  serve but never say ready
 //	ready-late   say ready after 200ms
 //	reload-never-ready  never say ready from generation 2 on
-//	notify       say ready with sd_notify instead of IPC
+//	notify       say ready with sd_notify instead of IPC, with a client
+//	             that only understands a socket path (like Debian's
+//	             sd_notify gem): an abstract "@" address is an error
+//	notify-env   print "notify_socket: " and $NOTIFY_SOCKET quoted ("" when unset)
+//	notify-forge worker 0 sends READY=1 on its own NOTIFY_SOCKET with the
+//	             credentials of worker 1's pid (needs root), then READY=1
+//	             as itself; worker 1 never says ready
+//	notify-flood send 400 "X=1" datagrams before READY=1
 //	ignore-term  ignore SIGTERM (only SIGKILL stops it)
 //	hello        print "hello from worker N" on stdout and stderr
 //	ids          print "ids: UID GID GROUPS"
@@ -237,6 +244,9 @@ func helperWorker() int {
 			fds = append(fds, strconv.Itoa(fd))
 		}
 		fmt.Printf("fds: %s\n", strings.Join(fds, " "))
+	}
+	if has("notify-env") {
+		fmt.Printf("notify_socket: %q\n", os.Getenv("NOTIFY_SOCKET"))
 	}
 	if has("ids") {
 		groups, _ := unix.Getgroups()
@@ -313,6 +323,22 @@ func helperWorker() int {
 	if has("reload-never-ready") && gen != "1" {
 		mode = append(mode, "never-ready")
 	}
+	if has("notify-forge") {
+		if id != "0" {
+			mode = append(mode, "never-ready")
+		} else if err := forgeNotify(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+	}
+	if has("notify-flood") {
+		for range 400 {
+			if err := sdNotify("X=1"); err != nil {
+				fmt.Fprintln(os.Stderr, "worker:", err)
+				return 2
+			}
+		}
+	}
 	if !has("never-ready") {
 		if has("ready-late") {
 			time.Sleep(200 * time.Millisecond) // a slow start-up is the behaviour under test
@@ -334,16 +360,81 @@ func helperWorker() int {
 
 var workerConn *ipc.Conn // kept open for the worker's life
 
+// notifyPath returns $NOTIFY_SOCKET as a path-only sd_notify client sees it.
+func notifyPath() (string, error) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if !strings.HasPrefix(addr, "/") {
+		return "", fmt.Errorf("NOTIFY_SOCKET %q: this client handles only an absolute path", addr)
+	}
+	return addr, nil
+}
+
+// sdNotify sends one datagram to $NOTIFY_SOCKET, as a path-only client.
+func sdNotify(state string) error {
+	addr, err := notifyPath()
+	if err != nil {
+		return err
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// forgeNotify finds worker 1 (a sibling under the same master) and sends
+// READY=1 on this worker's socket with worker 1's pid as SCM_CREDENTIALS,
+// which only root may claim.
+func forgeNotify() error {
+	// Any address form: the forgery, not the client, is under test
+	// (SockaddrUnix takes a leading "@" as the abstract namespace).
+	addr := os.Getenv("NOTIFY_SOCKET")
+	sibling := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for sibling == 0 {
+		if time.Now().After(deadline) {
+			return errors.New("worker 1 not found")
+		}
+		for _, kid := range childrenOf(os.Getppid()) {
+			env, _ := os.ReadFile("/proc/" + kid + "/environ")
+			if kid != strconv.Itoa(os.Getpid()) && slices.Contains(strings.Split(string(env), "\x00"), ipc.EnvWorkerID+"=1") {
+				sibling, _ = strconv.Atoi(kid)
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // polling /proc: no event announces a sibling
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(sibling), Uid: 0, Gid: 0})
+	if err := unix.Sendmsg(fd, []byte("READY=1"), cred, &unix.SockaddrUnix{Name: addr}, 0); err != nil {
+		return fmt.Errorf("forged sd_notify: %w", err)
+	}
+	fmt.Printf("forged: %d\n", sibling)
+	return nil
+}
+
+// childrenOf lists a process's children.
+func childrenOf(pid int) []string {
+	var kids []string
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, _ := os.ReadDir(dir)
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/children")
+		if err == nil {
+			kids = append(kids, strings.Fields(string(b))...)
+		}
+	}
+	return kids
+}
+
 func sayReady(notify bool) error {
 	if notify {
-		addr := os.Getenv("NOTIFY_SOCKET")
-		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write([]byte("STATUS=up\nREADY=1"))
-		return err
+		return sdNotify("STATUS=up\nREADY=1")
 	}
 	fd, err := strconv.Atoi(os.Getenv(ipc.EnvIPCFD))
 	if err != nil {

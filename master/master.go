@@ -114,11 +114,17 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
 	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
+	var nd *notifyDir
+	if cfg.speaksNotify() {
+		if nd, err = newNotifyDir(cfg.credential); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := nd.remove(); rerr != nil {
+				log.Warn("runtime directory not removed", "error", rerr)
+			}
+		}()
 	}
-	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
 	out, err := newOutputs()
@@ -126,7 +132,7 @@ func (m *Master) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, done)
+	st, err := newExecStarter(cfg, log, nd, out, r, events, done)
 	if err != nil {
 		return err
 	}

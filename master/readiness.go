@@ -9,6 +9,12 @@ import (
 // becomes ready once every slot's worker is, and a worker that misses
 // ReadyTimeout is killed (aborting a reload it belonged to).
 
+// speaksNotify reports whether workers are expected to speak sd_notify and
+// so get a NOTIFY_SOCKET: only under ReadyNotify, as systemd sets it only
+// for Type=notify services. A server whose sd_notify client breaks on a
+// socket it did not ask for (seen with puma) never sees one otherwise.
+func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify }
+
 // becameReady moves a starting worker to ready.
 func (l *loop) becameReady(w *worker) {
 	if w.state != stateStarting || w.expected {

@@ -23,6 +23,7 @@ import (
 type execProcess struct {
 	pid     int
 	conn    *ipc.Conn     // nil without IPC
+	notify  *notifySocket // nil without NOTIFY_SOCKET
 	done    chan struct{} // closed by release
 	once    sync.Once
 	helloOK atomic.Bool // the worker said hello: it reads its IPC end
@@ -40,6 +41,9 @@ func (p *execProcess) release() {
 		close(p.done)
 		if p.conn != nil {
 			p.conn.Close() // unblocks serveIPC; the conn is of no further use
+		}
+		if p.notify != nil {
+			p.notify.close() // unblocks its reader and removes the file
 		}
 	})
 }
@@ -107,9 +111,12 @@ func quietIPCError(err error) bool {
 		errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (st *execStarter) post(e workerEvent) {
+// post hands an event to the loop; false once the loop has ended.
+func (st *execStarter) post(e workerEvent) bool {
 	select {
 	case st.events <- e:
+		return true
 	case <-st.done:
+		return false
 	}
 }

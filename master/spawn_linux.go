@@ -34,6 +34,7 @@ type execStarter struct {
 	reaper  *reaper
 	events  chan<- workerEvent
 	done    <-chan struct{} // closed when the loop has ended
+	notify  *notifyDir      // nil: workers get no NOTIFY_SOCKET
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -60,10 +61,10 @@ var protocolEnv = []string{
 	"EINHORN_FD_", "EINHORN_SOCK_", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
 }
 
-func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outputs, r *reaper,
+func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outputs, r *reaper,
 	events chan<- workerEvent, done <-chan struct{}) (*execStarter, error) {
 	st := &execStarter{
-		cfg: cfg, log: log, out: out, reaper: r, events: events, done: done,
+		cfg: cfg, log: log, out: out, reaper: r, events: events, done: done, notify: notify,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
 	}
@@ -85,9 +86,6 @@ func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outpu
 		if !isProtocolEnv(kv) {
 			st.env = append(st.env, kv)
 		}
-	}
-	if notifyAddr != "" {
-		st.env = append(st.env, "NOTIFY_SOCKET="+notifyAddr)
 	}
 	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -218,6 +216,14 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		env = append(env, "EINHORN_FD_"+strconv.Itoa(i)+"="+strconv.Itoa(3+i))
 	}
 	env = append(env, ipc.Env{IPCFD: 3 + n, WorkerID: req.slot, Generation: req.gen}.Environ()...)
+	var ns *notifySocket
+	if st.notify != nil {
+		if ns, err = st.notify.listen(req.slot, req.gen); err != nil {
+			return fail(err)
+		}
+		cleanup = append(cleanup, ns.close)
+		env = append(env, "NOTIFY_SOCKET="+ns.path)
+	}
 
 	attr := &syscall.ProcAttr{
 		Dir:   st.cfg.Dir,
@@ -257,7 +263,15 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		}
 	}
 
-	p := &execProcess{pid: pid, done: make(chan struct{})}
+	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns}
+	if ns != nil {
+		log := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
+		st.ipcWG.Add(1)
+		go func() {
+			defer st.ipcWG.Done()
+			ns.read(pid, st.post, p.done, log)
+		}()
+	}
 	conn, err := ipc.NewConn(parent, ipc.Options{})
 	if err != nil {
 		// The worker runs; it just has no IPC. Say so and carry on.

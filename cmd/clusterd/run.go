@@ -34,7 +34,8 @@ Each worker gets:
   CLUSTERD_WORKER_GEN                     the slot's generation
   CLUSTERD_IPC_FD                         its end of the IPC channel to the master
   EINHORN_FD_COUNT, EINHORN_FD_n          the sockets again, for einhorn servers
-  NOTIFY_SOCKET                           where sd_notify READY=1 is heard
+  NOTIFY_SOCKET                           with --ready notify only: a socket file
+                                          of its own, where sd_notify READY=1 is heard
 
 Readiness (--ready) - when a started worker counts as serving:
   exec         as soon as it runs
