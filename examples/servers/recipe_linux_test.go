@@ -33,12 +33,14 @@ type run struct {
 }
 
 // startRecipe starts a recipe's cluster and returns once every worker is
-// ready (by the recipe's --ready).
-func startRecipe(t testing.TB, r recipe, extra func(*master.Options)) *run {
+// ready (by the recipe's --ready). n is the number of workers; extra, if
+// not nil, changes the options further (the test's own settings, not the
+// recipe's).
+func startRecipe(t testing.TB, r recipe, n int, extra func(*master.Options)) *run {
 	t.Helper()
 	progs := r.find(t)
 	port := freePort(t)
-	opts, line := options(t, r, port, progs)
+	opts, line := options(t, r, n, port, progs)
 	dir, err := filepath.Abs(r.dir)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +74,7 @@ func startRecipe(t testing.TB, r recipe, extra func(*master.Options)) *run {
 // runRecipe runs the four checks of a recipe: N answering processes, a
 // worker killed and replaced, a reload under load, and a clean stop.
 func runRecipe(t testing.TB, r recipe) {
-	rn := startRecipe(t, r, nil)
+	rn := startRecipe(t, r, workers, nil)
 
 	// 1. Every worker serves: answers come from as many distinct
 	// processes as there are workers, each of them one of the cluster's.

@@ -185,9 +185,15 @@ var recipes = []recipe{
 	{
 		name:  "puma",
 		dir:   "ruby",
-		flags: []string{"--ready", "delay=2s"},
+		flags: []string{"--ready", "notify"},
 		find: func(t testing.TB) map[string]string {
-			return map[string]string{"puma": lookPath(t, "puma", "apt-get install puma ruby-rack")}
+			puma := lookPath(t, "puma", "apt-get install puma ruby-rack")
+			// Puma sends READY=1 through the sd_notify gem, which Debian
+			// packages apart from puma.
+			if err := exec.Command("ruby", "-e", "require 'sd_notify'").Run(); err != nil {
+				missing(t, "ruby gem sd_notify", "apt-get install ruby-sd-notify")
+			}
+			return map[string]string{"puma": puma}
 		},
 		command: func(port int, p map[string]string) []string {
 			return []string{p["puma"], "-b", fmt.Sprintf("tcp://127.0.0.1:%d", port), "config.ru"}
@@ -243,9 +249,9 @@ var recipes = []recipe{
 }
 
 // options turns a recipe's run line into master options: --listen
-// tcp://127.0.0.1:port, -w workers and the recipe's flags. It accepts the
+// tcp://127.0.0.1:port, -w n and the recipe's flags. It accepts the
 // few flags the recipes use, and fails the test on any other.
-func options(t testing.TB, r recipe, port int, progs map[string]string) (master.Options, string) {
+func options(t testing.TB, r recipe, n, port int, progs map[string]string) (master.Options, string) {
 	t.Helper()
 	addr := fmt.Sprintf("tcp://127.0.0.1:%d", port)
 	spec, err := sockshare.ParseSpec(addr)
@@ -254,13 +260,13 @@ func options(t testing.TB, r recipe, port int, progs map[string]string) (master.
 	}
 	opts := master.Options{
 		Listen:  []sockshare.Spec{spec},
-		Workers: workers,
+		Workers: n,
 		Command: r.command(port, progs),
 		// Reloads and stops in these tests must not wait out the
 		// default 30s of a server that never ends its last connection.
 		KillTimeout: 10 * time.Second,
 	}
-	line := []string{"clusterd", "run", "--listen", addr, "-w", strconv.Itoa(workers)}
+	line := []string{"clusterd", "run", "--listen", addr, "-w", strconv.Itoa(n)}
 	line = append(line, r.flags...)
 	for i := 0; i < len(r.flags); i += 2 {
 		if i+1 >= len(r.flags) {

@@ -1,0 +1,84 @@
+package servers_test
+
+import (
+	"bufio"
+	"net"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// recipeNamed returns the recipe of that name.
+func recipeNamed(t testing.TB, name string) recipe {
+	t.Helper()
+	for _, r := range recipes {
+		if r.name == name {
+			return r
+		}
+	}
+	t.Fatalf("no recipe %q", name)
+	return recipe{}
+}
+
+// TestNodeReloadKeepsWorkersReady reloads four Node.js workers started with
+// the default readiness (no --ready) under load, and measures from the
+// master's log how many workers it counted as serving at each step: a
+// reload of batch 1 must keep at least N-1 of N.
+func TestNodeReloadKeepsWorkersReady(t *testing.T) {
+	const n = 4
+	r := recipeNamed(t, "node-http")
+	r.flags = nil
+	rn := startRecipe(t, r, n, nil)
+	l := startLoad(t, rn.addr)
+	l.waitOK(t, 20)
+	if err := rn.c.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	rn.c.WaitLog("reload done", 1)
+	rn.c.WaitLog("worker exited", n)
+	stats := l.stop()
+	mn, mx := readyDuringReload(rn.c.Logs())
+	t.Logf("reload of %d node workers, default readiness: ready workers min %d, max %d; load %s", n, mn, mx, stats.report())
+	if mn < n-1 {
+		t.Errorf("during the reload the master counted %d workers serving, want at least %d", mn, n-1)
+	}
+	if c := stats.count("refused"); c > 0 {
+		t.Errorf("reload refused %d connections, want 0", c)
+	}
+}
+
+// BenchmarkUvicornKeepAlive measures the latency of requests one after
+// another on one keep-alive connection to a uvicorn worker, and reports
+// its median and 90th percentile. Uvicorn leaves Nagle's algorithm on the
+// sockets it accepts from --fd, and an accepted socket inherits
+// TCP_NODELAY from its listener, so the figures show whether clusterd's
+// listener has it:
+//
+//	go test -run '^$' -bench UvicornKeepAlive -benchtime 200x ./examples/servers/
+func BenchmarkUvicornKeepAlive(b *testing.B) {
+	rn := startRecipe(b, recipeNamed(b, "uvicorn"), 1, nil)
+	conn, err := net.Dial("tcp", rn.addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		a, closed := roundTrip(conn, br, false)
+		if a.err != nil {
+			b.Fatalf("request %d: %v", len(lat)+1, a.err)
+		}
+		if closed {
+			b.Fatalf("request %d: uvicorn closed the keep-alive connection", len(lat)+1)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2])/float64(time.Millisecond), "ms-median")
+	b.ReportMetric(float64(lat[len(lat)*9/10])/float64(time.Millisecond), "ms-p90")
+}
