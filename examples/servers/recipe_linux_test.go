@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -80,6 +82,7 @@ func runRecipe(t testing.TB, r recipe) {
 	// processes as there are workers, each of them one of the cluster's.
 	seen := rn.answerers(workers, nil)
 	t.Logf("answered from %d processes: %v", len(seen), slices.Sorted(maps.Keys(seen)))
+	rn.checkBacklog(r.backlog)
 
 	// 2. kill -9 a worker: the master restarts its slot, and the new
 	// worker serves. Whatever the killed worker had started (gunicorn's
@@ -201,6 +204,53 @@ func (rn *run) pidOf(a answer) int {
 		rn.t.Fatalf("answer from worker %s generation %s, which the master never started", slot, gen)
 	}
 	return num(l, "pid")
+}
+
+// checkBacklog compares the backlog of the shared socket, as ss(8) shows
+// it, with what the recipe says the server leaves: want, capped by
+// net.core.somaxconn, or the cap itself for 0.
+func (rn *run) checkBacklog(want int) {
+	rn.t.Helper()
+	ss, err := exec.LookPath("ss")
+	if err != nil {
+		if ciMode() {
+			rn.t.Fatalf("ss is not installed: .ci/run installs iproute2 under CI=true (%v)", err)
+		}
+		rn.t.Logf("listen backlog not checked: ss is not installed (apt-get install iproute2)")
+		return
+	}
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		rn.t.Fatal(err)
+	}
+	limit, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		rn.t.Fatalf("net.core.somaxconn %q: %v", b, err)
+	}
+	if want == 0 || want > limit {
+		want = limit
+	}
+	_, port, err := net.SplitHostPort(rn.addr)
+	if err != nil {
+		rn.t.Fatal(err)
+	}
+	out, err := exec.Command(ss, "-Hltn", "sport = :"+port).Output()
+	if err != nil {
+		rn.t.Fatalf("ss -Hltn 'sport = :%s': %v", port, err)
+	}
+	// State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog.
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		rn.t.Fatalf("ss -Hltn 'sport = :%s' = %q, want one listening socket", port, out)
+	}
+	got, err := strconv.Atoi(f[2])
+	if err != nil {
+		rn.t.Fatalf("ss -Hltn 'sport = :%s' = %q: %v", port, out, err)
+	}
+	rn.t.Logf("listen backlog of the shared socket: %d", got)
+	if got != want {
+		rn.t.Errorf("listen backlog of the shared socket = %d, want %d", got, want)
+	}
 }
 
 // owns reports whether pid is a live process of the cluster.

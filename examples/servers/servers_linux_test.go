@@ -56,9 +56,13 @@ type recipe struct {
 	// find locates the programs the recipe needs; it skips or fails the
 	// test (see need) when one is missing.
 	find func(t testing.TB) map[string]string
-	// pid returns the pid of the process that sent an answer; byHeader
-	// answers carry the slot and generation instead (see answerer).
+	// byHeader: answers carry the slot and generation in workerHeader
+	// instead of a pid in the body.
 	byHeader bool
+	// backlog is the listen backlog the server leaves on the shared
+	// socket once it runs (it may call listen(2) again with its own); 0
+	// means clusterd's, the kernel's maximum.
+	backlog int
 }
 
 // pidRE finds the pid in the answer of the example apps, which all say
@@ -144,6 +148,7 @@ var recipes = []recipe{
 		command: func(port int, p map[string]string) []string {
 			return []string{p["gunicorn"], "--workers", "1", "wsgi:app"}
 		},
+		backlog: 2048,
 	},
 	{
 		name:  "gunicorn-gthread",
@@ -155,6 +160,7 @@ var recipes = []recipe{
 		command: func(port int, p map[string]string) []string {
 			return []string{p["gunicorn"], "--workers", "1", "--worker-class", "gthread", "--threads", "4", "wsgi:app"}
 		},
+		backlog: 2048,
 	},
 	{
 		name:  "uvicorn",
@@ -166,6 +172,7 @@ var recipes = []recipe{
 		command: func(port int, p map[string]string) []string {
 			return []string{p["python3"], "-m", "uvicorn", "--fd", "3", "asgi:app"}
 		},
+		backlog: 2048,
 	},
 	{
 		name:  "lighttpd",
@@ -209,6 +216,7 @@ var recipes = []recipe{
 		command: func(port int, p map[string]string) []string {
 			return []string{p["node"], "http.js"}
 		},
+		backlog: 4096,
 	},
 	{
 		name:  "express",
@@ -220,6 +228,7 @@ var recipes = []recipe{
 		command: func(port int, p map[string]string) []string {
 			return []string{p["node"], "express.js"}
 		},
+		backlog: 4096,
 	},
 	{
 		name:  "caddy",

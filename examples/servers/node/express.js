@@ -22,10 +22,11 @@ if (!process.env.LISTEN_FDS || Number(process.env.LISTEN_PID) !== process.pid) {
   process.stderr.write('express.js: no socket at fd 3: run it under clusterd --listen\n');
   process.exit(2);
 }
-// app.listen passes its argument to http.Server.listen. Node calls
-// listen(2) again on the inherited socket with its own backlog (511), which
-// replaces the one clusterd chose (4096) for every worker sharing it.
-const server = app.listen({ fd: 3 });
+// app.listen passes its arguments to http.Server.listen, which calls
+// listen(2) again on the inherited socket: without the second argument the
+// backlog of the socket every worker shares drops from clusterd's (the
+// kernel's maximum, net.core.somaxconn) to Node's default of 511.
+const server = app.listen({ fd: 3 }, 4096);
 
 process.on('SIGTERM', () => {
   draining = true;

@@ -28,9 +28,10 @@ process.on('SIGTERM', () => {
 });
 
 // LISTEN_FDS is systemd's socket-activation protocol, which clusterd speaks:
-// the first socket is fd 3.
+// the first socket is fd 3. Node calls listen(2) on it again, with the
+// backlog given here (511 without it) for every worker sharing it.
 if (!process.env.LISTEN_FDS || Number(process.env.LISTEN_PID) !== process.pid) {
   process.stderr.write('http.js: no socket at fd 3: run it under clusterd --listen\n');
   process.exit(2);
 }
-server.listen({ fd: 3 });
+server.listen({ fd: 3 }, 4096);
