@@ -82,3 +82,48 @@ func BenchmarkUvicornKeepAlive(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2])/float64(time.Millisecond), "ms-median")
 	b.ReportMetric(float64(lat[len(lat)*9/10])/float64(time.Millisecond), "ms-p90")
 }
+
+// BenchmarkLighttpdReload measures what a rolling reload of two lighttpd
+// workers costs a load that never retries, with the recipe's stop signal
+// (INT: lighttpd finishes its connections) and with TERM (lighttpd closes
+// them at once). It reports the failed requests per reload, by load mode:
+//
+//	go test -run '^$' -bench LighttpdReload -benchtime 5x ./examples/servers/
+func BenchmarkLighttpdReload(b *testing.B) {
+	for _, sig := range []string{"INT", "TERM"} {
+		b.Run(sig, func(b *testing.B) {
+			r := recipeNamed(b, "lighttpd")
+			r.flags = []string{"--ready", "delay=1s", "--stop-signal", sig}
+			rn := startRecipe(b, r, workers, nil)
+			l := startLoad(b, rn.addr)
+			l.waitOK(b, 20)
+			before := l.snapshot()
+			b.ResetTimer()
+			for i := range b.N {
+				if err := rn.c.Signal(syscall.SIGHUP); err != nil {
+					b.Fatal(err)
+				}
+				rn.c.WaitLog("reload done", i+1)
+				rn.c.WaitLog("worker exited", (i+1)*workers)
+			}
+			b.StopTimer()
+			stats := l.stop()
+			b.Logf("%d reloads with --stop-signal %s: %s", b.N, sig, stats.report())
+			for _, mode := range []string{modeClose, modeKeepAlive} {
+				failed := failures(stats[mode]) - failures(before[mode])
+				b.ReportMetric(float64(failed)/float64(b.N), "failed-"+mode+"/reload")
+			}
+		})
+	}
+}
+
+// failures counts the failed requests of one load mode.
+func failures(counts map[string]int) int {
+	n := 0
+	for class, c := range counts {
+		if class != "ok" {
+			n += c
+		}
+	}
+	return n
+}

@@ -58,7 +58,7 @@ func startRecipe(t testing.TB, r recipe, n int, extra func(*master.Options)) *ru
 	if extra != nil {
 		extra(&opts)
 	}
-	t.Logf("recipe (run in examples/servers/%s): %s", r.dir, line)
+	t.Logf("recipe: %s", line)
 	rn := &run{t: t, mark: mark, out: out, byHeader: r.byHeader}
 	// Registered before Start, so it runs after the master's own cleanup
 	// has stopped the cluster: whatever is left then has escaped it.

@@ -275,7 +275,7 @@ func options(t testing.TB, r recipe, n, port int, progs map[string]string) (mast
 		// default 30s of a server that never ends its last connection.
 		KillTimeout: 10 * time.Second,
 	}
-	line := []string{"clusterd", "run", "--listen", addr, "-w", strconv.Itoa(n)}
+	line := []string{"clusterd", "run", "--listen", addr, "-w", strconv.Itoa(n), "--cwd", "examples/servers/" + r.dir}
 	line = append(line, r.flags...)
 	for i := 0; i < len(r.flags); i += 2 {
 		if i+1 >= len(r.flags) {
