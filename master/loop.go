@@ -359,7 +359,7 @@ func (l *loop) onEvent(e workerEvent) {
 	}
 	switch e.kind {
 	case evReady:
-		if e.source == l.cfg.Ready.Kind {
+		if l.cfg.Ready.accepts(e.source) {
 			l.becameReady(w)
 		}
 	case evStopping:

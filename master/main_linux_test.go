@@ -215,6 +215,9 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	             credentials of worker 1's pid (needs root), then READY=1
 //	             as itself; worker 1 never says ready
 //	notify-flood send 400 "X=1" datagrams before READY=1
+//	listen-stamp print "listen_at: UNIXMICRO" just before it takes its listeners
+//	accept       serve fd 3 with a blocking accept(2) on a dup of it (the
+//	             listener is made blocking: one worker only)
 //	ignore-term  ignore SIGTERM (only SIGKILL stops it)
 //	hello        print "hello from worker N" on stdout and stderr
 //	ids          print "ids: UID GID GROUPS"
@@ -283,6 +286,13 @@ func helperWorker() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 2
+	}
+	if has("listen-stamp") {
+		fmt.Printf("listen_at: %d\n", time.Now().UnixMicro())
+	}
+	if has("accept") {
+		go acceptBlocking()
+		n = 0 // fd 3 is served by acceptBlocking alone
 	}
 	var lns []net.Listener
 	for i := range n {
@@ -359,6 +369,29 @@ func helperWorker() int {
 }
 
 var workerConn *ipc.Conn // kept open for the worker's life
+
+// acceptBlocking answers every connection on fd 3 (through a dup of it)
+// with a fixed HTTP response, from a thread blocked in accept(2).
+func acceptBlocking() {
+	fd, err := unix.Dup(3)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	for {
+		c, _, err := unix.Accept(fd)
+		if err != nil {
+			continue
+		}
+		body := strconv.Itoa(os.Getpid()) + " accept\n"
+		unix.Write(c, []byte("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body))
+		unix.Close(c)
+	}
+}
 
 // notifyPath returns $NOTIFY_SOCKET as a path-only sd_notify client sees it.
 func notifyPath() (string, error) {

@@ -172,10 +172,13 @@ func normalize(opts Options) (*config, error) {
 	if c.Restart < RestartAlways || c.Restart > RestartNever {
 		return nil, fmt.Errorf("unknown restart policy %v", c.Restart)
 	}
-	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyDelay {
+	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyListening {
 		return nil, fmt.Errorf("unknown ready mode %v", c.Ready)
 	}
-	if c.Ready.Kind == ReadyDelay && c.Ready.Delay <= 0 {
+	if c.Ready.Kind == ReadyListening && c.Ready.Delay == 0 {
+		c.Ready.Delay = DefaultListeningFallback
+	}
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.Ready.Delay <= 0 {
 		return nil, fmt.Errorf("ready mode %v: delay must be positive", c.Ready)
 	}
 	if c.Output != OutputPrefix && c.Output != OutputRaw {
@@ -207,7 +210,7 @@ func normalize(opts Options) (*config, error) {
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
 	}
-	if c.Ready.Kind == ReadyDelay && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
 		return nil, fmt.Errorf("ready timeout %v must be longer than ready delay %v", c.ReadyTimeout, c.Ready.Delay)
 	}
 	if c.MaxRestarts == 0 {

@@ -195,12 +195,18 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 
 	files := []uintptr{uintptr(st.devNull), uintptr(outFD), uintptr(errFD)}
+	listenFDs := make([]int, 0, len(req.files))
 	for _, f := range req.files {
 		fd, err := rawFD(f)
 		if err != nil {
 			return fail(fmt.Errorf("listener: %w", err))
 		}
 		files = append(files, uintptr(fd))
+		listenFDs = append(listenFDs, fd)
+	}
+	var inodes []uint64
+	if st.cfg.Ready.Kind == ReadyListening {
+		inodes = listenerInodes(listenFDs)
 	}
 	ipcFD, err := rawFD(child)
 	if err != nil {
@@ -264,13 +270,17 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 
 	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns}
+	wlog := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
 	if ns != nil {
-		log := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
 		st.ipcWG.Add(1)
 		go func() {
 			defer st.ipcWG.Done()
-			ns.read(pid, st.post, p.done, log)
+			ns.read(pid, st.post, p.done, wlog)
 		}()
+	}
+	if st.cfg.Ready.Kind == ReadyListening {
+		st.ipcWG.Add(1)
+		go st.probeListening(p, inodes, wlog)
 	}
 	conn, err := ipc.NewConn(parent, ipc.Options{})
 	if err != nil {

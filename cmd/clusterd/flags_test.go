@@ -61,6 +61,7 @@ func TestRunFlagDefaults(t *testing.T) {
 		BackoffMax:    master.DefaultBackoffMax,
 		MaxRestarts:   master.DefaultMaxRestarts,
 		RestartWindow: master.DefaultRestartWindow,
+		Ready:         master.ReadyMode{Kind: master.ReadyListening, Delay: master.DefaultListeningFallback},
 		ReadyTimeout:  master.DefaultReadyTimeout,
 		KillTimeout:   master.DefaultKillTimeout,
 		ReloadBatch:   master.DefaultReloadBatch,

@@ -38,7 +38,15 @@ Each worker gets:
                                           of its own, where sd_notify READY=1 is heard
 
 Readiness (--ready) - when a started worker counts as serving:
-  exec         as soon as it runs
+  listening    (the default) when it waits for connections on a socket it
+               inherited: a thread blocked in accept on it, or the socket in
+               one of its epoll sets, as /proc shows it (Go, Node, asyncio and
+               uvicorn, lighttpd, nginx); a worker that speaks the IPC protocol
+               is ready when it says so. A worker with no inherited socket, or
+               one not seen waiting within 2s (a select or poll server such as
+               gunicorn's sync worker), is ready after 2s, and the log says so;
+               listening=DUR sets that delay
+  exec         as soon as the command was executed
   notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
   ipc          when it calls worker.Ready() (the Go library, over IPC)
   delay=DUR    once it has stayed up for DUR (e.g. delay=500ms)
@@ -72,8 +80,8 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
   # A Go server that links the worker library reports readiness over IPC.
   clusterd run --listen 127.0.0.1:8080 --ready ipc -- bin/hello
 
-  # Any binary that can listen on an inherited fd, ready after it stayed up 1s.
-  clusterd run --listen :3000 --ready delay=1s -- node examples/node/server.js
+  # Any binary that can listen on an inherited fd, ready once it listens.
+  clusterd run --listen :3000 -- node examples/node/server.js
 
   # One SO_REUSEPORT socket per worker, workers run as www-data, JSON logs.
   clusterd run --listen :80 --balance reuseport --user www-data --log-json -- ./server
@@ -118,7 +126,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.backoffMax, "backoff-max", master.DefaultBackoffMax, "longest restart delay of a worker that keeps crashing")
 	fs.IntVar(&f.maxRestarts, "max-restarts", master.DefaultMaxRestarts, "restart intensity: more restarts than this within --restart-window stop the cluster with an error (negative: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", master.DefaultRestartWindow, "time window of --max-restarts")
-	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyExec}.String(), "when a started worker counts as ready: exec, notify, ipc or delay=DURATION")
+	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyListening}.String(), "when a started worker counts as ready: listening[=FALLBACK], exec, notify, ipc or delay=DURATION")
 	fs.DurationVar(&f.readyTimeout, "ready-timeout", master.DefaultReadyTimeout, "how long a starting worker may take to become ready before it is killed (negative: no limit)")
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
