@@ -83,6 +83,7 @@ func runRecipe(t testing.TB, r recipe) {
 	seen := rn.answerers(workers, nil)
 	t.Logf("answered from %d processes: %v", len(seen), slices.Sorted(maps.Keys(seen)))
 	rn.checkBacklog(r.backlog)
+	rn.checkReadiness(r.waits)
 
 	// 2. kill -9 a worker: the master restarts its slot, and the new
 	// worker serves. Whatever the killed worker had started (gunicorn's
@@ -204,6 +205,39 @@ func (rn *run) pidOf(a answer) int {
 		rn.t.Fatalf("answer from worker %s generation %s, which the master never started", slot, gen)
 	}
 	return num(l, "pid")
+}
+
+// checkReadiness reports how the master found each worker of the first
+// generation ready, and how long it took, and checks the how against the
+// recipe's waits (with --ready listening: "accept", "epoll" or "fallback").
+func (rn *run) checkReadiness(want string) {
+	rn.t.Helper()
+	lines := rn.c.Logs()
+	how := map[int]string{}
+	for _, l := range lines {
+		switch l["@message"] {
+		case "worker waits on its listener":
+			how[num(l, "pid")], _ = l["how"].(string)
+		case "worker not seen waiting on its listener (a select or poll server?): ready after a delay",
+			"worker has no inherited listener: ready after a delay",
+			"worker not inspectable in /proc: ready after a delay":
+			pid := num(l, "pid")
+			if how[pid] == "fallback" {
+				rn.t.Errorf("pid %d: the master logged its readiness fallback twice", pid)
+			}
+			how[pid] = "fallback"
+		}
+	}
+	for _, l := range lines {
+		if l["@message"] != "worker ready" || num(l, "generation") != 1 {
+			continue
+		}
+		got := how[num(l, "pid")]
+		rn.t.Logf("worker %d (pid %d) ready after %v by %q", num(l, "worker"), num(l, "pid"), l["duration"], got)
+		if got != want {
+			rn.t.Errorf("worker %d (pid %d) found ready by %q, want %q", num(l, "worker"), num(l, "pid"), got, want)
+		}
+	}
 }
 
 // checkBacklog compares the backlog of the shared socket, as ss(8) shows

@@ -63,6 +63,10 @@ type recipe struct {
 	// socket once it runs (it may call listen(2) again with its own); 0
 	// means clusterd's, the kernel's maximum.
 	backlog int
+	// waits is how the master sees the worker ready: under --ready
+	// listening, "epoll" or "accept" (the log's how) or "fallback" (not
+	// seen waiting: ready after the fallback delay); "" for other modes.
+	waits string
 }
 
 // pidRE finds the pid in the answer of the example apps, which all say
@@ -141,7 +145,7 @@ var recipes = []recipe{
 	{
 		name:  "gunicorn-sync",
 		dir:   "python",
-		flags: []string{"--ready", "delay=2s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"gunicorn": lookPath(t, "gunicorn", "apt-get install gunicorn")}
 		},
@@ -149,11 +153,12 @@ var recipes = []recipe{
 			return []string{p["gunicorn"], "--workers", "1", "wsgi:app"}
 		},
 		backlog: 2048,
+		waits:   "fallback",
 	},
 	{
 		name:  "gunicorn-gthread",
 		dir:   "python",
-		flags: []string{"--ready", "delay=2s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"gunicorn": lookPath(t, "gunicorn", "apt-get install gunicorn")}
 		},
@@ -161,11 +166,12 @@ var recipes = []recipe{
 			return []string{p["gunicorn"], "--workers", "1", "--worker-class", "gthread", "--threads", "4", "wsgi:app"}
 		},
 		backlog: 2048,
+		waits:   "epoll",
 	},
 	{
 		name:  "uvicorn",
 		dir:   "python",
-		flags: []string{"--ready", "delay=2s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"python3": pythonWith(t, "uvicorn", "apt-get install python3-uvicorn")}
 		},
@@ -173,11 +179,12 @@ var recipes = []recipe{
 			return []string{p["python3"], "-m", "uvicorn", "--fd", "3", "asgi:app"}
 		},
 		backlog: 2048,
+		waits:   "epoll",
 	},
 	{
 		name:  "lighttpd",
 		dir:   "lighttpd",
-		flags: []string{"--ready", "delay=1s", "--stop-signal", "INT"},
+		flags: []string{"--stop-signal", "INT"},
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"lighttpd": lookPath(t, "lighttpd", "apt-get install lighttpd")}
 		},
@@ -188,6 +195,7 @@ var recipes = []recipe{
 			return []string{p["lighttpd"], "-D", "-f", "lighttpd.conf"}
 		},
 		byHeader: true,
+		waits:    "epoll",
 	},
 	{
 		name:  "puma",
@@ -209,7 +217,7 @@ var recipes = []recipe{
 	{
 		name:  "node-http",
 		dir:   "node",
-		flags: []string{"--ready", "delay=1s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"node": lookPath(t, "node", "apt-get install nodejs")}
 		},
@@ -217,11 +225,12 @@ var recipes = []recipe{
 			return []string{p["node"], "http.js"}
 		},
 		backlog: 4096,
+		waits:   "epoll",
 	},
 	{
 		name:  "express",
 		dir:   "node",
-		flags: []string{"--ready", "delay=1s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"node": nodeWithExpress(t)}
 		},
@@ -229,11 +238,12 @@ var recipes = []recipe{
 			return []string{p["node"], "express.js"}
 		},
 		backlog: 4096,
+		waits:   "epoll",
 	},
 	{
 		name:  "caddy",
 		dir:   "caddy",
-		flags: []string{"--ready", "delay=1s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			caddy := os.Getenv("CLUSTERD_TEST_CADDY")
 			if caddy == "" {
@@ -254,6 +264,7 @@ var recipes = []recipe{
 			return []string{p["caddy"], "run", "--config", "Caddyfile"}
 		},
 		byHeader: true,
+		waits:    "epoll",
 	},
 }
 
@@ -277,6 +288,10 @@ func options(t testing.TB, r recipe, n, port int, progs map[string]string) (mast
 	}
 	line := []string{"clusterd", "run", "--listen", addr, "-w", strconv.Itoa(n), "--cwd", "examples/servers/" + r.dir}
 	line = append(line, r.flags...)
+	// Without --ready, clusterd run waits for the listening state.
+	if opts.Ready, err = master.ParseReadyMode("listening"); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < len(r.flags); i += 2 {
 		if i+1 >= len(r.flags) {
 			t.Fatalf("recipe %s: flag %s has no value", r.name, r.flags[i])
