@@ -158,7 +158,7 @@ var recipes = []recipe{
 	{
 		name:  "gunicorn-gthread",
 		dir:   "python",
-		flags: nil,
+		flags: []string{"--ready", "listening=10s"},
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"gunicorn": lookPath(t, "gunicorn", "apt-get install gunicorn")}
 		},
@@ -171,7 +171,7 @@ var recipes = []recipe{
 	{
 		name:  "uvicorn",
 		dir:   "python",
-		flags: nil,
+		flags: []string{"--ready", "listening=10s"},
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"python3": pythonWith(t, "uvicorn", "apt-get install python3-uvicorn")}
 		},
