@@ -87,9 +87,17 @@
 //
 // # Lifecycle and signals
 //
-// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
-// sends READY=1 (notify), when it sends an ipc ready message after its hello
-// (ipc), when it has stayed up for a delay, or (listening, the CLI's
+// The exec-worker step reports the outcome of its execve through a
+// close-on-exec pipe (CLUSTERD_EXEC_FD): end-of-file when the command runs,
+// the errno when it could not be executed. A failed exec is one Error line
+// naming the command and the errno; when no other worker runs the command
+// (a binary of the wrong format, one the workers' user may not execute) the
+// cluster stops and Run returns that error, with no restart loop.
+//
+// A worker is ready, by Options.Ready, as soon as its command was executed
+// (exec), when it sends READY=1 (notify), when it sends an ipc ready
+// message after its hello (ipc), when it has stayed up for a delay, or
+// (listening, the CLI's
 // default) when /proc shows it waiting for connections on an inherited
 // listener: a thread blocked in accept on it, or the listener in one of its
 // epoll sets, matched by inode. A probe goroutine per starting worker
@@ -113,8 +121,10 @@
 //	           the old one; a replacement that fails aborts the reload and
 //	           the old workers keep serving; a second HUP starts it over
 //	TERM, INT  graceful stop: drain every worker, return once all exited;
-//	           a second one stops at once
-//	QUIT       immediate stop (SIGKILL)
+//	           a second one stops at once, but only 1s or more after the
+//	           first (coreutils timeout signals the master, then its process
+//	           group: one request that arrives twice)
+//	QUIT       immediate stop (SIGKILL), whenever it comes
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
 //	WINCH      stop all workers but keep the master and its sockets (for
 //	           maintenance); HUP starts them again
@@ -139,7 +149,7 @@
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
 // "notify") has lines other programs may rely on: Info "listening" (addr,
-// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// name), Warn "no listen address: workers get no sockets from clusterd", Info "worker ready" (worker, pid, generation), Info "all workers
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart

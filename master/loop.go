@@ -61,6 +61,7 @@ const (
 	evStopping                  // the worker says it is stopping (STOPPING=1)
 	evWatchdog                  // WATCHDOG=1 keep-alive
 	evProtocol                  // the worker broke the IPC protocol (err)
+	evExec                      // the exec-worker step ran the command (err nil) or failed to (err)
 )
 
 // workerEvent is a message from or about a worker, attributed by pid.
@@ -98,6 +99,7 @@ type worker struct {
 	readyBy  time.Time // ReadyTimeout deadline; zero: none
 	killAt   time.Time // draining: SIGKILL at this time; zero: none
 	expected bool      // its exit is intended (drained or killed on purpose)
+	execOK   bool      // the command was executed (evExec without error)
 	why      string    // why it was stopped, for the exit log
 }
 
@@ -129,18 +131,19 @@ type loop struct {
 	rlog hclog.Logger // "reload"
 	loopDeps
 
-	slots    []*slot // index = slot id; len = desired count
-	gens     map[int]int
-	byPID    map[int]*worker
-	reload   *reloadState
-	stopping bool
-	force    bool // stopping with SIGKILL
-	paused   bool // WINCH: workers stopped, master and sockets kept
-	result   error
-	allReady bool
-	limit    intensity
-	lastBad  string    // the last failed exit that was not restarted
-	petAt    time.Time // next WATCHDOG=1
+	slots        []*slot // index = slot id; len = desired count
+	gens         map[int]int
+	byPID        map[int]*worker
+	reload       *reloadState
+	stopping     bool
+	stopSignalAt time.Time // the TERM or INT that began the stop; zero: none
+	force        bool      // stopping with SIGKILL
+	paused       bool      // WINCH: workers stopped, master and sockets kept
+	result       error
+	allReady     bool
+	limit        intensity
+	lastBad      string    // the last failed exit that was not restarted
+	petAt        time.Time // next WATCHDOG=1
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -273,8 +276,10 @@ func (l *loop) startWorker(s *slot) error {
 	w.log.Debug("worker started")
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		l.becameReady(w)
-		return nil
+		if r, ok := p.(execReporter); !ok || !r.reportsExec() {
+			l.becameReady(w) // no exec outcome will come: running is all we know
+			return nil
+		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
@@ -366,6 +371,8 @@ func (l *loop) onEvent(e workerEvent) {
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+	case evExec:
+		l.onExec(w, e.err)
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {

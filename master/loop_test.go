@@ -666,6 +666,12 @@ func TestLoopGracefulStop(t *testing.T) {
 			p := h.nextStart(time.Second)
 			h.signal(syscall.SIGINT)
 			h.wantSignal(p, syscall.SIGTERM, time.Second)
+			// coreutils timeout signals the child, then its process group:
+			// a second signal at once is the same request.
+			time.Sleep(secondStopGrace - time.Millisecond)
+			h.signal(syscall.SIGTERM)
+			h.noSignal(p)
+			time.Sleep(time.Millisecond)
 			h.signal(syscall.SIGTERM)
 			h.wantSignal(p, syscall.SIGKILL, 0)
 			h.exit(p, exitStatus{signal: syscall.SIGKILL})

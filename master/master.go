@@ -73,7 +73,7 @@ func (m *Master) Addrs() []net.Addr {
 // Run binds the listeners (errors name the address), starts the workers and
 // supervises them: it restarts the ones that exit, and acts on the signals
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
-// second one to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
+// second one, 1s or more after the first, to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
 // or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
 // graceful stop.
 //
@@ -104,6 +104,11 @@ func (m *Master) Run(ctx context.Context) (err error) {
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
 
 	r, err := startReaper(cfg.ReapOnlyWorkers)
 	if err != nil {

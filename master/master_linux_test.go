@@ -1292,3 +1292,18 @@ func dupFD(t *testing.T, f *os.File) int {
 	syscall.CloseOnExec(nfd)
 	return nfd
 }
+
+func TestRealNoListenWarns(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{Workers: 1, Ready: "ipc"})
+	m.next("all workers ready")
+	const msg = "no listen address: workers get no sockets from clusterd"
+	if l := m.first(msg); l["@level"] != "warn" || m.count(msg) != 1 {
+		t.Errorf("%d %q lines (%v), want one warning", m.count(msg), msg, l)
+	}
+	m2 := startMaster(t, masterConfig{Workers: 1, Ready: "ipc", Listen: []string{"tcp://127.0.0.1:0"}})
+	m2.next("all workers ready")
+	if n := m2.count(msg); n != 0 {
+		t.Errorf("%d %q lines with a listen address, want none", n, msg)
+	}
+}

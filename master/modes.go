@@ -88,7 +88,8 @@ func (p RestartPolicy) String() string {
 type ReadyKind int
 
 const (
-	// ReadyExec (the zero value): ready as soon as the worker process runs.
+	// ReadyExec (the zero value): ready as soon as the exec-worker step has
+	// executed the worker command (not when it failed to).
 	ReadyExec ReadyKind = iota
 	// ReadyNotify: ready when the worker sends READY=1 on NOTIFY_SOCKET.
 	ReadyNotify

@@ -29,6 +29,11 @@ type execProcess struct {
 	helloOK atomic.Bool // the worker said hello: it reads its IPC end
 }
 
+// reportsExec: the exec-worker step reports its execve (awaitExec).
+func (p *execProcess) reportsExec() bool { return true }
+
+var _ execReporter = (*execProcess)(nil)
+
 func (p *execProcess) signal(sig syscall.Signal) error {
 	if err := unix.Kill(-p.pid, sig); err != nil {
 		return fmt.Errorf("signal process group %d: %w", p.pid, os.NewSyscallError("kill", err))

@@ -3,9 +3,15 @@ package master
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
 // The signal-to-action table of the loop (Options.Signals).
+
+// secondStopGrace is how long after a TERM or INT that began a graceful
+// stop a second one is taken as the same request rather than as "stop at
+// once". QUIT always stops at once.
+const secondStopGrace = time.Second
 
 func (l *loop) onSignal(sig os.Signal) {
 	s, _ := sig.(syscall.Signal)
@@ -24,12 +30,21 @@ func (l *loop) onSignal(sig os.Signal) {
 			l.pause()
 		}
 	case syscall.SIGTERM, syscall.SIGINT:
+		now := time.Now()
 		if l.stopping {
+			if !l.stopSignalAt.IsZero() && now.Sub(l.stopSignalAt) < secondStopGrace {
+				// coreutils timeout, and other supervisors, signal the
+				// master and then its process group: one request, twice.
+				l.log.Info("stop signal repeated too soon to stop at once", "signal", signalName(s),
+					"grace", secondStopGrace.String())
+				return
+			}
 			l.log.Info("stopping at once", "signal", signalName(s))
 			l.beginStop(true)
 			return
 		}
 		l.log.Info("stopping", "signal", signalName(s))
+		l.stopSignalAt = now
 		l.beginStop(false)
 	case syscall.SIGQUIT:
 		l.log.Info("stopping at once", "signal", signalName(s))

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"runtime"
@@ -58,7 +59,7 @@ type spawnResult struct {
 // values of them are dropped first.
 var protocolEnv = []string{
 	"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=",
-	"EINHORN_FD_", "EINHORN_SOCK_", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
+	"EINHORN_FD_", "EINHORN_SOCK_", envExecFD + "=", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
 }
 
 func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outputs, r *reaper,
@@ -213,6 +214,16 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		return fail(fmt.Errorf("ipc: %w", err))
 	}
 	files = append(files, uintptr(ipcFD))
+	// The exec-outcome pipe: the exec-worker step gets the write end, which
+	// its execve closes (end-of-file: the command runs) or to which it
+	// writes the errno of a failed exec.
+	execR, execW, err := pipe()
+	if err != nil {
+		return fail(fmt.Errorf("exec outcome pipe: %w", err))
+	}
+	cleanup = append(cleanup, func() { unix.Close(execR); unix.Close(execW) })
+	execFD := len(files)
+	files = append(files, uintptr(execW))
 
 	n := len(req.files)
 	env := append([]string(nil), st.env...)
@@ -222,6 +233,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		env = append(env, "EINHORN_FD_"+strconv.Itoa(i)+"="+strconv.Itoa(3+i))
 	}
 	env = append(env, ipc.Env{IPCFD: 3 + n, WorkerID: req.slot, Generation: req.gen}.Environ()...)
+	env = append(env, envExecFD+"="+strconv.Itoa(execFD))
 	var ns *notifySocket
 	if st.notify != nil {
 		if ns, err = st.notify.listen(req.slot, req.gen); err != nil {
@@ -255,6 +267,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
+	unix.Close(execW)
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
 	if outR >= 0 {
 		unix.Close(outFD)
@@ -278,6 +291,8 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 			ns.read(pid, st.post, p.done, wlog)
 		}()
 	}
+	st.ipcWG.Add(1)
+	go st.awaitExec(p, execR)
 	if st.cfg.Ready.Kind == ReadyListening {
 		st.ipcWG.Add(1)
 		go st.probeListening(p, inodes, wlog)
@@ -315,3 +330,34 @@ func (st *execStarter) close() {
 }
 
 var _ process = (*execProcess)(nil)
+
+// awaitExec reads the exec-outcome pipe of a worker and posts what it says:
+// end-of-file once the command was executed, or the errno of a failed
+// execve. It owns and closes r.
+func (st *execStarter) awaitExec(p *execProcess, r int) {
+	defer st.ipcWG.Done()
+	defer unix.Close(r)
+	var b [4]byte
+	n := 0
+	for n < len(b) {
+		m, err := unix.Read(r, b[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m == 0 {
+			break
+		}
+		n += m
+	}
+	var err error
+	switch n {
+	case 0:
+		// End-of-file: the execve succeeded (or the step died before it
+		// could say otherwise, which its exit status reports).
+	case len(b):
+		err = fmt.Errorf("exec %s: %w", st.cfg.path, syscall.Errno(binary.NativeEndian.Uint32(b[:])))
+	default:
+		err = fmt.Errorf("exec %s: exec-worker step sent %d bytes of its outcome", st.cfg.path, n)
+	}
+	st.post(workerEvent{pid: p.pid, kind: evExec, err: err})
+}

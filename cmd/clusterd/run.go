@@ -56,8 +56,10 @@ Signals to the master:
                worker, wait until it is ready, then drain the old one (its stop
                signal, SIGKILL after --kill-timeout); a worker that fails to
                become ready aborts the reload and the old ones keep serving
-  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
-  QUIT         immediate stop
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at
+               once, but only 1s or more after the first (coreutils timeout
+               signals the master and then its process group: one request)
+  QUIT         immediate stop: SIGKILL to every worker, whenever it comes
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
@@ -94,6 +96,7 @@ type runFlags struct {
 	workers       int
 	listen        []string
 	balance       string
+	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
 	backoffMin    time.Duration
@@ -120,6 +123,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
 	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
 	fs.DurationVar(&f.backoffMin, "backoff-min", master.DefaultBackoffMin, "first restart delay of a worker that keeps crashing")
@@ -233,6 +237,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	o.Workers = f.workers
 	for _, s := range f.listen {
+		if strings.TrimSpace(s) == "" {
+			return o, usagef("--listen %q: empty address", s)
+		}
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
 			return o, usagef("--listen %s: %w", s, err)
@@ -242,6 +249,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
+	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
 	}
