@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clusterd/clusterd/master"
 )
 
 // recipeNamed returns the recipe of that name.
@@ -52,35 +54,44 @@ func TestNodeReloadKeepsWorkersReady(t *testing.T) {
 // another on one keep-alive connection to a uvicorn worker, and reports
 // its median and 90th percentile. Uvicorn leaves Nagle's algorithm on the
 // sockets it accepts from --fd, and an accepted socket inherits
-// TCP_NODELAY from its listener, so the figures show whether clusterd's
-// listener has it:
+// TCP_NODELAY from its listener: "nodelay" is clusterd's default listener,
+// "delay" one made with --tcp-nodelay=false, as clusterd made them before.
 //
 //	go test -run '^$' -bench UvicornKeepAlive -benchtime 200x ./examples/servers/
 func BenchmarkUvicornKeepAlive(b *testing.B) {
-	rn := startRecipe(b, recipeNamed(b, "uvicorn"), 1, nil)
-	conn, err := net.Dial("tcp", rn.addr)
-	if err != nil {
-		b.Fatal(err)
+	for _, tc := range []struct {
+		name  string
+		delay bool
+	}{{"nodelay", false}, {"delay", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rn := startRecipe(b, recipeNamed(b, "uvicorn"), 1, func(o *master.Options) {
+				o.ListenOptions.TCPDelay = tc.delay
+			})
+			conn, err := net.Dial("tcp", rn.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			br := bufio.NewReader(conn)
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				a, closed := roundTrip(conn, br, false)
+				if a.err != nil {
+					b.Fatalf("request %d: %v", len(lat)+1, a.err)
+				}
+				if closed {
+					b.Fatalf("request %d: uvicorn closed the keep-alive connection", len(lat)+1)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2])/float64(time.Millisecond), "ms-median")
+			b.ReportMetric(float64(lat[len(lat)*9/10])/float64(time.Millisecond), "ms-p90")
+		})
 	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
-		a, closed := roundTrip(conn, br, false)
-		if a.err != nil {
-			b.Fatalf("request %d: %v", len(lat)+1, a.err)
-		}
-		if closed {
-			b.Fatalf("request %d: uvicorn closed the keep-alive connection", len(lat)+1)
-		}
-		lat = append(lat, time.Since(start))
-	}
-	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2])/float64(time.Millisecond), "ms-median")
-	b.ReportMetric(float64(lat[len(lat)*9/10])/float64(time.Millisecond), "ms-p90")
 }
 
 // BenchmarkLighttpdReload measures what a rolling reload of two lighttpd
