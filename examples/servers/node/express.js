@@ -1,8 +1,8 @@
 // An Express 5 app for clusterd: it listens on the socket clusterd shares
 // as fd 3 and drains on SIGTERM. Install Express first:
 //   npm ci --prefix examples/servers/node
-//   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --ready delay=1s -- \
-//     node examples/servers/node/express.js
+//   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/node -- \
+//     node express.js
 'use strict';
 
 const express = require('express');

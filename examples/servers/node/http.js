@@ -1,7 +1,7 @@
 // A Node.js server on node:http for clusterd: it listens on the socket
 // clusterd shares as fd 3 and drains on SIGTERM.
-//   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --ready delay=1s -- \
-//     node examples/servers/node/http.js
+//   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/node -- \
+//     node http.js
 'use strict';
 
 const http = require('node:http');

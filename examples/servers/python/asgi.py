@@ -1,7 +1,8 @@
 # An ASGI app for uvicorn under clusterd: it answers with the pid of the
 # process that served the request and the clusterd slot it belongs to.
-#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --ready delay=2s -- \
-#     python3 -m uvicorn --app-dir examples/servers/python --fd 3 asgi:app
+#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python \
+#     --ready listening=10s -- \
+#     /usr/bin/python3 -m uvicorn --fd 3 asgi:app
 import os
 
 

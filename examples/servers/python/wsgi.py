@@ -1,7 +1,11 @@
 # A WSGI app for gunicorn under clusterd: it answers with the pid of the
 # process that served the request and the clusterd slot it belongs to.
-#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --ready delay=2s -- \
-#     gunicorn --chdir examples/servers/python --workers 1 wsgi:app
+#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python -- \
+#     gunicorn --workers 1 wsgi:app
+# or, with the gthread worker:
+#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python \
+#     --ready listening=10s -- \
+#     gunicorn --workers 1 --worker-class gthread --threads 4 wsgi:app
 import os
 
 
