@@ -74,10 +74,13 @@ func startRecipe(t testing.TB, r recipe, n int, extra func(*master.Options)) *ru
 	// Registered before Start, so it runs after the master's own cleanup
 	// has stopped the cluster: whatever is left then has escaped it.
 	t.Cleanup(func() {
+		for pid, p := range rn.leftovers() {
+			t.Errorf("process of the cluster left after the master stopped, killed: %d %v", pid, p)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		if t.Failed() {
 			t.Logf("worker output (last %d bytes):\n%s", outputLimit, out.String())
 		}
-		rn.killLeftovers()
 	})
 	rn.c = mastertest.Start(t, opts)
 	rn.addr = rn.c.Addr()
@@ -101,6 +104,9 @@ func runRecipe(t testing.TB, r recipe) {
 	// arbiter has a child per worker) goes with it.
 	victim := lastLine(rn.c.Logs(), "worker ready", func(l map[string]any) bool { return num(l, "worker") == 0 })
 	pid := num(victim, "pid")
+	if pid <= 0 {
+		t.Fatalf("no pid of worker 0 in the master's log (%v)", victim)
+	}
 	group := rn.processes(func(p proc) bool { return p.pgid == pid })
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill -9 worker 0 (pid %d): %v", pid, err)
@@ -153,9 +159,8 @@ func runRecipe(t testing.TB, r recipe) {
 	if err := rn.c.Wait(); err != nil {
 		t.Errorf("master after SIGTERM: %v, want a clean stop", err)
 	}
-	rn.gone("the cluster's processes after SIGTERM", all)
-	if left := rn.processes(func(proc) bool { return true }); len(left) > 0 {
-		t.Errorf("after SIGTERM, processes of the cluster are left: %v", left)
+	if left := rn.leftovers(); len(left) > 0 {
+		t.Errorf("after SIGTERM, processes of the cluster are left: %v (it had %v)", left, all)
 	}
 }
 
@@ -338,18 +343,19 @@ func (rn *run) gone(what string, procs map[int]proc) {
 	}
 }
 
-// killLeftovers kills any process of the cluster still alive at the end of
-// a test that failed before its stop, so that none outlives the test.
-func (rn *run) killLeftovers() {
-	ps, err := markedProcs(rn.mark)
-	if err != nil {
-		rn.t.Errorf("list the cluster's processes: %v", err)
-		return
-	}
-	for pid, p := range ps {
-		rn.t.Errorf("process of the cluster left at the end of the test, killed: %d %v", pid, p)
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+// leftovers waits until no process of the cluster is alive, and returns
+// those still alive at the failure deadline (a process just killed leaves
+// /proc a moment after its signal).
+func (rn *run) leftovers() map[int]proc {
+	rn.t.Helper()
+	return eventually(rn.t, func() map[int]proc {
+		ps, err := markedProcs(rn.mark)
+		if err != nil {
+			rn.t.Errorf("list the cluster's processes: %v", err)
+			return nil
+		}
+		return ps
+	})
 }
 
 // readyDuringReload replays the master's log and returns the fewest and
@@ -417,7 +423,7 @@ func failAfter(t testing.TB) time.Duration {
 // no event to wait on, such as a killed process leaving /proc; the poll
 // interval is not a delay the test depends on.
 func eventually[V any](t testing.TB, check func() map[int]V) map[int]V {
-	deadline := time.Now().Add(min(failAfter(t), 30*time.Second))
+	deadline := time.Now().Add(min(failAfter(t), 10*time.Second))
 	for {
 		got := check()
 		if len(got) == 0 || time.Now().After(deadline) {
