@@ -97,16 +97,15 @@
 // A worker is ready, by Options.Ready, as soon as its command was executed
 // (exec), when it sends READY=1 (notify), when it sends an ipc ready
 // message after its hello (ipc), when it has stayed up for a delay, or
-// (listening, the CLI's
-// default) when /proc shows it waiting for connections on an inherited
-// listener: a thread blocked in accept on it, or the listener in one of its
+// (listening, the CLI's default) when /proc shows it waiting for
+// connections on an inherited listener: a thread blocked in accept on it,
+// or in poll or select with it in the set, or the listener in one of its
 // epoll sets, matched by inode. A probe goroutine per starting worker
 // samples /proc (every 2 ms at first, backing off to 50 ms) and posts the
 // ready event, so the loop never reads /proc itself; it stops at readiness.
 // A worker with no inherited listener, or one not seen waiting within the
-// fallback delay (servers that wait in select or poll), is ready after that
-// delay, with one log line that says so. One that is not ready within
-// ReadyTimeout is killed.
+// fallback delay, is ready after that delay, with one log line that says
+// so. One that is not ready within ReadyTimeout is killed.
 //
 // A worker that exits unexpectedly is restarted according to
 // Options.Restart, in the same slot: at once if it stayed up at least

@@ -2,8 +2,11 @@ package master
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io/fs"
+	"math"
+	"math/bits"
 	"os"
 	"strconv"
 	"strings"
@@ -19,6 +22,10 @@ import (
 //
 //   - a thread blocked in accept(2) or accept4(2) has that syscall's number
 //     in /proc/PID/task/TID/syscall, followed by its first argument, the fd;
+//   - a thread blocked in poll(2)/ppoll(2) or select(2)/pselect6(2) (gunicorn's
+//     sync worker, puma) has the address of its pollfd array or read fd_set
+//     there, which the master reads from /proc/PID/mem (the same ptrace
+//     access check as the syscall file) to find the listener's fd in it;
 //   - an event loop (Go's runtime, libuv, asyncio, lighttpd, nginx) has the
 //     listener in an epoll set: /proc/PID/fdinfo/N of an anon_inode:[eventpoll]
 //     fd lists every registered file as "tfd: N ... ino: X".
@@ -26,9 +33,9 @@ import (
 // Both are matched by the listener's inode (from fstat of the master's
 // copy), not by fd number, so a worker that dups its fd is still seen, and
 // the worker's descendants are searched too (servers that accept in forked
-// children). A server that waits in select(2) or poll(2) shows neither; it
-// is ready after the fallback delay, as is a worker with no inherited
-// listener.
+// children). A server that waits some other way (io_uring, a busy loop, a
+// socket of its own) is ready after the fallback delay, as is a worker with
+// no inherited listener.
 //
 // The probe runs in its own goroutine per starting worker and posts a ready
 // event, so the loop never waits on /proc. It samples every
@@ -40,9 +47,15 @@ const (
 	probeMaxInterval   = 50 * time.Millisecond
 )
 
-// acceptSyscalls are the syscall numbers of accept and accept4 on this
-// architecture (x/sys/unix names them per GOARCH).
-var acceptSyscalls = [...]uint64{unix.SYS_ACCEPT, unix.SYS_ACCEPT4}
+// waitKind is how a blocked syscall can wait on a listener.
+type waitKind int
+
+const (
+	waitNone   waitKind = iota
+	waitAccept          // accept, accept4: the fd is the first argument
+	waitPoll            // poll, ppoll: an array of struct pollfd and its length
+	waitSelect          // select, pselect6: nfds, then the read fd_set
+)
 
 // listenerInodes returns the inodes of the listeners handed to a worker.
 func listenerInodes(fds []int) []uint64 {
@@ -104,8 +117,7 @@ func (st *execStarter) probeListening(p *execProcess, inodes []uint64, log hclog
 		}
 		left := fallback - time.Since(started)
 		if left <= 0 {
-			log.Info("worker not seen waiting on its listener (a select or poll server?): ready after a delay",
-				"delay", fallback.String())
+			log.Info("worker not seen waiting on its listener: ready after a delay", "delay", fallback.String())
 			ready()
 			return
 		}
@@ -150,8 +162,8 @@ func procWaitingOn(pid int, want map[uint64]bool) (string, error) {
 			}
 			continue
 		}
-		if fd, ok := acceptFD(b); ok && want[socketInode(dir, fd)] {
-			return "accept", nil
+		if how := syscallWaitsOn(dir, b, want); how != "" {
+			return how, nil
 		}
 	}
 	fds, err := os.ReadDir(dir + "/fd")
@@ -179,23 +191,99 @@ func quietGone(err error) error {
 	return err
 }
 
-// acceptFD parses /proc/PID/task/TID/syscall ("NR ARG0 ARG1 ... SP PC", the
-// arguments in hex, or "running" / "-1 ...") and returns the fd argument
-// when the thread is blocked in accept or accept4.
-func acceptFD(b []byte) (int, bool) {
+// parseSyscall parses /proc/PID/task/TID/syscall: "NR ARG0 ... ARG5 SP PC"
+// with the arguments in hex while the thread is blocked in a syscall, and
+// "running" or "-1 SP PC" otherwise.
+func parseSyscall(b []byte) (nr uint64, args [6]uint64, ok bool) {
 	f := bytes.Fields(b)
-	if len(f) < 2 {
-		return 0, false
+	if len(f) < 1+len(args) {
+		return 0, args, false
 	}
 	nr, err := strconv.ParseUint(string(f[0]), 10, 64)
-	if err != nil || (nr != acceptSyscalls[0] && nr != acceptSyscalls[1]) {
-		return 0, false
-	}
-	fd, err := strconv.ParseUint(strings.TrimPrefix(string(f[1]), "0x"), 16, 31)
 	if err != nil {
-		return 0, false
+		return 0, args, false
 	}
-	return int(fd), true
+	for i := range args {
+		if args[i], err = strconv.ParseUint(strings.TrimPrefix(string(f[1+i]), "0x"), 16, 64); err != nil {
+			return 0, args, false
+		}
+	}
+	return nr, args, true
+}
+
+// maxPollFDs bounds what is read of a poll or select set.
+const maxPollFDs = 1 << 16
+
+// syscallWaitsOn reports how a thread (its syscall file b) of the process
+// at dir waits on a wanted inode: "accept", "poll", "select" or "".
+func syscallWaitsOn(dir string, b []byte, want map[uint64]bool) string {
+	nr, args, ok := parseSyscall(b)
+	if !ok {
+		return ""
+	}
+	switch syscallWait(nr) {
+	case waitAccept:
+		if args[0] < maxPollFDs && want[socketInode(dir, int(args[0]))] {
+			return "accept"
+		}
+	case waitPoll:
+		if args[0] != 0 && args[1] > 0 && args[1] <= maxPollFDs && pollHas(dir, args[0], int(args[1]), want) {
+			return "poll"
+		}
+	case waitSelect:
+		if args[1] != 0 && args[0] > 0 && args[0] <= maxPollFDs && selectHas(dir, args[1], int(args[0]), want) {
+			return "select"
+		}
+	}
+	return ""
+}
+
+// readMem reads n bytes of a process's memory at addr; nil if it cannot.
+func readMem(dir string, addr uint64, n int) []byte {
+	if addr > math.MaxInt64 {
+		return nil
+	}
+	f, err := os.Open(dir + "/mem")
+	if err != nil {
+		return nil
+	}
+	defer f.Close() // read-only
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, int64(addr)); err != nil {
+		return nil
+	}
+	return b
+}
+
+// pollHas reports whether the nfds struct pollfd at addr (int fd, short
+// events, short revents) ask for input on a wanted socket.
+func pollHas(dir string, addr uint64, nfds int, want map[uint64]bool) bool {
+	b := readMem(dir, addr, nfds*8)
+	for i := 0; i+8 <= len(b); i += 8 {
+		fd := int32(binary.NativeEndian.Uint32(b[i:]))
+		events := binary.NativeEndian.Uint16(b[i+4:])
+		if fd >= 0 && events&(unix.POLLIN|unix.POLLPRI) != 0 && want[socketInode(dir, int(fd))] {
+			return true
+		}
+	}
+	return false
+}
+
+// selectHas reports whether the read fd_set at addr (nfds bits, in words
+// of the native long) holds a wanted socket.
+func selectHas(dir string, addr uint64, nfds int, want map[uint64]bool) bool {
+	b := readMem(dir, addr, (nfds+63)/64*8)
+	for w := 0; w*8 < len(b); w++ {
+		word := binary.NativeEndian.Uint64(b[w*8:])
+		for word != 0 {
+			i := bits.TrailingZeros64(word)
+			word &^= 1 << i
+			if fd := w*64 + i; fd < nfds && want[socketInode(dir, fd)] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // socketInode returns the inode of a process's socket fd, from its

@@ -2,38 +2,108 @@ package master
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-func TestAcceptFD(t *testing.T) {
+func TestParseSyscall(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		in   string
-		fd   int
-		want bool
-	}{
-		{fmt.Sprintf("%d 0x3 0x7ffd5e0 0x0 0x0 0x0 0x0 0x7ffd 0x7f12\n", unix.SYS_ACCEPT), 3, true},
-		{fmt.Sprintf("%d 0xa 0x0 0x0 0x80800 0x0 0x0 0x7ffd 0x7f12\n", unix.SYS_ACCEPT4), 10, true},
-		{fmt.Sprintf("%d 0x3 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f12\n", unix.SYS_READ), 0, false},
-		{"running\n", 0, false},
-		{"-1 0x7ffd 0x7f12\n", 0, false},
-		{"", 0, false},
+	nr, args, ok := parseSyscall([]byte("288 0xa 0x0 0x0 0x80800 0x0 0x0 0x7ffd5e0 0x7f12\n"))
+	if !ok || nr != 288 || args != [6]uint64{10, 0, 0, 0x80800, 0, 0} {
+		t.Errorf("parseSyscall(accept4) = %d, %#x, %v", nr, args, ok)
 	}
-	for _, tt := range tests {
-		fd, ok := acceptFD([]byte(tt.in))
-		if ok != tt.want || fd != tt.fd {
-			t.Errorf("acceptFD(%q) = %d, %v, want %d, %v", tt.in, fd, ok, tt.fd, tt.want)
+	for _, in := range []string{"running\n", "-1 0x7ffd 0x7f12\n", "", "7 0x1 0x2\n", "7 zz 0 0 0 0 0 0 0\n"} {
+		if _, _, ok := parseSyscall([]byte(in)); ok {
+			t.Errorf("parseSyscall(%q) ok, want not blocked in a syscall", in)
 		}
 	}
+}
+
+// TestWaitingOnBlockedThread blocks a thread of the test process in
+// accept, poll and select on a socket of its own and checks that the probe
+// finds it by inode (through a dup, for accept: not by fd number).
+func TestWaitingOnBlockedThread(t *testing.T) {
+	for _, how := range []string{"accept", "poll", "select"} {
+		t.Run(how, func(t *testing.T) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Listen(fd, 8); err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				t.Fatal(err)
+			}
+			dup, err := unix.Dup(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(dup)
+			if got, _ := waitingOn(os.Getpid(), []uint64{st.Ino}); got != "" {
+				t.Fatalf("waitingOn before any thread waits = %q, want none", got)
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				runtime.LockOSThread() // the blocked syscall keeps this thread
+				switch how {
+				case "accept":
+					nfd, _, err := unix.Accept(dup)
+					if err == nil {
+						unix.Close(nfd)
+					}
+				case "poll":
+					fds := []unix.PollFd{{Fd: int32(dup), Events: unix.POLLIN}}
+					_, _ = unix.Poll(fds, -1)
+				case "select":
+					var set unix.FdSet
+					set.Set(dup)
+					_, _ = unix.Select(dup+1, &set, nil, nil, nil)
+				}
+			}()
+			var got string
+			if !eventually(t, func() bool {
+				got, err = waitingOn(os.Getpid(), []uint64{st.Ino})
+				return got != "" || err != nil
+			}) || err != nil || got != how {
+				t.Errorf("waitingOn = %q, %v; want %q", got, err, how)
+			}
+			// Wake the thread with a connection.
+			c, err := net.Dial("tcp", sockName(t, fd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			<-done
+		})
+	}
+}
+
+func sockName(t *testing.T, fd int) string {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := sa.(*unix.SockaddrInet4)
+	return fmt.Sprintf("127.0.0.1:%d", a.Port)
 }
 
 func TestEpollHas(t *testing.T) {
@@ -96,7 +166,7 @@ const (
 const s = http.createServer((req, res) => res.end(process.pid + ' node\n'));
 process.stdout.write('listen_at: ' + Math.round((performance.timeOrigin + performance.now()) * 1000) + '\n');
 s.listen({fd: 3});
-process.on('SIGTERM', () => process.exit(0));
+process.on('SIGTERM', () => { s.close(() => process.exit(0)); s.closeIdleConnections(); });
 `
 	asyncioServer = `import asyncio, os, socket, sys, time, signal
 async def handle(r, w):
@@ -115,6 +185,21 @@ async def main():
         except asyncio.CancelledError:
             pass
 asyncio.run(main())
+`
+	// Waits on its listener in none of the ways the probe sees.
+	sleepingServer = `import socket, sys, time, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+sock = socket.socket(fileno=3)
+sock.setblocking(False)
+print("listen_at: %d" % (time.time_ns() // 1000), flush=True)
+while True:
+    time.sleep(0.01)
+    try:
+        c, _ = sock.accept()
+    except BlockingIOError:
+        continue
+    c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\nsleeping\n")
+    c.close()
 `
 	selectServer = `import os, select, socket, sys, time, signal
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
@@ -157,22 +242,32 @@ func TestRealReadyListening(t *testing.T) {
 		{name: "asyncio", tool: "python3", how: "epoll", command: func(t *testing.T) []string {
 			return []string{needTool(t, "python3"), script(t, "server.py", asyncioServer)}
 		}},
-		{name: "select", tool: "python3", how: "", command: func(t *testing.T) []string {
+		{name: "select", tool: "python3", how: "select", command: func(t *testing.T) []string {
 			return []string{needTool(t, "python3"), script(t, "server.py", selectServer)}
+		}},
+		{name: "sleeping", tool: "python3", how: "", command: func(t *testing.T) []string {
+			return []string{needTool(t, "python3"), script(t, "server.py", sleepingServer)}
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			// A long fallback where detection is expected, so that a busy
+			// machine cannot turn it into a fallback.
+			mode := "listening=40s"
+			if tt.how == "" {
+				mode = "listening=1s"
+			}
 			c := masterConfig{
-				Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=3s", WorkerMode: tt.mode,
+				Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: mode, ReadyTimeout: 50 * time.Second,
+				WorkerMode: tt.mode,
 			}
 			if tt.command != nil {
 				c.Command = tt.command(t)
 			}
 			m := startMaster(t, c)
 			m.next("all workers ready")
-			const fellBack = "worker not seen waiting on its listener (a select or poll server?): ready after a delay"
+			const fellBack = "worker not seen waiting on its listener: ready after a delay"
 			if tt.how == "" {
 				if n := m.count(fellBack, "worker", 0); n != 1 {
 					t.Errorf("%d fallback lines, want 1", n)
@@ -224,8 +319,8 @@ func TestRealReadyListeningLatency(t *testing.T) {
 			var ratios []float64
 			var listens, readies []time.Duration
 			for range 7 {
-				c := masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=5s",
-					WorkerMode: []string{"never-ready", "listen-stamp"}}
+				c := masterConfig{Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=40s",
+					ReadyTimeout: 50 * time.Second, WorkerMode: []string{"never-ready", "listen-stamp"}}
 				if server == "node" {
 					c.Command = []string{needTool(t, "node"), script(t, "server.js", nodeServer)}
 				}
@@ -245,4 +340,51 @@ func TestRealReadyListeningLatency(t *testing.T) {
 				server, listens[mid], readies[mid], ratios[mid], ratios[0], ratios[len(ratios)-1])
 		})
 	}
+}
+
+// TestRealReloadNodeDefaultReadiness reloads Node workers under load with
+// the default readiness (listening) and measures, from the log, the fewest
+// workers ready and not draining at any moment of the reload. The fallback
+// delay is made long: on a machine busy enough, Node may take longer than
+// the default 10s to start, and the test is about detection.
+func TestRealReloadNodeDefaultReadiness(t *testing.T) {
+	t.Parallel()
+	const n = 3
+	m := startMaster(t, masterConfig{
+		Workers: n, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "listening=50s", ReadyTimeout: time.Minute,
+		Command: []string{needTool(t, "node"), script(t, "server.js", nodeServer)},
+	})
+	addr := m.addr()
+	m.next("all workers ready")
+	var from, to int
+	total := underLoad(t, addr, func() {
+		m.signal(syscall.SIGHUP)
+		m.next("reload started")
+		m.mu.Lock()
+		from = m.cursor - 1
+		m.mu.Unlock()
+		m.next("reload done")
+		m.mu.Lock()
+		to = m.cursor
+		m.mu.Unlock()
+	})
+	m.mu.Lock()
+	serving, fewest := n, n
+	for _, l := range m.logs[from:to] {
+		switch l["@message"] {
+		case "worker ready":
+			serving++
+		case "draining worker":
+			serving--
+		}
+		fewest = min(fewest, serving)
+	}
+	m.mu.Unlock()
+	if fewest < n-1 {
+		t.Errorf("at least once only %d of %d workers were ready during the reload, want %d or more", fewest, n, n-1)
+	}
+	if n := m.count("worker not seen waiting on its listener: ready after a delay"); n != 0 {
+		t.Errorf("%d Node workers ready by the fallback delay, want every one detected", n)
+	}
+	t.Logf("reload of %d Node workers: at least %d ready at every moment, %d requests, none failed", n, fewest, total)
 }

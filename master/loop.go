@@ -131,19 +131,19 @@ type loop struct {
 	rlog hclog.Logger // "reload"
 	loopDeps
 
-	slots        []*slot // index = slot id; len = desired count
-	gens         map[int]int
-	byPID        map[int]*worker
-	reload       *reloadState
-	stopping     bool
-	stopSignalAt time.Time // the TERM or INT that began the stop; zero: none
-	force        bool      // stopping with SIGKILL
-	paused       bool      // WINCH: workers stopped, master and sockets kept
-	result       error
-	allReady     bool
-	limit        intensity
-	lastBad      string    // the last failed exit that was not restarted
-	petAt        time.Time // next WATCHDOG=1
+	slots    []*slot // index = slot id; len = desired count
+	gens     map[int]int
+	byPID    map[int]*worker
+	reload   *reloadState
+	stopping bool
+	force    bool // stopping with SIGKILL
+	paused   bool // WINCH: workers stopped, master and sockets kept
+	result   error
+	allReady bool
+	limit    intensity
+	lastBad  string    // the last failed exit that was not restarted
+	petAt    time.Time // next WATCHDOG=1
+	termAt   time.Time // the TERM or INT that began a stop; zero: none
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {

@@ -73,8 +73,9 @@ func (m *Master) Addrs() []net.Addr {
 // Run binds the listeners (errors name the address), starts the workers and
 // supervises them: it restarts the ones that exit, and acts on the signals
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
-// second one, 1s or more after the first, to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
-// or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
+// second one, 1s or more after the first, to stop at once, QUIT immediate
+// stop, TTIN/TTOU one worker more or fewer, WINCH stop the workers until the
+// next HUP). Cancelling ctx is a
 // graceful stop.
 //
 // Run blocks until every worker has been reaped, every goroutine it started

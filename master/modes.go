@@ -99,20 +99,26 @@ const (
 	ReadyDelay
 	// ReadyListening: ready when the worker waits for connections on an
 	// inherited listener, as /proc shows it: one of its threads (or of its
-	// descendants') is blocked in accept(2)/accept4(2) on it, or the
-	// listener is registered in one of their epoll sets (Go, Node/libuv,
-	// asyncio, lighttpd, nginx). A worker that said its IPC hello is ready by
-	// its IPC ready message instead. A worker with no inherited listener, or
-	// one not seen waiting within ReadyMode.Delay (a select/poll server such
-	// as gunicorn's sync worker), is ready after ReadyMode.Delay, with one
-	// log line that says so.
+	// descendants') is blocked in accept(2)/accept4(2) on it, or in
+	// poll(2)/select(2) with it in the set (gunicorn's sync worker, puma),
+	// or the listener is registered in one of their epoll sets (Go,
+	// Node/libuv, asyncio and uvicorn, lighttpd, nginx). An IPC ready
+	// message counts as well, whichever comes first, and once a worker has
+	// said its IPC hello the probe stops and leaves it to that message. A
+	// worker with no inherited listener, or one not seen waiting within
+	// ReadyMode.Delay, is ready after ReadyMode.Delay, with one log line that
+	// says so.
 	ReadyListening
 )
 
 // DefaultListeningFallback is the ReadyMode.Delay of ReadyListening when
 // none is given: how long a worker has to be seen waiting on its listener
 // before it counts as ready anyway.
-const DefaultListeningFallback = 2 * time.Second
+// It is long because every common way of waiting is seen: what is left
+// (a socket of its own, io_uring, a sleeping loop) is rare, and a late
+// "ready" costs a slower reload, an early one a reload onto a worker that
+// does not serve yet.
+const DefaultListeningFallback = 10 * time.Second
 
 // ReadyMode is a readiness rule. The zero value is ReadyExec.
 type ReadyMode struct {

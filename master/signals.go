@@ -32,7 +32,7 @@ func (l *loop) onSignal(sig os.Signal) {
 	case syscall.SIGTERM, syscall.SIGINT:
 		now := time.Now()
 		if l.stopping {
-			if !l.stopSignalAt.IsZero() && now.Sub(l.stopSignalAt) < secondStopGrace {
+			if !l.termAt.IsZero() && now.Sub(l.termAt) < secondStopGrace {
 				// coreutils timeout, and other supervisors, signal the
 				// master and then its process group: one request, twice.
 				l.log.Info("stop signal repeated too soon to stop at once", "signal", signalName(s),
@@ -44,7 +44,7 @@ func (l *loop) onSignal(sig os.Signal) {
 			return
 		}
 		l.log.Info("stopping", "signal", signalName(s))
-		l.stopSignalAt = now
+		l.termAt = now
 		l.beginStop(false)
 	case syscall.SIGQUIT:
 		l.log.Info("stopping at once", "signal", signalName(s))

@@ -39,13 +39,15 @@ Each worker gets:
 
 Readiness (--ready) - when a started worker counts as serving:
   listening    (the default) when it waits for connections on a socket it
-               inherited: a thread blocked in accept on it, or the socket in
-               one of its epoll sets, as /proc shows it (Go, Node, asyncio and
-               uvicorn, lighttpd, nginx); a worker that speaks the IPC protocol
-               is ready when it says so. A worker with no inherited socket, or
-               one not seen waiting within 2s (a select or poll server such as
-               gunicorn's sync worker), is ready after 2s, and the log says so;
-               listening=DUR sets that delay
+               inherited, as /proc shows it: a thread blocked in accept on it
+               or in poll or select with it in the set (gunicorn), or the
+               socket in one of its epoll sets (Go, Node, asyncio and uvicorn,
+               lighttpd, nginx), or its worker.Ready() over IPC, whichever
+               comes first (a Go worker that has work to do between taking
+               its listeners and Ready() wants --ready ipc). A worker with no
+               inherited socket, or
+               one not seen waiting within 10s, is ready after 10s, and the
+               log says so; listening=DUR sets that delay
   exec         as soon as the command was executed
   notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
   ipc          when it calls worker.Ready() (the Go library, over IPC)
