@@ -100,7 +100,7 @@ const (
 // shared machine.
 const (
 	loadClients = 2
-	loadPace    = 2 * time.Millisecond
+	loadPace    = 5 * time.Millisecond
 )
 
 // load is a small HTTP load that never retries: each failed request is

@@ -63,9 +63,10 @@ type recipe struct {
 	// socket once it runs (it may call listen(2) again with its own); 0
 	// means clusterd's, the kernel's maximum.
 	backlog int
-	// waits is how the master sees the worker ready: under --ready
-	// listening, "epoll" or "accept" (the log's how) or "fallback" (not
-	// seen waiting: ready after the fallback delay); "" for other modes.
+	// waits is how the master sees the worker ready under --ready
+	// listening: "epoll", "accept", "poll" or "select" (the how of its log
+	// line), or "fallback" (not seen waiting: ready after the fallback
+	// delay); "" for other modes.
 	waits string
 }
 
@@ -153,12 +154,12 @@ var recipes = []recipe{
 			return []string{p["gunicorn"], "--workers", "1", "wsgi:app"}
 		},
 		backlog: 2048,
-		waits:   "fallback",
+		waits:   "select",
 	},
 	{
 		name:  "gunicorn-gthread",
 		dir:   "python",
-		flags: []string{"--ready", "listening=10s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"gunicorn": lookPath(t, "gunicorn", "apt-get install gunicorn")}
 		},
@@ -171,7 +172,7 @@ var recipes = []recipe{
 	{
 		name:  "uvicorn",
 		dir:   "python",
-		flags: []string{"--ready", "listening=10s"},
+		flags: nil,
 		find: func(t testing.TB) map[string]string {
 			return map[string]string{"python3": pythonWith(t, "uvicorn", "apt-get install python3-uvicorn")}
 		},
