@@ -1,7 +1,6 @@
 # An ASGI app for uvicorn under clusterd: it answers with the pid of the
 # process that served the request and the clusterd slot it belongs to.
-#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python \
-#     --ready listening=10s -- \
+#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python -- \
 #     /usr/bin/python3 -m uvicorn --fd 3 asgi:app
 import os
 

@@ -3,8 +3,7 @@
 #   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python -- \
 #     gunicorn --workers 1 wsgi:app
 # or, with the gthread worker:
-#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python \
-#     --ready listening=10s -- \
+#   clusterd run --listen tcp://127.0.0.1:8000 -w 2 --cwd examples/servers/python -- \
 #     gunicorn --workers 1 --worker-class gthread --threads 4 wsgi:app
 import os
 
