@@ -26,9 +26,9 @@
 //     systemd sets it only for Type=notify: NOTIFY_SOCKET, a datagram
 //     socket of its own, a file (not the abstract "@" form, which some
 //     clients reject) in the master's private runtime directory, made in
-//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd, else
-//     /run/clusterd as root, else os.TempDir(), and removed when Run
-//     returns. The directory is 0700 (0710 with the workers' group under
+//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd (not when the
+//     workers run as another user), else /run/clusterd as root, else
+//     os.TempDir(), and removed when Run returns. The directory is 0700 (0710 with the workers' group under
 //     Options.User) and each socket 0600, owned by the workers' uid: only
 //     they reach it. A message (READY=1, STOPPING=1, WATCHDOG=1) belongs to
 //     the worker whose socket it came in on, whoever sent it; a socket is

@@ -99,8 +99,10 @@ type worker struct {
 	readyBy  time.Time // ReadyTimeout deadline; zero: none
 	killAt   time.Time // draining: SIGKILL at this time; zero: none
 	expected bool      // its exit is intended (drained or killed on purpose)
-	execOK   bool      // the command was executed (evExec without error)
 	why      string    // why it was stopped, for the exit log
+
+	exec     execState  // what is known of its execve
+	heldExit *exitEvent // its exit, held until its exec outcome arrives
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -274,9 +276,12 @@ func (l *loop) startWorker(s *slot) error {
 		s.cur = w
 	}
 	w.log.Debug("worker started")
+	if r, ok := p.(execReporter); ok && r.reportsExec() {
+		w.exec = execPending
+	}
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		if r, ok := p.(execReporter); !ok || !r.reportsExec() {
+		if w.exec == execUntracked {
 			l.becameReady(w) // no exec outcome will come: running is all we know
 			return nil
 		}
@@ -308,6 +313,13 @@ func (l *loop) onExit(e exitEvent) {
 	w := l.byPID[e.pid]
 	if w == nil {
 		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
+		return
+	}
+	if w.exec == execPending {
+		// The reaper was quicker than the exec-outcome pipe, which reports
+		// at the latest when the process is gone: act on the exit after it,
+		// so that a failed exec is known as one (onExec).
+		w.heldExit = &e
 		return
 	}
 	delete(l.byPID, e.pid)

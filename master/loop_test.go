@@ -27,6 +27,7 @@ type fakeProc struct {
 	drains   chan time.Duration
 	released chan struct{}
 	once     sync.Once
+	reports  bool // reportsExec (readiness_test.go)
 }
 
 func (p *fakeProc) signal(sig syscall.Signal) error {
@@ -52,6 +53,7 @@ type fakeStarter struct {
 	failAt  int // this call (1-based) fails
 	nextPID int
 	starts  chan *fakeProc
+	execs   bool // its processes report their exec outcome
 }
 
 func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
@@ -63,7 +65,7 @@ func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
 	p := &fakeProc{
 		pid: s.nextPID, req: req, at: time.Now(),
 		sigs: make(chan syscall.Signal, 64), drains: make(chan time.Duration, 4),
-		released: make(chan struct{}),
+		released: make(chan struct{}), reports: s.execs,
 	}
 	s.starts <- p
 	return p.pid, p, nil

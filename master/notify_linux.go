@@ -49,7 +49,10 @@ type notifyDir struct {
 // runtimeBase is the directory the master's runtime directory is made in:
 // $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else
 // $XDG_RUNTIME_DIR/clusterd, else /run/clusterd as root, else os.TempDir().
-func runtimeBase(lookup func(string) (string, bool), euid int) (dir string, create bool) {
+// XDG_RUNTIME_DIR is skipped when the workers run as another user
+// (otherUser): it is the master's user's private directory (0700), which
+// they could not enter.
+func runtimeBase(lookup func(string) (string, bool), euid int, otherUser bool) (dir string, create bool) {
 	if v, ok := lookup("RUNTIME_DIRECTORY"); ok && v != "" {
 		// systemd may list several, separated by colons: use the first.
 		if i := strings.IndexByte(v, ':'); i >= 0 {
@@ -57,7 +60,7 @@ func runtimeBase(lookup func(string) (string, bool), euid int) (dir string, crea
 		}
 		return v, false
 	}
-	if v, ok := lookup("XDG_RUNTIME_DIR"); ok && v != "" {
+	if v, ok := lookup("XDG_RUNTIME_DIR"); ok && v != "" && !otherUser {
 		return filepath.Join(v, "clusterd"), true
 	}
 	if euid == 0 {
@@ -72,7 +75,8 @@ func runtimeBase(lookup func(string) (string, bool), euid int) (dir string, crea
 // inside (each 0600, owned by the workers' uid) and list or change nothing.
 // remove deletes it.
 func newNotifyDir(cred *syscall.Credential) (*notifyDir, error) {
-	base, create := runtimeBase(os.LookupEnv, os.Geteuid())
+	other := cred != nil && (int(cred.Uid) != os.Geteuid() || int(cred.Gid) != os.Getegid())
+	base, create := runtimeBase(os.LookupEnv, os.Geteuid(), other)
 	if create {
 		if err := os.MkdirAll(base, 0o755); err != nil {
 			return nil, fmt.Errorf("runtime directory: %w", err)
@@ -83,7 +87,7 @@ func newNotifyDir(cred *syscall.Credential) (*notifyDir, error) {
 		return nil, fmt.Errorf("runtime directory: %w", err)
 	}
 	d := &notifyDir{path: dir, uid: -1, gid: -1}
-	if cred != nil && (int(cred.Uid) != os.Geteuid() || int(cred.Gid) != os.Getegid()) {
+	if other {
 		d.uid, d.gid = int(cred.Uid), int(cred.Gid)
 		err := os.Chown(dir, -1, d.gid)
 		if err == nil {

@@ -127,13 +127,17 @@ func TestRealNotifyAsOtherUser(t *testing.T) {
 	}
 	t.Parallel()
 	exe := reachableTestBinary(t)
-	base := filepath.Dir(exe) // 0755 up to the root, like /run
+	base := filepath.Dir(exe) // 0755 up to the root, like systemd's /run/NAME
+	private := t.TempDir()    // 0700: the master's own XDG_RUNTIME_DIR, skipped
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, User: "nobody", Group: "nogroup",
 		WorkerMode: []string{"notify", "notify-env"}, ExecPath: exe, Ready: "notify",
-	}, "XDG_RUNTIME_DIR="+base, "RUNTIME_DIRECTORY=")
+	}, "RUNTIME_DIRECTORY="+base, "XDG_RUNTIME_DIR="+private)
 	m.next("all workers ready")
 	path := notifySockets(t, m, 1)[0]
+	if filepath.Dir(filepath.Dir(path)) != base {
+		t.Errorf("notify socket %s, want it under RUNTIME_DIRECTORY %s", path, base)
+	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		t.Fatal(err)
@@ -173,4 +177,37 @@ func reachableTestBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return cp
+}
+
+func TestRuntimeBase(t *testing.T) {
+	t.Parallel()
+	env := func(kv ...string) func(string) (string, bool) {
+		return func(k string) (string, bool) {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1], true
+				}
+			}
+			return "", false
+		}
+	}
+	for _, tt := range []struct {
+		name       string
+		lookup     func(string) (string, bool)
+		euid       int
+		other      bool
+		want       string
+		wantCreate bool
+	}{
+		{"systemd", env("RUNTIME_DIRECTORY", "/run/app:/run/app2", "XDG_RUNTIME_DIR", "/run/user/0"), 0, false, "/run/app", false},
+		{"xdg", env("XDG_RUNTIME_DIR", "/run/user/1000"), 1000, false, "/run/user/1000/clusterd", true},
+		{"xdg other user", env("XDG_RUNTIME_DIR", "/run/user/0"), 0, true, "/run/clusterd", true},
+		{"root", env(), 0, false, "/run/clusterd", true},
+		{"user", env(), 1000, false, os.TempDir(), false},
+	} {
+		dir, create := runtimeBase(tt.lookup, tt.euid, tt.other)
+		if dir != tt.want || create != tt.wantCreate {
+			t.Errorf("%s: runtimeBase = %q, %v, want %q, %v", tt.name, dir, create, tt.want, tt.wantCreate)
+		}
+	}
 }

@@ -15,6 +15,16 @@ import (
 // socket it did not ask for (seen with puma) never sees one otherwise.
 func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify }
 
+// execState is what the loop knows of a worker's execve.
+type execState int
+
+const (
+	execUntracked execState = iota // the process reports no exec outcome
+	execPending                    // the outcome has not arrived yet
+	execRan                        // the command was executed
+	execFailed                     // the execve failed
+)
+
 // execReporter is a process whose exec outcome arrives as an evExec event.
 // Under ReadyExec such a worker is ready when that event says the command
 // was executed; any other is ready once started.
@@ -30,13 +40,23 @@ type execReporter interface {
 // execute): the cluster stops and Run returns the error, with no restart
 // loop. Otherwise the exit is a crash of its slot, restarted as any other.
 func (l *loop) onExec(w *worker, err error) {
+	if w.exec != execPending {
+		return // reported once only
+	}
+	defer func() {
+		if e := w.heldExit; e != nil {
+			w.heldExit = nil
+			l.onExit(*e)
+		}
+	}()
 	if err == nil {
-		w.execOK = true
+		w.exec = execRan
 		if l.cfg.Ready.Kind == ReadyExec {
 			l.becameReady(w)
 		}
 		return
 	}
+	w.exec = execFailed
 	if w.why == "" {
 		w.why = "not executed: " + err.Error()
 	}
@@ -48,7 +68,7 @@ func (l *loop) onExec(w *worker, err error) {
 	}
 	w.log.Error("worker command not executed", "command", l.cfg.path, "error", err)
 	for _, o := range l.byPID {
-		if o != w && o.execOK && o.state != stateExited {
+		if o != w && o.exec == execRan && o.state != stateExited {
 			return // others run it: this is one worker's failure
 		}
 	}
