@@ -54,7 +54,7 @@ type recipe struct {
 	// servers whose configuration must name the address).
 	env func(t testing.TB, port int) []string
 	// find locates the programs the recipe needs; it skips or fails the
-	// test (see need) when one is missing.
+	// test (see missing) when one is not installed.
 	find func(t testing.TB) map[string]string
 	// byHeader: answers carry the slot and generation in workerHeader
 	// instead of a pid in the body.
