@@ -24,26 +24,77 @@ func recipeNamed(t testing.TB, name string) recipe {
 }
 
 // TestNodeReloadKeepsWorkersReady reloads four Node.js workers started with
-// the default readiness (no --ready) under load, and measures from the
-// master's log how many workers it counted as serving at each step: a
-// reload of batch 1 must keep at least N-1 of N.
+// the default readiness (no --ready) under load, and measures how many
+// workers serve at each step: from the master's log, the workers it counted
+// ready and not yet draining; from /proc, sampled while the reload runs,
+// the processes that have the shared socket in their epoll set (libuv
+// removes it when server.close() is called). A reload of batch 1 must keep
+// at least N-1 of N by both counts.
 func TestNodeReloadKeepsWorkersReady(t *testing.T) {
 	const n = 4
 	r := recipeNamed(t, "node-http")
 	r.flags = nil
 	rn := startRecipe(t, r, n, nil)
+	first := lastLine(rn.c.Logs(), "worker ready", func(map[string]any) bool { return true })
+	ino, err := socketInode(num(first, "pid"), 3)
+	if err != nil {
+		t.Fatalf("the shared socket of pid %d: %v", num(first, "pid"), err)
+	}
 	l := startLoad(t, rn.addr)
 	l.waitOK(t, 20)
+
+	// The sampler counts, until told to stop, the cluster's processes
+	// that wait on the socket in epoll.
+	stopSampling := make(chan struct{})
+	type sampled struct{ samples, least int }
+	result := make(chan sampled, 1)
+	go func() {
+		s := sampled{least: -1}
+		for {
+			select {
+			case <-stopSampling:
+				result <- s
+				return
+			default:
+			}
+			ps, err := markedProcs(rn.mark)
+			if err != nil {
+				result <- sampled{samples: -1}
+				return
+			}
+			c := 0
+			for pid := range ps {
+				if inEpoll(pid, ino) {
+					c++
+				}
+			}
+			s.samples++
+			if s.least < 0 || c < s.least {
+				s.least = c
+			}
+		}
+	}()
 	if err := rn.c.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	rn.c.WaitLog("reload done", 1)
 	rn.c.WaitLog("worker exited", n)
+	close(stopSampling)
+	seen := <-result
 	stats := l.stop()
 	mn, mx := readyDuringReload(rn.c.Logs())
-	t.Logf("reload of %d node workers, default readiness: ready workers min %d, max %d; load %s", n, mn, mx, stats.report())
+	t.Logf("reload of %d node workers, default readiness: ready workers min %d, max %d; in epoll (%d samples of /proc) min %d; load %s",
+		n, mn, mx, seen.samples, seen.least, stats.report())
 	if mn < n-1 {
 		t.Errorf("during the reload the master counted %d workers serving, want at least %d", mn, n-1)
+	}
+	switch {
+	case seen.samples < 0:
+		t.Errorf("sampling /proc failed")
+	case seen.samples == 0:
+		t.Errorf("the reload ended before /proc was sampled once")
+	case seen.least < n-1:
+		t.Errorf("during the reload %d workers had the socket in epoll, want at least %d", seen.least, n-1)
 	}
 	if c := stats.count("refused"); c > 0 {
 		t.Errorf("reload refused %d connections, want 0", c)

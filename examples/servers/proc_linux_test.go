@@ -72,3 +72,51 @@ func markedProcs(mark string) (map[int]proc, error) {
 	}
 	return out, nil
 }
+
+// socketInode returns the inode of the socket at fd of process pid, as
+// /proc/PID/fd/FD names it ("socket:[INODE]").
+func socketInode(pid, fd int) (uint64, error) {
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+	if err != nil {
+		return 0, err
+	}
+	v, ok := strings.CutPrefix(link, "socket:[")
+	if !ok || !strings.HasSuffix(v, "]") {
+		return 0, fmt.Errorf("fd %d of pid %d is %s, not a socket", fd, pid, link)
+	}
+	return strconv.ParseUint(strings.TrimSuffix(v, "]"), 10, 64)
+}
+
+// inEpoll reports whether the socket with inode ino is registered in one of
+// pid's epoll sets: the fdinfo of an eventpoll fd has a line "tfd: N
+// events: ... ino:HEX ..." per registered file. A process that is gone is
+// not.
+func inEpoll(pid int, ino uint64) bool {
+	dir := fmt.Sprintf("/proc/%d", pid)
+	fds, err := os.ReadDir(dir + "/fd")
+	if err != nil {
+		return false
+	}
+	for _, e := range fds {
+		if link, err := os.Readlink(dir + "/fd/" + e.Name()); err != nil || link != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile(dir + "/fdinfo/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if !strings.HasPrefix(line, "tfd:") {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if hex, ok := strings.CutPrefix(f, "ino:"); ok {
+					if v, err := strconv.ParseUint(hex, 16, 64); err == nil && v == ino {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
