@@ -430,10 +430,10 @@ func forgeNotify() error {
 		if time.Now().After(deadline) {
 			return errors.New("worker 1 not found")
 		}
-		for _, kid := range childrenOf(os.Getppid()) {
-			env, _ := os.ReadFile("/proc/" + kid + "/environ")
-			if kid != strconv.Itoa(os.Getpid()) && slices.Contains(strings.Split(string(env), "\x00"), ipc.EnvWorkerID+"=1") {
-				sibling, _ = strconv.Atoi(kid)
+		for _, kid := range procChildren(os.Getppid()) {
+			env, _ := os.ReadFile("/proc/" + strconv.Itoa(kid) + "/environ")
+			if kid != os.Getpid() && slices.Contains(strings.Split(string(env), "\x00"), ipc.EnvWorkerID+"=1") {
+				sibling = kid
 			}
 		}
 		time.Sleep(5 * time.Millisecond) // polling /proc: no event announces a sibling
@@ -449,20 +449,6 @@ func forgeNotify() error {
 	}
 	fmt.Printf("forged: %d\n", sibling)
 	return nil
-}
-
-// childrenOf lists a process's children.
-func childrenOf(pid int) []string {
-	var kids []string
-	dir := "/proc/" + strconv.Itoa(pid) + "/task"
-	tasks, _ := os.ReadDir(dir)
-	for _, task := range tasks {
-		b, err := os.ReadFile(dir + "/" + task.Name() + "/children")
-		if err == nil {
-			kids = append(kids, strings.Fields(string(b))...)
-		}
-	}
-	return kids
 }
 
 func sayReady(notify bool) error {
