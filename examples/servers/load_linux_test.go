@@ -120,6 +120,17 @@ type loadStats map[string]map[string]int
 
 func (s loadStats) ok() int { return s[modeClose]["ok"] + s[modeKeepAlive]["ok"] }
 
+// failed returns the failed requests of one mode, of every class.
+func (s loadStats) failed(mode string) int {
+	n := 0
+	for class, c := range s[mode] {
+		if class != "ok" {
+			n += c
+		}
+	}
+	return n
+}
+
 // count returns the failures of class in every mode.
 func (s loadStats) count(class string) int { return s[modeClose][class] + s[modeKeepAlive][class] }
 

@@ -172,20 +172,9 @@ func BenchmarkLighttpdReload(b *testing.B) {
 			stats := l.stop()
 			b.Logf("%d reloads with --stop-signal %s: %s", b.N, sig, stats.report())
 			for _, mode := range []string{modeClose, modeKeepAlive} {
-				failed := failures(stats[mode]) - failures(before[mode])
+				failed := stats.failed(mode) - before.failed(mode)
 				b.ReportMetric(float64(failed)/float64(b.N), "failed-"+mode+"/reload")
 			}
 		})
 	}
-}
-
-// failures counts the failed requests of one load mode.
-func failures(counts map[string]int) int {
-	n := 0
-	for class, c := range counts {
-		if class != "ok" {
-			n += c
-		}
-	}
-	return n
 }
