@@ -145,6 +145,7 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
+	output   func(pid int) *tail         // takes a worker's last output line; nil: none
 	sdNotify func(state string)          // the master's own sd_notify; never nil
 	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
 	ready    func()                      // called once every initial worker is ready
@@ -153,6 +154,9 @@ type loopDeps struct {
 	commands <-chan command              // Master's methods, IPC sessions; nil: none
 	hub      *eventHub                   // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -175,6 +179,7 @@ type loop struct {
 	petAt    time.Time // next WATCHDOG=1
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
+	checkAt  time.Time // next periodic listener check
 	status   string    // the last STATUS= sent
 }
 
@@ -209,6 +214,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -360,6 +368,10 @@ func (l *loop) onExit(e exitEvent) {
 		return
 	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
 	l.rerouted = l.rerouted || w.online
 	w.proc.release()
@@ -414,8 +426,9 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
@@ -480,6 +493,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -490,6 +504,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

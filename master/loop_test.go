@@ -114,6 +114,8 @@ type harness struct {
 	ready   chan struct{}
 	notes   chan string
 	logs    *syncBuffer
+	tailMu  sync.Mutex
+	tails   map[int]*tail // a fake relay's last lines, by pid
 	result  chan error
 	cancel  context.CancelFunc
 	workers int
@@ -173,6 +175,7 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		ready:  make(chan struct{}),
 		notes:  make(chan string, 64),
 		logs:   &syncBuffer{},
+		tails:  make(map[int]*tail),
 		result: make(chan error, 1),
 		cmds:   make(chan command),
 		hub:    hub,
@@ -194,6 +197,7 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		sockets:  h.socks,
 		exits:    h.exits,
 		events:   h.events,
+		output:   h.takeTail,
 		sdNotify: func(s string) { h.sd.add(s); h.notes <- s },
 		sdStatus: func(s string) { h.sd.add("STATUS=" + s) },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
@@ -261,6 +265,23 @@ func (h *harness) startsReady(n int) []*fakeProc {
 		h.readyIPC(p)
 	}
 	return ps
+}
+
+// printed makes line the last output of p, as the relay would record it.
+func (h *harness) printed(p *fakeProc, line string) {
+	t := &tail{}
+	t.set([]byte(line), nil)
+	h.tailMu.Lock()
+	h.tails[p.pid] = t
+	h.tailMu.Unlock()
+}
+
+func (h *harness) takeTail(pid int) *tail {
+	h.tailMu.Lock()
+	defer h.tailMu.Unlock()
+	t := h.tails[pid]
+	delete(h.tails, pid)
+	return t
 }
 
 func (h *harness) exit(p *fakeProc, s exitStatus) { h.exits <- exitEvent{pid: p.pid, status: s} }
@@ -437,6 +458,7 @@ func TestLoopIntensityExceeded(t *testing.T) {
 			h.exit(p, exitStatus{code: 1})
 			p = h.nextStart(time.Second)
 		}
+		h.printed(p, "listen tcp :8080: bind: address already in use")
 		h.exit(p, exitStatus{code: 1})
 		h.noStart(time.Second)
 		// Every other worker is drained.
@@ -447,7 +469,7 @@ func TestLoopIntensityExceeded(t *testing.T) {
 		if !errors.As(err, &ie) {
 			t.Fatalf("run = %v, want *IntensityError", err)
 		}
-		const want = "restart intensity exceeded: 5 restarts in 10s (last: worker 1 exited with code 1)"
+		const want = `restart intensity exceeded: 5 restarts in 10s (last: worker 1 exited with code 1, after it printed "listen tcp :8080: bind: address already in use")`
 		if err.Error() != want {
 			t.Errorf("run = %q, want %q", err, want)
 		}

@@ -136,7 +136,10 @@ func (m *Master) Addrs() []net.Addr {
 //
 // Run blocks until every worker has been reaped, every goroutine it started
 // has returned and every fd it owns is closed (listeners and Activated
-// sockets included). It returns nil after a requested stop, an
+// sockets included), with one exception: a Write to Options.Stdout or
+// Options.Stderr that has made no progress for a second when Run ends is
+// abandoned (its output counted as dropped), and its goroutine ends when
+// that Write returns. It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
 func (m *Master) Run(ctx context.Context) error {

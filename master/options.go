@@ -105,6 +105,9 @@ type Options struct {
 	// Output says how worker stdout/stderr are handled; zero is OutputPrefix.
 	Output OutputMode
 	// Stdout and Stderr receive worker output; nil means os.Stdout / os.Stderr.
+	// Each is written from one goroutine of its own (one for both when they
+	// are the same writer), never from the loop: a writer that blocks or
+	// fails costs dropped output, counted and logged, not supervision.
 	Stdout, Stderr io.Writer
 	// PIDFile, when set, is written (atomically) with the master's pid when
 	// Run starts and removed when it returns.

@@ -73,10 +73,18 @@ func (m *Master) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	out, err := newOutputs()
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
 	defer out.wait(cfg.KillTimeout)
 	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
 	if err != nil {
@@ -92,6 +100,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sockets:  cs,
 		exits:    r.exits,
 		events:   events,
+		output:   out.takeTail,
 		sdNotify: sd.notify,
 		sdStatus: sd.statusFunc(),
 		ready:    func() { close(m.ready) },
@@ -100,6 +109,8 @@ func (m *Master) run(ctx context.Context) (err error) {
 		commands: m.cmds,
 		hub:      m.hub,
 		routes:   &m.routes,
+
+		checkListeners: ls.check,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

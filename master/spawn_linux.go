@@ -270,15 +270,19 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	child.Close()
 	unix.Close(execW)
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
+	var t *tail
+	if outR >= 0 || errR >= 0 {
+		t = st.out.newTail(pid)
+	}
 	if outR >= 0 {
 		unix.Close(outFD)
-		if err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t); err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		if err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t); err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}

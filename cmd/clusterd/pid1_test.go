@@ -68,7 +68,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // orphaned grandchild is reparented to it and reaped when it exits (no
 // zombie), and SIGTERM drains every worker before clusterd exits 0.
 func TestPID1InNamespace(t *testing.T) {
-	unshare := needTool(t, "unshare", "util-linux")
+	unshare := needTool(t, "unshare")
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("unshare --pid needs root, which CI has")

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -28,6 +29,14 @@ Listen addresses:
   tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
   unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
   NAME= prefix that the worker sees in LISTEN_FDNAMES.
+  A unix socket file takes options after '?', joined by '&':
+    mode=0660       its permission bits, octal (default: from the umask)
+    owner=USER      its owner, a name or uid (default: the master's user)
+    group=GROUP     its group, a name or gid
+  e.g. unix:///run/app.sock?mode=0660&owner=www-data&group=www-data
+  The master removes the socket files it created when it stops (not those
+  of sockets from systemd socket activation, nor a file that replaced its
+  socket at the path).
   Under systemd socket activation (LISTEN_FDS for clusterd itself), each
   activated socket stands in for the --listen of the same NAME, or else of
   the same address; a --listen with no match is bound, and an activated
@@ -70,6 +79,14 @@ Signals to the master:
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
+
+Worker output (--output prefix):
+  Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
+  stderr, through a bounded buffer: a reader that stops reading, or goes away
+  (clusterd run ... | tee log, with the tee killed), costs the workers' output,
+  never the cluster. What could not be written is dropped, counted and logged
+  ("worker output dropped"). A worker that keeps crashing is quoted: the
+  restart intensity error ends with the last line it printed.
 
 Environment:
   Every flag can also be set with a CLUSTERD_* variable, named after the flag
@@ -193,11 +210,14 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Command = command
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logger, err := f.logger(cmd)
+	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
+	defer logOut.close()
+	logger, err := f.logger(logOut)
 	if err != nil {
 		return err
 	}
 	opts.Logger = logger
+	surviveBrokenPipes()
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -333,8 +353,9 @@ func optionError(err error) error {
 	return &usageError{err}
 }
 
-// logger builds the root logger from --log-level and --log-json.
-func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
+// logger builds the root logger from --log-level and --log-json, writing
+// to out.
+func (f *runFlags) logger(out io.Writer) (hclog.Logger, error) {
 	level := hclog.LevelFromString(f.logLevel)
 	if level == hclog.NoLevel {
 		return nil, usagef("--log-level %q: want trace, debug, info, warn, error or off", f.logLevel)
@@ -343,7 +364,7 @@ func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
 		Name:       "clusterd",
 		Level:      level,
 		JSONFormat: f.logJSON,
-		Output:     cmd.ErrOrStderr(),
+		Output:     out,
 	}), nil
 }
 

@@ -148,21 +148,6 @@ func monotonicUsec(t *testing.T) int64 {
 	return ts.Nano() / 1000
 }
 
-// needTool returns the path of a program a test runs: outside CI a missing
-// one skips the test, under CI=true (where .ci/run installs it) it fails.
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found (Debian package %s; .ci/run installs it): %v", name, pkg, err)
-	}
-	t.Skipf("%s not found (install the Debian package %s): %v", name, pkg, err)
-	return ""
-}
-
 // TestSystemdSocketActivate drives clusterd through systemd's own
 // implementation of socket activation: systemd-socket-activate listens,
 // waits for the first connection, then execs clusterd with the socket at
@@ -170,7 +155,7 @@ func needTool(t *testing.T, name, pkg string) string {
 // path is matched to it by address, so nothing is bound twice, and the
 // connection that woke the service is answered by a worker.
 func TestSystemdSocketActivate(t *testing.T) {
-	activate := needTool(t, "systemd-socket-activate", "systemd")
+	activate := needTool(t, "systemd-socket-activate")
 	path := filepath.Join(t.TempDir(), "web.sock")
 	c := startCluster(t, clusterConfig{
 		launcher: []string{activate, "-l", path, "--fdname=web", "-E", helperEnv},
@@ -286,7 +271,7 @@ func unitValue(t *testing.T, unit, key string) string {
 // the workers' --kill-timeout, and the template's env file holds only
 // variables run understands.
 func TestUnitFiles(t *testing.T) {
-	analyze := needTool(t, "systemd-analyze", "systemd")
+	analyze := needTool(t, "systemd-analyze")
 	dir := installUnits(t, map[string]string{
 		"clusterd@.service":        "clusterd@.service",
 		"clusterd-example.service": "clusterd-example.service",
