@@ -224,9 +224,13 @@ func (l *loop) run(ctx context.Context) error {
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
 	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
+	quiet := false                 // the last iteration handled an event that leaves the status as it was
 	for {
 		l.publishRoutes()
-		l.publishStatus()
+		if !quiet {
+			l.publishStatus()
+		}
+		quiet = false
 		if l.finished() {
 			break
 		}
@@ -250,6 +254,9 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+			// The frequent ones change nothing the status line shows:
+			// skip recomputing it for them.
+			quiet = e.kind == evHeartbeat || e.kind == evStats || e.kind == evWatchdog
 		case c := <-l.commands:
 			c.apply(l)
 		case <-timer.C:
