@@ -381,3 +381,27 @@ func TestRealIntensityStopEndsEscaped(t *testing.T) {
 		}
 	}
 }
+
+// After "done" (the master ended the cluster itself) the groups and pids
+// the guardian knew may belong to others by now: it kills none of them.
+func TestGuardianDoneKillsNothing(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := startSleep(t, &syscall.SysProcAttr{Setpgid: true})
+	st, ok := readProcStat(group.Process.Pid)
+	if !ok {
+		t.Fatalf("read /proc/%d/stat", group.Process.Pid)
+	}
+	g := exec.Command(exe, GuardianArg)
+	g.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	g.Stdin = strings.NewReader(fmt.Sprintf("group %d\nproc %d %d\ndone\n", group.Process.Pid, group.Process.Pid, st.start))
+	if out, err := g.CombinedOutput(); err != nil {
+		t.Fatalf("guardian: %v: %s", err, out)
+	}
+	if !alive(group.Process.Pid) {
+		t.Error("the guardian killed a group after the master said done")
+	}
+}

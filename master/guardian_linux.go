@@ -35,6 +35,13 @@ import (
 //	ungroup PGID        that group is empty (its id may be reused)
 //	proc PID START      an orphan of the master, with its start time
 //	unproc PID          that orphan was reaped
+//	done                the master ended the cluster itself: nothing to kill
+//
+// After "done" (sent once Run has seen every process of the cluster gone)
+// the guardian only empties and removes the cgroup if it is still there
+// (whatever is in it is the cluster's): the process groups and pids it knew
+// are free by then, and their numbers may be reused by processes that are
+// none of its business.
 //
 // The guardian runs in a process group of its own and ignores the
 // terminal's and a service manager's stop signals: a Ctrl-C meant for the
@@ -179,10 +186,11 @@ func (g *guardian) reaped(pids []int) {
 	}
 }
 
-// close ends the guardian: closing the pipe makes it run its kill pass
-// (over a cluster that is empty by now) and exit. It waits for the exit, at
+// close ends the guardian, once the cluster is empty: it says "done" and
+// closes the pipe, and the guardian exits. It waits for the exit, at
 // most guardianGrace, then kills it.
 func (g *guardian) close() {
+	g.tell("done")
 	g.mu.Lock()
 	g.closing = true
 	if g.w >= 0 {
@@ -225,6 +233,7 @@ func Guardian() error {
 		cg     *cgroup
 		groups = make(map[int]bool)
 		procs  = make(map[int]uint64)
+		done   bool
 	)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -247,7 +256,12 @@ func Guardian() error {
 			if pid, err := strconv.Atoi(args); err == nil {
 				delete(procs, pid)
 			}
+		case "done":
+			done = true
 		}
+	}
+	if done {
+		groups, procs = nil, nil
 	}
 	// EOF, or a read error: either way the master can tell nothing more.
 	var errs []error
