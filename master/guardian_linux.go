@@ -49,10 +49,15 @@ import (
 // not remove it before the master is gone. It lives exactly as long as the
 // master plus its kill pass.
 
-// guardianGrace bounds how long the guardian waits for the cgroup it
-// killed to empty before it removes the directory, and how long the
-// master waits for the guardian to exit.
+// guardianGrace bounds how long the master waits for the guardian to exit
+// once it said "done", and for its own cgroup to empty at the end of Run.
 const guardianGrace = 5 * time.Second
+
+// guardianRemoveGrace bounds how long the guardian waits for the cgroup it
+// killed to empty before it gives up removing the directory. Nothing waits
+// for the guardian then (the master is gone), and on a machine under heavy
+// load the killed processes may take a while to be torn down.
+const guardianRemoveGrace = 30 * time.Second
 
 // guardian is the master's side: the pipe's write end and the process.
 type guardian struct {
@@ -285,7 +290,7 @@ func Guardian() error {
 		}
 	}
 	if cg != nil {
-		if err := cg.remove(guardianGrace); err != nil {
+		if err := cg.remove(guardianRemoveGrace); err != nil {
 			errs = append(errs, err)
 		}
 	}
