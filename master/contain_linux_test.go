@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -403,5 +404,25 @@ func TestGuardianDoneKillsNothing(t *testing.T) {
 	}
 	if !alive(group.Process.Pid) {
 		t.Error("the guardian killed a group after the master said done")
+	}
+}
+
+// A program that sets Contain but does not dispatch guardian mode is told
+// so when Run starts, not when its master dies unguarded.
+func TestGuardianMustSayHello(t *testing.T) {
+	r, err := startReaper(true) // waits for its own pids only: safe in a test binary
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.stop()
+	for _, exe := range []string{"/bin/true", "/bin/echo"} {
+		g, err := startGuardian(exe, nil, r, hclog.NewNullLogger())
+		if err == nil {
+			g.close()
+			t.Fatalf("startGuardian(%s) = nil error, want one", exe)
+		}
+		if !strings.Contains(err.Error(), "before saying hello") || !strings.Contains(err.Error(), "master.Guardian") {
+			t.Errorf("startGuardian(%s) = %q, want it to say there was no hello and name master.Guardian", exe, err)
+		}
 	}
 }

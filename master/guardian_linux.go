@@ -85,22 +85,38 @@ func startGuardian(exe string, cg *cgroup, r *reaper, log hclog.Logger) (*guardi
 		unix.Close(pw)
 		return nil, fmt.Errorf("start guardian: %w", os.NewSyscallError("fcntl", err))
 	}
+	// Its stdout says hello once Guardian runs: a program that does not
+	// dispatch GuardianArg is found here, not when the master dies.
+	hr, hw, err := pipe()
+	if err != nil {
+		unix.Close(pw)
+		return nil, fmt.Errorf("start guardian: %w", err)
+	}
+	defer unix.Close(hr)
 	// The guardian reports a failure of its kill pass on the master's
 	// stderr (which may be gone by then: that costs only the message).
 	errFD := uintptr(2)
 	if _, err := unix.FcntlInt(errFD, unix.F_GETFD, 0); err != nil {
-		errFD = uintptr(pr)
+		errFD = uintptr(hw)
 	}
 	attr := &syscall.ProcAttr{
 		Env:   os.Environ(), // the runtime's settings (GODEBUG, GORACE) apply to it too
-		Files: []uintptr{uintptr(pr), errFD, errFD},
+		Files: []uintptr{uintptr(pr), uintptr(hw), errFD},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	}
 	argv := []string{exe, GuardianArg}
 	pid, exit, err := r.startOwned(func() (int, error) { return syscall.ForkExec(exe, argv, attr) })
+	unix.Close(hw)
 	if err != nil {
 		unix.Close(pw)
 		return nil, fmt.Errorf("start guardian: fork/exec %s: %w", exe, err)
+	}
+	if err := awaitHello(hr, guardianStartTimeout); err != nil {
+		unix.Close(pw)
+		_ = unix.Kill(pid, unix.SIGKILL)
+		<-exit
+		return nil, fmt.Errorf("start guardian %s %s: %w (does the program call master.Guardian first when os.Args[1] is %q?)",
+			exe, GuardianArg, err, GuardianArg)
 	}
 	g := &guardian{pid: pid, log: log, exited: make(chan struct{}), w: pw, procs: make(map[int]uint64)}
 	g.wg.Add(1)
@@ -109,6 +125,53 @@ func startGuardian(exe string, cg *cgroup, r *reaper, log hclog.Logger) (*guardi
 		g.tell("cgroup " + cg.dir)
 	}
 	return g, nil
+}
+
+// guardianHello is the guardian's first line on its stdout.
+const guardianHello = "clusterd guardian\n"
+
+// guardianStartTimeout bounds the wait for the guardian's hello.
+const guardianStartTimeout = 10 * time.Second
+
+// awaitHello reads the guardian's hello from fd, at most for timeout.
+func awaitHello(fd int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var got []byte
+	buf := make([]byte, len(guardianHello))
+	for len(got) < len(guardianHello) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no hello within %v", timeout)
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, int(left.Milliseconds())+1); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return os.NewSyscallError("poll", err)
+		}
+		if pfd[0].Revents == 0 {
+			continue
+		}
+		n, err := unix.Read(fd, buf[:len(guardianHello)-len(got)])
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("read", err)
+		}
+		if n == 0 {
+			if len(got) == 0 {
+				return errors.New("it closed its stdout before saying hello")
+			}
+			return fmt.Errorf("it closed its stdout before saying hello (it wrote %q)", got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != guardianHello {
+		return fmt.Errorf("it said %q, not hello", got)
+	}
+	return nil
 }
 
 // watch waits for the guardian's exit; one before close means processes
@@ -225,7 +288,8 @@ func (g *guardian) close() {
 //		os.Exit(0)
 //	}
 //
-// It reads what the master tells it on stdin until EOF, which comes when
+// It says hello on stdout (the master waits for it), then reads what the
+// master tells it on stdin until EOF, which comes when
 // the master is gone, however it ended; it then kills every process of the
 // cluster it knows of (the cluster's cgroup, the workers' process groups,
 // the master's orphans) and removes the cgroup. It returns nil once done,
@@ -234,6 +298,10 @@ func Guardian() error {
 	// Stop signals are for the master; this process ends with it.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGPIPE,
 		syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	// The master waits for this line: it proves the program dispatched
+	// guardian mode. Nothing else is written to stdout.
+	_, _ = os.Stdout.WriteString(guardianHello) // a master that is gone reads nothing: no matter
+	_ = os.Stdout.Close()
 	var (
 		cg     *cgroup
 		groups = make(map[int]bool)
