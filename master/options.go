@@ -116,7 +116,8 @@ type Options struct {
 	// of their own where it can make one (cgroup v2, writable: root, or a
 	// delegated subtree), and starts a guardian process (this program in
 	// [GuardianArg] mode, which must then dispatch to [Guardian] first
-	// thing in main) that kills the cluster when the master is gone. The
+	// thing in main; Run fails at start, saying so, when it does not) that
+	// kills the cluster when the master is gone. The
 	// zero value leaves the host's cgroups and processes alone: workers
 	// die with the master by their parent-death signal, their children
 	// only when the master stops them. cmd/clusterd sets it.
