@@ -251,6 +251,7 @@ func (g *guardian) reaped(pids []int) {
 		g.procs[pid] = st.start
 		g.mu.Unlock()
 		g.tell("proc " + strconv.Itoa(pid) + " " + strconv.FormatUint(st.start, 10))
+		g.log.Debug("guardian told of orphan", "pid", pid)
 	}
 }
 

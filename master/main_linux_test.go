@@ -123,6 +123,7 @@ type masterConfig struct {
 	ExecPath     string   // run the master from this copy of the test binary
 	PID1         bool     // run the master as PID 1 of a new pid namespace
 	Contain      bool     // Options.Contain
+	MasterUID    int      // run the master helper itself as this uid and gid (0: as the test)
 	Env          []string // added to the workers' environment
 	WorkerMode   []string // behaviour of the worker helper
 	Command      []string // instead of the worker helper
