@@ -87,7 +87,9 @@
 // The remaining hole: without a cgroup, a process that left its worker's
 // process group while its parent still lives is nobody's child the master
 // can see; if the master is killed then, it is reparented to init and
-// survives. Under systemd, KillMode=control-group (the default) and
+// survives. The guardian is not restarted: if it is killed, the master
+// logs an Error, and a master killed after that is unguarded. Under
+// systemd, KillMode=control-group (the default) and
 // KillMode=mixed cover that too: the unit's cgroup holds the cluster's.
 //
 // # The loop
