@@ -212,9 +212,17 @@ func TestRealGracefulStopEndsEscaped(t *testing.T) {
 					t.Errorf("escaped process %d outlived the master", pid)
 				}
 			}
-			if took > killTimeout+time.Second {
-				t.Errorf("graceful stop took %v, want at most the kill timeout %v + 1s", took, killTimeout)
+			// The bound is on the master's own stop, from its "stopping" to
+			// its "stopped" line: the time to deliver the signal and to see
+			// the process end on a loaded machine is not the master's, and
+			// gets a generous failure bound instead.
+			if d := logTime(t, m.first("stopped")).Sub(logTime(t, m.first("stopping"))); d > killTimeout+time.Second {
+				t.Errorf("graceful stop took %v from stopping to stopped, want at most the kill timeout %v + 1s", d, killTimeout)
 			}
+			if took > killTimeout+5*time.Second {
+				t.Errorf("master exited %v after SIGTERM, want well within the kill timeout %v", took, killTimeout)
+			}
+			t.Logf("master exited %v after SIGTERM (kill timeout %v)", took, killTimeout)
 			if k := m.first("killing processes left by workers"); field(k, "processes") != 2 {
 				t.Errorf("killed %v, want the 2 that ignore SIGTERM", k)
 			}
@@ -492,4 +500,14 @@ func TestRealGuardianWithoutCgroup(t *testing.T) {
 		t.Fatalf("processes %v outlived the master (orphan %d, guardian %d)", left, orphan, guardian)
 	}
 	m.wait()
+}
+
+// logTime is the @timestamp of a log line.
+func logTime(t *testing.T, l map[string]any) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, fmt.Sprint(l["@timestamp"]))
+	if err != nil {
+		t.Fatalf("log %v: @timestamp: %v", l, err)
+	}
+	return ts
 }
