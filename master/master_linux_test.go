@@ -1115,24 +1115,7 @@ func TestRealUserAndGroup(t *testing.T) {
 	t.Parallel()
 	// The master's binary is exec'd by the worker after the credential
 	// change: it must be reachable for nobody, so run a copy of it.
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := filepath.Join(dir, "master.test")
-	if err := os.WriteFile(cp, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	cp := copyTestBinary(t)
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, User: "nobody", Group: "nogroup",
 		WorkerMode: []string{"ids"}, ExecPath: cp, Ready: "ipc",
