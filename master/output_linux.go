@@ -96,20 +96,23 @@ func (o *outputs) poke() {
 // EOF meanwhile is gone from streams, and its fd number may be another
 // stream's by now: streams are matched by identity, not by fd).
 func (o *outputs) finishRetired(buf []byte) {
+	type open struct {
+		fd int
+		s  *stream
+	}
 	o.mu.Lock()
-	retiring := o.retiring
-	o.retiring = nil
-	var fds []int
-	for _, r := range retiring {
+	var found []open
+	for _, r := range o.retiring {
 		for fd, s := range o.streams {
 			if s == r {
-				fds = append(fds, fd)
+				found = append(found, open{fd, s})
 			}
 		}
 	}
+	o.retiring = nil
 	o.mu.Unlock()
-	for i, fd := range fds {
-		o.finish(fd, retiring[i], buf)
+	for _, f := range found {
+		o.finish(f.fd, f.s, buf)
 	}
 }
 

@@ -119,6 +119,24 @@ func TestOutputsRetire(t *testing.T) {
 	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w2] still relayed\n") }) {
 		t.Fatalf("live stream stopped after retiring an ended one: %q", out.String())
 	}
+	// Retired together, an ended stream and a live one: each is matched to
+	// its own fd.
+	r3, w3, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := o.relay(r3, &out, "[w3] ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w3, []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	o.retire(gone, s3)
+	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w3] last words\n") }) {
+		t.Fatalf("stream retired beside an ended one not relayed under its own prefix: %q", out.String())
+	}
+	unix.Close(w3)
 	unix.Close(w2)
 	o.wait()
 	if n := fdCount(t, unix.Getpid()); n != fdsBefore {
