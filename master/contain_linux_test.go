@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -436,30 +435,6 @@ func TestGuardianMustSayHello(t *testing.T) {
 	}
 }
 
-// copyTestBinary copies the test binary where any user can run it.
-func copyTestBinary(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := filepath.Join(dir, "master.test")
-	if err := os.WriteFile(cp, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return cp
-}
-
 // Where no cgroup can be made (here: a master running as nobody), the
 // guardian still kills what the master told it of: an escaped process
 // whose worker died, reparented to the master. The hole the docs state is
@@ -472,7 +447,7 @@ func TestRealGuardianWithoutCgroup(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Contain: true, MasterUID: 65534,
-		ExecPath: copyTestBinary(t), WorkerMode: []string{"escape"}, MinUptime: time.Millisecond,
+		ExecPath: reachableTestBinary(t), WorkerMode: []string{"escape"}, MinUptime: time.Millisecond,
 	}, "GORACE=atexit_sleep_ms=0")
 	c := m.first("containment")
 	if c["mechanism"] != "guardian and process groups" {

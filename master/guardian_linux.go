@@ -115,7 +115,7 @@ func startGuardian(exe string, cg *cgroup, r *reaper, log hclog.Logger) (*guardi
 		unix.Close(pw)
 		_ = unix.Kill(pid, unix.SIGKILL)
 		<-exit
-		return nil, fmt.Errorf("start guardian %s %s: %w (does the program call master.Guardian first when os.Args[1] is %q?)",
+		return nil, fmt.Errorf("start guardian %s %s: %w (does the program call master.DispatchExecWorker, or master.Guardian when os.Args[1] is %q, first thing in main?)",
 			exe, GuardianArg, err, GuardianArg)
 	}
 	g := &guardian{pid: pid, log: log, exited: make(chan struct{}), w: pw, procs: make(map[int]uint64)}
@@ -278,16 +278,8 @@ func (g *guardian) close() {
 
 // Guardian is the guardian mode of a program that links master and sets
 // Options.Contain: the master starts its own binary as
-// `PROGRAM guardian` (see [GuardianArg]), and the program calls Guardian
-// first thing in main when os.Args[1] == GuardianArg:
-//
-//	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
-//		if err := master.Guardian(); err != nil {
-//			fmt.Fprintln(os.Stderr, "clusterd:", err)
-//			os.Exit(1)
-//		}
-//		os.Exit(0)
-//	}
+// `PROGRAM guardian` (see [GuardianArg]), and [DispatchExecWorker], called
+// first thing in main, runs Guardian and exits with its outcome.
 //
 // It says hello on stdout (the master waits for it), then reads what the
 // master tells it on stdin until EOF, which comes when

@@ -29,8 +29,6 @@ type listeners struct {
 	migrateReq func() (string, error)
 }
 
-var _ sockets = (*listeners)(nil)
-
 func newListeners(cfg *config, log hclog.Logger) *listeners {
 	return &listeners{cfg: cfg, log: log, slots: make(map[int][]*os.File), migrateReq: readMigrateReq}
 }

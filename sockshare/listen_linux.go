@@ -253,6 +253,7 @@ func (o ListenOptions) control(network, address string, c syscall.RawConn) error
 		}
 		if network == "ip4" || network == "ip6" {
 			set(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR")
+			set(unix.IPPROTO_TCP, unix.TCP_NODELAY, boolInt(!o.TCPDelay), "TCP_NODELAY")
 		}
 		if o.ReusePort && network != "unix" && network != "unixgram" {
 			set(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT")
