@@ -118,9 +118,31 @@
 // messages do not pass through the loop: [Master.Send] and
 // [Master.Request] use the worker's connection directly, and a worker's
 // messages and requests reach Options.OnMessage and Options.HandleRequest
-// from its session goroutine. The loop keeps
-// no ticker: while nothing is due it sleeps until an event, so an idle
-// master does not wake up.
+// from its session goroutine. The loop keeps one slow timer only: while
+// nothing else is due it sleeps until an event or the next listener check,
+// every 5 s, so an idle master wakes up once every 5 s.
+//
+// # Listeners that heal
+//
+// Every worker holds the same socket, so one worker's shutdown(2) on it
+// stops it listening for all of them, and a restarted worker would get the
+// same dead socket. The master checks its stream listeners when a worker
+// exits and every 5 s (SO_ACCEPTCONN; for unix sockets also POLLRDHUP): a
+// TCP socket that stopped listening listens again at once, in place (for a
+// port 0 socket, rebound to the port it had first), which restores it for
+// every holder; Warn "listener stopped listening; listening again" (addr,
+// name, worker and pid of the worker whose exit found it, or the running
+// workers). One that cannot (a unix socket, or one a worker connected) is
+// replaced by a new socket on the same address and the workers restarted
+// onto it with a rolling reload (Warn "listener stopped listening; replaced
+// by a new socket"). With BalanceReusePort each slot's socket is checked
+// and healed the same way.
+//
+// A unix socket file the master created is removed on every stop (graceful,
+// immediate, restart intensity exceeded, start-up failure), but only while
+// the path still holds that socket (same device and inode): a file someone
+// put there since is left alone, and so is the file of a socket from socket
+// activation, which belongs to whoever activated it.
 //
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
 // thread that forks); one reader per worker notify socket (a goroutine
@@ -218,6 +240,22 @@
 // its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
 // and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
 // half of WATCHDOG_USEC when the service has a watchdog.
+//
+// # Limits on a worker's IPC
+//
+// Package ipc bounds what a worker's connection costs in memory (frame size,
+// descriptors per frame, queue depth) and in time: a frame that began to
+// arrive must end within ipc.DefaultFrameTimeout (10 s), so a worker that
+// sends half a frame and stops is an "ipc protocol error" (Warn, worker,
+// pid) and is restarted. The master also bounds the CPU a worker can make it
+// spend reading: at most [IPCMessageRate] messages and [IPCFDRate]
+// descriptors a second, each with a burst of as many again. A worker over a
+// limit is paced, not killed: the master reads it at the limit, its queue
+// fills, and the socket pushes back on the worker's sends. The first message
+// over a limit logs Warn "ipc flood: reading the worker's messages at the
+// limit" (worker, pid, what: messages or descriptors), once per burst: the
+// next line comes only after the worker stayed within its limits for long
+// enough to refill them.
 //
 // # Logging
 //

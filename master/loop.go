@@ -163,6 +163,9 @@ type loopDeps struct {
 	commands <-chan command              // Master's methods, IPC sessions; nil: none
 	hub      *eventHub                   // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -187,6 +190,7 @@ type loop struct {
 	sweep    sweepState
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
+	checkAt  time.Time // next periodic listener check
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -220,6 +224,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -430,6 +437,7 @@ func (l *loop) onExit(e exitEvent) {
 		}
 		l.restartSlot(s, e.status, uptime, desc, last)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
@@ -494,6 +502,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	add(l.petAt)
 	add(l.sweep.pollAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -504,6 +513,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

@@ -108,6 +108,8 @@ func (m *Master) run(ctx context.Context) (err error) {
 		commands: m.cmds,
 		hub:      m.hub,
 		routes:   &m.routes,
+
+		checkListeners: ls.check,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

@@ -158,10 +158,15 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
+	lim := newIPCLimiter(s.log, s.p.done)
 	for {
 		m, err := s.p.conn.Recv()
 		if err != nil {
 			return err
+		}
+		if !lim.admit(len(m.FDs)) {
+			_ = m.CloseFDs()
+			return nil // released while paced
 		}
 		if err := s.handle(m); err != nil {
 			return err

@@ -29,6 +29,14 @@ Listen addresses:
   tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
   unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
   NAME= prefix that the worker sees in LISTEN_FDNAMES.
+  A unix socket file takes options after '?', joined by '&':
+    mode=0660       its permission bits, octal (default: from the umask)
+    owner=USER      its owner, a name or uid (default: the master's user)
+    group=GROUP     its group, a name or gid
+  e.g. unix:///run/app.sock?mode=0660&owner=www-data&group=www-data
+  The master removes the socket files it created when it stops (not those
+  of sockets from systemd socket activation, nor a file that replaced its
+  socket at the path).
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
