@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -34,28 +35,43 @@ func TestKilledMasterLeavesNoEscapedChild(t *testing.T) {
 		}
 		t.Skip(msg)
 	}
-	_, v, _ := strings.Cut(c.waitStdout("escaped: "), "escaped: ")
+	line := c.waitStdout("escaped: ")
+	prefix, v, _ := strings.Cut(line, "escaped: ")
 	escaped, err := strconv.Atoi(strings.TrimSpace(v))
 	if err != nil {
 		t.Fatalf("escaped pid %q: %v", v, err)
 	}
-	// Opened before the kill: the pid cannot be reused under the test.
-	fd, err := unix.PidfdOpen(escaped, 0)
-	if err != nil {
-		t.Fatalf("pidfd_open(%d): %v", escaped, err)
+	var slot, worker int
+	if _, err := fmt.Sscanf(prefix, "[w%d pid %d]", &slot, &worker); err != nil {
+		t.Fatalf("worker pid in %q: %v", line, err)
 	}
-	defer unix.Close(fd)
-	t.Cleanup(func() { _ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) })
+	// Opened before the kill: the pids cannot be reused under the test.
+	// Both hold the listening socket (the escaped one inherited it).
+	pidfd := func(pid int) int {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			t.Fatalf("pidfd_open(%d): %v", pid, err)
+		}
+		t.Cleanup(func() {
+			_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			unix.Close(fd)
+		})
+		return fd
+	}
+	escapedFD, workerFD := pidfd(escaped), pidfd(worker)
 
 	c.signal(syscall.SIGKILL)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, int(time.Second.Milliseconds())); err != nil || n != 1 {
-		t.Fatalf("escaped process %d still running 1s after the master was killed (poll %d, %v)", escaped, n, err)
+	if !pidfdExited(escapedFD, time.Second) {
+		t.Fatalf("escaped process %d still running 1s after the master was killed", escaped)
 	}
+	if !pidfdExited(workerFD, time.Second) {
+		t.Fatalf("worker %d still running 1s after the master was killed", worker)
+	}
+	// The master's own copy of the socket goes with it.
+	c.wait()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("bind %s after the cluster died: %v", addr, err)
 	}
 	ln.Close()
-	c.wait()
 }
