@@ -277,5 +277,8 @@
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart
-// intensity exceeded", Info "stopped".
+// intensity exceeded", Info "stopped". Under systemd: Warn "activated
+// socket matches no listen address: serving it as well" and "activated
+// socket with no listen address given: serving it" (name, addr), Info
+// "listeners kept by the service manager" (stored).
 package master
