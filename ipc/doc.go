@@ -15,6 +15,9 @@
 //
 // # Wire model
 //
+// docs/PROTOCOL.md describes the wire byte by byte for workers written in
+// other languages; examples/pyclient is one, in Python.
+//
 // A frame is a 4-byte big-endian length and one msgpack envelope of that many
 // bytes: the array [kind, id, reply_to, nfds, body]. kind is a [Kind]; id and
 // reply_to pair requests with replies ([Conn.Call]); nfds counts the descriptors

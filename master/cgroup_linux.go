@@ -221,8 +221,9 @@ func (c *cgroup) remove(grace time.Duration) error {
 		case !errors.Is(err, unix.EBUSY) || time.Now().After(deadline):
 			return fmt.Errorf("remove cgroup %s: %w", c.dir, os.NewSyscallError("rmdir", err))
 		}
-		// EBUSY: killed members are still exiting; the kernel announces
-		// the end through cgroup.events, polled here for a bounded time.
+		// EBUSY: killed members are still exiting. The kernel would
+		// announce the end on cgroup.events; a bounded retry every 5ms is
+		// enough for a directory removed once, at the end.
 		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -210,9 +211,17 @@ func TestRealGracefulStopEndsEscaped(t *testing.T) {
 					t.Errorf("escaped process %d outlived the master", pid)
 				}
 			}
-			if took > killTimeout+time.Second {
-				t.Errorf("graceful stop took %v, want at most the kill timeout %v + 1s", took, killTimeout)
+			// The bound is on the master's own stop, from its "stopping" to
+			// its "stopped" line: the time to deliver the signal and to see
+			// the process end on a loaded machine is not the master's, and
+			// gets a generous failure bound instead.
+			if d := logTime(t, m.first("stopped")).Sub(logTime(t, m.first("stopping"))); d > killTimeout+time.Second {
+				t.Errorf("graceful stop took %v from stopping to stopped, want at most the kill timeout %v + 1s", d, killTimeout)
 			}
+			if took > killTimeout+5*time.Second {
+				t.Errorf("master exited %v after SIGTERM, want well within the kill timeout %v", took, killTimeout)
+			}
+			t.Logf("master exited %v after SIGTERM (kill timeout %v)", took, killTimeout)
 			if k := m.first("killing processes left by workers"); field(k, "processes") != 2 {
 				t.Errorf("killed %v, want the 2 that ignore SIGTERM", k)
 			}
@@ -380,4 +389,100 @@ func TestRealIntensityStopEndsEscaped(t *testing.T) {
 			t.Errorf("escaped process %d outlived the master", pid)
 		}
 	}
+}
+
+// After "done" (the master ended the cluster itself) the groups and pids
+// the guardian knew may belong to others by now: it kills none of them.
+func TestGuardianDoneKillsNothing(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := startSleep(t, &syscall.SysProcAttr{Setpgid: true})
+	st, ok := readProcStat(group.Process.Pid)
+	if !ok {
+		t.Fatalf("read /proc/%d/stat", group.Process.Pid)
+	}
+	g := exec.Command(exe, GuardianArg)
+	g.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	g.Stdin = strings.NewReader(fmt.Sprintf("group %d\nproc %d %d\ndone\n", group.Process.Pid, group.Process.Pid, st.start))
+	if out, err := g.CombinedOutput(); err != nil {
+		t.Fatalf("guardian: %v: %s", err, out)
+	}
+	if !alive(group.Process.Pid) {
+		t.Error("the guardian killed a group after the master said done")
+	}
+}
+
+// A program that sets Contain but does not dispatch guardian mode is told
+// so when Run starts, not when its master dies unguarded.
+func TestGuardianMustSayHello(t *testing.T) {
+	r, err := startReaper(true) // waits for its own pids only: safe in a test binary
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.stop()
+	for _, exe := range []string{"/bin/true", "/bin/echo"} {
+		g, err := startGuardian(exe, nil, r, hclog.NewNullLogger())
+		if err == nil {
+			g.close()
+			t.Fatalf("startGuardian(%s) = nil error, want one", exe)
+		}
+		if !strings.Contains(err.Error(), "before saying hello") || !strings.Contains(err.Error(), "master.Guardian") {
+			t.Errorf("startGuardian(%s) = %q, want it to say there was no hello and name master.Guardian", exe, err)
+		}
+	}
+}
+
+// Where no cgroup can be made (here: a master running as nobody), the
+// guardian still kills what the master told it of: an escaped process
+// whose worker died, reparented to the master. The hole the docs state is
+// shown too: the escaped child of a worker still alive when the master is
+// killed is nobody's the master could see.
+func TestRealGuardianWithoutCgroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running the master as another user needs root")
+	}
+	t.Parallel()
+	m := startMaster(t, masterConfig{
+		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Contain: true, MasterUID: 65534,
+		ExecPath: reachableTestBinary(t), WorkerMode: []string{"escape"}, MinUptime: time.Millisecond,
+	}, "GORACE=atexit_sleep_ms=0")
+	c := m.first("containment")
+	if c["mechanism"] != "guardian and process groups" {
+		t.Fatalf("containment %v, want the guardian without a cgroup", c)
+	}
+	guardian := field(c, "guardian")
+	m.next("all workers ready")
+	first := field(m.first("worker ready", "generation", 1), "pid")
+	orphan := m.stdoutPIDs("escaped: ", 1)[0]
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	m.next("guardian told of orphan", "pid", orphan)
+	m.next("worker ready", "generation", 2)
+	escaped := m.stdoutPIDs("escaped: ", 2)
+	killAtCleanup(t, []int{orphan})
+	t.Cleanup(func() { // the hole: not the test's failure
+		for _, pid := range escaped {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	})
+	fds := pidfds(t, []int{orphan, guardian})
+	m.signal(syscall.SIGKILL)
+	if left := exitedBy(time.Now().Add(failDeadline(t)), []int{orphan, guardian}, fds); len(left) > 0 {
+		t.Fatalf("processes %v outlived the master (orphan %d, guardian %d)", left, orphan, guardian)
+	}
+	m.wait()
+}
+
+// logTime is the @timestamp of a log line.
+func logTime(t *testing.T, l map[string]any) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, fmt.Sprint(l["@timestamp"]))
+	if err != nil {
+		t.Fatalf("log %v: @timestamp: %v", l, err)
+	}
+	return ts
 }

@@ -22,9 +22,18 @@
 //     EINHORN_FD_COUNT / EINHORN_FD_i for servers written for einhorn;
 //   - its end of an IPC socketpair (package ipc) at fd 3+n, named by
 //     CLUSTERD_IPC_FD;
-//   - NOTIFY_SOCKET, a per-master datagram socket in the abstract namespace;
-//     messages (READY=1, STOPPING=1, WATCHDOG=1) are attributed by the
-//     sender's pid from SCM_CREDENTIALS, or its process group;
+//   - only where it is expected to speak sd_notify (ReadyNotify), as
+//     systemd sets it only for Type=notify: NOTIFY_SOCKET, a datagram
+//     socket of its own, a file (not the abstract "@" form, which some
+//     clients reject) in the master's private runtime directory, made in
+//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd (not when the
+//     workers run as another user), else /run/clusterd as root, else
+//     os.TempDir(), and removed when Run returns. The directory is 0700 (0710 with the workers' group under
+//     Options.User) and each socket 0600, owned by the workers' uid: only
+//     they reach it. A message (READY=1, STOPPING=1, WATCHDOG=1) belongs to
+//     the worker whose socket it came in on, whoever sent it; a socket is
+//     read at most 128 datagrams a second after a burst of 256, so a
+//     flooding worker is logged once per burst and meets a full queue;
 //   - its own process group, Pdeathsig SIGKILL, the configured user and
 //     group, and no other fd of the master.
 //
@@ -38,14 +47,14 @@
 //   - Pdeathsig fires when the thread that forked the child exits, not the
 //     process: every worker is forked by one goroutine locked to its OS
 //     thread for the whole of Run.
-//   - The master is a child subreaper (PR_SET_CHILD_SUBREAPER) and may be
-//     PID 1, so orphaned grandchildren become its children. One reaper
-//     goroutine owns every wait4: on SIGCHLD it reaps with WNOHANG and
-//     forwards exits of known pids to the loop; orphans are reaped and
-//     ignored. Nothing else in the process may wait for children: a program
-//     that does (or a test binary that waits for its own helpers) sets
-//     Options.ReapOnlyWorkers, which waits for the master's workers by pid
-//     only and leaves the subreaper flag alone.
+//   - With Options.Subreaper (cmd/clusterd sets it) the master is a child
+//     subreaper (PR_SET_CHILD_SUBREAPER) and may be PID 1, so orphaned
+//     grandchildren become its children. One reaper goroutine owns every
+//     wait4: on SIGCHLD it reaps with WNOHANG and forwards exits of known
+//     pids to the loop; orphans are reaped and ignored. Nothing else in the
+//     process may wait for children then. The default, for programs that
+//     embed the master, waits for the master's workers by pid only and
+//     leaves the process's other children (exec.Cmd) alone.
 //
 // # Nothing outlives the cluster
 //
@@ -78,8 +87,8 @@
 // Every stop — graceful, immediate, restart intensity exceeded, or all
 // workers gone for good — ends with a sweep (stop.go): once the workers are
 // reaped, the loop looks for the cluster's other processes (the cgroup's
-// members; the master's children, which as a subreaper are orphans of the
-// cluster; members of the workers' process groups), sends them the stop
+// members; with Options.Subreaper, the master's children, which are
+// orphans of the cluster; members of the workers' process groups), sends them the stop
 // signal, and SIGKILLs them when the stop's KillTimeout is over (at once
 // for an immediate stop). Run returns only when none is left, so its
 // return means the ports are free.
@@ -87,18 +96,31 @@
 // The remaining hole: without a cgroup, a process that left its worker's
 // process group while its parent still lives is nobody's child the master
 // can see; if the master is killed then, it is reparented to init and
-// survives. Under systemd, KillMode=control-group (the default) and
+// survives. The guardian is not restarted: if it is killed, the master
+// logs an Error, and a master killed after that is unguarded. Under
+// systemd, KillMode=control-group (the default) and
 // KillMode=mixed cover that too: the unit's cgroup holds the cluster's.
 //
 // # The loop
 //
 // One goroutine owns all supervisor state: the worker table, the desired
 // count and the reload in progress. Child exits (from the reaper), worker
-// messages (IPC and sd_notify readers), signals (Options.Signals), timers
-// and ctx reach it on channels; no mutex guards that state. The loop keeps
-// one slow timer only: while nothing else is due it sleeps until an event
-// or the next listener check, every 5 s, so an idle master wakes up once
-// every 5 s.
+// messages (IPC and sd_notify readers), signals (Options.Signals), timers,
+// ctx and commands reach it on channels; no mutex guards that state.
+//
+// Commands in: [Master.Reload], [Master.Scale], [Master.Stop],
+// [Master.Signal], [Master.Workers] and a worker's run-time listen request
+// are values with a reply channel that the loop applies and answers; the
+// signal table turns each signal into the same command. Events out:
+// [Master.Subscribe] delivers fork, online, ready, disconnect, exit and
+// reload events in order, and drops (and counts) what a full subscriber
+// buffer cannot take, so no subscriber can stall the loop. Application
+// messages do not pass through the loop: [Master.Send] and
+// [Master.Request] use the worker's connection directly, and a worker's
+// messages and requests reach Options.OnMessage and Options.HandleRequest
+// from its session goroutine. The loop keeps one slow timer only: while
+// nothing else is due it sleeps until an event or the next listener check,
+// every 5 s, so an idle master wakes up once every 5 s.
 //
 // # Listeners that heal
 //
@@ -116,12 +138,34 @@
 // by a new socket"). With BalanceReusePort each slot's socket is checked
 // and healed the same way.
 //
+// A unix socket file the master created is removed on every stop (graceful,
+// immediate, restart intensity exceeded, start-up failure), but only while
+// the path still holds that socket (same device and inode): a file someone
+// put there since is left alone, and so is the file of a socket from socket
+// activation, which belongs to whoever activated it.
+//
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
-// thread that forks); one reader of the notify socket; one goroutine per
-// worker reading its IPC connection; the guardian process with Contain,
-// and a goroutine waiting for its exit; and one output relay, an epoll loop
+// thread that forks); one reader per worker notify socket (a goroutine
+// parked on a socket costs a few kilobytes, and the runtime already
+// multiplexes them over one epoll); one goroutine per worker reading its
+// IPC connection; the guardian process with Contain, and a goroutine
+// waiting for its exit; one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
-// workers keeps the master small with hundreds of them).
+// workers keeps the master small with hundreds of them); and one writer
+// per output sink (Options.Stdout, Options.Stderr).
+//
+// The relay never writes to the user's writers itself. It prefixes the
+// lines of each read and appends them, whole, to the sink's bounded buffer
+// (256 KiB); the sink's goroutine writes the buffer out in one Write. A
+// writer that blocks stalls only its own goroutine: once the buffer is
+// full, lines are dropped and counted, the relay keeps reading (no worker
+// blocks on its stdout), and the loop and the spawn path never wait for
+// it. A writer that fails (EPIPE when the reader of the master's stdout
+// went away) is logged once, and what it lost is counted. Dropped output
+// is logged ("worker output dropped", with sink, reason, lines and bytes)
+// once per burst, on the next successful write, and when Run ends. The
+// relay also keeps each worker's last non-blank line, which the
+// [*IntensityError] quotes.
 //
 // # File descriptors
 //
@@ -129,8 +173,9 @@
 // succeeded), the parent end of each worker's IPC socketpair (closed when
 // the worker is reaped), the read ends of the output pipes (closed at EOF,
 // or, after relaying what they hold, when the worker is reaped: a child
-// that left its process group may hold the write end for ever), /dev/null
-// for the workers' stdin, the notify socket, the connection to its own
+// that left its process group may hold the write end for ever),
+// /dev/null for the workers' stdin, each worker's notify socket (closed
+// and unlinked when the worker is reaped), the connection to its own
 // NOTIFY_SOCKET, and with Contain the cluster's cgroup directory and the
 // write end of the guardian's pipe. All are close-on-exec; a
 // worker gets copies of exactly the ones meant for it. [ExecWorker] also
@@ -139,10 +184,25 @@
 //
 // # Lifecycle and signals
 //
-// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
-// sends READY=1 (notify), when it sends an ipc ready message after its hello
-// (ipc), or when it has stayed up for a delay. One that is not ready within
-// ReadyTimeout is killed.
+// The exec-worker step reports the outcome of its execve through a
+// close-on-exec pipe (CLUSTERD_EXEC_FD): end-of-file when the command runs,
+// the errno when it could not be executed. A failed exec is one Error line
+// naming the command and the errno; when no other worker runs the command
+// (a binary of the wrong format, one the workers' user may not execute) the
+// cluster stops and Run returns that error, with no restart loop.
+//
+// A worker is ready, by Options.Ready, as soon as its command was executed
+// (exec), when it sends READY=1 (notify), when it sends an ipc ready
+// message after its hello (ipc), when it has stayed up for a delay, or
+// (listening, the CLI's default) when /proc shows it waiting for
+// connections on an inherited listener: a thread blocked in accept on it,
+// or in poll or select with it in the set, or the listener in one of its
+// epoll sets, matched by inode. A probe goroutine per starting worker
+// samples /proc (every 2 ms at first, backing off to 50 ms) and posts the
+// ready event, so the loop never reads /proc itself; it stops at readiness.
+// A worker with no inherited listener, or one not seen waiting within the
+// fallback delay, is ready after that delay, with one log line that says
+// so. One that is not ready within ReadyTimeout is killed.
 //
 // A worker that exits unexpectedly is restarted according to
 // Options.Restart, in the same slot: at once if it stayed up at least
@@ -157,8 +217,10 @@
 //	           the old one; a replacement that fails aborts the reload and
 //	           the old workers keep serving; a second HUP starts it over
 //	TERM, INT  graceful stop: drain every worker, return once all exited;
-//	           a second one stops at once
-//	QUIT       immediate stop (SIGKILL)
+//	           a second one stops at once, but only 1s or more after the
+//	           first (coreutils timeout signals the master, then its process
+//	           group: one request that arrives twice)
+//	QUIT       immediate stop (SIGKILL), whenever it comes
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
 //	WINCH      stop all workers but keep the master and its sockets (for
 //	           maintenance); HUP starts them again
@@ -175,9 +237,21 @@
 // connections: the master logs a warning.
 //
 // When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
-// its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
-// and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
-// half of WATCHDOG_USEC when the service has a watchdog.
+// its own supervisor: READY=1 once every initial worker is ready (not when
+// the master starts), RELOADING=1 with MONOTONIC_USEC= and then READY=1
+// around a reload (as Type=notify-reload wants), STOPPING=1 when it stops,
+// STATUS= whenever its one-line state changes ("4/4 workers ready",
+// "reloading 2/4", "degraded: slot 3 crash-looping", "stopping: 2 workers
+// left"), and WATCHDOG=1 at half of WATCHDOG_USEC when the service has a
+// watchdog. The pings come from the loop's own timer, so a loop that is
+// stuck stops sending them and systemd's watchdog fires.
+//
+// With NOTIFY_SOCKET set (and FDSTORE, where systemd ≥ 254 sets it, not
+// 0), the master hands every listener it bound itself, named or on a fixed
+// port, to the service manager's fd store (FDSTORE=1, FDNAME= the Listen
+// name). After a crash, kill -9 or restart systemd passes them back in
+// LISTEN_FDS, and they are matched to Listen like activated sockets: the
+// listening sockets and their accept queues outlive every master.
 //
 // # Limits on a worker's IPC
 //
@@ -199,9 +273,12 @@
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
 // "notify") has lines other programs may rely on: Info "listening" (addr,
-// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// name), Warn "no listen address: workers get no sockets from clusterd", Info "worker ready" (worker, pid, generation), Info "all workers
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart
-// intensity exceeded", Info "stopped".
+// intensity exceeded", Info "stopped". Under systemd: Warn "activated
+// socket matches no listen address: serving it as well" and "activated
+// socket with no listen address given: serving it" (name, addr), Info
+// "listeners kept by the service manager" (stored).
 package master

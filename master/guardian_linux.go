@@ -35,6 +35,13 @@ import (
 //	ungroup PGID        that group is empty (its id may be reused)
 //	proc PID START      an orphan of the master, with its start time
 //	unproc PID          that orphan was reaped
+//	done                the master ended the cluster itself: nothing to kill
+//
+// After "done" (sent once Run has seen every process of the cluster gone)
+// the guardian only empties and removes the cgroup if it is still there
+// (whatever is in it is the cluster's): the process groups and pids it knew
+// are free by then, and their numbers may be reused by processes that are
+// none of its business.
 //
 // The guardian runs in a process group of its own and ignores the
 // terminal's and a service manager's stop signals: a Ctrl-C meant for the
@@ -42,10 +49,15 @@ import (
 // not remove it before the master is gone. It lives exactly as long as the
 // master plus its kill pass.
 
-// guardianGrace bounds how long the guardian waits for the cgroup it
-// killed to empty before it removes the directory, and how long the
-// master waits for the guardian to exit.
+// guardianGrace bounds how long the master waits for the guardian to exit
+// once it said "done", and for its own cgroup to empty at the end of Run.
 const guardianGrace = 5 * time.Second
+
+// guardianRemoveGrace bounds how long the guardian waits for the cgroup it
+// killed to empty before it gives up removing the directory. Nothing waits
+// for the guardian then (the master is gone), and on a machine under heavy
+// load the killed processes may take a while to be torn down.
+const guardianRemoveGrace = 30 * time.Second
 
 // guardian is the master's side: the pipe's write end and the process.
 type guardian struct {
@@ -73,22 +85,38 @@ func startGuardian(exe string, cg *cgroup, r *reaper, log hclog.Logger) (*guardi
 		unix.Close(pw)
 		return nil, fmt.Errorf("start guardian: %w", os.NewSyscallError("fcntl", err))
 	}
+	// Its stdout says hello once Guardian runs: a program that does not
+	// dispatch GuardianArg is found here, not when the master dies.
+	hr, hw, err := pipe()
+	if err != nil {
+		unix.Close(pw)
+		return nil, fmt.Errorf("start guardian: %w", err)
+	}
+	defer unix.Close(hr)
 	// The guardian reports a failure of its kill pass on the master's
 	// stderr (which may be gone by then: that costs only the message).
 	errFD := uintptr(2)
 	if _, err := unix.FcntlInt(errFD, unix.F_GETFD, 0); err != nil {
-		errFD = uintptr(pr)
+		errFD = uintptr(hw)
 	}
 	attr := &syscall.ProcAttr{
 		Env:   os.Environ(), // the runtime's settings (GODEBUG, GORACE) apply to it too
-		Files: []uintptr{uintptr(pr), errFD, errFD},
+		Files: []uintptr{uintptr(pr), uintptr(hw), errFD},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	}
 	argv := []string{exe, GuardianArg}
 	pid, exit, err := r.startOwned(func() (int, error) { return syscall.ForkExec(exe, argv, attr) })
+	unix.Close(hw)
 	if err != nil {
 		unix.Close(pw)
 		return nil, fmt.Errorf("start guardian: fork/exec %s: %w", exe, err)
+	}
+	if err := awaitHello(hr, guardianStartTimeout); err != nil {
+		unix.Close(pw)
+		_ = unix.Kill(pid, unix.SIGKILL)
+		<-exit
+		return nil, fmt.Errorf("start guardian %s %s: %w (does the program call master.DispatchExecWorker, or master.Guardian when os.Args[1] is %q, first thing in main?)",
+			exe, GuardianArg, err, GuardianArg)
 	}
 	g := &guardian{pid: pid, log: log, exited: make(chan struct{}), w: pw, procs: make(map[int]uint64)}
 	g.wg.Add(1)
@@ -97,6 +125,53 @@ func startGuardian(exe string, cg *cgroup, r *reaper, log hclog.Logger) (*guardi
 		g.tell("cgroup " + cg.dir)
 	}
 	return g, nil
+}
+
+// guardianHello is the guardian's first line on its stdout.
+const guardianHello = "clusterd guardian\n"
+
+// guardianStartTimeout bounds the wait for the guardian's hello.
+const guardianStartTimeout = 10 * time.Second
+
+// awaitHello reads the guardian's hello from fd, at most for timeout.
+func awaitHello(fd int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var got []byte
+	buf := make([]byte, len(guardianHello))
+	for len(got) < len(guardianHello) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no hello within %v", timeout)
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, int(left.Milliseconds())+1); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return os.NewSyscallError("poll", err)
+		}
+		if pfd[0].Revents == 0 {
+			continue
+		}
+		n, err := unix.Read(fd, buf[:len(guardianHello)-len(got)])
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("read", err)
+		}
+		if n == 0 {
+			if len(got) == 0 {
+				return errors.New("it closed its stdout before saying hello")
+			}
+			return fmt.Errorf("it closed its stdout before saying hello (it wrote %q)", got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != guardianHello {
+		return fmt.Errorf("it said %q, not hello", got)
+	}
+	return nil
 }
 
 // watch waits for the guardian's exit; one before close means processes
@@ -176,13 +251,15 @@ func (g *guardian) reaped(pids []int) {
 		g.procs[pid] = st.start
 		g.mu.Unlock()
 		g.tell("proc " + strconv.Itoa(pid) + " " + strconv.FormatUint(st.start, 10))
+		g.log.Debug("guardian told of orphan", "pid", pid)
 	}
 }
 
-// close ends the guardian: closing the pipe makes it run its kill pass
-// (over a cluster that is empty by now) and exit. It waits for the exit, at
+// close ends the guardian, once the cluster is empty: it says "done" and
+// closes the pipe, and the guardian exits. It waits for the exit, at
 // most guardianGrace, then kills it.
 func (g *guardian) close() {
+	g.tell("done")
 	g.mu.Lock()
 	g.closing = true
 	if g.w >= 0 {
@@ -201,18 +278,11 @@ func (g *guardian) close() {
 
 // Guardian is the guardian mode of a program that links master and sets
 // Options.Contain: the master starts its own binary as
-// `PROGRAM guardian` (see [GuardianArg]), and the program calls Guardian
-// first thing in main when os.Args[1] == GuardianArg:
+// `PROGRAM guardian` (see [GuardianArg]), and [DispatchExecWorker], called
+// first thing in main, runs Guardian and exits with its outcome.
 //
-//	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
-//		if err := master.Guardian(); err != nil {
-//			fmt.Fprintln(os.Stderr, "clusterd:", err)
-//			os.Exit(1)
-//		}
-//		os.Exit(0)
-//	}
-//
-// It reads what the master tells it on stdin until EOF, which comes when
+// It says hello on stdout (the master waits for it), then reads what the
+// master tells it on stdin until EOF, which comes when
 // the master is gone, however it ended; it then kills every process of the
 // cluster it knows of (the cluster's cgroup, the workers' process groups,
 // the master's orphans) and removes the cgroup. It returns nil once done,
@@ -221,10 +291,15 @@ func Guardian() error {
 	// Stop signals are for the master; this process ends with it.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGPIPE,
 		syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	// The master waits for this line: it proves the program dispatched
+	// guardian mode. Nothing else is written to stdout.
+	_, _ = os.Stdout.WriteString(guardianHello) // a master that is gone reads nothing: no matter
+	_ = os.Stdout.Close()
 	var (
 		cg     *cgroup
 		groups = make(map[int]bool)
 		procs  = make(map[int]uint64)
+		done   bool
 	)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -247,7 +322,12 @@ func Guardian() error {
 			if pid, err := strconv.Atoi(args); err == nil {
 				delete(procs, pid)
 			}
+		case "done":
+			done = true
 		}
+	}
+	if done {
+		groups, procs = nil, nil
 	}
 	// EOF, or a read error: either way the master can tell nothing more.
 	var errs []error
@@ -271,7 +351,7 @@ func Guardian() error {
 		}
 	}
 	if cg != nil {
-		if err := cg.remove(guardianGrace); err != nil {
+		if err := cg.remove(guardianRemoveGrace); err != nil {
 			errs = append(errs, err)
 		}
 	}

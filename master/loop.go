@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -25,6 +28,11 @@ type process interface {
 	// release frees what the master holds for the process (its IPC
 	// connection). The loop calls it once, after the process was reaped.
 	release()
+	// send queues a message to the worker over IPC; call sends a request
+	// and waits for its answer. Both are safe from any goroutine, and fail
+	// once the connection is gone.
+	send(m *ipc.Message) error
+	call(ctx context.Context, m *ipc.Message) (*ipc.Message, error)
 }
 
 // spawnRequest is what a starter needs to start one worker.
@@ -46,6 +54,9 @@ type sockets interface {
 	forSlot(slot int) ([]*os.File, []string, error)
 	// dropSlot closes what belongs to a slot removed by scaling down.
 	dropSlot(slot int)
+	// listen returns the socket for a worker's run-time listen request
+	// (owned by sockets), or a *listenError.
+	listen(slot, pid int, spec sockshare.Spec) (*os.File, error)
 }
 
 // exitEvent reports a reaped child.
@@ -57,19 +68,24 @@ type exitEvent struct {
 type eventKind int
 
 const (
-	evReady    eventKind = iota // readiness reported (source says how)
-	evStopping                  // the worker says it is stopping (STOPPING=1)
-	evWatchdog                  // WATCHDOG=1 keep-alive
-	evProtocol                  // the worker broke the IPC protocol (err)
+	evReady      eventKind = iota // readiness reported (source says how)
+	evStopping                    // the worker says it is stopping (STOPPING=1)
+	evWatchdog                    // WATCHDOG=1 keep-alive
+	evProtocol                    // the worker broke the IPC protocol (err)
+	evOnline                      // the worker's IPC hello arrived
+	evDisconnect                  // the worker's IPC connection ended (err: why, nil if closed)
+	evHeartbeat                   // an IPC heartbeat
+	evStats                       // IPC stats (stats)
+	evExec                        // the exec-worker step ran the command (err nil) or failed to (err)
 )
 
-// workerEvent is a message from or about a worker, attributed by pid (and,
-// for sd_notify messages from a worker's children, by process group).
+// workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid, pgid int
-	kind      eventKind
-	source    ReadyKind
-	err       error
+	pid    int
+	kind   eventKind
+	source ReadyKind
+	err    error
+	stats  map[string]int64
 }
 
 type workerState int
@@ -99,7 +115,16 @@ type worker struct {
 	readyBy  time.Time // ReadyTimeout deadline; zero: none
 	killAt   time.Time // draining: SIGKILL at this time; zero: none
 	expected bool      // its exit is intended (drained or killed on purpose)
+	failed   bool      // killed on purpose, but for failing (ready timeout)
 	why      string    // why it was stopped, for the exit log
+
+	online       bool      // its IPC hello arrived
+	disconnected bool      // EventDisconnect was emitted
+	readySince   time.Time // when it became ready
+	heartbeat    time.Time // its last IPC heartbeat
+	stats        map[string]int64
+	exec         execState  // what is known of its execve
+	heldExit     *exitEvent // its exit, held until its exec outcome arrives
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -110,6 +135,8 @@ type slot struct {
 	restartAt time.Time // pending restart; zero: none
 	backoff   backoff
 	removed   bool
+	restarts  int    // unplanned restarts
+	lastExit  string // how its last worker ended
 }
 
 // leftovers are the cluster's processes besides its workers: their
@@ -127,11 +154,16 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	cluster  leftovers          // nil: the loop ends with its workers
-	sdNotify func(state string) // the master's own sd_notify; never nil
-	ready    func()             // called once every initial worker is ready
-	jitter   func() float64     // in [0, 1)
-	watchdog time.Duration      // send WATCHDOG=1 this often; 0: never
+	cluster  leftovers                   // nil: the loop ends with its workers
+	output   func(pid int) *tail         // takes a worker's last output line; nil: none
+	sdNotify func(state string)          // the master's own sd_notify; never nil
+	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
+	ready    func()                      // called once every initial worker is ready
+	jitter   func() float64              // in [0, 1)
+	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
+	commands <-chan command              // Master's methods, IPC sessions; nil: none
+	hub      *eventHub                   // where events go; nil: nowhere
+	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
 	// checkListeners heals the listeners and reports whether one was
 	// replaced (see watchListeners); nil: listeners are not watched.
 	checkListeners func(exited *worker, running []*worker) (replaced bool)
@@ -157,7 +189,10 @@ type loop struct {
 	petAt    time.Time // next WATCHDOG=1
 	stopAt   time.Time // when the stop began
 	sweep    sweepState
+	rerouted bool      // a slot's serving online worker changed: publish routes
+	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
+	status   string    // the last STATUS= sent
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -169,6 +204,7 @@ func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
 		gens:     make(map[int]int),
 		byPID:    make(map[int]*worker),
 		limit:    intensity{max: cfg.MaxRestarts, window: cfg.RestartWindow},
+		rerouted: true, // publish the first (empty) table
 	}
 }
 
@@ -199,7 +235,14 @@ func (l *loop) run(ctx context.Context) error {
 	defer timer.Stop()
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
+	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
+	quiet := false                 // the last iteration handled an event that leaves the status as it was
 	for {
+		l.publishRoutes()
+		if !quiet {
+			l.publishStatus()
+		}
+		quiet = false
 		if l.finished() {
 			break
 		}
@@ -223,6 +266,11 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+			// The frequent ones change nothing the status line shows:
+			// skip recomputing it for them.
+			quiet = e.kind == evHeartbeat || e.kind == evStats || e.kind == evWatchdog
+		case c := <-l.commands:
+			c.apply(l)
 		case <-timer.C:
 			l.onTimers(time.Now())
 		}
@@ -291,10 +339,16 @@ func (l *loop) startWorker(s *slot) error {
 		s.cur = w
 	}
 	w.log.Debug("worker started")
+	l.emit(EventFork, w, nil)
+	if r, ok := p.(execReporter); ok && r.reportsExec() {
+		w.exec = execPending
+	}
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		l.becameReady(w)
-		return nil
+		if w.exec == execUntracked {
+			l.becameReady(w) // no exec outcome will come: running is all we know
+			return nil
+		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
@@ -325,8 +379,20 @@ func (l *loop) onExit(e exitEvent) {
 		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
 		return
 	}
+	if w.exec == execPending {
+		// The reaper was quicker than the exec-outcome pipe, which reports
+		// at the latest when the process is gone: act on the exit after it,
+		// so that a failed exec is known as one (onExec).
+		w.heldExit = &e
+		return
+	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
+	l.rerouted = l.rerouted || w.online
 	w.proc.release()
 	// The worker's children may outlive it in its process group; they must
 	// not keep serving (or holding its sockets) behind the master's back.
@@ -346,13 +412,25 @@ func (l *loop) onExit(e exitEvent) {
 	} else {
 		w.log.Warn("worker exited", kv...)
 	}
+	if w.online && !w.disconnected {
+		// release closed the connection; the session's own report of it
+		// would arrive after the exit.
+		w.disconnected = true
+		l.emit(EventDisconnect, w, nil)
+	}
+	l.emit(EventExit, w, func(ev *Event) {
+		ev.ExitCode, ev.Signal, ev.Uptime = e.status.code, e.status.signal, uptime
+		ev.ExitedAfterDisconnect = w.expected && !w.failed
+		ev.Reason = w.why
+	})
 
 	s := w.slot
+	s.lastExit = e.status.String()
 	switch {
 	case s.next == w:
 		s.next = nil
 		if !w.expected {
-			l.abortReload(fmt.Sprintf("worker %d (pid %d) %s before it was ready", s.id, w.pid, e.status))
+			l.abortReload(s, w.pid, e.status.String()+" before it was ready")
 		}
 	case s.cur == w:
 		s.cur = nil
@@ -367,34 +445,52 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
 	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
 	w := l.byPID[e.pid]
-	if w == nil && e.pgid > 0 {
-		w = l.byPID[e.pgid] // a child of the worker, in its process group
-	}
 	if w == nil {
 		l.log.Trace("event from unknown process", "pid", e.pid)
 		return
 	}
 	switch e.kind {
 	case evReady:
-		if e.source == l.cfg.Ready.Kind {
+		if l.cfg.Ready.accepts(e.source) {
 			l.becameReady(w)
 		}
 	case evStopping:
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+	case evExec:
+		l.onExec(w, e.err)
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {
 			l.killWorker(w, false, "ipc protocol error: "+e.err.Error())
 		}
+	case evOnline:
+		if w.online {
+			return
+		}
+		w.online = true
+		w.log.Debug("worker online")
+		l.rerouted = true
+		l.emit(EventOnline, w, nil)
+	case evDisconnect:
+		if !w.online || w.disconnected {
+			return
+		}
+		w.disconnected = true
+		l.rerouted = true
+		l.emit(EventDisconnect, w, func(ev *Event) { ev.Err = e.err })
+	case evHeartbeat:
+		w.heartbeat = time.Now()
+	case evStats:
+		w.stats = e.stats
 	}
 }
 
@@ -413,6 +509,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	for _, s := range l.slots {
 		add(s.restartAt)
+		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
 	add(l.sweep.pollAt)

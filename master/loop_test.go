@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,6 +13,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -27,6 +30,7 @@ type fakeProc struct {
 	drains   chan time.Duration
 	released chan struct{}
 	once     sync.Once
+	reports  bool // reportsExec (readiness_test.go)
 }
 
 func (p *fakeProc) signal(sig syscall.Signal) error {
@@ -47,11 +51,17 @@ func (p *fakeProc) drain(d time.Duration) {
 
 func (p *fakeProc) release() { p.once.Do(func() { close(p.released) }) }
 
+func (p *fakeProc) send(*ipc.Message) error { return errors.New("fake process: no ipc") }
+func (p *fakeProc) call(context.Context, *ipc.Message) (*ipc.Message, error) {
+	return nil, errors.New("fake process: no ipc")
+}
+
 type fakeStarter struct {
 	calls   int
 	failAt  int // this call (1-based) fails
 	nextPID int
 	starts  chan *fakeProc
+	execs   bool // its processes report their exec outcome
 }
 
 func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
@@ -63,7 +73,7 @@ func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
 	p := &fakeProc{
 		pid: s.nextPID, req: req, at: time.Now(),
 		sigs: make(chan syscall.Signal, 64), drains: make(chan time.Duration, 4),
-		released: make(chan struct{}),
+		released: make(chan struct{}), reports: s.execs,
 	}
 	s.starts <- p
 	return p.pid, p, nil
@@ -73,6 +83,9 @@ type fakeSockets struct{ dropped chan int }
 
 func (s *fakeSockets) forSlot(int) ([]*os.File, []string, error) { return nil, nil, nil }
 func (s *fakeSockets) dropSlot(slot int)                         { s.dropped <- slot }
+func (s *fakeSockets) listen(int, int, sockshare.Spec) (*os.File, error) {
+	return nil, errors.New("fake sockets: no run-time listeners")
+}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -101,9 +114,36 @@ type harness struct {
 	ready   chan struct{}
 	notes   chan string
 	logs    *syncBuffer
+	tailMu  sync.Mutex
+	tails   map[int]*tail // a fake relay's last lines, by pid
 	result  chan error
 	cancel  context.CancelFunc
 	workers int
+	cmds    chan command
+	hub     *eventHub
+	sd      *sdRecord // every sd_notify state and STATUS= line, in order
+}
+
+// sdRecord keeps what the loop sent its service manager, in order.
+type sdRecord struct {
+	mu    sync.Mutex
+	sent  []string
+	reads int // how many take has returned
+}
+
+func (r *sdRecord) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, s)
+}
+
+// take returns what was sent since the last take.
+func (r *sdRecord) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := slices.Clone(r.sent[r.reads:])
+	r.reads = len(r.sent)
+	return s
 }
 
 // start runs a loop with opts (Command defaults to /bin/true) inside the
@@ -122,6 +162,14 @@ func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup
 // leftovers (nil: none).
 func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster leftovers, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
+	return startLoopHub(t, opts, watchdog, newEventHub(), cluster, setup...)
+}
+
+// startLoopHub starts a loop that publishes its events to hub, so a test
+// can subscribe before the first worker starts, with the cluster's
+// leftovers (nil: none).
+func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
 	}
@@ -135,7 +183,11 @@ func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster l
 		ready:  make(chan struct{}),
 		notes:  make(chan string, 64),
 		logs:   &syncBuffer{},
+		tails:  make(map[int]*tail),
 		result: make(chan error, 1),
+		cmds:   make(chan command),
+		hub:    hub,
+		sd:     &sdRecord{},
 	}
 	opts.Signals = h.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{Output: h.logs, Level: hclog.Trace})
@@ -154,14 +206,21 @@ func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster l
 		exits:    h.exits,
 		events:   h.events,
 		cluster:  cluster,
-		sdNotify: func(s string) { h.notes <- s },
+		output:   h.takeTail,
+		sdNotify: func(s string) { h.sd.add(s); h.notes <- s },
+		sdStatus: func(s string) { h.sd.add("STATUS=" + s) },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },
 		watchdog: watchdog,
+		commands: h.cmds,
+		hub:      h.hub,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() { h.result <- l.run(ctx) }()
+	go func() {
+		h.result <- l.run(ctx)
+		h.hub.close()
+	}()
 	t.Cleanup(cancel)
 	return h
 }
@@ -217,9 +276,28 @@ func (h *harness) startsReady(n int) []*fakeProc {
 	return ps
 }
 
+// printed makes line the last output of p, as the relay would record it.
+func (h *harness) printed(p *fakeProc, line string) {
+	t := &tail{}
+	t.set([]byte(line), nil)
+	h.tailMu.Lock()
+	h.tails[p.pid] = t
+	h.tailMu.Unlock()
+}
+
+func (h *harness) takeTail(pid int) *tail {
+	h.tailMu.Lock()
+	defer h.tailMu.Unlock()
+	t := h.tails[pid]
+	delete(h.tails, pid)
+	return t
+}
+
 func (h *harness) exit(p *fakeProc, s exitStatus) { h.exits <- exitEvent{pid: p.pid, status: s} }
 
+// readyIPC plays a worker's hello and ready message.
 func (h *harness) readyIPC(p *fakeProc) {
+	h.events <- workerEvent{pid: p.pid, kind: evOnline}
 	h.events <- workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC}
 }
 
@@ -389,6 +467,7 @@ func TestLoopIntensityExceeded(t *testing.T) {
 			h.exit(p, exitStatus{code: 1})
 			p = h.nextStart(time.Second)
 		}
+		h.printed(p, "listen tcp :8080: bind: address already in use")
 		h.exit(p, exitStatus{code: 1})
 		h.noStart(time.Second)
 		// Every other worker is drained.
@@ -399,7 +478,7 @@ func TestLoopIntensityExceeded(t *testing.T) {
 		if !errors.As(err, &ie) {
 			t.Fatalf("run = %v, want *IntensityError", err)
 		}
-		const want = "restart intensity exceeded: 5 restarts in 10s (last: worker 1 exited with code 1)"
+		const want = `restart intensity exceeded: 5 restarts in 10s (last: worker 1 exited with code 1, after it printed "listen tcp :8080: bind: address already in use")`
 		if err.Error() != want {
 			t.Errorf("run = %q, want %q", err, want)
 		}
@@ -674,6 +753,12 @@ func TestLoopGracefulStop(t *testing.T) {
 			p := h.nextStart(time.Second)
 			h.signal(syscall.SIGINT)
 			h.wantSignal(p, syscall.SIGTERM, time.Second)
+			// coreutils timeout signals the child, then its process group:
+			// a second signal at once is the same request.
+			time.Sleep(secondStopGrace - time.Millisecond)
+			h.signal(syscall.SIGTERM)
+			h.noSignal(p)
+			time.Sleep(time.Millisecond)
 			h.signal(syscall.SIGTERM)
 			h.wantSignal(p, syscall.SIGKILL, 0)
 			h.exit(p, exitStatus{signal: syscall.SIGKILL})
@@ -759,22 +844,6 @@ func TestLoopRestartStartFailureRetries(t *testing.T) {
 		p = h.nextStart(time.Second)
 		if d := time.Since(start); d != 125*time.Millisecond {
 			t.Errorf("retry after %v, want 125ms", d)
-		}
-		h.stop(p)
-	})
-}
-
-func TestLoopNotifyFromWorkerChild(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		h := startLoop(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyNotify}})
-		p := h.nextStart(time.Second)
-		// READY=1 from a process the worker started, in its process group.
-		h.events <- workerEvent{pid: 999, pgid: p.pid, kind: evReady, source: ReadyNotify}
-		synctest.Wait()
-		select {
-		case <-h.ready:
-		default:
-			t.Fatal("READY=1 from the worker's process group did not make it ready")
 		}
 		h.stop(p)
 	})

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +23,55 @@ const ExecWorkerArg = "exec-worker"
 // into guardian mode (see [Guardian] and Options.Contain).
 const GuardianArg = "guardian"
 
+// ExecWorkerExitCode is the exit status of an exec-worker that could not
+// exec the worker command, as a shell's for a command it cannot run.
+const ExecWorkerExitCode = 127
+
+// GuardianExitCode is the exit status of a guardian that could not kill or
+// remove everything it was told about.
+const GuardianExitCode = 1
+
+// DispatchExecWorker handles the modes in which a master starts its own
+// program (its own binary is the default Options.ExecWorker, and the
+// guardian with Options.Contain):
+//
+//   - when os.Args[1] is [ExecWorkerArg], the process was forked by the
+//     master to start a worker, and DispatchExecWorker runs [ExecWorker],
+//     which replaces the process with the worker command; if that fails it
+//     prints the error on one line to stderr and exits with
+//     [ExecWorkerExitCode];
+//   - when os.Args[1] is [GuardianArg], the process is the master's
+//     guardian, and DispatchExecWorker runs [Guardian] and exits: with 0,
+//     or, after printing its error on one line to stderr, with
+//     [GuardianExitCode].
+//
+// Otherwise it returns at once and does nothing.
+//
+// Call it first thing in main (or TestMain), before anything opens a file
+// or starts a goroutine that could:
+//
+//	func main() {
+//		master.DispatchExecWorker()
+//		...
+//	}
+func DispatchExecWorker() {
+	if len(os.Args) < 2 {
+		return
+	}
+	switch os.Args[1] {
+	case ExecWorkerArg:
+		err := ExecWorker(os.Args[2:])
+		fmt.Fprintln(os.Stderr, "clusterd:", err)
+		os.Exit(ExecWorkerExitCode)
+	case GuardianArg:
+		if err := Guardian(); err != nil {
+			fmt.Fprintln(os.Stderr, "clusterd:", err)
+			os.Exit(GuardianExitCode)
+		}
+		os.Exit(0)
+	}
+}
+
 // Master supervises a cluster of worker processes. Create it with [New] and
 // run it once with [Master.Run].
 type Master struct {
@@ -34,13 +81,26 @@ type Master struct {
 	listening chan struct{}
 	ready     chan struct{}
 	addrs     []net.Addr // written before listening is closed
+
+	cmds      chan command               // into the loop
+	loopEnded chan struct{}              // closed when the loop has returned
+	done      chan struct{}              // closed when Run has returned
+	hub       *eventHub                  // events out of the loop
+	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
 }
 
 // New validates opts and returns a Master that has not started anything
 // yet. It resolves the worker command (a missing or non-executable command
 // is an error), the user and group, and applies the documented defaults to
 // its own copy of opts.
+//
+// Off Linux, New returns an error wrapping [errors.ErrUnsupported]: the
+// package compiles everywhere, so a program that is both master and worker
+// builds for any platform, but supervises only on Linux.
 func New(opts Options) (*Master, error) {
+	if err := supported(); err != nil {
+		return nil, err
+	}
 	cfg, err := normalize(opts)
 	if err != nil {
 		return nil, err
@@ -50,8 +110,23 @@ func New(opts Options) (*Master, error) {
 		log:       cfg.Logger.Named("master"),
 		listening: make(chan struct{}),
 		ready:     make(chan struct{}),
+		cmds:      make(chan command),
+		loopEnded: make(chan struct{}),
+		done:      make(chan struct{}),
+		hub:       newEventHub(),
 	}, nil
 }
+
+// Subscribe returns a subscription to the master's events with room for
+// buffer events (0 or less: [DefaultEventBuffer]). Subscribe before Run to
+// see the first workers' events. The loop never waits for a subscriber:
+// when the buffer is full an event is dropped and counted
+// ([Subscription.Dropped]). The channel is closed after Run's last event.
+// Safe for concurrent use, at any time.
+func (m *Master) Subscribe(buffer int) *Subscription { return m.hub.subscribe(buffer) }
+
+// Done returns a channel closed when Run has returned.
+func (m *Master) Done() <-chan struct{} { return m.done }
 
 // Listening returns a channel closed once Run has bound every listener;
 // [Master.Addrs] is valid from then on. It is never closed when Run fails
@@ -77,91 +152,29 @@ func (m *Master) Addrs() []net.Addr {
 // Run binds the listeners (errors name the address), starts the workers and
 // supervises them: it restarts the ones that exit, and acts on the signals
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
-// second one to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
-// or fewer, WINCH stop the workers until the next HUP). Cancelling ctx is a
+// second one, 1s or more after the first, to stop at once, QUIT immediate
+// stop, TTIN/TTOU one worker more or fewer, WINCH stop the workers until the
+// next HUP) and on the command methods ([Master.Reload], [Master.Scale],
+// [Master.Stop], [Master.Signal], ...), which other goroutines may call
+// while it runs. Cancelling ctx is a
 // graceful stop.
 //
 // Run blocks until every worker has been reaped, every other process of
 // the cluster it can find is gone (stopped, then killed at the stop's kill
-// timeout; see the package doc), the guardian has exited, every goroutine it
-// started has returned and every fd it owns is closed (listeners and
-// Activated sockets included). It returns nil after a requested stop, an
+// timeout; see the package doc), the guardian has exited (with
+// Options.Contain), every goroutine it started has returned and every fd
+// it owns is closed (listeners and Activated sockets included), with one
+// exception: a Write to Options.Stdout or
+// Options.Stderr that has made no progress for a second when Run ends is
+// abandoned (its output counted as dropped), and its goroutine ends when
+// that Write returns. It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
-func (m *Master) Run(ctx context.Context) (err error) {
+func (m *Master) Run(ctx context.Context) error {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("master: Run called more than once")
 	}
-	cfg, log := m.cfg, m.log
-	ls := newListeners(cfg, log)
-	defer func() {
-		if cerr := ls.closeAll(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if cfg.PIDFile != "" {
-		if err := writePIDFile(cfg.PIDFile); err != nil {
-			return err
-		}
-		defer removePIDFile(cfg.PIDFile, log)
-	}
-	if err := ls.bind(); err != nil {
-		return err
-	}
-	m.addrs = ls.addrs
-	close(m.listening)
-
-	r, err := startReaper(cfg.ReapOnlyWorkers)
-	if err != nil {
-		return err
-	}
-	defer r.stop()
-	// Before any worker: the guardian must know of every one.
-	cont, err := newContainment(cfg, r, log)
-	if err != nil {
-		return err
-	}
-	defer cont.close()
-	events := make(chan workerEvent)
-	done := make(chan struct{})
-	closeDone := sync.OnceFunc(func() { close(done) })
-	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
-	}
-	defer ns.close()
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
-	out, err := newOutputs()
-	if err != nil {
-		return err
-	}
-	defer out.wait()
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, cont, events, done)
-	if err != nil {
-		return err
-	}
-	defer st.close()
-	// Deferred last, so they run first: the loop has ended, and goroutines
-	// still sending it events must give up before they are waited for.
-	defer r.loopEnded()
-	defer closeDone()
-
-	l := newLoop(cfg, log, loopDeps{
-		starter:  st,
-		sockets:  ls,
-		exits:    r.exits,
-		events:   events,
-		cluster:  cont,
-		sdNotify: sd.notify,
-		ready:    func() { close(m.ready) },
-		jitter:   rand.Float64,
-		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
-
-		checkListeners: ls.check,
-	})
-	return l.run(ctx)
+	return m.run(ctx)
 }
 
 // writePIDFile writes the master's pid atomically (temporary file, rename).

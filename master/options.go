@@ -1,7 +1,7 @@
 package master
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
@@ -25,6 +26,15 @@ const (
 	DefaultReadyTimeout  = 60 * time.Second
 	DefaultKillTimeout   = 30 * time.Second
 	DefaultReloadBatch   = 1
+	// DefaultHeartbeatInterval is how often library workers heartbeat (and
+	// report their stats) when Options.HeartbeatInterval is 0.
+	DefaultHeartbeatInterval = time.Second
+	// DefaultMaxListeners is the number of run-time listeners workers may
+	// ask for when Options.MaxListeners is 0.
+	DefaultMaxListeners = 64
+	// DefaultMaxRequests is how many requests of one worker the master
+	// handles at a time when Options.MaxRequests is 0.
+	DefaultMaxRequests = 64
 )
 
 // Options configure a [Master]. The zero value of each field is documented;
@@ -44,10 +54,15 @@ type Options struct {
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
-	// Activated are sockets received by systemd socket activation; when
-	// non-empty they are used instead of binding Listen (their names come
-	// from f.Name()). The Master owns them once New succeeds: Run closes them
-	// when it returns. They cannot be combined with BalanceReusePort.
+	// Activated are sockets received by systemd socket activation (their
+	// names, LISTEN_FDNAMES, come from f.Name()). Each is matched to the
+	// Listen entry of the same Name or, failing that, of the same address
+	// (a port 0 matches nothing), and used instead of binding it; a Listen
+	// entry that matches none is bound as usual, and an activated socket
+	// that matches no entry is used as well, after the Listen ones, with a
+	// warning in the log. The Master owns them once New succeeds: Run
+	// closes them when it returns. They cannot be combined with
+	// BalanceReusePort.
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
@@ -90,6 +105,9 @@ type Options struct {
 	// Output says how worker stdout/stderr are handled; zero is OutputPrefix.
 	Output OutputMode
 	// Stdout and Stderr receive worker output; nil means os.Stdout / os.Stderr.
+	// Each is written from one goroutine of its own (one for both when they
+	// are the same writer), never from the loop: a writer that blocks or
+	// fails costs dropped output, counted and logged, not supervision.
 	Stdout, Stderr io.Writer
 	// PIDFile, when set, is written (atomically) with the master's pid when
 	// Run starts and removed when it returns.
@@ -104,20 +122,62 @@ type Options struct {
 	// (see [ExecWorker]); the master appends "--" and the resolved Command.
 	// nil means {os.Executable(), ExecWorkerArg}.
 	ExecWorker []string
-	// ReapOnlyWorkers, when true, makes the master wait for its own workers
-	// by pid only: it does not become a child subreaper and never calls
-	// wait4(-1). Use it when the master is embedded in a program that waits
-	// for other children itself (and in tests that do). The zero value is
-	// the production behaviour: the master is a child subreaper and reaps
-	// every child, orphans included, as PID 1 must.
-	ReapOnlyWorkers bool
+	// Subreaper, when true, makes the master a child subreaper
+	// (PR_SET_CHILD_SUBREAPER) that reaps every child with wait4(-1),
+	// orphaned grandchildren included, as PID 1 and a service's main process
+	// must; cmd/clusterd sets it. Nothing else in the process may then wait
+	// for a child: the reaper would steal its exit status (exec.Cmd.Wait
+	// fails with ECHILD). The zero value is safe for a program that embeds
+	// the master: it waits for its own workers by pid only and leaves the
+	// process's other children alone.
+	Subreaper bool
+
+	// HeartbeatInterval is how often library workers send a heartbeat (and
+	// their stats), as the master's IPC hello tells them. 0 means
+	// DefaultHeartbeatInterval; negative asks for none.
+	HeartbeatInterval time.Duration
+	// OnMessage, when set, receives every one-way message (ipc KindUser) a
+	// worker sends, in the order that worker sent them. It is called from
+	// the worker's IPC session goroutine, one message at a time per worker
+	// (different workers concurrently): while it runs, that worker's
+	// further messages wait in its socket, so nothing is dropped and a slow
+	// OnMessage slows the worker's sends down (including replies to
+	// Master.Request, which are read in order behind them). The message's
+	// descriptors are closed when it returns. nil: messages are read and
+	// dropped.
+	OnMessage func(from WorkerRef, m *ipc.Message)
+	// HandleRequest, when set, answers a worker's requests (ipc
+	// KindRequest, worker.Request). It runs on a goroutine of its own per
+	// request, at most MaxRequests at a time per worker (then that worker's
+	// reading waits); ctx ends when the worker's connection does. A reply
+	// (any value msgpack encodes) is sent as a KindResponse; an error as a
+	// KindError with the Code of an [*ipc.RemoteError] it wraps, or
+	// ipc.CodeInternal. nil: requests are answered ipc.CodeUnsupported.
+	HandleRequest func(ctx context.Context, from WorkerRef, req *ipc.Message) (reply any, err error)
+	// MaxRequests bounds the requests of one worker handled at a time. 0
+	// means DefaultMaxRequests.
+	MaxRequests int
+	// MaxListeners bounds the run-time listeners (worker.Listen of an
+	// address the master does not have yet) of the whole cluster; a request
+	// past it is answered ipc.CodeLimit, and a worker that keeps asking
+	// after that is killed for a protocol error. 0 means
+	// DefaultMaxListeners; negative allows none.
+	MaxListeners int
+	// AllowListen, when set, decides which run-time listen addresses a
+	// worker may have the master open: an error refuses the request with
+	// ipc.CodeForbidden and its text. Addresses of Listen (and Activated
+	// names) are always handed out. nil allows every address the master's
+	// privileges can bind.
+	AllowListen func(spec sockshare.Spec) error
 	// Contain, when true, makes sure no process of the cluster outlives the
 	// master, however the master ends: Run puts the workers into a cgroup
 	// of their own where it can make one (cgroup v2, writable: root, or a
 	// delegated subtree), and starts a guardian process (this program in
-	// [GuardianArg] mode, which must then dispatch to [Guardian] first
-	// thing in main) that kills the cluster when the master is gone. The
-	// zero value leaves the host's cgroups and processes alone: workers
+	// [GuardianArg] mode, which [DispatchExecWorker], called first thing
+	// in main, runs; Run fails at start, saying so, when it does not) that
+	// kills the cluster when the master is gone. Without a cgroup, the
+	// guardian and the stop's sweep find the workers' orphans only with
+	// Subreaper (they are reparented to the master). The zero value leaves the host's cgroups and processes alone: workers
 	// die with the master by their parent-death signal, their children
 	// only when the master stops them. cmd/clusterd sets it.
 	Contain bool
@@ -141,92 +201,95 @@ func normalize(opts Options) (*config, error) {
 	c.ExecWorker = append([]string(nil), opts.ExecWorker...)
 
 	if len(c.Command) == 0 || c.Command[0] == "" {
-		return nil, errors.New("no worker command")
+		return nil, optErr("Command", "no worker command")
 	}
 	for _, kv := range c.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
-			return nil, fmt.Errorf("environment entry %q: want KEY=VALUE", kv)
+			return nil, optErr("Env", "environment entry %q: want KEY=VALUE", kv)
 		}
 	}
 	if c.Dir != "" {
 		fi, err := os.Stat(c.Dir)
 		if err != nil {
-			return nil, fmt.Errorf("worker directory: %w", err)
+			return nil, optErr("Dir", "worker directory: %w", err)
 		}
 		if !fi.IsDir() {
-			return nil, fmt.Errorf("worker directory %s: not a directory", c.Dir)
+			return nil, optErr("Dir", "worker directory %s: not a directory", c.Dir)
 		}
 	}
 	path, err := resolveCommand(c.Command[0], c.Dir, c.Env)
 	if err != nil {
-		return nil, err
+		return nil, &OptionError{Field: "Command", Err: err}
 	}
 	c.path = path
 
 	switch {
 	case c.Workers < 0:
-		return nil, fmt.Errorf("workers %d: must not be negative", c.Workers)
+		return nil, optErr("Workers", "workers %d: must not be negative", c.Workers)
 	case c.Workers == 0:
 		c.Workers = runtime.NumCPU()
 	}
 	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
-		return nil, fmt.Errorf("unknown balance %v", c.Balance)
+		return nil, optErr("Balance", "unknown balance %v", c.Balance)
 	}
 	if c.Balance == BalanceReusePort && len(c.Activated) > 0 {
-		return nil, errors.New("balance reuseport cannot be used with socket activation: activated sockets are shared")
+		return nil, optErr("Balance", "balance reuseport cannot be used with socket activation: activated sockets are shared")
 	}
 	for i, f := range c.Activated {
 		if f == nil {
-			return nil, fmt.Errorf("activated socket %d is nil", i)
+			return nil, optErr("Activated", "activated socket %d is nil", i)
 		}
 	}
 	if c.Restart < RestartAlways || c.Restart > RestartNever {
-		return nil, fmt.Errorf("unknown restart policy %v", c.Restart)
+		return nil, optErr("Restart", "unknown restart policy %v", c.Restart)
 	}
-	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyDelay {
-		return nil, fmt.Errorf("unknown ready mode %v", c.Ready)
+	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyListening {
+		return nil, optErr("Ready", "unknown ready mode %v", c.Ready)
 	}
-	if c.Ready.Kind == ReadyDelay && c.Ready.Delay <= 0 {
-		return nil, fmt.Errorf("ready mode %v: delay must be positive", c.Ready)
+	if c.Ready.Kind == ReadyListening && c.Ready.Delay == 0 {
+		c.Ready.Delay = DefaultListeningFallback
+	}
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.Ready.Delay <= 0 {
+		return nil, optErr("Ready", "ready mode %v: delay must be positive", c.Ready)
 	}
 	if c.Output != OutputPrefix && c.Output != OutputRaw {
-		return nil, fmt.Errorf("unknown output mode %v", c.Output)
+		return nil, optErr("Output", "unknown output mode %v", c.Output)
 	}
 
 	durations := []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
+		field, name string
+		v           *time.Duration
+		def         time.Duration
 	}{
-		{"min uptime", &c.MinUptime, DefaultMinUptime},
-		{"backoff min", &c.BackoffMin, DefaultBackoffMin},
-		{"backoff max", &c.BackoffMax, DefaultBackoffMax},
-		{"restart window", &c.RestartWindow, DefaultRestartWindow},
-		{"kill timeout", &c.KillTimeout, DefaultKillTimeout},
+		{"MinUptime", "min uptime", &c.MinUptime, DefaultMinUptime},
+		{"BackoffMin", "backoff min", &c.BackoffMin, DefaultBackoffMin},
+		{"BackoffMax", "backoff max", &c.BackoffMax, DefaultBackoffMax},
+		{"RestartWindow", "restart window", &c.RestartWindow, DefaultRestartWindow},
+		{"KillTimeout", "kill timeout", &c.KillTimeout, DefaultKillTimeout},
 	}
 	for _, d := range durations {
 		if *d.v < 0 {
-			return nil, fmt.Errorf("%s %v: must not be negative", d.name, *d.v)
+			return nil, optErr(d.field, "%s %v: must not be negative", d.name, *d.v)
 		}
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 	}
 	if c.BackoffMax < c.BackoffMin {
-		return nil, fmt.Errorf("backoff max %v is below backoff min %v", c.BackoffMax, c.BackoffMin)
+		return nil, optErr("BackoffMax", "backoff max %v is below backoff min %v", c.BackoffMax, c.BackoffMin)
 	}
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
 	}
-	if c.Ready.Kind == ReadyDelay && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
-		return nil, fmt.Errorf("ready timeout %v must be longer than ready delay %v", c.ReadyTimeout, c.Ready.Delay)
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
+		return nil, optErr("ReadyTimeout", "ready timeout %v must be longer than ready delay %v", c.ReadyTimeout, c.Ready.Delay)
 	}
 	if c.MaxRestarts == 0 {
 		c.MaxRestarts = DefaultMaxRestarts
 	}
 	switch {
 	case c.ReloadBatch < 0:
-		return nil, fmt.Errorf("reload batch %d: must not be negative", c.ReloadBatch)
+		return nil, optErr("ReloadBatch", "reload batch %d: must not be negative", c.ReloadBatch)
 	case c.ReloadBatch == 0:
 		c.ReloadBatch = DefaultReloadBatch
 	}
@@ -234,7 +297,7 @@ func normalize(opts Options) (*config, error) {
 		c.StopSignal = syscall.SIGTERM
 	}
 	if c.StopSignal < 0 || c.StopSignal > 64 {
-		return nil, fmt.Errorf("stop signal %d: not a signal", int(c.StopSignal))
+		return nil, optErr("StopSignal", "stop signal %d: not a signal", int(c.StopSignal))
 	}
 	if c.Stdout == nil {
 		c.Stdout = os.Stdout
@@ -248,28 +311,67 @@ func normalize(opts Options) (*config, error) {
 	if len(c.ExecWorker) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
-			return nil, fmt.Errorf("find own executable for exec-worker mode: %w", err)
+			return nil, optErr("ExecWorker", "find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
 	}
 	if c.Contain {
 		exe, err := os.Executable()
 		if err != nil {
-			return nil, fmt.Errorf("find own executable for guardian mode: %w", err)
+			return nil, optErr("Contain", "find own executable for guardian mode: %w", err)
 		}
 		c.guardian = exe
 	}
 	if c.PIDFile != "" {
 		abs, err := filepath.Abs(c.PIDFile)
 		if err != nil {
-			return nil, fmt.Errorf("pid file %s: %w", c.PIDFile, err)
+			return nil, optErr("PIDFile", "pid file %s: %w", c.PIDFile, err)
 		}
 		c.PIDFile = abs
 	}
 	cred, err := lookupCredential(c.User, c.Group)
 	if err != nil {
-		return nil, err
+		field := "User"
+		if c.User == "" {
+			field = "Group"
+		}
+		return nil, &OptionError{Field: field, Err: err}
 	}
 	c.credential = cred
+	switch {
+	case c.HeartbeatInterval == 0:
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	case c.HeartbeatInterval < 0:
+		c.HeartbeatInterval = 0
+	case c.HeartbeatInterval < time.Millisecond:
+		return nil, optErr("HeartbeatInterval", "heartbeat interval %v: below the protocol's 1ms resolution", c.HeartbeatInterval)
+	}
+	switch {
+	case c.MaxRequests < 0:
+		return nil, optErr("MaxRequests", "max requests %d: must not be negative", c.MaxRequests)
+	case c.MaxRequests == 0:
+		c.MaxRequests = DefaultMaxRequests
+	}
+	switch {
+	case c.MaxListeners == 0:
+		c.MaxListeners = DefaultMaxListeners
+	case c.MaxListeners < 0:
+		c.MaxListeners = 0
+	}
 	return c, nil
+}
+
+// OptionError is the error of [New] for an invalid [Options] field. Field
+// is the field's name ("Workers", "BackoffMax"); the message names the
+// value.
+type OptionError struct {
+	Field string
+	Err   error
+}
+
+func (e *OptionError) Error() string { return e.Err.Error() }
+func (e *OptionError) Unwrap() error { return e.Err }
+
+func optErr(field, format string, args ...any) error {
+	return &OptionError{Field: field, Err: fmt.Errorf(format, args...)}
 }

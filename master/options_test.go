@@ -57,9 +57,13 @@ func TestParseReadyMode(t *testing.T) {
 		{in: "notify", want: ReadyMode{Kind: ReadyNotify}},
 		{in: "ipc", want: ReadyMode{Kind: ReadyIPC}},
 		{in: "delay=500ms", want: ReadyMode{Kind: ReadyDelay, Delay: 500 * time.Millisecond}},
-		{in: "delay=0s", err: "delay must be positive"},
+		{in: "listening", want: ReadyMode{Kind: ReadyListening, Delay: DefaultListeningFallback}},
+		{in: "listening=5s", want: ReadyMode{Kind: ReadyListening, Delay: 5 * time.Second}},
+		{in: "listening=0", err: "duration must be positive"},
+		{in: "listening=", err: "invalid duration"},
+		{in: "delay=0s", err: "duration must be positive"},
 		{in: "delay=soon", err: "invalid duration"},
-		{in: "http", err: "want exec, notify, ipc or delay=DURATION"},
+		{in: "http", err: "want listening[=FALLBACK], exec, notify, ipc or delay=DURATION"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseReadyMode(tc.in)
@@ -130,6 +134,15 @@ func TestNewDoesNotWriteCallerOptions(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
+	fields := map[string]string{
+		"no command": "Command", "missing command": "Command", "missing path": "Command",
+		"not executable": "Command", "directory": "Command", "negative workers": "Workers",
+		"bad env": "Env", "missing dir": "Dir", "backoff order": "BackoffMax",
+		"negative kill timeout": "KillTimeout", "ready timeout below delay": "ReadyTimeout",
+		"delay without duration": "Ready", "unknown user": "User", "unknown group": "Group",
+		"reuseport with activation": "Balance", "negative batch": "ReloadBatch",
+		"negative max requests": "MaxRequests", "heartbeat too fine": "HeartbeatInterval",
+	}
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain")
 	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
@@ -162,11 +175,17 @@ func TestNewErrors(t *testing.T) {
 		{"unknown group", Options{Command: []string{"true"}, Group: "clusterd-no-such-group"}, "group clusterd-no-such-group", nil},
 		{"reuseport with activation", Options{Command: []string{"true"}, Balance: BalanceReusePort, Activated: []*os.File{f}}, "cannot be used with socket activation", nil},
 		{"negative batch", Options{Command: []string{"true"}, ReloadBatch: -2}, "reload batch -2", nil},
+		{"negative max requests", Options{Command: []string{"true"}, MaxRequests: -1}, "max requests -1", nil},
+		{"heartbeat too fine", Options{Command: []string{"true"}, HeartbeatInterval: time.Microsecond}, "heartbeat interval 1µs", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("New = %v, want error containing %q", err, tc.want)
+			}
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Field != fields[tc.name] {
+				t.Errorf("New = %v (%T), want an *OptionError for field %s", err, err, fields[tc.name])
 			}
 			if tc.is != nil && !errors.Is(err, tc.is) {
 				t.Errorf("New = %v, want errors.Is %v", err, tc.is)

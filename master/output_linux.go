@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,19 +17,35 @@ import (
 // workers. The relay owns the read ends: it closes each at EOF (every
 // process holding the write end has exited), or when its worker was reaped
 // (retire), and wait closes the rest.
+//
+// The relay never writes to the user's writers: it appends to their sinks
+// (sink.go), which never block it, so a stalled reader of the master's
+// stdout costs dropped, counted lines, and neither the relay nor anyone
+// registering a pipe (the spawn path) ever waits for it. mu guards only
+// the stream table and is never held while a stream is fed.
 type outputs struct {
 	epfd int
-	wake int // eventfd: a new deadline, or stop
+	wake int // eventfd: streams to retire, or stop
+
+	// stdout and stderr receive the workers' output; the same sink when
+	// Options.Stdout and Options.Stderr are the same writer.
+	stdout, stderr *sink
 
 	mu       sync.Mutex
 	streams  map[int]*stream // by read-end fd
 	retiring []*stream       // to close once what is readable now is relayed
 	stopping bool
 
+	batch []byte // the streams' shared batch buffer; only run uses it
+
+	tailMu sync.Mutex
+	tails  map[int]*tail // by worker pid, until the loop takes it
+
 	done chan struct{}
 }
 
-func newOutputs() (*outputs, error) {
+// newOutputs starts the relay and the sinks of stdout and stderr.
+func newOutputs(stdout, stderr io.Writer, log hclog.Logger) (*outputs, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("output relay: %w", os.NewSyscallError("epoll_create1", err))
@@ -44,20 +60,51 @@ func newOutputs() (*outputs, error) {
 		unix.Close(wake)
 		return nil, fmt.Errorf("output relay: %w", os.NewSyscallError("epoll_ctl", err))
 	}
-	o := &outputs{epfd: epfd, wake: wake, streams: make(map[int]*stream), done: make(chan struct{})}
+	o := &outputs{
+		epfd: epfd, wake: wake,
+		streams: make(map[int]*stream),
+		tails:   make(map[int]*tail),
+		done:    make(chan struct{}),
+	}
+	o.stdout = newSink("stdout", stdout, log, sinkBuffer)
+	o.stderr = o.stdout
+	if !sameWriter(stdout, stderr) {
+		o.stderr = newSink("stderr", stderr, log, sinkBuffer)
+	}
 	go o.run()
 	return o, nil
 }
 
+// newTail returns the tail of worker pid, to pass to relay for its
+// streams; [outputs.takeTail] hands it to the loop.
+func (o *outputs) newTail(pid int) *tail {
+	t := &tail{}
+	o.tailMu.Lock()
+	o.tails[pid] = t
+	o.tailMu.Unlock()
+	return t
+}
+
+// takeTail returns and forgets the tail of worker pid (nil if it has
+// none). The relay may still add its last lines to it.
+func (o *outputs) takeTail(pid int) *tail {
+	o.tailMu.Lock()
+	defer o.tailMu.Unlock()
+	t := o.tails[pid]
+	delete(o.tails, pid)
+	return t
+}
+
 // relay takes ownership of fd, a pipe's read end (close-on-exec), and
-// copies what arrives to w: line by line with prefix, or untouched when
-// prefix is "". The stream it returns is for retire; nil on error.
-func (o *outputs) relay(fd int, w io.Writer, prefix string) (*stream, error) {
+// copies what arrives to to: line by line with prefix, or untouched when
+// prefix is "". Lines are recorded in t unless it is nil. The stream it
+// returns is for retire; nil on error.
+func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) (*stream, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
-	s := &stream{w: w, prefix: prefix}
+	s := &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
 	o.mu.Lock()
 	o.streams[fd] = s
 	o.mu.Unlock()
@@ -92,68 +139,52 @@ func (o *outputs) poke() {
 	_, _ = unix.Write(o.wake, one[:]) // the counter cannot overflow here
 }
 
-// finishRetired closes the retired streams still open (one that reached
+// finishRetired finishes the retired streams still open. One that reached
 // EOF meanwhile is gone from streams, and its fd number may be another
-// stream's by now: streams are matched by identity, not by fd).
+// stream's by now: streams are matched by identity, not by fd. Each is
+// taken out of the table under mu and fed outside it.
 func (o *outputs) finishRetired(buf []byte) {
+	type open struct {
+		fd int
+		s  *stream
+	}
 	o.mu.Lock()
-	retiring := o.retiring
-	o.retiring = nil
-	var fds []int
-	for _, r := range retiring {
+	var found []open
+	for _, r := range o.retiring {
 		for fd, s := range o.streams {
 			if s == r {
-				fds = append(fds, fd)
+				found = append(found, open{fd, s})
+				delete(o.streams, fd)
 			}
 		}
 	}
+	o.retiring = nil
 	o.mu.Unlock()
-	for i, fd := range fds {
-		o.finish(fd, retiring[i], buf)
+	for _, f := range found {
+		o.finish(f.fd, f.s, buf)
 	}
-}
-
-// finish relays what fd holds now, without waiting for more, and closes it.
-func (o *outputs) finish(fd int, s *stream, buf []byte) {
-	// Bounded, more than a pipe's default 64 KiB: a writer that keeps
-	// writing does not hold the relay here.
-	for range 64 {
-		n, err := unix.Read(fd, buf)
-		if n > 0 {
-			s.feed(buf[:n])
-			continue
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		break // EAGAIN: nothing more now; 0: EOF; or an error that ends it
-	}
-	o.mu.Lock()
-	o.closeLocked(fd, s)
-	o.mu.Unlock()
 }
 
 func (o *outputs) run() {
 	defer close(o.done)
 	events := make([]unix.EpollEvent, 64)
-	buf := make([]byte, 32<<10)
+	// A pipe holds 64 KiB by default: one read takes all of it.
+	buf := make([]byte, 64<<10)
 	for {
 		o.finishRetired(buf)
 		o.mu.Lock()
-		stopping := o.stopping
-		o.mu.Unlock()
-		if stopping {
+		if o.stopping {
 			// Every process of the cluster is gone: relay what is left
 			// and close, without waiting for an EOF.
-			o.mu.Lock()
-			left := make(map[int]*stream, len(o.streams))
-			maps.Copy(left, o.streams)
+			streams := o.streams
+			o.streams = make(map[int]*stream)
 			o.mu.Unlock()
-			for fd, s := range left {
+			for fd, s := range streams {
 				o.finish(fd, s, buf)
 			}
 			return
 		}
+		o.mu.Unlock()
 		n, err := unix.EpollWait(o.epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -194,22 +225,45 @@ func (o *outputs) drain(fd int, s *stream, buf []byte) {
 		}
 		// EOF, or an error that ends the pipe.
 		o.mu.Lock()
-		o.closeLocked(fd, s)
+		delete(o.streams, fd)
 		o.mu.Unlock()
+		o.end(fd, s)
 		return
 	}
 }
 
-func (o *outputs) closeLocked(fd int, s *stream) {
+// finish relays what fd holds now, without waiting for more, and closes
+// it, once it is out of the stream table.
+func (o *outputs) finish(fd int, s *stream, buf []byte) {
+	// Bounded, more than a pipe's default 64 KiB: a writer that keeps
+	// writing does not hold the relay here.
+	for range 64 {
+		n, err := unix.Read(fd, buf)
+		if n > 0 {
+			s.feed(buf[:n])
+			continue
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		break // EAGAIN: nothing more now; 0: EOF; or an error that ends it
+	}
+	o.end(fd, s)
+}
+
+// end relays what is left of a line of s and closes fd, once it is out
+// of the stream table.
+func (o *outputs) end(fd int, s *stream) {
 	s.flush()
 	_ = unix.EpollCtl(o.epfd, unix.EPOLL_CTL_DEL, fd, nil) // closing removes it anyway
 	unix.Close(fd)
-	delete(o.streams, fd)
 }
 
-// wait relays what every pipe still holds, closes them and releases the
-// relay's own fds. Called once, after every process of the cluster has
-// exited: no more output can come, so it does not wait for EOFs.
+// wait relays what every pipe still holds, closes them, releases the
+// relay's own fds, and closes the sinks (which write what they hold and
+// report what they dropped). Called once, after every process of the
+// cluster has exited: no more output can come, so it does not wait for
+// EOFs.
 func (o *outputs) wait() {
 	o.mu.Lock()
 	o.stopping = true
@@ -218,4 +272,8 @@ func (o *outputs) wait() {
 	<-o.done
 	unix.Close(o.wake)
 	unix.Close(o.epfd)
+	o.stdout.close()
+	if o.stderr != o.stdout {
+		o.stderr.close()
+	}
 }

@@ -3,28 +3,30 @@ package master
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
 func TestOutputsRelayPipes(t *testing.T) {
 	fdsBefore := fdCount(t, unix.Getpid())
-	o, err := newOutputs()
+	var out, errOut syncBuffer
+	o, err := newOutputs(&out, &errOut, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut syncBuffer
 	var writers []int
 	for i := range 3 {
 		r, w, err := pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dst := &out
+		dst := o.stdout
 		if i == 2 {
-			dst = &errOut
+			dst = o.stderr
 		}
-		if _, err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] "); err != nil {
+		if _, err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil); err != nil {
 			t.Fatal(err)
 		}
 		writers = append(writers, w)
@@ -62,16 +64,16 @@ func TestOutputsRelayPipes(t *testing.T) {
 // is told apart by identity.
 func TestOutputsRetire(t *testing.T) {
 	fdsBefore := fdCount(t, unix.Getpid())
-	o, err := newOutputs()
+	var out syncBuffer
+	o, err := newOutputs(&out, &out, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
 	r, w, err := pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := o.relay(r, &out, "[w0] ")
+	s, err := o.relay(r, o.stdout, "[w0] ", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +90,10 @@ func TestOutputsRetire(t *testing.T) {
 		t.Fatal("retired pipe's read end still open")
 	}
 	unix.Close(w)
-	if got := out.String(); got != "[w0] before reap\n[w0] partial\n" {
-		t.Errorf("relayed %q, want the line and the flushed partial line", got)
+	// The sink writes from its own goroutine.
+	want := "[w0] before reap\n[w0] partial\n"
+	if !eventually(t, func() bool { return out.String() == want }) {
+		t.Errorf("relayed %q, want %q: the line and the flushed partial line", out.String(), want)
 	}
 
 	// Retiring a stream whose pipe already ended touches no other stream.
@@ -97,7 +101,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone, err := o.relay(r1, &out, "[w1] ")
+	gone, err := o.relay(r1, o.stdout, "[w1] ", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +113,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.relay(r2, &out, "[w2] "); err != nil {
+	if _, err := o.relay(r2, o.stdout, "[w2] ", nil); err != nil {
 		t.Fatal(err)
 	}
 	o.retire(gone)
@@ -119,9 +123,90 @@ func TestOutputsRetire(t *testing.T) {
 	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w2] still relayed\n") }) {
 		t.Fatalf("live stream stopped after retiring an ended one: %q", out.String())
 	}
+	// Retired together, an ended stream and a live one: each is matched to
+	// its own fd.
+	r3, w3, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := o.relay(r3, o.stdout, "[w3] ", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w3, []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	o.retire(gone, s3)
+	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w3] last words\n") }) {
+		t.Fatalf("stream retired beside an ended one not relayed under its own prefix: %q", out.String())
+	}
+	unix.Close(w3)
 	unix.Close(w2)
 	o.wait()
 	if n := fdCount(t, unix.Getpid()); n != fdsBefore {
 		t.Errorf("%d fds after wait, %d before", n, fdsBefore)
+	}
+}
+
+// TestOutputsBlockedSink: with a stdout that never returns from Write, the
+// relay keeps reading the workers' pipes (a worker writing 16 MiB is never
+// blocked by it), pipes are still registered, the output is dropped and
+// counted, and wait returns.
+func TestOutputsBlockedSink(t *testing.T) {
+	w := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(func() { close(w.release) })
+	var errOut syncBuffer
+	o, err := newOutputs(w, &errOut, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, wfd, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.relay(r, o.stdout, "[w0 pid 1] ", nil); err != nil {
+		t.Fatal(err)
+	}
+	const total = 16 << 20
+	wrote := make(chan error, 1)
+	go func() {
+		line := []byte(strings.Repeat("y", 63) + "\n")
+		for n := 0; n < total; n += len(line) {
+			if _, err := unix.Write(wfd, line); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- unix.Close(wfd)
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second): // a failure deadline, not a delay
+		t.Fatal("the worker's writes blocked: the relay stopped reading")
+	}
+	<-w.started
+	// A new worker's pipe is registered, and its stderr relayed, meanwhile.
+	r2, w2, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w2, []byte("still relayed\n")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(w2)
+	o.wait()
+	blocked, _ := o.stdout.dropped()
+	// All but what the sink holds (at most twice its buffer) is dropped.
+	if prefixed := int64(total / 64 * (64 + len("[w0 pid 1] "))); blocked.bytes < prefixed-2*sinkBuffer {
+		t.Errorf("%d bytes dropped of %d relayed to a blocked stdout", blocked.bytes, prefixed)
+	}
+	if got := errOut.String(); got != "[w1 pid 2] still relayed\n" {
+		t.Errorf("stderr = %q while stdout blocked", got)
 	}
 }

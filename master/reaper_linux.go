@@ -14,7 +14,7 @@ import (
 // reaper owns every wait4 of the master. On SIGCHLD it reaps in a WNOHANG
 // loop and forwards each exit to the supervisor loop, which ignores pids it
 // does not know (orphans reparented to the master as child subreaper, or to
-// PID 1). With Options.ReapOnlyWorkers it waits only for the pids it was
+// PID 1). Without Options.Subreaper it waits only for the pids it was
 // told about and never calls wait4(-1).
 type reaper struct {
 	all   bool // wait4(-1): reap every child
@@ -88,7 +88,7 @@ func (r *reaper) notifyReaped(f func(pids []int)) {
 	r.mu.Unlock()
 }
 
-// watch registers a pid to wait for (needed only with ReapOnlyWorkers, where
+// watch registers a pid to wait for (needed only without Options.Subreaper, where
 // a child that exited before it was registered is found by the poke).
 func (r *reaper) watch(pid int) {
 	if r.all {

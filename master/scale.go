@@ -32,6 +32,7 @@ func (l *loop) scaleDown() {
 		l.drainWorker(s.cur, "scaled down")
 	}
 	l.sockets.dropSlot(s.id)
+	l.rerouted = true
 	if l.reload != nil {
 		l.reloadStep()
 	}

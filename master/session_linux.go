@@ -13,22 +13,39 @@ import (
 	"time"
 
 	"github.com/clusterd/clusterd/ipc"
+	"github.com/clusterd/clusterd/sockshare"
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
-// The master's IPC session with one worker: the hello, then the worker's
-// messages turned into loop events, and the drain message.
+// The master's IPC session with one worker: the hello (an online event for
+// the loop), then the worker's messages: ready, heartbeats and stats become
+// loop events, listen requests become loop commands, user messages and
+// requests go to Options.OnMessage and Options.HandleRequest from here,
+// without passing through the loop.
 
 // execProcess is a real worker process.
 type execProcess struct {
-	pid     int
-	conn    *ipc.Conn     // nil without IPC
-	done    chan struct{} // closed by release
-	out     *outputs
-	streams []*stream // its stdout and stderr pipes (nil entries: not relayed)
-	once    sync.Once
-	helloOK atomic.Bool // the worker said hello: it reads its IPC end
+	pid    int
+	conn   *ipc.Conn     // nil without IPC
+	notify *notifySocket // nil without NOTIFY_SOCKET
+	done   chan struct{} // closed by release: ends the notify reader
+	once   sync.Once
+	out    *outputs
+	// streams are its stdout and stderr pipes (nil entries: not relayed).
+	streams []*stream
+	// said is set once the worker's hello arrived. The loop learns it from
+	// evOnline; the listening probe reads it only to stop probing a worker
+	// that will report its readiness over IPC.
+	said atomic.Bool
 }
+
+var _ process = (*execProcess)(nil)
+
+// reportsExec: the exec-worker step reports its execve (awaitExec).
+func (p *execProcess) reportsExec() bool { return true }
+
+var _ execReporter = (*execProcess)(nil)
 
 func (p *execProcess) signal(sig syscall.Signal) error {
 	if err := unix.Kill(-p.pid, sig); err != nil {
@@ -46,13 +63,16 @@ func (p *execProcess) release() {
 		if p.conn != nil {
 			p.conn.Close() // unblocks serveIPC; the conn is of no further use
 		}
+		if p.notify != nil {
+			p.notify.close() // unblocks its reader and removes the file
+		}
 	})
 }
 
-// drain sends an ipc drain message (best effort: a worker that does not
-// speak the protocol has the stop signal).
+// drain sends an ipc drain message. The loop calls it only for a worker
+// that said hello (best effort: the stop signal is sent as well).
 func (p *execProcess) drain(timeout time.Duration) {
-	if p.conn == nil || !p.helloOK.Load() {
+	if p.conn == nil {
 		return
 	}
 	m, err := ipc.NewMessage(ipc.KindDrain, ipc.Drain{Deadline: time.Now().Add(timeout)})
@@ -62,13 +82,55 @@ func (p *execProcess) drain(timeout time.Duration) {
 	_ = p.conn.Send(m)
 }
 
-// serveIPC reads the worker's messages: its hello, then ready, heartbeats
-// and errors, turned into loop events. It returns when the connection
-// closes (the worker exited and release closed the master's end).
+var errNoIPC = errors.New("worker has no ipc connection")
+
+func (p *execProcess) send(m *ipc.Message) error {
+	if p.conn == nil {
+		return errNoIPC
+	}
+	return p.conn.Send(m)
+}
+
+func (p *execProcess) call(ctx context.Context, m *ipc.Message) (*ipc.Message, error) {
+	if p.conn == nil {
+		return nil, errNoIPC
+	}
+	return p.conn.Call(ctx, m)
+}
+
+// session is the master's side of one worker's IPC connection.
+type session struct {
+	st   *execStarter
+	p    *execProcess
+	from WorkerRef
+	log  hclog.Logger
+
+	ctx      context.Context // ends with the connection
+	cancel   context.CancelFunc
+	handlers sync.WaitGroup // running HandleRequest calls
+	slots    chan struct{}  // one token per running request
+}
+
+// serveIPC runs the session: the hello, then the worker's messages until
+// the connection closes (the worker closed it, broke the protocol, or
+// exited and release closed the master's end).
 func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	defer st.ipcWG.Done()
-	log := st.log.With("worker", req.slot, "pid", p.pid, "generation", req.gen)
-	local := ipc.Hello{Version: ipc.Version, PID: os.Getpid(), WorkerID: -1}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		st: st, p: p, ctx: ctx, cancel: cancel,
+		from:  WorkerRef{Slot: req.slot, PID: p.pid, Generation: req.gen},
+		log:   st.log.With("worker", req.slot, "pid", p.pid, "generation", req.gen),
+		slots: make(chan struct{}, st.cfg.MaxRequests),
+	}
+	defer func() {
+		cancel()
+		s.handlers.Wait()
+	}()
+	local := ipc.Hello{
+		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
+		HeartbeatMS: st.cfg.HeartbeatInterval.Milliseconds(),
+	}
 	peer, err := p.conn.Handshake(context.Background(), local)
 	if err != nil {
 		if !quietIPCError(err) {
@@ -82,44 +144,188 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 			peer.PID, peer.WorkerID, peer.Generation, p.pid, req.slot, req.gen)})
 		return
 	}
-	p.helloOK.Store(true)
-	log.Debug("ipc hello", "version", peer.Version)
-	lim := newIPCLimiter(log, p.done)
+	s.log.Debug("ipc hello", "version", peer.Version)
+	p.said.Store(true)
+	st.post(workerEvent{pid: p.pid, kind: evOnline})
+	err = s.serve()
+	if quietIPCError(err) {
+		err = nil
+	} else {
+		st.post(workerEvent{pid: p.pid, kind: evProtocol, err: err})
+	}
+	st.post(workerEvent{pid: p.pid, kind: evDisconnect, err: err})
+}
+
+// serve reads messages until the connection fails, and returns why.
+func (s *session) serve() error {
+	lim := newIPCLimiter(s.log, s.p.done)
 	for {
-		m, err := p.conn.Recv()
+		m, err := s.p.conn.Recv()
 		if err != nil {
-			if !quietIPCError(err) {
-				st.post(workerEvent{pid: p.pid, kind: evProtocol, err: err})
-			}
-			return
+			return err
 		}
-		nfds := len(m.FDs)
-		_ = m.CloseFDs() // no message the master reads carries fds it keeps
-		if !lim.admit(nfds) {
-			return // released while paced
+		if !lim.admit(len(m.FDs)) {
+			_ = m.CloseFDs()
+			return nil // released while paced
 		}
-		switch m.Kind {
-		case ipc.KindReady:
-			st.post(workerEvent{pid: p.pid, kind: evReady, source: ReadyIPC})
-		case ipc.KindHeartbeat:
-			st.post(workerEvent{pid: p.pid, kind: evWatchdog})
-		default:
-			if log.IsTrace() {
-				log.Trace("ipc message ignored", "kind", m.Kind.String())
-			}
+		if err := s.handle(m); err != nil {
+			return err
 		}
 	}
 }
 
+// handle acts on one message; an error is a protocol error that ends the
+// session.
+func (s *session) handle(m *ipc.Message) error {
+	switch m.Kind {
+	case ipc.KindReady:
+		_ = m.CloseFDs()
+		s.st.post(workerEvent{pid: s.p.pid, kind: evReady, source: ReadyIPC})
+	case ipc.KindHeartbeat:
+		_ = m.CloseFDs()
+		s.st.post(workerEvent{pid: s.p.pid, kind: evHeartbeat})
+	case ipc.KindStats:
+		_ = m.CloseFDs()
+		var st ipc.Stats
+		if err := m.Decode(&st); err != nil {
+			return err
+		}
+		s.st.post(workerEvent{pid: s.p.pid, kind: evStats, stats: st.Counters})
+	case ipc.KindUser:
+		if h := s.st.cfg.OnMessage; h != nil {
+			h(s.from, m)
+		} else if s.log.IsTrace() {
+			s.log.Trace("ipc message dropped: no OnMessage", "kind", m.Kind.String())
+		}
+		_ = m.CloseFDs()
+	case ipc.KindRequest:
+		return s.request(m)
+	case ipc.KindListenRequest:
+		_ = m.CloseFDs()
+		return s.listen(m)
+	default:
+		// Late replies to calls that gave up, and kinds the master does
+		// not read from workers.
+		_ = m.CloseFDs()
+		if s.log.IsTrace() {
+			s.log.Trace("ipc message ignored", "kind", m.Kind.String())
+		}
+	}
+	return nil
+}
+
+// request runs HandleRequest for m on a goroutine of its own, waiting for a
+// free slot first (so a worker's requests cannot pile up goroutines).
+func (s *session) request(m *ipc.Message) error {
+	h := s.st.cfg.HandleRequest
+	if h == nil {
+		_ = m.CloseFDs()
+		return s.replyError(m, ipc.CodeUnsupported, "the master handles no requests")
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.p.conn.Done():
+		_ = m.CloseFDs()
+		return s.p.conn.Err()
+	}
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		defer func() { <-s.slots }()
+		defer m.CloseFDs() // the handler's to read while it runs
+		reply, err := h(s.ctx, s.from, m)
+		if err != nil {
+			code := ipc.CodeInternal
+			var re *ipc.RemoteError
+			if errors.As(err, &re) && re.Code != "" {
+				code = re.Code
+			}
+			_ = s.replyError(m, code, err.Error()) // a failed send means the worker is gone
+			return
+		}
+		r, err := m.Reply(ipc.KindResponse, reply)
+		if err != nil {
+			_ = s.replyError(m, ipc.CodeInternal, "encode reply: "+err.Error())
+			return
+		}
+		_ = s.p.conn.Send(r)
+	}()
+	return nil
+}
+
+func (s *session) replyError(m *ipc.Message, code, text string) error {
+	r, err := m.Reply(ipc.KindError, ipc.Error{Code: code, Text: text})
+	if err != nil {
+		return err
+	}
+	err = s.p.conn.Send(r)
+	if quietIPCError(err) {
+		return nil // the worker is gone; the reader will see it
+	}
+	return err
+}
+
+// listen answers a worker's listen request with the socket, asking the
+// loop for it.
+func (s *session) listen(m *ipc.Message) error {
+	var req ipc.ListenRequest
+	if err := m.Decode(&req); err != nil {
+		return s.replyError(m, ipc.CodeBadRequest, err.Error())
+	}
+	spec, err := sockshare.ParseSpec(req.Addr)
+	if err != nil {
+		return s.replyError(m, ipc.CodeBadRequest, err.Error())
+	}
+	c := &listenCmd{pid: s.p.pid, spec: spec, reply: make(chan listenReply, 1)}
+	select {
+	case s.st.cmds <- c:
+	case <-s.st.done:
+		return s.replyError(m, ipc.CodeGone, "the master is stopping")
+	}
+	var r listenReply
+	select {
+	case r = <-c.reply:
+	case <-s.st.done:
+		return s.replyError(m, ipc.CodeGone, "the master is stopping")
+	}
+	if r.err != nil {
+		var le *listenError
+		if errors.As(r.err, &le) && le.code == "" {
+			return r.err // a protocol error: the session ends, the loop kills the worker
+		}
+		code := ipc.CodeInternal
+		if le != nil {
+			code = le.code
+		}
+		s.log.Debug("listen request refused", "addr", req.Addr, "error", r.err)
+		return s.replyError(m, code, r.err.Error())
+	}
+	addr := r.addr
+	reply, err := m.Reply(ipc.KindListenReply, ipc.ListenReply{Addr: addr})
+	if err != nil {
+		return err
+	}
+	reply.FDs = []*os.File{r.f} // Send sends a duplicate; the master keeps its own
+	s.log.Debug("listener handed out", "addr", addr)
+	err = s.p.conn.Send(reply)
+	if quietIPCError(err) {
+		return nil
+	}
+	return err
+}
+
 // quietIPCError reports errors that only mean the connection ended.
 func quietIPCError(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, ipc.ErrClosed) || errors.Is(err, net.ErrClosed) ||
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, ipc.ErrClosed) || errors.Is(err, net.ErrClosed) ||
 		errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (st *execStarter) post(e workerEvent) {
+// post hands an event to the loop; false once the loop has ended.
+func (st *execStarter) post(e workerEvent) bool {
 	select {
 	case st.events <- e:
+		return true
 	case <-st.done:
+		return false
 	}
 }

@@ -3,46 +3,48 @@ package master
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
-// The signal-to-action table of the loop (Options.Signals).
+// The signal table of the loop (Options.Signals): each signal is turned
+// into the command a Master method would send, and applied.
+
+// secondStopGrace is how long after a TERM or INT that began a graceful
+// stop a second one is taken as the same request rather than as "stop at
+// once". QUIT always stops at once.
+const secondStopGrace = time.Second
 
 func (l *loop) onSignal(sig os.Signal) {
 	s, _ := sig.(syscall.Signal)
 	l.log.Debug("signal received", "signal", signalName(s))
+	var c command
 	switch s {
 	case syscall.SIGHUP:
-		switch {
-		case l.stopping:
-		case l.paused:
-			l.resume()
-		default:
-			l.beginReload()
-		}
+		c = &reloadCmd{} // no reply: a reload in progress starts over
 	case syscall.SIGWINCH:
-		if !l.stopping && !l.paused {
-			l.pause()
-		}
+		c = pauseCmd{}
 	case syscall.SIGTERM, syscall.SIGINT:
-		if l.stopping {
-			l.log.Info("stopping at once", "signal", signalName(s))
-			l.beginStop(true)
+		if l.stopping && !l.termAt.IsZero() && time.Since(l.termAt) < secondStopGrace {
+			// coreutils timeout, and other supervisors, signal the master
+			// and then its process group: one request, twice.
+			l.log.Info("stop signal repeated too soon to stop at once", "signal", signalName(s),
+				"grace", secondStopGrace.String())
 			return
 		}
-		l.log.Info("stopping", "signal", signalName(s))
-		l.beginStop(false)
+		if !l.stopping {
+			l.termAt = time.Now()
+		}
+		// A second one, past the grace, stops at once.
+		c = &stopCmd{force: l.stopping, sig: s}
 	case syscall.SIGQUIT:
-		l.log.Info("stopping at once", "signal", signalName(s))
-		l.beginStop(true)
+		c = &stopCmd{force: true, sig: s}
 	case syscall.SIGTTIN:
-		if !l.stopping {
-			l.scaleUp()
-		}
+		c = &scaleCmd{delta: 1}
 	case syscall.SIGTTOU:
-		if !l.stopping {
-			l.scaleDown()
-		}
+		c = &scaleCmd{delta: -1}
 	default:
 		l.log.Debug("signal ignored", "signal", sig.String())
+		return
 	}
+	c.apply(l)
 }

@@ -22,7 +22,9 @@ func (l *loop) drainWorker(w *worker, why string) {
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
 	w.killAt = time.Now().Add(l.cfg.KillTimeout)
 	w.log.Debug("draining worker", "reason", why, "signal", signalName(l.cfg.StopSignal))
-	w.proc.drain(l.cfg.KillTimeout)
+	if w.online {
+		w.proc.drain(l.cfg.KillTimeout)
+	}
 	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
 		w.log.Debug("stop signal not delivered", "error", err)
 	}
@@ -55,7 +57,7 @@ func (l *loop) beginStop(force bool) {
 		l.sdNotify("STOPPING=1")
 		if l.reload != nil {
 			l.rlog.Info("reload canceled by stop")
-			l.reload = nil
+			l.endReload(ErrStopping)
 		}
 		for _, s := range l.slots {
 			s.restartAt = time.Time{}
@@ -121,7 +123,8 @@ func (l *loop) sweepLeftovers(now time.Time) bool {
 			l.cluster.signal(l.cfg.StopSignal)
 		}
 	}
-	if !l.sweep.killAt.IsZero() && !now.Before(l.sweep.killAt) {
+	// An immediate stop asked for during the sweep kills at once too.
+	if !l.sweep.killAt.IsZero() && (l.force || !now.Before(l.sweep.killAt)) {
 		l.log.Warn("killing processes left by workers", "processes", len(pids), "pids", pidList(pids))
 		l.sweep.killed += len(pids)
 		l.sweep.killAt = time.Time{}
@@ -157,7 +160,7 @@ func (l *loop) pause() {
 	l.log.Info("stopping workers for maintenance", "workers", len(l.slots))
 	if l.reload != nil {
 		l.rlog.Info("reload canceled by maintenance stop")
-		l.reload = nil
+		l.endReload(errReloadPaused)
 	}
 	for _, s := range l.slots {
 		s.restartAt = time.Time{}

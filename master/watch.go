@@ -34,5 +34,5 @@ func (l *loop) watchListeners(exited *worker) {
 		return // the next start uses the new socket anyway
 	}
 	l.log.Warn("restarting workers onto a replaced listener")
-	l.beginReload()
+	l.beginReload(nil)
 }

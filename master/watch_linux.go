@@ -28,6 +28,9 @@ import (
 //     a new one on the same address, and the workers that hold the old one
 //     are restarted onto it.
 
+// errNotSocket is a path that holds something other than a socket.
+var errNotSocket = errors.New("not a socket")
+
 // errCannotRelisten marks a socket that cannot listen again in place.
 var errCannotRelisten = errors.New("the socket cannot listen again")
 
@@ -55,10 +58,10 @@ func (ls *listeners) check(exited *worker, running []*worker) (replaced bool) {
 // probeOne checks the listener of address i (slot -1: the shared one),
 // heals it if it stopped listening, and reports whether it was replaced.
 func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running []*worker) (replaced bool) {
-	stream, isUnix := streamKind(ls.addrs[i])
-	if !stream {
+	if i >= len(ls.watched) || !ls.watched[i] || ls.broken[f] {
 		return false
 	}
+	_, isUnix := streamKind(ls.addrs[i])
 	ok, err := listening(f, isUnix)
 	if err != nil {
 		ls.log.Warn("check listener", "addr", ls.addrs[i].String(), "name", ls.names[i], "error", err)
@@ -78,6 +81,10 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 	if rerr != nil {
 		ls.log.Error("listener stopped listening and cannot be restored", append(kv, "error",
 			fmt.Sprintf("%v; replace: %v", err, rerr))...)
+		if ls.broken == nil {
+			ls.broken = make(map[*os.File]bool)
+		}
+		ls.broken[f] = true // said once; the operator has to act
 		return false
 	}
 	if slot < 0 {
@@ -94,18 +101,23 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 
 // culprit names the worker that ran on a listener when it was found dead:
 // the slot's worker for a reuseport socket; for a shared one the worker
-// whose exit prompted the check, or else every running worker.
+// whose exit prompted the check, or else every running worker. cause says
+// what prompted the check: a worker's exit or the periodic check.
 func culprit(slot int, exited *worker, running []*worker) []any {
+	cause := "periodic check"
+	if exited != nil {
+		cause = "worker exited"
+	}
 	if slot >= 0 {
 		if exited != nil && exited.slot.id == slot {
-			return []any{"worker", slot, "pid", exited.pid, "cause", "worker exited"}
+			return []any{"worker", slot, "pid", exited.pid, "cause", cause}
 		}
 		for _, w := range running {
 			if w.slot.id == slot {
-				return []any{"worker", slot, "pid", w.pid, "cause", "periodic check"}
+				return []any{"worker", slot, "pid", w.pid, "cause", cause}
 			}
 		}
-		return []any{"worker", slot, "cause", "periodic check"}
+		return []any{"worker", slot, "cause", cause}
 	}
 	if exited != nil {
 		return []any{"worker", exited.slot.id, "pid", exited.pid, "cause", "worker exited"}
@@ -117,6 +129,17 @@ func culprit(slot int, exited *worker, running []*worker) []any {
 		pids = append(pids, w.pid)
 	}
 	return []any{"workers", slots, "pids", pids, "cause", "periodic check"}
+}
+
+// watchable reports whether check should watch the listener f bound to a:
+// a stream socket that listens now.
+func watchable(f *os.File, a net.Addr) bool {
+	stream, isUnix := streamKind(a)
+	if !stream {
+		return false
+	}
+	ok, err := listening(f, isUnix)
+	return err == nil && ok
 }
 
 // streamKind reports whether a listener's address is a stream socket's, and
@@ -240,5 +263,23 @@ func (ls *listeners) replace(i, slot int) (*os.File, error) {
 	spec = withPort(spec, ls.addrs[i])
 	opts := ls.cfg.ListenOptions
 	opts.ReusePort = slot >= 0
-	return sockshare.Listen(spec, opts)
+	f, err := sockshare.Listen(spec, opts)
+	if err != nil {
+		return nil, err
+	}
+	ls.created(spec)
+	return f, nil
+}
+
+// fileID returns the device and inode of the file at path (not following a
+// symbolic link).
+func fileID(path string) (dev, ino uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return 0, 0, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return uint64(st.Dev), st.Ino, fmt.Errorf("%s: %w", path, errNotSocket)
+	}
+	return uint64(st.Dev), st.Ino, nil
 }

@@ -1,12 +1,11 @@
 package worker
 
 import (
+	"context"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
-
-	"github.com/clusterd/clusterd/ipc"
 )
 
 // Drain returns a channel that is closed, once, when this worker must stop
@@ -73,30 +72,47 @@ func (p *process) startDrain(deadline time.Time) {
 	p.drainOnce.Do(func() { close(p.drain) })
 }
 
-// readIPC reads the master's messages until the connection ends. It is the
-// connection's only reader. Its owner is the process: the connection lives
-// as long as the worker does, and the goroutine ends when the master closes
-// its end or the worker exits.
-func (p *process) readIPC(conn *ipc.Conn) {
-	for {
-		m, err := conn.Recv()
-		if err != nil {
-			// EOF: the master closed the connection (it is exiting, and
-			// Pdeathsig or the stop signal will follow). Anything else is a
-			// protocol error; either way there is nothing more to read, and
-			// nobody to report it to but the master, which is gone.
-			return
-		}
-		m.CloseFDs() // no message this package handles carries fds
-		switch m.Kind {
-		case ipc.KindDrain:
-			var d ipc.Drain
-			// A drain with an unreadable body is still a drain, without
-			// a deadline.
-			if err := m.Decode(&d); err != nil {
-				d = ipc.Drain{}
-			}
-			p.startDrain(d.Deadline)
-		}
+// Draining returns a context that is done when this worker must drain, at the
+// moment [Drain] is closed: the master's drain message or a signal given to
+// [DrainOnSignal]. Its Err is then [context.Canceled], and its Deadline is the
+// drain message's deadline (the time after which the master kills the worker),
+// as with [context.WithDeadline] from the moment the message arrives; before
+// it, and for a drain started by a signal, it has no deadline. Outside
+// clusterd, without DrainOnSignal, it is never done.
+//
+// Pass it, or a context derived from it, to work that must stop when the
+// worker drains; derive one with [context.WithoutCancel] for work that must
+// finish anyway within the deadline. Like Drain, the first call opens the IPC
+// connection. Draining is safe for concurrent use; every call returns an
+// equivalent context.
+func Draining() context.Context {
+	p := self()
+	_, _ = p.ipcConn() // as in Drain: the error is Ready's to report
+	return drainContext{p}
+}
+
+// drainContext is the context of [Draining]. It is a type of its own, not a
+// context.WithDeadline, because its deadline is learnt only when it is done.
+type drainContext struct{ p *process }
+
+func (c drainContext) Deadline() (time.Time, bool) {
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	return c.p.deadline, !c.p.deadline.IsZero()
+}
+
+func (c drainContext) Done() <-chan struct{} { return c.p.drain }
+
+func (c drainContext) Err() error {
+	select {
+	case <-c.p.drain:
+		return context.Canceled
+	default:
+		return nil
 	}
 }
+
+func (c drainContext) Value(any) any { return nil }
+
+// String names the context in panics and logs, as the context package's do.
+func (c drainContext) String() string { return "worker.Draining" }

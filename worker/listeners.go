@@ -52,6 +52,9 @@ func Listeners() ([]net.Listener, error) {
 // each [sockshare.Socket] holds a net.Listener or a net.PacketConn, and its
 // name from LISTEN_FDNAMES (the NAME= prefix of the master's --listen, else
 // the address). Ownership and the once-only rule are as for Listeners.
+//
+// Sockets a [Listen] call has taken already are not in the result; after
+// Listeners or Sockets, Listen asks the master for every address.
 func Sockets() ([]sockshare.Socket, error) {
 	p := self()
 	p.mu.Lock()
@@ -59,10 +62,12 @@ func Sockets() ([]sockshare.Socket, error) {
 	if p.listenersTaken {
 		return nil, ErrListenersTaken
 	}
+	err := p.loadInheritedLocked()
 	p.listenersTaken = true
-	socks, err := sockshare.Listeners(true)
 	if err != nil {
-		return nil, fmt.Errorf("worker: inherited sockets: %w", err)
+		return nil, fmt.Errorf("worker: %w", err)
 	}
+	socks := p.inherited
+	p.inherited = nil
 	return socks, nil
 }

@@ -16,6 +16,11 @@ const helperEnv = "CLUSTERD_TEST_HELPER"
 var helpers = map[string]func() int{
 	"serve":        helperServe,
 	"signal-drain": helperSignalDrain,
+	"sequence":     helperSequence,
+	"requests":     helperRequests,
+	"draining":     helperDraining,
+	"listen":       helperListen,
+	"heartbeat":    helperHeartbeat,
 }
 
 var (

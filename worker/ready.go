@@ -59,11 +59,29 @@ func (p *process) ipcConn() (*ipc.Conn, error) {
 	}
 	p.connDone = true
 	p.conn, p.connErr = p.openIPCLocked()
+	if p.conn == nil {
+		// No master will ever send a message: Messages reports it.
+		p.closeMessages()
+	}
 	return p.conn, p.connErr
 }
 
+// workerConn is ipcConn for the functions that need a master: outside
+// clusterd it returns [ErrNotWorker].
+func (p *process) workerConn() (*ipc.Conn, error) {
+	conn, err := p.ipcConn()
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil {
+		return nil, ErrNotWorker
+	}
+	return conn, nil
+}
+
 // openIPCLocked adopts the inherited IPC fd, says hello and starts the
-// goroutine that reads the master's messages.
+// session: the goroutine that reads the master's messages and the one that
+// sends heartbeats.
 func (p *process) openIPCLocked() (*ipc.Conn, error) {
 	// A malformed slot or generation fails here too: the master would
 	// reject the hello that carried it.
@@ -88,11 +106,12 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 		return nil, fmt.Errorf("worker: ipc fd %d: %w", fd, err)
 	}
 	local := ipc.Hello{Version: ipc.Version, PID: os.Getpid(), WorkerID: env.WorkerID, Generation: env.Generation}
-	if _, err := conn.Handshake(context.Background(), local); err != nil {
+	peer, err := conn.Handshake(context.Background(), local)
+	if err != nil {
 		conn.Close() // the handshake error is the one to report
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
 	}
-	go p.readIPC(conn)
+	p.startSession(conn, peer)
 	return conn, nil
 }
 

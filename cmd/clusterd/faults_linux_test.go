@@ -77,23 +77,6 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// childrenOf lists the children of every thread of pid, zombies included.
-func childrenOf(pid int) []int {
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var kids []int
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			n, _ := strconv.Atoi(f)
-			kids = append(kids, n)
-		}
-	}
-	return kids
-}
-
 // waitNoZombieChildren waits until no child of pid is a zombie. A child
 // reaped by someone else raises no event here, so this polls /proc, every
 // 10 ms, until the failure deadline.

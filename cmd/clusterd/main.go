@@ -21,16 +21,9 @@ import (
 func main() {
 	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
 	// reach execve as fast as possible, without building the command tree.
-	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := execWorker(os.Args[2:])
-		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
-		os.Exit(exitExecFailed)
-	}
-	// The master's guardian is `clusterd guardian`, started by run before
-	// any worker; it too must not build the command tree.
-	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
-		os.Exit(guardian())
-	}
+	// The master's guardian, `clusterd guardian`, started by run before any
+	// worker, must not build it either; the same call dispatches it.
+	master.DispatchExecWorker()
 	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -41,7 +34,7 @@ const (
 	exitUsage = 2 // bad usage: unknown flag, bad flag value, missing command
 	// exitExecFailed is the status of an exec-worker that could not execve
 	// the worker command, as a shell's "command not found".
-	exitExecFailed = 127
+	exitExecFailed = master.ExecWorkerExitCode
 )
 
 // execute runs the command tree on args and returns the exit code, after

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sort"
 	"strconv"
@@ -37,6 +39,18 @@ var helpers = map[string]func(args []string) int{
 	},
 	"worker": workerHelper,
 	"crash":  func([]string) int { return 3 },
+	// bind binds its own port, args[0], as a server not written for
+	// socket activation does, and fails as one does when it is taken.
+	"bind": func(args []string) int {
+		ln, err := net.Listen("tcp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "starting up")
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		ln.Close()
+		return 0
+	},
 }
 
 var (
@@ -62,14 +76,7 @@ var startFDs = inheritedFDs()
 
 func TestMain(m *testing.M) {
 	// The master starts each worker as `<this binary> exec-worker -- ...`.
-	if len(os.Args) > 1 && os.Args[1] == master.ExecWorkerArg {
-		err := execWorker(os.Args[2:])
-		fmt.Fprintf(os.Stderr, "clusterd: %v\n", err)
-		os.Exit(exitExecFailed)
-	}
-	if len(os.Args) > 1 && os.Args[1] == master.GuardianArg {
-		os.Exit(guardian())
-	}
+	master.DispatchExecWorker()
 	if name := os.Getenv(helperEnv); name != "" {
 		h, ok := helpers[name]
 		if !ok {
@@ -130,6 +137,9 @@ func workerHelper(args []string) int {
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
 	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
+	say := fs.String("say", "", "print this line to stdout once ready")
+	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
+	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -162,6 +172,24 @@ func workerHelper(args []string) int {
 	if inRange(*exitGens, gen) {
 		return 0
 	}
+	if *say != "" {
+		fmt.Println(*say)
+	}
+	if *spew > 0 && inRange(*spewGens, gen) {
+		go func() {
+			w := bufio.NewWriterSize(os.Stdout, 64<<10)
+			line := strings.Repeat("spew ", 12) + "spew..\n" // 64 bytes
+			n := 0
+			for ; n < *spew; n += len(line) {
+				w.WriteString(line)
+			}
+			if err := w.Flush(); err != nil {
+				fmt.Fprintf(os.Stderr, "worker helper: spew: %v\n", err)
+				return
+			}
+			fmt.Fprintf(os.Stderr, "spewed %d bytes\n", n)
+		}()
+	}
 
 	var served atomic.Int64
 	mux := http.NewServeMux()
@@ -177,6 +205,17 @@ func workerHelper(args []string) int {
 		// The slow request is the behaviour under test, not a wait.
 		time.Sleep(2 * time.Second)
 		fmt.Fprintf(w, "slow done pid=%d\n", os.Getpid())
+	})
+	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
+		// A grandchild of the master that outlives its parent: sh starts a
+		// subshell blocked reading the fifo and exits, so the subshell is
+		// orphaned to the nearest subreaper (the master, or PID 1).
+		out, err := exec.Command("/bin/sh", "-c", `(read x < "$0") >/dev/null 2>&1 & echo $!`, r.URL.Query().Get("fifo")).Output()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "orphan=%s", out)
 	})
 	mux.HandleFunc("/fds", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "fds=%s\n", joinInts(startFDs))

@@ -58,7 +58,7 @@ func newExecWorkerCommand() *cobra.Command {
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return execWorker(args)
+			return master.ExecWorker(args)
 		},
 	}
 }

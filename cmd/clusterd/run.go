@@ -1,11 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -27,6 +30,18 @@ Listen addresses:
   tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
   unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
   NAME= prefix that the worker sees in LISTEN_FDNAMES.
+  A unix socket file takes options after '?', joined by '&':
+    mode=0660       its permission bits, octal (default: from the umask)
+    owner=USER      its owner, a name or uid (default: the master's user)
+    group=GROUP     its group, a name or gid
+  e.g. unix:///run/app.sock?mode=0660&owner=www-data&group=www-data
+  The master removes the socket files it created when it stops (not those
+  of sockets from systemd socket activation, nor a file that replaced its
+  socket at the path).
+  Under systemd socket activation (LISTEN_FDS for clusterd itself), each
+  activated socket stands in for the --listen of the same NAME, or else of
+  the same address; a --listen with no match is bound, and an activated
+  socket with no --listen is served as well, with a warning.
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
@@ -34,10 +49,21 @@ Each worker gets:
   CLUSTERD_WORKER_GEN                     the slot's generation
   CLUSTERD_IPC_FD                         its end of the IPC channel to the master
   EINHORN_FD_COUNT, EINHORN_FD_n          the sockets again, for einhorn servers
-  NOTIFY_SOCKET                           where sd_notify READY=1 is heard
+  NOTIFY_SOCKET                           with --ready notify only: a socket file
+                                          of its own, where sd_notify READY=1 is heard
 
 Readiness (--ready) - when a started worker counts as serving:
-  exec         as soon as it runs
+  listening    (the default) when it waits for connections on a socket it
+               inherited, as /proc shows it: a thread blocked in accept on it
+               or in poll or select with it in the set (gunicorn), or the
+               socket in one of its epoll sets (Go, Node, asyncio and uvicorn,
+               lighttpd, nginx), or its worker.Ready() over IPC, whichever
+               comes first (a Go worker that has work to do between taking
+               its listeners and Ready() wants --ready ipc). A worker with no
+               inherited socket, or
+               one not seen waiting within 10s, is ready after 10s, and the
+               log says so; listening=DUR sets that delay
+  exec         as soon as the command was executed
   notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
   ipc          when it calls worker.Ready() (the Go library, over IPC)
   delay=DUR    once it has stayed up for DUR (e.g. delay=500ms)
@@ -47,11 +73,22 @@ Signals to the master:
                worker, wait until it is ready, then drain the old one (its stop
                signal, SIGKILL after --kill-timeout); a worker that fails to
                become ready aborts the reload and the old ones keep serving
-  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
-  QUIT         immediate stop
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at
+               once, but only 1s or more after the first (coreutils timeout
+               signals the master and then its process group: one request)
+  QUIT         immediate stop: SIGKILL to every worker, whenever it comes
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
+  USR1         reopen --log-file by its path (after logrotate moved it)
+
+Worker output (--output prefix):
+  Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
+  stderr, through a bounded buffer: a reader that stops reading, or goes away
+  (clusterd run ... | tee log, with the tee killed), costs the workers' output,
+  never the cluster. What could not be written is dropped, counted and logged
+  ("worker output dropped"). A worker that keeps crashing is quoted: the
+  restart intensity error ends with the last line it printed.
 
 Environment:
   Every flag can also be set with a CLUSTERD_* variable, named after the flag
@@ -71,8 +108,8 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
   # A Go server that links the worker library reports readiness over IPC.
   clusterd run --listen 127.0.0.1:8080 --ready ipc -- bin/hello
 
-  # Any binary that can listen on an inherited fd, ready after it stayed up 1s.
-  clusterd run --listen :3000 --ready delay=1s -- node examples/node/server.js
+  # Any binary that can listen on an inherited fd, ready once it listens.
+  clusterd run --listen :3000 -- node examples/node/server.js
 
   # One SO_REUSEPORT socket per worker, workers run as www-data, JSON logs.
   clusterd run --listen :80 --balance reuseport --user www-data --log-json -- ./server
@@ -85,6 +122,7 @@ type runFlags struct {
 	workers       int
 	listen        []string
 	balance       string
+	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
 	backoffMin    time.Duration
@@ -104,6 +142,7 @@ type runFlags struct {
 	logLevel      string
 	logJSON       bool
 	pidFile       string
+	logFile       string
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -111,13 +150,14 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
 	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
 	fs.DurationVar(&f.backoffMin, "backoff-min", master.DefaultBackoffMin, "first restart delay of a worker that keeps crashing")
 	fs.DurationVar(&f.backoffMax, "backoff-max", master.DefaultBackoffMax, "longest restart delay of a worker that keeps crashing")
 	fs.IntVar(&f.maxRestarts, "max-restarts", master.DefaultMaxRestarts, "restart intensity: more restarts than this within --restart-window stop the cluster with an error (negative: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", master.DefaultRestartWindow, "time window of --max-restarts")
-	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyExec}.String(), "when a started worker counts as ready: exec, notify, ipc or delay=DURATION")
+	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyListening}.String(), "when a started worker counts as ready: listening[=FALLBACK], exec, notify, ipc or delay=DURATION")
 	fs.DurationVar(&f.readyTimeout, "ready-timeout", master.DefaultReadyTimeout, "how long a starting worker may take to become ready before it is killed (negative: no limit)")
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
@@ -130,6 +170,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "master log level: trace, debug, info, warn, error or off")
 	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
+	fs.StringVar(&f.logFile, "log-file", "", "append the master's log and the workers' output to this file instead of stderr and stdout; SIGUSR1 reopens it (after logrotate moved it)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -176,11 +217,28 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Contain = true
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logger, err := f.logger(cmd)
+	logTo := cmd.ErrOrStderr()
+	var lf *logFile
+	if f.logFile != "" {
+		if lf, err = openLogFile(f.logFile); err != nil {
+			return err
+		}
+		defer lf.close() // after the log writer's close below: nothing writes any more
+		opts.Stdout, opts.Stderr, logTo = lf, lf, lf
+	}
+	logOut := newLogWriter(logTo, cmd.OutOrStdout())
+	defer logOut.close()
+	logger, err := f.logger(logOut)
 	if err != nil {
 		return err
 	}
 	opts.Logger = logger
+	surviveBrokenPipes()
+	// SIGUSR1 reopens the log file, here and not in the master's loop: the
+	// file is the CLI's. Without --log-file it is caught all the same, as
+	// its default action would kill the master.
+	stopReopen := reopenOnUSR1(lf, logger)
+	defer stopReopen()
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -198,35 +256,78 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	signal.Notify(sigs, masterSignals()...)
 	defer signal.Stop(sigs)
 	opts.Signals = sigs
+	// The CLI is the cluster's main process (and may be PID 1): it reaps
+	// orphaned grandchildren too, and runs no other children of its own.
+	opts.Subreaper = true
 
 	m, err := master.New(opts)
 	if err != nil {
 		for _, a := range activated {
 			a.Close() // New failed, so they are still ours; the error says why
 		}
-		return err
+		return optionError(err)
 	}
 	return m.Run(cmd.Context())
+}
+
+// reopenOnUSR1 reopens lf (nil: none) on every SIGUSR1 until the returned
+// function is called, which waits for the goroutine to end.
+func reopenOnUSR1(lf *logFile, log hclog.Logger) (stop func()) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, unix.SIGUSR1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-usr1:
+			}
+			if lf == nil {
+				log.Debug("no log file to reopen", "signal", "SIGUSR1")
+				continue
+			}
+			if err := lf.reopen(); err != nil {
+				log.Warn("log file not reopened", "error", err)
+				continue
+			}
+			log.Info("log file reopened", "path", lf.path)
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+		wg.Wait()
+	}
 }
 
 // masterSignals are the signals the CLI relays to the master's loop.
 func masterSignals() []os.Signal {
 	return []os.Signal{
 		unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT,
-		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2, unix.SIGWINCH,
 	}
 }
 
 // options turns the flag values into master.Options (without Command,
-// Logger, outputs and signals). Bad values are usage errors naming the flag.
+// Logger, outputs and signals). It checks only what master.New cannot: the
+// syntax of values, and an explicit 0 where master.Options reads 0 as "the
+// default". master.New validates the rest, and runCluster turns its
+// *master.OptionError into a usage error naming the flag.
 func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	var o master.Options
 	var err error
-	if fs.Changed("workers") && f.workers < 1 {
-		return o, usagef("--workers must be at least 1, got %d", f.workers)
+	if fs.Changed("workers") && f.workers == 0 {
+		return o, usagef("--workers must be at least 1, got 0")
 	}
 	o.Workers = f.workers
 	for _, s := range f.listen {
+		if strings.TrimSpace(s) == "" {
+			return o, usagef("--listen %q: empty address", s)
+		}
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
 			return o, usagef("--listen %s: %w", s, err)
@@ -236,6 +337,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
+	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
 	}
@@ -249,12 +351,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		{"restart-window", f.restartWindow},
 		{"kill-timeout", f.killTimeout},
 	} {
-		if d.v <= 0 {
-			return o, usagef("--%s must be positive, got %v", d.name, d.v)
+		if d.v == 0 {
+			return o, usagef("--%s must be positive, got 0s", d.name)
 		}
-	}
-	if f.backoffMax < f.backoffMin {
-		return o, usagef("--backoff-max %v is below --backoff-min %v", f.backoffMax, f.backoffMin)
 	}
 	o.MinUptime, o.BackoffMin, o.BackoffMax = f.minUptime, f.backoffMin, f.backoffMax
 	o.RestartWindow, o.KillTimeout = f.restartWindow, f.killTimeout
@@ -269,17 +368,12 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		return o, usagef("--ready-timeout must not be zero (negative: no limit)")
 	}
 	o.ReadyTimeout = f.readyTimeout
-	if f.reloadBatch < 1 {
-		return o, usagef("--reload-batch must be at least 1, got %d", f.reloadBatch)
+	if f.reloadBatch == 0 {
+		return o, usagef("--reload-batch must be at least 1, got 0")
 	}
 	o.ReloadBatch = f.reloadBatch
 	if o.StopSignal, err = parseSignal(f.stopSignal); err != nil {
 		return o, usagef("--stop-signal: %w", err)
-	}
-	for _, kv := range f.env {
-		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
-			return o, usagef("--env %q: want KEY=VALUE", kv)
-		}
 	}
 	o.Env = f.env
 	o.Dir = f.cwd
@@ -291,8 +385,32 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	return o, nil
 }
 
-// logger builds the root logger from --log-level and --log-json.
-func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
+// optionFlags names the flag of each master.Options field the flags set.
+var optionFlags = map[string]string{
+	"Workers": "workers", "Listen": "listen", "Balance": "balance", "Restart": "restart",
+	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
+	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
+	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
+	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
+	"Output": "output", "PIDFile": "pid-file",
+}
+
+// optionError turns master.New's error for a field into a usage error
+// that names the flag; other errors pass unchanged.
+func optionError(err error) error {
+	var oe *master.OptionError
+	if !errors.As(err, &oe) {
+		return err
+	}
+	if name, ok := optionFlags[oe.Field]; ok {
+		return usagef("--%s: %w", name, err)
+	}
+	return &usageError{err}
+}
+
+// logger builds the root logger from --log-level and --log-json, writing
+// to out.
+func (f *runFlags) logger(out io.Writer) (hclog.Logger, error) {
 	level := hclog.LevelFromString(f.logLevel)
 	if level == hclog.NoLevel {
 		return nil, usagef("--log-level %q: want trace, debug, info, warn, error or off", f.logLevel)
@@ -301,7 +419,7 @@ func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
 		Name:       "clusterd",
 		Level:      level,
 		JSONFormat: f.logJSON,
-		Output:     cmd.ErrOrStderr(),
+		Output:     out,
 	}), nil
 }
 

@@ -4,7 +4,13 @@
 //	go build -o bin/ ./cmd/clusterd ./examples/hello
 //	bin/clusterd run --listen tcp://127.0.0.1:8080 -w 2 --ready ipc -- bin/hello
 //
-// Outside clusterd it listens on :8080 (or -addr) alone.
+// It serves the sockets it inherits (the master's --listen). Without any, it
+// listens on -addr (:8080) with worker.Listen: under clusterd the master
+// creates that socket once and passes it to every worker,
+//
+//	bin/clusterd run -w 2 --ready ipc -- bin/hello -addr 127.0.0.1:9000
+//
+// and outside clusterd hello binds it alone.
 package main
 
 import (
@@ -17,14 +23,15 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/clusterd/clusterd/sockshare"
 	"github.com/clusterd/clusterd/worker"
 )
 
 func main() {
-	addr := flag.String("addr", ":8080", "address to listen on when not started by clusterd")
-	reuseport := flag.Bool("reuseport", false, "with -addr: bind with SO_REUSEPORT, so several copies can share the port (for comparisons without clusterd)")
+	addr := flag.String("addr", ":8080", "address to listen on when no socket is inherited: the master's (under clusterd) or its own")
+	reuseport := flag.Bool("reuseport", false, "with -addr: bind with SO_REUSEPORT itself, so several copies can share the port (for comparisons without clusterd)")
 	flag.Parse()
 	if *reuseport {
 		// Same port, one socket per process: the kernel spreads connections.
@@ -48,7 +55,7 @@ func run(ctx context.Context, addr string, log io.Writer) error {
 		return err
 	}
 	if len(lns) == 0 {
-		ln, err := listen(addr)
+		ln, err := listen(ctx, addr)
 		if err != nil {
 			return err
 		}
@@ -69,8 +76,13 @@ func run(ctx context.Context, addr string, log io.Writer) error {
 	return worker.ServeHTTP(ctx, srv, lns...)
 }
 
+// requests counts the requests answered; the master sees it in its worker
+// table, reported with the worker's heartbeats.
+var requests = worker.NewCounter("requests")
+
 // hello answers with the serving process: "hello from pid 1234, worker 3".
 func hello(w http.ResponseWriter, r *http.Request) {
+	requests.Inc()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	id, ok := worker.ID()
 	if !ok {
@@ -80,12 +92,18 @@ func hello(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "hello from pid %d, worker %d, generation %d\n", os.Getpid(), id, worker.Generation())
 }
 
-// listen binds addr when hello runs alone; a "reuseport:" prefix asks for
-// SO_REUSEPORT.
-func listen(addr string) (net.Listener, error) {
+// listenTimeout bounds the wait for the master's answer to a listen
+// request: a master too old to know them never answers.
+const listenTimeout = 30 * time.Second
+
+// listen gets addr with worker.Listen: from the master under clusterd, bound
+// here otherwise. A "reuseport:" prefix binds it here with SO_REUSEPORT.
+func listen(ctx context.Context, addr string) (net.Listener, error) {
 	rest, reuse := strings.CutPrefix(addr, "reuseport:")
 	if !reuse {
-		return net.Listen("tcp", addr)
+		ctx, cancel := context.WithTimeout(ctx, listenTimeout)
+		defer cancel()
+		return worker.Listen(ctx, "tcp", addr)
 	}
 	spec, err := sockshare.ParseSpec(rest)
 	if err != nil {

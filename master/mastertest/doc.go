@@ -8,26 +8,29 @@
 // adjusts them for a test, and runs [master.Master.Run] in a goroutine of the
 // test process. The master starts its workers as real child processes, each
 // through the test binary's own exec-worker mode, so the test binary's
-// TestMain must call [DispatchExecWorker] first:
+// TestMain must call [master.DispatchExecWorker] first:
 //
 //	func TestMain(m *testing.M) {
-//		mastertest.DispatchExecWorker()
+//		master.DispatchExecWorker()
 //		os.Exit(m.Run())
 //	}
 //
 // Start returns once the master is listening and every initial worker is
 // ready. The test talks to the workers through [Cluster.Addr], drives the
-// master with [Cluster.Signal] (HUP reloads, TERM stops, TTIN adds a worker,
-// ...), and waits for what the master did with [Cluster.WaitLog]: the
-// master's log lines documented in package master ("worker ready", "reload
-// done", "worker exited", ...) are the events a test synchronises on.
+// master with its command methods ([Cluster.Master]: Reload, Scale,
+// Workers, Send, Request, ...) or with [Cluster.Signal] (HUP reloads, TERM
+// stops, TTIN adds a worker, ...), and waits for what the master did with
+// [Cluster.WaitEvent]: the master's events (fork, online, ready,
+// disconnect, exit, reload), recorded from its start, are what a test
+// synchronises on. The log stays for people: [Cluster.Logs] and
+// [Cluster.WaitLog] read it, and a failed test prints it.
 //
 // # What Start changes in Options
 //
-//   - ReapOnlyWorkers is forced on: the master waits for its own workers by
-//     pid and never calls wait4(-1), which would steal the exit status of
-//     every other child the test binary waits for (and must not become a
-//     child subreaper of the test process).
+//   - Subreaper is forced off (the default): the master waits for its own
+//     workers by pid and never calls wait4(-1), which would steal the exit
+//     status of every other child the test binary waits for (and must not
+//     become a child subreaper of the test process).
 //   - Signals belongs to the [Cluster]; it must be nil. [Cluster.Signal]
 //     sends on it, so the test binary's own signal handling is untouched.
 //   - Logger belongs to the Cluster; it must be nil. The master logs JSON at

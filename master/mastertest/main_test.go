@@ -14,11 +14,11 @@ import (
 	"time"
 
 	"github.com/clusterd/clusterd/ipc"
-	"github.com/clusterd/clusterd/master/mastertest"
+	"github.com/clusterd/clusterd/master"
 )
 
 // The master in these tests starts the test binary itself as its workers:
-// exec-worker mode first (mastertest.DispatchExecWorker), then a helper
+// exec-worker mode first (master.DispatchExecWorker), then a helper
 // selected by envHelper. The worker speaks the ipc protocol directly,
 // since mastertest, like master, must not depend on package worker.
 
@@ -40,7 +40,7 @@ func registerHelper(name string, f func() int) {
 }
 
 func TestMain(m *testing.M) {
-	mastertest.DispatchExecWorker()
+	master.DispatchExecWorker()
 	registerHelper("worker", helperWorker)
 	if name := os.Getenv(envHelper); name != "" {
 		f, ok := helpers[name]

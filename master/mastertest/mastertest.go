@@ -36,6 +36,7 @@ type Cluster struct {
 	t      testing.TB
 	m      *master.Master
 	logs   *logSink
+	events *eventLog
 	sigs   chan os.Signal
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run has returned
@@ -48,7 +49,7 @@ type Cluster struct {
 
 // Start runs a master with opts in the test process and returns once it
 // listens and every initial worker is ready. See the package doc for what
-// it changes in opts (ReapOnlyWorkers, Signals, Logger, Stdout, Stderr,
+// it changes in opts (Subreaper, Signals, Logger, Stdout, Stderr,
 // Listen); opts itself is not modified.
 //
 // Start fails the test (t.Fatal) when opts is invalid, when Run returns
@@ -74,7 +75,7 @@ func Start(t testing.TB, opts master.Options) *Cluster {
 		sigs: make(chan os.Signal),
 		done: make(chan struct{}),
 	}
-	opts.ReapOnlyWorkers = true
+	opts.Subreaper = false
 	opts.Signals = c.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{
 		Name:       "clusterd",
@@ -100,6 +101,7 @@ func Start(t testing.TB, opts master.Options) *Cluster {
 		t.Fatalf("mastertest: new master: %v", err)
 	}
 	c.m = m
+	c.events = newEventLog(m)
 
 	// Not t.Context: it is canceled before cleanups run, and the stop is
 	// the cleanup's to start and to check.
@@ -204,6 +206,62 @@ func (c *Cluster) WaitLog(msg string, n int) map[string]any {
 // as for [Cluster.WaitLog], oldest first.
 func (c *Cluster) Logs() []map[string]any { return c.logs.all() }
 
+// Master returns the running master, for its command methods
+// ([master.Master.Reload], [master.Master.Scale], [master.Master.Workers],
+// [master.Master.Send], ...).
+func (c *Cluster) Master() *master.Master { return c.m }
+
+// WaitEvent blocks until the master has emitted n events (n ≥ 1) that
+// match accepts (nil accepts all), counted from the master's start, and
+// returns the nth. Events are recorded from before the first worker
+// starts, so none is missed; [EventIs] builds the common matchers.
+//
+// WaitEvent fails the test (t.Fatal) if Run returns, or the failure
+// deadline passes, before the nth event, or if the master had to drop
+// events; it must be called from the test's goroutine.
+func (c *Cluster) WaitEvent(n int, match func(master.Event) bool) master.Event {
+	c.t.Helper()
+	if n < 1 {
+		c.t.Fatalf("mastertest: WaitEvent(%d): n must be at least 1", n)
+	}
+	if match == nil {
+		match = func(master.Event) bool { return true }
+	}
+	limit := failDeadline(c.t)
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		if d := c.events.sub.Dropped(); d > 0 {
+			c.t.Fatalf("mastertest: the master dropped %d events", d)
+		}
+		e, ok, count, changed := c.events.find(n, match)
+		if ok {
+			return e
+		}
+		select {
+		case <-changed:
+		case <-c.events.done:
+			// Run has returned and every event is recorded: look once more.
+			e, ok, count, _ := c.events.find(n, match)
+			if ok {
+				return e
+			}
+			c.t.Fatalf("mastertest: master stopped (Run = %v) after %d of %d matching events", c.runErr, count, n)
+		case <-timer.C:
+			c.t.Fatalf("mastertest: %d of %d matching events within %v", count, n, limit)
+		}
+	}
+}
+
+// Events returns every event the master has emitted so far, oldest first.
+func (c *Cluster) Events() []master.Event { return c.events.all() }
+
+// EventIs returns a matcher for [Cluster.WaitEvent]: events of kind k
+// and, when slot is not negative, of that slot.
+func EventIs(k master.EventKind, slot int) func(master.Event) bool {
+	return func(e master.Event) bool { return e.Kind == k && (slot < 0 || e.Slot == slot) }
+}
+
 // Done returns a channel closed once the master's Run has returned.
 func (c *Cluster) Done() <-chan struct{} { return c.done }
 
@@ -249,6 +307,7 @@ func (c *Cluster) cleanup() {
 	defer timer.Stop()
 	select {
 	case <-c.done:
+		<-c.events.done // closed with Run's end
 		c.mu.Lock()
 		collected := c.collected
 		c.mu.Unlock()

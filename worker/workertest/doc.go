@@ -5,8 +5,13 @@
 // [Start] binds the listen addresses, starts the program with the sockets at
 // fds 3, 4, … (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), its end of an IPC
 // socketpair (CLUSTERD_IPC_FD), a slot and a generation, and plays the
-// master's part on the IPC connection: it answers the worker's hello, notes
-// its ready message, and sends a drain message on request. The test then
+// master's part on the IPC connection: it answers the worker's hello (asking
+// for heartbeats with [Options].HeartbeatMS), notes its ready message,
+// heartbeats and stats ([Worker.NextHeartbeat]), hands its user messages to
+// [Worker.Messages], answers its requests with [Options].HandleRequest and
+// its listen requests with a socket of its own ([Worker.Listened]), and sends
+// it user messages, requests and a drain message on request ([Worker.Send],
+// [Worker.Request], [Worker.Drain]). The test then
 // talks to the worker through [Worker.Addr], and checks that it drains and
 // exits as it should.
 //

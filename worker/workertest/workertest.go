@@ -26,7 +26,8 @@ type Options struct {
 	// for the worker (after the protocol variables are removed from it).
 	Env []string
 	// Listen are the addresses to bind, in sockshare.ParseSpec syntax; the
-	// worker gets them at fds 3, 4, … Nil means one "tcp://127.0.0.1:0".
+	// worker gets them at fds 3, 4, … Nil means one "tcp://127.0.0.1:0"; an
+	// empty slice none (for a worker that asks with worker.Listen).
 	Listen []string
 	// WorkerID is the worker's slot (CLUSTERD_WORKER_ID); zero is slot 0.
 	WorkerID int
@@ -34,6 +35,15 @@ type Options struct {
 	Generation int
 	// Stdout and Stderr receive the worker's output; nil discards it.
 	Stdout, Stderr io.Writer
+	// HeartbeatMS is the heartbeat interval the master's hello asks for
+	// (ipc.Hello.HeartbeatMS); zero asks for none.
+	HeartbeatMS int64
+	// HandleRequest answers the worker's requests (worker.Request), each in
+	// a goroutine of its own; its error is sent as an IPC error reply (an
+	// *ipc.RemoteError keeps its code, others get ipc.CodeInternal). Nil
+	// answers every request with ipc.CodeUnsupported, as a master without a
+	// request handler does.
+	HandleRequest func(ctx context.Context, req *ipc.Message) (reply any, err error)
 }
 
 // Worker is one running worker program.
@@ -47,10 +57,17 @@ type Worker struct {
 	done   chan struct{} // closed when the worker has been waited for
 	reader sync.WaitGroup
 
-	mu      sync.Mutex
-	hello   ipc.Hello
-	ipcErr  error // why the IPC connection ended, if it did early
-	waitErr error
+	opts     Options
+	messages chan *ipc.Message // the worker's user messages, for Messages
+
+	mu        sync.Mutex
+	hello     ipc.Hello
+	ipcErr    error // why the IPC connection ended, if it did early
+	waitErr   error
+	beat      chan struct{}       // closed and replaced at every heartbeat
+	lastBeat  ipc.Heartbeat       // the latest heartbeat
+	stats     map[string]int64    // the latest stats message's counters
+	listening map[string]*os.File // sockets made for listen requests, by address
 }
 
 // Start binds the listen addresses and starts the worker; see the package
@@ -77,7 +94,8 @@ func start(t testing.TB, opts Options) (*Worker, error) {
 	if gen == 0 {
 		gen = 1
 	}
-	w := &Worker{t: t, ready: make(chan struct{}), done: make(chan struct{})}
+	w := &Worker{t: t, opts: opts, ready: make(chan struct{}), done: make(chan struct{}),
+		messages: make(chan *ipc.Message, 256), beat: make(chan struct{}), listening: map[string]*os.File{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -172,10 +190,13 @@ func stripPrefixes(env []string, prefixes ...string) []string {
 }
 
 // serveIPC answers the worker's hello and reads its messages until the
-// connection ends.
+// connection ends: ready, heartbeats and stats are recorded, user messages
+// go to Messages, requests to Options.HandleRequest, listen requests get a
+// socket.
 func (w *Worker) serveIPC() {
 	defer w.reader.Done()
-	peer, err := w.conn.Handshake(context.Background(), ipc.Hello{PID: os.Getpid(), WorkerID: -1})
+	defer close(w.messages)
+	peer, err := w.conn.Handshake(context.Background(), ipc.Hello{PID: os.Getpid(), WorkerID: -1, HeartbeatMS: w.opts.HeartbeatMS})
 	if err != nil {
 		w.setIPCErr(err)
 		return
@@ -183,6 +204,12 @@ func (w *Worker) serveIPC() {
 	w.mu.Lock()
 	w.hello = peer
 	w.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	var handlers sync.WaitGroup
+	defer func() {
+		cancel()
+		handlers.Wait()
+	}()
 	readyOnce := sync.OnceFunc(func() { close(w.ready) })
 	for {
 		m, err := w.conn.Recv()
@@ -191,9 +218,187 @@ func (w *Worker) serveIPC() {
 			return
 		}
 		m.CloseFDs() // nothing this package handles carries descriptors
-		if m.Kind == ipc.KindReady {
+		switch m.Kind {
+		case ipc.KindReady:
 			readyOnce()
+		case ipc.KindHeartbeat:
+			var hb ipc.Heartbeat
+			if err := m.Decode(&hb); err != nil {
+				w.setIPCErr(err)
+				return
+			}
+			w.mu.Lock()
+			w.lastBeat = hb
+			close(w.beat)
+			w.beat = make(chan struct{})
+			w.mu.Unlock()
+		case ipc.KindStats:
+			var st ipc.Stats
+			if err := m.Decode(&st); err != nil {
+				w.setIPCErr(err)
+				return
+			}
+			w.mu.Lock()
+			w.stats = st.Counters
+			w.mu.Unlock()
+		case ipc.KindUser:
+			select {
+			case w.messages <- m:
+			case <-w.conn.Done():
+				return
+			}
+		case ipc.KindRequest:
+			handlers.Add(1)
+			go func() {
+				defer handlers.Done()
+				w.answer(ctx, m)
+			}()
+		case ipc.KindListenRequest:
+			w.answerListen(m)
 		}
+	}
+}
+
+// answer replies to the worker's request m with Options.HandleRequest.
+func (w *Worker) answer(ctx context.Context, m *ipc.Message) {
+	var v any
+	err := error(&ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "workertest: no HandleRequest"})
+	if h := w.opts.HandleRequest; h != nil {
+		v, err = h(ctx, m)
+	}
+	var r *ipc.Message
+	if err == nil {
+		r, err = m.Reply(ipc.KindResponse, v)
+	}
+	if err != nil {
+		e := ipc.Error{Code: ipc.CodeInternal, Text: err.Error()}
+		if re, ok := errors.AsType[*ipc.RemoteError](err); ok {
+			e = ipc.Error{Code: re.Code, Text: re.Text}
+		}
+		r, _ = m.Reply(ipc.KindError, e) // an Error body always encodes
+	}
+	_ = w.conn.Send(r) // a send error means the worker is gone
+}
+
+// answerListen answers a listen request with a socket bound to its address,
+// made on the first request for it and reused for the later ones, as the
+// master shares one socket between its workers.
+func (w *Worker) answerListen(m *ipc.Message) {
+	fail := func(code string, err error) {
+		r, _ := m.Reply(ipc.KindError, ipc.Error{Code: code, Text: err.Error()})
+		_ = w.conn.Send(r)
+	}
+	var req ipc.ListenRequest
+	if err := m.Decode(&req); err != nil {
+		fail(ipc.CodeBadRequest, err)
+		return
+	}
+	spec, err := sockshare.ParseSpec(req.Addr)
+	if err != nil {
+		fail(ipc.CodeBadRequest, err)
+		return
+	}
+	if !spec.IsStream() {
+		fail(ipc.CodeForbidden, fmt.Errorf("listen %s: not a stream socket", req.Addr))
+		return
+	}
+	key := spec.String()
+	w.mu.Lock()
+	f := w.listening[key]
+	w.mu.Unlock()
+	if f == nil {
+		if f, err = sockshare.Listen(spec, sockshare.ListenOptions{}); err != nil {
+			fail(ipc.CodeListen, err)
+			return
+		}
+		w.mu.Lock()
+		w.listening[key] = f
+		w.mu.Unlock()
+	}
+	addr, err := sockshare.Addr(f)
+	if err != nil {
+		fail(ipc.CodeListen, err)
+		return
+	}
+	r, err := m.Reply(ipc.KindListenReply, ipc.ListenReply{Addr: addr.String()})
+	if err != nil {
+		fail(ipc.CodeInternal, err)
+		return
+	}
+	r.FDs = []*os.File{f}
+	_ = w.conn.Send(r) // Send duplicates f; an error means the worker is gone
+}
+
+// Listened returns the sockets made for the worker's listen requests
+// (worker.Listen of an address it did not inherit), by the address as the
+// request spelt it. The Worker owns them and closes them at cleanup.
+func (w *Worker) Listened() map[string]*os.File {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]*os.File, len(w.listening))
+	for k, f := range w.listening {
+		out[k] = f
+	}
+	return out
+}
+
+// Messages returns the channel of the worker's user messages
+// (worker.Send), in order; it is closed when the connection ends. Messages
+// the test does not take wait (a few hundred in the channel, then in the
+// connection), which blocks the worker's sends: back-pressure, as under a
+// real master.
+func (w *Worker) Messages() <-chan *ipc.Message { return w.messages }
+
+// Send sends msg to the worker as a user message (worker.Messages). It
+// queues it and returns; use Flush to wait until it is written.
+func (w *Worker) Send(msg any) error {
+	if w.conn == nil {
+		return fmt.Errorf("workertest: send: no ipc connection: %v", w.ipcErr)
+	}
+	m, err := ipc.NewMessage(ipc.KindUser, msg)
+	if err != nil {
+		return fmt.Errorf("workertest: send: %w", err)
+	}
+	if err := w.conn.Send(m); err != nil {
+		return fmt.Errorf("workertest: send: %w", err)
+	}
+	return nil
+}
+
+// Request sends msg to the worker as a request (answered by worker.Handle)
+// and waits for its reply. An error reply is an *ipc.RemoteError.
+func (w *Worker) Request(ctx context.Context, msg any) (*ipc.Message, error) {
+	if w.conn == nil {
+		return nil, fmt.Errorf("workertest: request: no ipc connection: %v", w.ipcErr)
+	}
+	m, err := ipc.NewMessage(ipc.KindRequest, msg)
+	if err != nil {
+		return nil, fmt.Errorf("workertest: request: %w", err)
+	}
+	r, err := w.conn.Call(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("workertest: request: %w", err)
+	}
+	return r, nil
+}
+
+// NextHeartbeat waits for the worker's next heartbeat (one that arrives
+// after the call) and returns it with the counters of the latest stats
+// message, which the worker sends just before each heartbeat when it has
+// metrics. It fails when the worker exits first or ctx is done.
+func (w *Worker) NextHeartbeat(ctx context.Context) (ipc.Heartbeat, map[string]int64, error) {
+	w.mu.Lock()
+	beat := w.beat
+	w.mu.Unlock()
+	select {
+	case <-beat:
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.lastBeat, w.stats, nil
+	case <-w.done:
+		return ipc.Heartbeat{}, nil, fmt.Errorf("workertest: worker %d exited before its next heartbeat", w.PID())
+	case <-ctx.Done():
+		return ipc.Heartbeat{}, nil, fmt.Errorf("workertest: worker %d heartbeat: %w", w.PID(), ctx.Err())
 	}
 }
 
@@ -291,5 +496,10 @@ func (w *Worker) cleanup() {
 func (w *Worker) closeFiles() {
 	for _, f := range w.files {
 		f.Close() // listening sockets: nothing to flush, nobody to tell
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.listening {
+		f.Close() // as above
 	}
 }

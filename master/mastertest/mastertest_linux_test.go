@@ -79,13 +79,13 @@ func TestCluster(t *testing.T) {
 		Workers: 2,
 		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 	})
-	// ReapOnlyWorkers is on: the test process is no child subreaper.
+	// Subreaper is off: the test process is no child subreaper.
 	var subreaper int32
 	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&subreaper)), 0, 0, 0); err != nil {
 		t.Fatalf("prctl PR_GET_CHILD_SUBREAPER: %v", err)
 	}
 	if subreaper != 0 {
-		t.Error("the test process became a child subreaper: ReapOnlyWorkers is off")
+		t.Error("the test process became a child subreaper: Subreaper is on")
 	}
 	if addrs := c.Addrs(); len(addrs) != 1 || addrs[0].String() != c.Addr() {
 		t.Errorf("Addrs() = %v, want one address, Addr() = %s", addrs, c.Addr())
@@ -99,11 +99,25 @@ func TestCluster(t *testing.T) {
 	}
 	readyPIDs := map[int]int{} // pid → slot
 	for n := 1; n <= 2; n++ {
-		l := c.WaitLog("worker ready", n)
-		readyPIDs[number(t, l, "pid")] = number(t, l, "worker")
+		e := c.WaitEvent(n, mastertest.EventIs(master.EventReady, -1))
+		readyPIDs[e.PID] = e.Slot
+		if l := c.WaitLog("worker ready", n); number(t, l, "pid") != e.PID {
+			t.Errorf("ready event %d for pid %d, log line %v", n, e.PID, l)
+		}
 	}
 	if len(readyPIDs) != 2 {
 		t.Fatalf("ready workers by pid = %v, want two", readyPIDs)
+	}
+	for slot := range 2 {
+		var kinds []master.EventKind
+		for _, e := range c.Events() {
+			if e.Slot == slot && e.Kind != master.EventReload {
+				kinds = append(kinds, e.Kind)
+			}
+		}
+		if want := []master.EventKind{master.EventFork, master.EventOnline, master.EventReady}; !slices.Equal(kinds, want) {
+			t.Errorf("Events() of worker %d = %v, want %v", slot, kinds, want)
+		}
 	}
 	pid, id, gen := answer(t, c.Addr())
 	if slot, ok := readyPIDs[pid]; !ok || slot != id || gen != 1 {
@@ -113,14 +127,29 @@ func TestCluster(t *testing.T) {
 	if err := c.Signal(syscall.SIGHUP); err != nil {
 		t.Fatalf("Signal(SIGHUP) = %v", err)
 	}
-	c.WaitLog("reload done", 1)
-	exited := c.WaitLog("worker exited", 2)
-	if exited["@level"] != "info" {
-		t.Errorf("worker exited during a reload at level %v, want info (an expected exit)", exited["@level"])
+	reload := c.WaitEvent(1, mastertest.EventIs(master.EventReload, -1))
+	if reload.Err != nil || len(reload.Reload.Slots) != 2 {
+		t.Errorf("reload event %+v, want both slots replaced", reload)
+	}
+	exited := c.WaitEvent(2, mastertest.EventIs(master.EventExit, -1))
+	if !exited.ExitedAfterDisconnect {
+		t.Errorf("worker exit during a reload %+v, want exitedAfterDisconnect (an expected exit)", exited)
+	}
+	if l := c.WaitLog("worker exited", 2); l["@level"] != "info" {
+		t.Errorf("worker exited during a reload at level %v, want info (an expected exit)", l["@level"])
+	}
+	res, err := c.Master().Reload(t.Context())
+	if err != nil || len(res.Slots) != 2 {
+		t.Fatalf("Master().Reload = %+v, %v; want both slots replaced", res, err)
+	}
+	for _, s := range res.Slots {
+		if _, old := readyPIDs[s.OldPID]; old {
+			t.Errorf("second reload replaced pid %d of the first generation", s.OldPID)
+		}
 	}
 	pid, _, gen = answer(t, c.Addr())
-	if _, old := readyPIDs[pid]; old || gen != 2 {
-		t.Errorf("after a reload, answer from pid %d generation %d, want a new worker of generation 2", pid, gen)
+	if _, old := readyPIDs[pid]; old || gen != 3 {
+		t.Errorf("after two reloads, answer from pid %d generation %d, want a new worker of generation 3", pid, gen)
 	}
 	logs := c.Logs()
 	if i := slices.IndexFunc(logs, func(l map[string]any) bool { return l["@message"] == "reload started" }); i < 0 {

@@ -1,0 +1,127 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"sync"
+)
+
+// supported reports whether the master can run here: on Linux, always.
+func supported() error { return nil }
+
+// run is Run on Linux.
+func (m *Master) run(ctx context.Context) (err error) {
+	defer close(m.done)
+	loopEnded := sync.OnceFunc(func() { close(m.loopEnded) })
+	defer loopEnded() // when Run fails before the loop
+	defer m.hub.close()
+	cfg, log := m.cfg, m.log
+	ls := newListeners(cfg, log)
+	cs := newClusterSockets(ls)
+	defer func() {
+		cerr := errors.Join(ls.closeAll(), cs.closeRuntime())
+		if cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if cfg.PIDFile != "" {
+		if err := writePIDFile(cfg.PIDFile); err != nil {
+			return err
+		}
+		defer removePIDFile(cfg.PIDFile, log)
+	}
+	if err := ls.bind(); err != nil {
+		return err
+	}
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	if max := fdStoreMax(os.LookupEnv); max != 0 {
+		files, names := ls.storable()
+		if n, err := sd.storeFDs(files, names, max); err != nil {
+			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
+		} else if n > 0 {
+			log.Info("listeners kept by the service manager", "stored", n)
+		}
+	}
+	m.addrs = ls.addrs
+	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
+
+	r, err := startReaper(!cfg.Subreaper)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	// Before any worker: the guardian must know of every one.
+	cont, err := newContainment(cfg, r, log)
+	if err != nil {
+		return err
+	}
+	defer cont.close()
+	events := make(chan workerEvent)
+	done := make(chan struct{})
+	closeDone := sync.OnceFunc(func() { close(done) })
+	defer closeDone()
+	var nd *notifyDir
+	if cfg.speaksNotify() {
+		if nd, err = newNotifyDir(cfg.credential); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := nd.remove(); rerr != nil {
+				log.Warn("runtime directory not removed", "error", rerr)
+			}
+		}()
+	}
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
+	defer out.wait()
+	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	// Deferred last, so they run first: the loop has ended, and goroutines
+	// still sending it events must give up before they are waited for.
+	defer r.loopEnded()
+	defer closeDone()
+
+	l := newLoop(cfg, log, loopDeps{
+		starter:  st,
+		sockets:  cs,
+		exits:    r.exits,
+		events:   events,
+		cluster:  cont,
+		output:   out.takeTail,
+		sdNotify: sd.notify,
+		sdStatus: sd.statusFunc(),
+		ready:    func() { close(m.ready) },
+		jitter:   rand.Float64,
+		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands: m.cmds,
+		hub:      m.hub,
+		routes:   &m.routes,
+
+		checkListeners: ls.check,
+	})
+	err = l.run(ctx)
+	m.routes.Store(nil)
+	loopEnded()
+	return err
+}

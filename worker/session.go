@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/clusterd/clusterd/ipc"
+)
+
+// The worker's side of the IPC session: once the hello is exchanged, one
+// goroutine reads the master's messages and dispatches them (drain, user
+// messages, requests), and another sends heartbeats with the program's
+// metrics. Both belong to the process: the connection lives as long as the
+// worker does, and they end when the master closes its end.
+
+// MaxConcurrentRequests is how many of the master's requests a worker
+// answers at once. The session stops reading while that many handlers run,
+// so a master that sends more waits for a reply (back-pressure), and the
+// worker's memory does not grow with what the master sends.
+const MaxConcurrentRequests = 256
+
+// messageBuffer is the capacity of the [Messages] channel: messages that
+// arrived but the program has not taken yet. Past it the session stops
+// reading, and the master's sends wait.
+const messageBuffer = 256
+
+// startSession starts the session's goroutines on an open connection.
+func (p *process) startSession(conn *ipc.Conn, master ipc.Hello) {
+	go p.readSession(conn)
+	if master.HeartbeatMS > 0 {
+		go p.heartbeat(conn, time.Duration(master.HeartbeatMS)*time.Millisecond)
+	}
+}
+
+// readSession reads the master's messages until the connection ends. It is
+// the connection's only reader, and the only sender on p.msgs.
+func (p *process) readSession(conn *ipc.Conn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var handlers sync.WaitGroup
+	sem := make(chan struct{}, MaxConcurrentRequests)
+	defer func() {
+		// The connection is gone: running handlers have nobody to answer.
+		cancel()
+		handlers.Wait()
+		p.closeMessages()
+	}()
+	for {
+		m, err := conn.Recv()
+		if err != nil {
+			// EOF: the master closed the connection (it is exiting, and
+			// Pdeathsig or the stop signal will follow). Anything else is a
+			// protocol error; either way there is nothing more to read, and
+			// nobody to report it to but the master, which is gone.
+			return
+		}
+		// No message this package hands over keeps descriptors (listen
+		// replies go to their Call, not here).
+		_ = m.CloseFDs()
+		switch m.Kind {
+		case ipc.KindDrain:
+			var d ipc.Drain
+			// A drain with an unreadable body is still a drain, without
+			// a deadline.
+			if err := m.Decode(&d); err != nil {
+				d = ipc.Drain{}
+			}
+			p.startDrain(d.Deadline)
+		case ipc.KindUser:
+			// Blocking here is the back-pressure: while the program does
+			// not take its messages, the session reads no more, and the
+			// master's sends wait in the socket buffers.
+			p.msgs <- Message{body: m.Body}
+		case ipc.KindRequest:
+			p.mu.Lock()
+			h := p.handler
+			p.mu.Unlock()
+			if h == nil {
+				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no request handler (worker.Handle)"})
+				continue
+			}
+			sem <- struct{}{}
+			handlers.Add(1)
+			go func() {
+				defer handlers.Done()
+				defer func() { <-sem }()
+				v, err := h(ctx, Message{body: m.Body})
+				reply(conn, m, v, err)
+			}()
+		}
+	}
+}
+
+// reply answers the request req with v, or with err as a [ipc.KindError]. A
+// failure to send means the connection is gone: nobody is left to tell.
+func reply(conn *ipc.Conn, req *ipc.Message, v any, err error) {
+	var r *ipc.Message
+	if err == nil {
+		if r, err = req.Reply(ipc.KindResponse, v); err != nil {
+			err = fmt.Errorf("worker: encode reply: %w", err)
+		}
+	}
+	if err != nil {
+		e := ipc.Error{Code: ipc.CodeInternal, Text: err.Error()}
+		if re, ok := errors.AsType[*ipc.RemoteError](err); ok {
+			e = ipc.Error{Code: re.Code, Text: re.Text}
+		}
+		r, _ = req.Reply(ipc.KindError, e) // an Error body always encodes
+	}
+	_ = conn.Send(r)
+}
+
+// heartbeat sends a heartbeat every interval, preceded by the program's
+// metrics when it has any, until the connection ends.
+func (p *process) heartbeat(conn *ipc.Conn, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		seq++
+		// The stats go first, so that a master that sees heartbeat n has the
+		// values as of n.
+		if counters := p.metrics.snapshot(); len(counters) > 0 {
+			m, err := ipc.NewMessage(ipc.KindStats, ipc.Stats{Counters: counters})
+			if err == nil {
+				err = conn.Send(m)
+			}
+			if err != nil {
+				return // the connection is gone
+			}
+		}
+		m, err := ipc.NewMessage(ipc.KindHeartbeat, ipc.Heartbeat{Seq: seq})
+		if err == nil {
+			err = conn.Send(m)
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-conn.Done():
+			return
+		}
+	}
+}
+
+// closeMessages closes the Messages channel once.
+func (p *process) closeMessages() {
+	p.msgsClosed.Do(func() { close(p.msgs) })
+}
