@@ -38,6 +38,7 @@ type containment struct {
 	intoCG    bool         // fork workers straight into cg (CLONE_INTO_CGROUP)
 	groups    map[int]bool // process groups of workers, while they may have members
 	log       hclog.Logger
+	orphans   orphanKiller // kills an exited worker's escaped descendants
 }
 
 // newContainment sets up what Options.Contain asks for: the cgroup where
@@ -114,45 +115,66 @@ func (c *containment) started(pid int) {
 	}
 }
 
-// members lists the live processes of the cluster: the cgroup's, the
-// master's children (as a subreaper, they are orphans of the cluster) and
-// the members of the workers' process groups. Zombies do not count: they
-// hold no fds. The guardian is not a member.
-func (c *containment) members() []int {
-	seen := make(map[int]bool)
-	if c.cg != nil {
-		pids, _ := c.cg.procs() // a cgroup read fails only if it is gone
-		for _, pid := range pids {
-			seen[pid] = true
-		}
-	}
-	if c.subreaper {
-		for _, pid := range ownChildren() {
-			seen[pid] = true
-		}
-	}
+// memberSet is what enumerating the cluster's processes needs, copied so
+// that the enumeration may run off the loop's goroutine.
+type memberSet struct {
+	cg        *cgroup
+	subreaper bool
+	guardian  int          // 0: none
+	groups    map[int]bool // process groups that had a member when copied
+}
+
+// set prunes the empty process groups and copies what list needs.
+func (c *containment) set() memberSet {
+	s := memberSet{cg: c.cg, subreaper: c.subreaper, groups: make(map[int]bool, len(c.groups))}
 	if c.g != nil {
-		delete(seen, c.g.pid)
+		s.guardian = c.g.pid
 	}
-	live := false
 	for pgid := range c.groups {
 		if unix.Kill(-pgid, 0) == unix.ESRCH {
 			delete(c.groups, pgid)
 		} else {
-			live = true
+			s.groups[pgid] = true
 		}
 	}
+	return s
+}
+
+// members lists the live processes of the cluster: the cgroup's, the
+// master's children (as a subreaper, they are orphans of the cluster) and
+// the members of the workers' process groups. Zombies do not count: they
+// hold no fds. The guardian is not a member.
+func (c *containment) members() []int { return c.set().list() }
+
+// list enumerates the live processes of s (see members).
+func (s memberSet) list() []int {
+	seen := make(map[int]bool)
+	if s.cg != nil {
+		pids, _ := s.cg.procs() // a cgroup read fails only if it is gone
+		for _, pid := range pids {
+			seen[pid] = true
+		}
+	}
+	if s.subreaper {
+		for _, pid := range ownChildren() {
+			seen[pid] = true
+		}
+	}
+	if s.guardian != 0 {
+		delete(seen, s.guardian)
+	}
 	var pids []int
-	if live {
+	if len(s.groups) > 0 {
 		// Members of a process group are found only by looking at every
-		// process; this runs once the workers are gone, not on a hot path.
+		// process; this runs off the loop's goroutine or once the workers
+		// are gone, not on a hot path.
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			pid, err := strconv.Atoi(e.Name())
 			if err != nil || seen[pid] {
 				continue
 			}
-			if st, ok := readProcStat(pid); ok && c.groups[st.pgrp] && st.state != 'Z' {
+			if st, ok := readProcStat(pid); ok && s.groups[st.pgrp] && st.state != 'Z' {
 				pids = append(pids, pid)
 			}
 		}
@@ -183,6 +205,7 @@ func (c *containment) signal(sig syscall.Signal) {
 // close releases the cgroup (empty once the loop has ended: every stop
 // waits for its members) and ends the guardian.
 func (c *containment) close() {
+	c.orphans.wait()
 	if c.cg != nil {
 		if err := c.cg.remove(guardianGrace); err != nil {
 			c.log.Warn("cluster cgroup left behind", "error", err)

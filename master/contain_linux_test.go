@@ -232,11 +232,13 @@ func TestRealGracefulStopEndsEscaped(t *testing.T) {
 
 // Each restart of a worker whose child called setsid (and so keeps the
 // worker's output pipes open) must not leave the master holding the pipes.
+// The children clear their environment, so that they outlive their worker
+// (the hole of orphans_linux.go) and keep the pipes open.
 func TestRealRestartEscapedChildLeaksNoFD(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", MinUptime: time.Millisecond,
-		MaxRestarts: -1, WorkerMode: []string{"escape"},
+		MaxRestarts: -1, WorkerMode: []string{"escape-bare"},
 	})
 	m.next("all workers ready")
 	r := m.first("worker ready")
@@ -270,6 +272,50 @@ func TestRealRestartEscapedChildLeaksNoFD(t *testing.T) {
 		if alive(pid) {
 			t.Errorf("escaped process %d outlived the master", pid)
 		}
+	}
+}
+
+// A worker killed while its children that called setsid still run: they
+// die with it (their environment names its slot and generation), while
+// the cluster keeps running, with and without a cgroup; the child of the
+// worker that replaced it is left alone.
+func TestRealEscapedDieWithWorker(t *testing.T) {
+	t.Parallel()
+	for _, contain := range []bool{true, false} {
+		t.Run(fmt.Sprintf("contain=%v", contain), func(t *testing.T) {
+			t.Parallel()
+			m := startMaster(t, masterConfig{
+				Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Contain: contain,
+				MinUptime: time.Millisecond, MaxRestarts: -1, WorkerMode: []string{"escape", "escape-stubborn"},
+				KillTimeout: 100 * time.Millisecond, // the stubborn one of generation 2, at the stop
+			}, "GORACE=atexit_sleep_ms=0")
+			m.next("all workers ready")
+			first := field(m.first("worker ready", "generation", 1), "pid")
+			escaped := m.stdoutPIDs("escaped: ", 2)
+			killAtCleanup(t, escaped)
+			fds := pidfds(t, escaped)
+			if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			m.next("worker ready", "generation", 2)
+			if left := exitedBy(time.Now().Add(failDeadline(t)), escaped, fds); len(left) > 0 {
+				t.Fatalf("escaped processes %v of the killed worker still run", left)
+			}
+			if k := m.first("killed processes left by exited worker", "worker", 0, "generation", 1); field(k, "processes") != 2 {
+				t.Errorf("killed %v, want the 2 escaped ones", k)
+			}
+			next := m.stdoutPIDs("escaped: ", 4)[2:]
+			killAtCleanup(t, next)
+			for _, pid := range next {
+				if !alive(pid) {
+					t.Errorf("escaped process %d of the running worker was killed", pid)
+				}
+			}
+			m.signal(syscall.SIGTERM)
+			if code := m.wait(); code != 0 {
+				t.Errorf("master exit code %d, want 0", code)
+			}
+		})
 	}
 }
 
@@ -447,7 +493,9 @@ func TestRealGuardianWithoutCgroup(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, Ready: "ipc", Contain: true, MasterUID: 65534,
-		ExecPath: reachableTestBinary(t), WorkerMode: []string{"escape"}, MinUptime: time.Millisecond,
+		// escape-bare: the orphan is not killed with its worker (it has no
+		// CLUSTERD_WORKER_ID), so only the guardian can end it.
+		ExecPath: reachableTestBinary(t), WorkerMode: []string{"escape-bare"}, MinUptime: time.Millisecond,
 	}, "GORACE=atexit_sleep_ms=0")
 	c := m.first("containment")
 	if c["mechanism"] != "guardian and process groups" {

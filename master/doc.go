@@ -84,6 +84,19 @@
 // mechanism "cgroup and guardian", "guardian and process groups" (and
 // cgroup_error), or "process groups" without Contain.
 //
+// A worker's descendants die with it (orphans_linux.go): when a worker is
+// reaped while the cluster runs, its process group gets SIGKILL, and so do
+// the cluster's other processes (the cgroup's members; without one the
+// master's children and the workers' process groups' members: the sweep's
+// enumeration) whose /proc/PID/environ carries its CLUSTERD_WORKER_ID and
+// CLUSTERD_WORKER_GEN, inherited by every descendant. SIGKILL at once, as
+// for the group: the worker they served is gone. The look runs on a
+// goroutine of its own, never on the loop's, and logs Info "killed
+// processes left by exited worker" (worker, generation, processes). During
+// a stop it is not made: the sweep below ends them with the stop's grace.
+// The hole: a descendant that cleared or rewrote its environment and left
+// the group lives until the stop's sweep.
+//
 // Every stop — graceful, immediate, restart intensity exceeded, or all
 // workers gone for good — ends with a sweep (stop.go): once the workers are
 // reaped, the loop looks for the cluster's other processes (the cgroup's

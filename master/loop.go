@@ -146,6 +146,10 @@ type leftovers interface {
 	members() []int
 	// signal sends sig to all of them.
 	signal(sig syscall.Signal)
+	// killDescendants kills, without blocking the caller, the descendants
+	// of the exited worker (slot id, generation gen) that left its process
+	// group (see orphans_linux.go).
+	killDescendants(id, gen int)
 }
 
 // loopDeps are the loop's connections to the outside world.
@@ -397,6 +401,11 @@ func (l *loop) onExit(e exitEvent) {
 	// The worker's children may outlive it in its process group; they must
 	// not keep serving (or holding its sockets) behind the master's back.
 	_ = w.proc.signal(syscall.SIGKILL)
+	if l.cluster != nil && !l.stopping {
+		// What left the group dies too; in a stop, the sweep ends it with
+		// the stop's grace instead.
+		l.cluster.killDescendants(w.slot.id, w.gen)
+	}
 	uptime := time.Since(w.started)
 	kv := []any{"uptime", uptime.Round(time.Millisecond).String()}
 	if e.status.signal != 0 {
@@ -553,3 +562,6 @@ func (l *loop) onTimers(now time.Time) {
 		}
 	}
 }
+
+// workerKey names one incarnation of a worker.
+type workerKey struct{ id, gen int }

@@ -288,6 +288,8 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	escape       start "sleep 300" in its own session, holding the worker's
 //	             stdout and stderr, and print "escaped: PID"
 //	escape-stubborn  the same, ignoring SIGTERM
+//	escape-bare  the same as escape, with an empty environment: no
+//	             CLUSTERD_WORKER_ID or CLUSTERD_WORKER_GEN to be known by
 func helperWorker() int {
 	var mode []string
 	if v := os.Getenv(envWorkerMode); v != "" {
@@ -340,7 +342,7 @@ func helperWorker() int {
 		// Never waited for: it becomes the master's orphan.
 		fmt.Printf("orphan: %d\n", cmd.Process.Pid)
 	}
-	for _, m := range []string{"escape", "escape-stubborn"} {
+	for _, m := range []string{"escape", "escape-stubborn", "escape-bare"} {
 		if !has(m) {
 			continue
 		}
@@ -349,6 +351,10 @@ func helperWorker() int {
 			script = "trap '' TERM; exec sleep 300" // ignored signals stay ignored across exec
 		}
 		cmd := exec.Command("/bin/sh", "-c", script)
+		if m == "escape-bare" {
+			cmd = exec.Command("/bin/sleep", "300")
+			cmd.Env = []string{}
+		}
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {

@@ -18,6 +18,8 @@ type fakeLeftovers struct {
 	polite   []int
 	stubborn []int
 	got      []signalAt
+	// descendantsOf: the workers whose descendants the loop asked to kill
+	descendantsOf []workerKey
 }
 
 type signalAt struct {
@@ -41,6 +43,12 @@ func (f *fakeLeftovers) signal(sig syscall.Signal) {
 	case f.stop:
 		f.polite = nil
 	}
+}
+
+func (f *fakeLeftovers) killDescendants(id, gen int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.descendantsOf = append(f.descendantsOf, workerKey{id, gen})
 }
 
 func (f *fakeLeftovers) signals() []signalAt {
