@@ -253,16 +253,24 @@ type fault struct {
 // third. Bound: 0 refused connections; every failed request was in flight
 // on, or kept alive to, a worker that was killed or stopped, so there are
 // at most (faults × clients) of them; the master is alive afterwards with
-// 4 ready workers, and its fd count and VmRSS are within 10% of the start.
+// 4 ready workers, its fd count within 10% of the start and its VmRSS
+// within 10% of the steady state (after the warm-up, below).
 func TestFaultChaosUnderLoad(t *testing.T) {
 	const workers, keep, fresh = 4, 8, 8
 	total := faultDuration(t, "CLUSTERD_FAULT_CHAOS", 60*time.Second)
 	killPhase := total * 2 / 3
-	// fds and memory are also logged after a tenth of the run, once the
-	// master has been through every path the chaos drives: RssFile (pages
-	// of its binary touched for the first time) against RssAnon (its heap)
-	// tells first use from growth.
+	// fds and memory are also sampled after a tenth of the run and at
+	// least warmKills kills, once the master has been through every path
+	// the chaos drives, and that sample is the memory's baseline. Until
+	// then the master's heap fills up to the runtime's minimum goal (4 MB):
+	// under GODEBUG=gctrace=1 every collection of a 60 s run read
+	// "3->3->0 MB, 4 MB goal" while RssAnon rose 1.8 → 6.6 MiB in the first
+	// 6 s and then stayed within 6.5–7.6 MiB (docs/BENCHMARKS.md, "Master
+	// memory under worker churn"). That rise is the heap settling, not
+	// growth; "within 10% of the start" means of the steady state. The fds
+	// are held to the very start: they have no such warm-up.
 	warmUp := total / 10
+	const warmKills = 10
 	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", strconv.Itoa(workers), "--ready", "ipc",
 		"--max-restarts", "-1", "--min-uptime", "1ms", "--backoff-min", "1ms", "--backoff-max", "1ms", "--log-level", "info"}})
 	addr, _ := c.waitStarted()
@@ -287,7 +295,7 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 	tick := time.NewTicker(300 * time.Millisecond)
 	for time.Since(begin) < killPhase {
 		<-tick.C // the pace of the chaos, not a synchronisation
-		if memWarm == nil && time.Since(begin) >= warmUp {
+		if memWarm == nil && time.Since(begin) >= warmUp && kills >= warmKills {
 			fdsWarm, memWarm = countFDs(t, c.pid), memStatus(t, c.pid)
 		}
 		pids := live()
@@ -326,7 +334,10 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 		return ok
 	})
 	fds1, mem1 := countFDs(t, c.pid), memStatus(t, c.pid)
-	fds0, rss0, rss1 := fdsStart, memStart["VmRSS"], mem1["VmRSS"]
+	if memWarm == nil {
+		t.Fatalf("no memory baseline: the kill phase of %s ended before %s and %d kills (%d)", killPhase, warmUp, warmKills, kills)
+	}
+	fds0, rss0, rss1 := fdsStart, memWarm["VmRSS"], mem1["VmRSS"]
 
 	// Every failure must be explained by a fault: a keep-alive connection
 	// last answered by a killed or stopped worker, or a request in flight
@@ -382,7 +393,8 @@ func TestFaultChaosUnderLoad(t *testing.T) {
 		t.Errorf("master fds %d → %d, not within 10%%", fds0, fds1)
 	}
 	if float64(rss1) > float64(rss0)*1.1 {
-		t.Errorf("master VmRSS %d → %d KiB, more than 10%% growth", rss0, rss1)
+		t.Errorf("master VmRSS %d KiB after the warm-up → %d KiB at the end, more than 10%% growth (%d KiB at the start)",
+			rss0, rss1, memStart["VmRSS"])
 	}
 }
 
