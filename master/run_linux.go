@@ -63,7 +63,21 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	st.logs = m.logs
 	defer st.close()
+	if cfg.ControlSocket != "" {
+		cs, err := listenControl(m, cfg.ControlSocket, log.Named("control"))
+		if err != nil {
+			return err
+		}
+		// Closed once the loop has ended (deferred after loopEnded below
+		// runs): a stop request is answered when every worker is reaped.
+		defer func() {
+			if cerr := cs.close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+	}
 	// Deferred last, so it runs first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
 	defer closeDone()

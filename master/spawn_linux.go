@@ -2,6 +2,7 @@ package master
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -35,6 +36,7 @@ type execStarter struct {
 	events  chan<- workerEvent
 	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
+	logs    *logRing        // the last lines of output, for the control socket; nil: none
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -247,13 +249,13 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
 	if outR >= 0 {
 		unix.Close(outFD)
-		if err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(outR, st.tee(req.slot, pid, "stdout", st.cfg.Stdout, prefix), st.relayPrefix(prefix)); err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		if err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(errR, st.tee(req.slot, pid, "stderr", st.cfg.Stderr, prefix), st.relayPrefix(prefix)); err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}
@@ -270,6 +272,15 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		go st.serveIPC(p, req)
 	}
 	return pid, p, nil
+}
+
+// tee returns the writer the relay writes a worker pipe to: w itself, or
+// w behind a logTee that keeps its lines in the log ring.
+func (st *execStarter) tee(slot, pid int, stream string, w io.Writer, prefix string) io.Writer {
+	if st.logs == nil {
+		return w
+	}
+	return &logTee{ring: st.logs, slot: slot, pid: pid, stream: stream, prefix: st.relayPrefix(prefix), w: w}
 }
 
 func (st *execStarter) relayPrefix(prefix string) string {

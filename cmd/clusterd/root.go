@@ -41,6 +41,13 @@ func newRootCommand() *cobra.Command {
 	})
 	root.AddCommand(
 		newRunCommand(),
+		newStatusCommand(),
+		newLsCommand(),
+		newReloadCommand(),
+		newScaleCommand(),
+		newStopCommand(),
+		newSignalCommand(),
+		newLogsCommand(),
 		newVersionCommand(),
 		newExecWorkerCommand(),
 	)

@@ -105,6 +105,8 @@ type runFlags struct {
 	logLevel      string
 	logJSON       bool
 	pidFile       string
+	metrics       string
+	control       controlFlags
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -131,6 +133,8 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "master log level: trace, debug, info, warn, error or off")
 	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
+	f.control.register(fs, true)
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -179,6 +183,18 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		return err
 	}
 	opts.Logger = logger
+	opts.Version = version()
+	path, err := f.control.runPath(command)
+	switch {
+	case err == nil:
+		opts.ControlSocket = path
+	case isUsage(err):
+		return err
+	default:
+		// Only the default place is missing (no XDG_RUNTIME_DIR): the
+		// cluster runs, without a control socket.
+		logger.Warn("no control socket", "error", err)
+	}
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -294,7 +310,7 @@ var optionFlags = map[string]string{
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
 	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
-	"Output": "output", "PIDFile": "pid-file",
+	"Output": "output", "PIDFile": "pid-file", "ControlSocket": "control",
 }
 
 // optionError turns master.New's error for a field into a usage error

@@ -1,0 +1,169 @@
+package master
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The log ring: the last lines of each slot's output, kept in the master
+// for `clusterd logs` (for users without journald), and handed to the
+// clients that follow new ones. The output relay feeds it through a
+// logTee per pipe; recording a line takes a short mutex and never waits for
+// a reader: a follower whose buffer is full loses the line, counted.
+
+// DefaultLogLines is how many lines of output the master keeps per slot.
+const DefaultLogLines = 200
+
+// followBuffer is the number of lines a log follower may fall behind.
+const followBuffer = 1024
+
+// LogLine is one line a worker wrote to its stdout or stderr.
+type LogLine struct {
+	Time   time.Time `msgpack:"time"`
+	Slot   int       `msgpack:"slot"`
+	PID    int       `msgpack:"pid"`
+	Stream string    `msgpack:"stream"` // "stdout" or "stderr"
+	Text   string    `msgpack:"text"`   // without its newline
+}
+
+type logRing struct {
+	max int
+
+	mu        sync.Mutex
+	slots     map[int]*lineBuffer
+	followers map[*logFollower]struct{}
+}
+
+// lineBuffer is a ring of at most max lines.
+type lineBuffer struct {
+	lines []LogLine
+	next  int // where the next line goes once full
+}
+
+type logFollower struct {
+	slot    int // -1: every slot
+	c       chan LogLine
+	dropped atomic.Uint64
+}
+
+func newLogRing(max int) *logRing {
+	return &logRing{max: max, slots: make(map[int]*lineBuffer), followers: make(map[*logFollower]struct{})}
+}
+
+// add records a line and hands it to the followers, without blocking.
+func (r *logRing) add(l LogLine) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.slots[l.Slot]
+	if b == nil {
+		b = &lineBuffer{}
+		r.slots[l.Slot] = b
+	}
+	if len(b.lines) < r.max {
+		b.lines = append(b.lines, l)
+	} else {
+		b.lines[b.next] = l
+		b.next = (b.next + 1) % r.max
+	}
+	for f := range r.followers {
+		if f.slot >= 0 && f.slot != l.Slot {
+			continue
+		}
+		select {
+		case f.c <- l:
+		default:
+			f.dropped.Add(1)
+		}
+	}
+}
+
+// lines returns the kept lines of slot (-1: all slots, ordered by time).
+func (r *logRing) lines(slot int) []LogLine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []LogLine
+	for id, b := range r.slots {
+		if slot >= 0 && id != slot {
+			continue
+		}
+		out = append(out, b.lines[b.next:]...)
+		out = append(out, b.lines[:b.next]...)
+	}
+	if slot < 0 {
+		sortLines(out)
+	}
+	return out
+}
+
+// snapshotAndFollow returns the kept lines and a follower of the new ones,
+// atomically: no line is in both or in neither.
+func (r *logRing) snapshotAndFollow(slot int) ([]LogLine, *logFollower) {
+	f := &logFollower{slot: slot, c: make(chan LogLine, followBuffer)}
+	lines := r.lines(slot)
+	r.mu.Lock()
+	r.followers[f] = struct{}{}
+	r.mu.Unlock()
+	return lines, f
+}
+
+func (r *logRing) unfollow(f *logFollower) {
+	r.mu.Lock()
+	delete(r.followers, f)
+	r.mu.Unlock()
+}
+
+// sortLines orders lines by time (stable, so one slot's lines keep their
+// order).
+func sortLines(ls []LogLine) {
+	for i := 1; i < len(ls); i++ {
+		for j := i; j > 0 && ls[j].Time.Before(ls[j-1].Time); j-- {
+			ls[j], ls[j-1] = ls[j-1], ls[j]
+		}
+	}
+}
+
+// logTee is the writer the output relay writes one worker pipe to: it
+// records each complete line in the ring (without the relay's prefix) and
+// passes the bytes on to w unchanged. It is used by the relay goroutine
+// alone, so its partial line needs no lock.
+type logTee struct {
+	ring    *logRing
+	slot    int
+	pid     int
+	stream  string
+	prefix  string
+	w       io.Writer
+	partial []byte
+}
+
+func (t *logTee) Write(p []byte) (int, error) {
+	rest := p
+	for len(rest) > 0 {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			if len(t.partial)+len(rest) > maxLineLength {
+				t.record(append(t.partial, rest...))
+				t.partial = t.partial[:0]
+			} else {
+				t.partial = append(t.partial, rest...)
+			}
+			break
+		}
+		line := rest[:i]
+		rest = rest[i+1:]
+		if len(t.partial) > 0 {
+			line = append(t.partial, line...)
+			t.partial = t.partial[:0]
+		}
+		t.record(line)
+	}
+	return t.w.Write(p)
+}
+
+func (t *logTee) record(line []byte) {
+	line = bytes.TrimPrefix(line, []byte(t.prefix))
+	t.ring.add(LogLine{Time: time.Now(), Slot: t.slot, PID: t.pid, Stream: t.stream, Text: string(line)})
+}
