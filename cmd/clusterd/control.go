@@ -177,9 +177,9 @@ func (c *controlClient) do(ctx context.Context, req master.ControlRequest, reply
 		return err
 	}
 	m.ID = 1
-	if err := c.conn.Send(m); err != nil {
-		return fmt.Errorf("control socket %s: %w", c.path, err)
-	}
+	// A master that refuses this client answers before it reads the
+	// request and closes: its answer is still there to receive.
+	sendErr := c.conn.Send(m)
 	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
 	defer stop()
 	for {
@@ -187,6 +187,9 @@ func (c *controlClient) do(ctx context.Context, req master.ControlRequest, reply
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if sendErr != nil {
+				return fmt.Errorf("control socket %s: %w", c.path, sendErr)
 			}
 			if errors.Is(err, io.EOF) {
 				return fmt.Errorf("the master at %s closed the connection before it answered", c.path)
