@@ -53,7 +53,7 @@ var helpers = map[string]func(args []string) int{
 		}
 		return execute(context.Background(), args, os.Stdout, os.Stderr)
 	},
-	"crash":  func([]string) int { return 3 },
+	"crash": func([]string) int { return 3 },
 }
 
 var (
