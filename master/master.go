@@ -63,6 +63,7 @@ type Master struct {
 	hub       *eventHub                  // events out of the loop
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
 	logs      *logRing                   // with a control socket: the last lines of output
+	ipc       ipcTotals                  // IPC counters, for IPCStats
 }
 
 // New validates opts and returns a Master that has not started anything

@@ -63,7 +63,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	st.logs = m.logs
+	st.logs, st.ipc = m.logs, &m.ipc
 	defer st.close()
 	if cfg.ControlSocket != "" {
 		cs, err := listenControl(m, cfg.ControlSocket, log.Named("control"))

@@ -101,6 +101,9 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	defer func() {
 		cancel()
 		s.handlers.Wait()
+		if st.ipc != nil {
+			st.ipc.end(p.conn)
+		}
 	}()
 	local := ipc.Hello{
 		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
@@ -290,6 +293,9 @@ func quietIPCError(err error) bool {
 }
 
 func (st *execStarter) post(e workerEvent) {
+	if e.kind == evProtocol && st.ipc != nil {
+		st.ipc.protocolError()
+	}
 	select {
 	case st.events <- e:
 	case <-st.done:

@@ -37,6 +37,7 @@ type execStarter struct {
 	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
 	logs    *logRing        // the last lines of output, for the control socket; nil: none
+	ipc     *ipcTotals      // IPC counters; nil: none
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -268,6 +269,9 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		parent.Close()
 	} else {
 		p.conn = conn
+		if st.ipc != nil {
+			st.ipc.add(conn)
+		}
 		st.ipcWG.Add(1)
 		go st.serveIPC(p, req)
 	}

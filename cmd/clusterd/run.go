@@ -223,6 +223,14 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		}
 		return optionError(err)
 	}
+	if f.metrics != "" {
+		stop, addr, err := serveMetrics(f.metrics, m)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logger.Info("metrics listening", "addr", addr.String())
+	}
 	return m.Run(cmd.Context())
 }
 
