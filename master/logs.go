@@ -137,6 +137,7 @@ type logTee struct {
 	prefix  string
 	w       io.Writer
 	partial []byte
+	cut     bool // the last line recorded was cut at maxLineLength
 }
 
 func (t *logTee) Write(p []byte) (int, error) {
@@ -147,6 +148,7 @@ func (t *logTee) Write(p []byte) (int, error) {
 			if len(t.partial)+len(rest) > maxLineLength {
 				t.record(append(t.partial, rest...))
 				t.partial = t.partial[:0]
+				t.cut = true
 			} else {
 				t.partial = append(t.partial, rest...)
 			}
@@ -158,12 +160,17 @@ func (t *logTee) Write(p []byte) (int, error) {
 			line = append(t.partial, line...)
 			t.partial = t.partial[:0]
 		}
+		if len(line) == 0 && t.cut {
+			t.cut = false // the newline that ends a line already cut
+			continue
+		}
 		t.record(line)
 	}
 	return t.w.Write(p)
 }
 
 func (t *logTee) record(line []byte) {
+	t.cut = false
 	line = bytes.TrimPrefix(line, []byte(t.prefix))
 	t.ring.add(LogLine{Time: time.Now(), Slot: t.slot, PID: t.pid, Stream: t.stream, Text: string(line)})
 }

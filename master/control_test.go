@@ -1,0 +1,102 @@
+package master
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestControlSocketPath(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		uid  int
+		want string
+	}{
+		{"systemd", map[string]string{"RUNTIME_DIRECTORY": "/run/app", "XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/app/web.sock"},
+		{"systemd, several", map[string]string{"RUNTIME_DIRECTORY": "/run/a:/run/b"}, 0, "/run/a/web.sock"},
+		{"root", map[string]string{"XDG_RUNTIME_DIR": "/run/user/0"}, 0, "/run/clusterd/web.sock"},
+		{"user", map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/user/1000/clusterd/web.sock"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ControlSocketPath("web", func(k string) string { return tc.env[k] }, tc.uid)
+			if err != nil || got != tc.want {
+				t.Errorf("ControlSocketPath(web) = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	none := func(string) string { return "" }
+	if got, err := ControlSocketPath("web", none, 1000); err == nil || !strings.Contains(err.Error(), "XDG_RUNTIME_DIR") {
+		t.Errorf("ControlSocketPath without a runtime dir = %q, %v; want an error naming XDG_RUNTIME_DIR", got, err)
+	}
+	for _, bad := range []string{"", ".", "..", "a/b", "a\x00"} {
+		if got, err := ControlSocketPath(bad, none, 0); err == nil {
+			t.Errorf("ControlSocketPath(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+func TestLogRingKeepsLastLines(t *testing.T) {
+	r := newLogRing(3)
+	var out bytes.Buffer
+	tee := &logTee{ring: r, slot: 1, pid: 42, stream: "stdout", prefix: "[w1 pid 42] ", w: &out}
+	other := &logTee{ring: r, slot: 2, pid: 43, stream: "stderr", w: &out}
+	_, f := r.snapshotAndFollow(1)
+	defer r.unfollow(f)
+	for i := range 5 {
+		fmt.Fprintf(tee, "[w1 pid 42] line %d\n", i)
+	}
+	// Raw output comes in pieces: lines are cut at newlines, not writes.
+	other.Write([]byte("a partial "))
+	other.Write([]byte("line\nnext"))
+	var got []string
+	for _, l := range r.lines(1) {
+		got = append(got, l.Text)
+	}
+	if want := "line 2|line 3|line 4"; strings.Join(got, "|") != want {
+		t.Errorf("lines(1) = %q, want %q", strings.Join(got, "|"), want)
+	}
+	all := r.lines(-1)
+	if len(all) != 4 || all[3].Text != "a partial line" || all[3].Stream != "stderr" || all[3].PID != 43 {
+		t.Errorf("lines(-1) = %+v, want slot 1's three and slot 2's one line", all)
+	}
+	if !strings.HasSuffix(out.String(), "a partial line\nnext") {
+		t.Errorf("tee passed on %q, want the bytes unchanged", out.String())
+	}
+	// The follower of slot 1 got its five lines, not slot 2's.
+	if n := len(f.c); n != 5 {
+		t.Errorf("follower of slot 1 holds %d lines, want 5", n)
+	}
+}
+
+func TestLogRingNeverWaitsForAFollower(t *testing.T) {
+	r := newLogRing(10)
+	_, f := r.snapshotAndFollow(-1) // never read
+	defer r.unfollow(f)
+	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout", w: &bytes.Buffer{}}
+	for range followBuffer + 7 {
+		tee.Write([]byte("x\n"))
+	}
+	if d := f.dropped.Load(); d != 7 {
+		t.Errorf("follower dropped %d lines, want 7", d)
+	}
+}
+
+func TestLogTeeCutsLongLines(t *testing.T) {
+	r := newLogRing(10)
+	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout", w: &bytes.Buffer{}}
+	long := bytes.Repeat([]byte("y"), maxLineLength+10)
+	tee.Write(long)
+	tee.Write([]byte("\n"))
+	tee.Write([]byte("z\n"))
+	ls := r.lines(0)
+	if len(ls) != 2 || len(ls[0].Text) != maxLineLength+10 || ls[1].Text != "z" {
+		var lens []int
+		for _, l := range ls {
+			lens = append(lens, len(l.Text))
+		}
+		t.Errorf("a line longer than %d, then \"z\": recorded lines of lengths %v, want %d and 1", maxLineLength, lens, maxLineLength+10)
+	}
+}
