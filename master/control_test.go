@@ -40,17 +40,16 @@ func TestControlSocketPath(t *testing.T) {
 
 func TestLogRingKeepsLastLines(t *testing.T) {
 	r := newLogRing(3)
-	var out bytes.Buffer
-	tee := &logTee{ring: r, slot: 1, pid: 42, stream: "stdout", prefix: "[w1 pid 42] ", w: &out}
-	other := &logTee{ring: r, slot: 2, pid: 43, stream: "stderr", w: &out}
+	tee := &logTee{ring: r, slot: 1, pid: 42, stream: "stdout"}
+	other := &logTee{ring: r, slot: 2, pid: 43, stream: "stderr"}
 	_, f := r.snapshotAndFollow(1)
 	defer r.unfollow(f)
 	for i := range 5 {
-		fmt.Fprintf(tee, "[w1 pid 42] line %d\n", i)
+		tee.feed(fmt.Appendf(nil, "line %d\n", i))
 	}
 	// Raw output comes in pieces: lines are cut at newlines, not writes.
-	other.Write([]byte("a partial "))
-	other.Write([]byte("line\nnext"))
+	other.feed([]byte("a partial "))
+	other.feed([]byte("line\nnext"))
 	var got []string
 	for _, l := range r.lines(1) {
 		got = append(got, l.Text)
@@ -62,8 +61,9 @@ func TestLogRingKeepsLastLines(t *testing.T) {
 	if len(all) != 4 || all[3].Text != "a partial line" || all[3].Stream != "stderr" || all[3].PID != 43 {
 		t.Errorf("lines(-1) = %+v, want slot 1's three and slot 2's one line", all)
 	}
-	if !strings.HasSuffix(out.String(), "a partial line\nnext") {
-		t.Errorf("tee passed on %q, want the bytes unchanged", out.String())
+	other.flush() // the pipe's end records its last line
+	if all := r.lines(2); len(all) != 2 || all[1].Text != "next" {
+		t.Errorf("lines(2) after the end of the pipe = %+v, want its last line too", all)
 	}
 	// The follower of slot 1 got its five lines, not slot 2's.
 	if n := len(f.c); n != 5 {
@@ -75,9 +75,9 @@ func TestLogRingNeverWaitsForAFollower(t *testing.T) {
 	r := newLogRing(10)
 	_, f := r.snapshotAndFollow(-1) // never read
 	defer r.unfollow(f)
-	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout", w: &bytes.Buffer{}}
+	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout"}
 	for range followBuffer + 7 {
-		tee.Write([]byte("x\n"))
+		tee.feed([]byte("x\n"))
 	}
 	if d := f.dropped.Load(); d != 7 {
 		t.Errorf("follower dropped %d lines, want 7", d)
@@ -86,11 +86,11 @@ func TestLogRingNeverWaitsForAFollower(t *testing.T) {
 
 func TestLogTeeCutsLongLines(t *testing.T) {
 	r := newLogRing(10)
-	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout", w: &bytes.Buffer{}}
+	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout"}
 	long := bytes.Repeat([]byte("y"), maxLineLength+10)
-	tee.Write(long)
-	tee.Write([]byte("\n"))
-	tee.Write([]byte("z\n"))
+	tee.feed(long)
+	tee.feed([]byte("\n"))
+	tee.feed([]byte("z\n"))
 	ls := r.lines(0)
 	if len(ls) != 2 || len(ls[0].Text) != maxLineLength+10 || ls[1].Text != "z" {
 		var lens []int

@@ -2,7 +2,6 @@ package master
 
 import (
 	"bytes"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,7 +10,7 @@ import (
 // The log ring: the last lines of each slot's output, kept in the master
 // for `clusterd logs` (for users without journald), and handed to the
 // clients that follow new ones. The output relay feeds it through a
-// logTee per pipe; recording a line takes a short mutex and never waits for
+// logTee per pipe, before its sink; recording a line takes a short mutex and never waits for
 // a reader: a follower whose buffer is full loses the line, counted.
 
 // DefaultLogLines is how many lines of output the master keeps per slot.
@@ -125,37 +124,34 @@ func sortLines(ls []LogLine) {
 	}
 }
 
-// logTee is the writer the output relay writes one worker pipe to: it
-// records each complete line in the ring (without the relay's prefix) and
-// passes the bytes on to w unchanged. It is used by the relay goroutine
-// alone, so its partial line needs no lock.
+// logTee records the lines of one worker pipe in the ring: the output
+// relay hands it the bytes as the worker wrote them (feed) and the end of
+// the pipe (flush). It is used by the relay goroutine alone, so its
+// partial line needs no lock.
 type logTee struct {
 	ring    *logRing
 	slot    int
 	pid     int
 	stream  string
-	prefix  string
-	w       io.Writer
 	partial []byte
 	cut     bool // the last line recorded was cut at maxLineLength
 }
 
-func (t *logTee) Write(p []byte) (int, error) {
-	rest := p
-	for len(rest) > 0 {
-		i := bytes.IndexByte(rest, '\n')
+func (t *logTee) feed(p []byte) {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
-			if len(t.partial)+len(rest) > maxLineLength {
-				t.record(append(t.partial, rest...))
+			if len(t.partial)+len(p) > maxLineLength {
+				t.record(append(t.partial, p...))
 				t.partial = t.partial[:0]
 				t.cut = true
 			} else {
-				t.partial = append(t.partial, rest...)
+				t.partial = append(t.partial, p...)
 			}
-			break
+			return
 		}
-		line := rest[:i]
-		rest = rest[i+1:]
+		line := p[:i]
+		p = p[i+1:]
 		if len(t.partial) > 0 {
 			line = append(t.partial, line...)
 			t.partial = t.partial[:0]
@@ -166,11 +162,17 @@ func (t *logTee) Write(p []byte) (int, error) {
 		}
 		t.record(line)
 	}
-	return t.w.Write(p)
+}
+
+// flush records a last line that has no newline: the pipe is at its end.
+func (t *logTee) flush() {
+	if len(t.partial) > 0 {
+		t.record(t.partial)
+		t.partial = nil
+	}
 }
 
 func (t *logTee) record(line []byte) {
 	t.cut = false
-	line = bytes.TrimPrefix(line, []byte(t.prefix))
 	t.ring.add(LogLine{Time: time.Now(), Slot: t.slot, PID: t.pid, Stream: t.stream, Text: string(line)})
 }
