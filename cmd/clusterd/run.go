@@ -92,6 +92,14 @@ Environment:
   (CLUSTERD_LISTEN=tcp://:80,tcp://:443). The master removes the variables it
   read from the environment its workers inherit.
 
+Control socket:
+  The master answers "clusterd status", "reload", "scale", "stop", "signal"
+  and "logs" on a unix socket: $RUNTIME_DIRECTORY/NAME.sock under systemd,
+  else /run/clusterd/NAME.sock as root, else $XDG_RUNTIME_DIR/clusterd/NAME.sock;
+  NAME is --name, by default the worker command's base name, and --control
+  PATH puts the socket elsewhere. Only root and the master's own user may use
+  it. --metrics ADDR serves Prometheus metrics at http://ADDR/metrics.
+
 Exit status: 0 after a graceful stop, 1 when the cluster failed (an address
 in use, a worker command that cannot start, restart intensity exceeded), 2 on
 bad usage.`
