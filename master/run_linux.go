@@ -85,14 +85,14 @@ func (m *Master) run(ctx context.Context) (err error) {
 	st.logs, st.ipc = m.logs, &m.ipc
 	defer st.close()
 	if cfg.ControlSocket != "" {
-		cs, err := listenControl(m, cfg.ControlSocket, log.Named("control"))
-		if err != nil {
-			return err
+		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
+		if lerr != nil {
+			return lerr
 		}
 		// Closed once the loop has ended (deferred after loopEnded below
 		// runs): a stop request is answered when every worker is reaped.
 		defer func() {
-			if cerr := cs.close(); cerr != nil && err == nil {
+			if cerr := ctl.close(); cerr != nil && err == nil {
 				err = cerr
 			}
 		}()
