@@ -18,9 +18,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// controlFrameSize bounds the frames a control client may send: its hello
-// and one request are small.
-const controlFrameSize = 64 << 10
+// controlFrameSize bounds the frames of a control connection: a hello and
+// a request are small, the status of a few thousand workers is not.
+const controlFrameSize = 4 << 20
+
+// maxControlConns bounds the connections served at a time (each has a
+// goroutine and buffers); more are closed at once, and logged.
+const maxControlConns = 64
 
 // controlHandshakeTimeout bounds how long a client may take to say hello.
 const controlHandshakeTimeout = 10 * time.Second
@@ -139,8 +143,16 @@ func (s *controlServer) accept() {
 			return
 		}
 		s.mu.Lock()
-		s.conns[c] = struct{}{}
+		full := len(s.conns) >= maxControlConns
+		if !full {
+			s.conns[c] = struct{}{}
+		}
 		s.mu.Unlock()
+		if full {
+			s.log.Warn("control connection refused: too many connections", "limit", maxControlConns)
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()

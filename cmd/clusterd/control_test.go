@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -558,5 +559,62 @@ func TestControlTwoClustersByName(t *testing.T) {
 	// Now one is left: the clients find it without --name.
 	if code, out, errs := client(t.Context(), "status", "--json"); code != 0 || !strings.Contains(out, fmt.Sprintf(`"pid": %d`, b.pid)) {
 		t.Errorf("status beside one cluster: exit %d, %q %s; want beta's", code, out, errs)
+	}
+}
+
+// Clients that connect and say nothing hold at most maxControlConns
+// connections; the next is closed at once, and a slot freed serves again.
+func TestControlConnectionLimit(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "1"}})
+	c.waitStarted()
+	path := c.controlPath()
+	const limit = 64 // master.maxControlConns
+	var idle []net.Conn
+	defer func() {
+		for _, nc := range idle {
+			nc.Close()
+		}
+	}()
+	for range limit {
+		nc, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, nc)
+	}
+	// Each held connection has had the master's hello: it was accepted.
+	for i, nc := range idle {
+		nc.SetReadDeadline(time.Now().Add(failAfter(t)))
+		if _, err := nc.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("held connection %d: %v, want the master's hello", i, err)
+		}
+	}
+	from := c.logLen()
+	extra, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(failAfter(t)))
+	if n, err := extra.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("connection %d: read %d bytes, %v; want EOF", limit+1, n, err)
+	}
+	c.waitLog(from, "control connection refused: too many connections")
+	from = c.logLen()
+	idle[0].Close()
+	idle = idle[1:]
+	// The freed connection's handler ends at its EOF (logged at debug,
+	// just before it gives its place back); then a client is served again.
+	c.waitLog(from, "control handshake")
+	deadline := time.Now().Add(failAfter(t))
+	for {
+		code, _, errs := c.ctl("status")
+		if code == 0 {
+			break
+		}
+		if code != exitNoMaster || time.Now().After(deadline) {
+			t.Fatalf("status after a connection was freed: exit %d: %s", code, errs)
+		}
 	}
 }
