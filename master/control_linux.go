@@ -354,11 +354,12 @@ func (s *controlServer) status() *ControlStatusReply {
 	for _, a := range s.m.Addrs() {
 		r.Listeners = append(r.Listeners, a.Network()+"://"+a.String())
 	}
+	workers := s.m.Workers()
 	now := time.Now()
-	s.mu.Lock()
+	s.mu.Lock() // for s.cpu; not held while the loop answers
 	defer s.mu.Unlock()
 	seen := make(map[int]bool)
-	for _, w := range s.m.Workers() {
+	for _, w := range workers {
 		cw := ControlWorker{
 			Slot: w.Slot, PID: w.PID, State: string(w.State), Generation: w.Generation,
 			Replacing: w.Replacing, Online: w.Online, Started: w.Started, Ready: w.Ready,
