@@ -194,6 +194,11 @@ func (s *controlServer) serve(uc *net.UnixConn) {
 		return
 	}
 	allowed := cred.Uid == 0 || int(cred.Uid) == s.uid
+	if !allowed {
+		// Logged at once, whatever the peer does next; it is answered
+		// after the hellos, so that its client can say why.
+		s.log.Warn("control connection refused", "pid", cred.Pid, "uid", cred.Uid, "master_uid", s.uid)
+	}
 	f, err := uc.File() // a dup; uc stays in conns so close can end it
 	if err != nil {
 		s.log.Warn("control connection", "pid", cred.Pid, "uid", cred.Uid, "error", err)
@@ -218,7 +223,6 @@ func (s *controlServer) serve(uc *net.UnixConn) {
 		return
 	}
 	if !allowed {
-		s.log.Warn("control connection refused", "pid", cred.Pid, "uid", cred.Uid, "master_uid", s.uid)
 		s.fail(conn, 0, ipc.CodeForbidden, fmt.Sprintf("uid %d may not control this cluster (only root and uid %d)", cred.Uid, s.uid))
 		return
 	}
