@@ -71,6 +71,28 @@ func TestLogRingKeepsLastLines(t *testing.T) {
 	}
 }
 
+func TestLogRingOneReadOfManyLines(t *testing.T) {
+	r := newLogRing(3)
+	tee := &logTee{ring: r, slot: 3, pid: 7, stream: "stdout"}
+	tee.feed([]byte("a\nb\nc\nd\ne\nf"))
+	var got []string
+	for _, l := range r.lines(3) {
+		got = append(got, l.Text)
+	}
+	if strings.Join(got, "") != "cde" {
+		t.Errorf("after one read of a..e: kept %q, want the last three, c d e", got)
+	}
+	_, f := r.snapshotAndFollow(3)
+	defer r.unfollow(f)
+	tee.feed([]byte("g\nh\ni\nj\n"))
+	if n := len(f.c); n != 4 {
+		t.Errorf("a follower got %d of one read's 4 lines, want all", n)
+	}
+	if l := <-f.c; l.Text != "fg" {
+		t.Errorf("first followed line %q, want the partial line completed, fg", l.Text)
+	}
+}
+
 func TestLogRingNeverWaitsForAFollower(t *testing.T) {
 	r := newLogRing(10)
 	_, f := r.snapshotAndFollow(-1) // never read
@@ -98,5 +120,18 @@ func TestLogTeeCutsLongLines(t *testing.T) {
 			lens = append(lens, len(l.Text))
 		}
 		t.Errorf("a line longer than %d, then \"z\": recorded lines of lengths %v, want %d and 1", maxLineLength, lens, maxLineLength+10)
+	}
+}
+
+// BenchmarkLogTee feeds the recorder 64 KiB reads of 64-byte lines, as the
+// relay does for a chatty worker, with no follower.
+func BenchmarkLogTee(b *testing.B) {
+	r := newLogRing(DefaultLogLines)
+	tee := &logTee{ring: r, slot: 0, pid: 1, stream: "stdout"}
+	line := append(bytes.Repeat([]byte("x"), 63), '\n')
+	read := bytes.Repeat(line, 1024)
+	b.SetBytes(int64(len(read)))
+	for b.Loop() {
+		tee.feed(read)
 	}
 }

@@ -52,29 +52,48 @@ func newLogRing(max int) *logRing {
 	return &logRing{max: max, slots: make(map[int]*lineBuffer), followers: make(map[*logFollower]struct{})}
 }
 
-// add records a line and hands it to the followers, without blocking.
-func (r *logRing) add(l LogLine) {
+// addLines records the lines one read of a worker pipe brought, and hands
+// them to the followers, without blocking. Only the lines the ring keeps,
+// or a follower takes, are copied.
+func (r *logRing) addLines(slot, pid int, stream string, at time.Time, lines [][]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b := r.slots[l.Slot]
+	followed := false
+	for f := range r.followers {
+		if f.slot < 0 || f.slot == slot {
+			followed = true
+			break
+		}
+	}
+	first := 0
+	if !followed && len(lines) > r.max {
+		first = len(lines) - r.max // the others would be overwritten at once
+	}
+	b := r.slots[slot]
 	if b == nil {
 		b = &lineBuffer{}
-		r.slots[l.Slot] = b
+		r.slots[slot] = b
 	}
-	if len(b.lines) < r.max {
-		b.lines = append(b.lines, l)
-	} else {
-		b.lines[b.next] = l
-		b.next = (b.next + 1) % r.max
-	}
-	for f := range r.followers {
-		if f.slot >= 0 && f.slot != l.Slot {
+	for _, text := range lines[first:] {
+		l := LogLine{Time: at, Slot: slot, PID: pid, Stream: stream, Text: string(text)}
+		if len(b.lines) < r.max {
+			b.lines = append(b.lines, l)
+		} else {
+			b.lines[b.next] = l
+			b.next = (b.next + 1) % r.max
+		}
+		if !followed {
 			continue
 		}
-		select {
-		case f.c <- l:
-		default:
-			f.dropped.Add(1)
+		for f := range r.followers {
+			if f.slot >= 0 && f.slot != slot {
+				continue
+			}
+			select {
+			case f.c <- l:
+			default:
+				f.dropped.Add(1)
+			}
 		}
 	}
 }
@@ -134,45 +153,50 @@ type logTee struct {
 	pid     int
 	stream  string
 	partial []byte
-	cut     bool // the last line recorded was cut at maxLineLength
+	cut     bool     // the last line recorded was cut at maxLineLength
+	lines   [][]byte // scratch of feed
 }
 
+// feed records the complete lines of p (and of the partial line before
+// it) with one lock of the ring and one clock reading for all of them.
 func (t *logTee) feed(p []byte) {
+	lines := t.lines[:0]
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
 			if len(t.partial)+len(p) > maxLineLength {
-				t.record(append(t.partial, p...))
-				t.partial = t.partial[:0]
+				lines = append(lines, append(t.partial, p...))
+				t.partial = nil // its bytes are in lines now
 				t.cut = true
 			} else {
 				t.partial = append(t.partial, p...)
 			}
-			return
+			break
 		}
 		line := p[:i]
 		p = p[i+1:]
 		if len(t.partial) > 0 {
 			line = append(t.partial, line...)
-			t.partial = t.partial[:0]
+			t.partial = nil
 		}
 		if len(line) == 0 && t.cut {
 			t.cut = false // the newline that ends a line already cut
 			continue
 		}
-		t.record(line)
+		t.cut = false
+		lines = append(lines, line)
 	}
+	if len(lines) > 0 {
+		t.ring.addLines(t.slot, t.pid, t.stream, time.Now(), lines)
+	}
+	clear(lines) // do not keep the worker's bytes alive
+	t.lines = lines[:0]
 }
 
 // flush records a last line that has no newline: the pipe is at its end.
 func (t *logTee) flush() {
 	if len(t.partial) > 0 {
-		t.record(t.partial)
+		t.ring.addLines(t.slot, t.pid, t.stream, time.Now(), [][]byte{t.partial})
 		t.partial = nil
 	}
-}
-
-func (t *logTee) record(line []byte) {
-	t.cut = false
-	t.ring.add(LogLine{Time: time.Now(), Slot: t.slot, PID: t.pid, Stream: t.stream, Text: string(line)})
 }
