@@ -140,13 +140,17 @@ func ControlSocketPath(name string, getenv func(string) string, uid int) (string
 	return filepath.Join(dir, name+".sock"), nil
 }
 
+// rootControlDir is root's runtime directory: it holds the control sockets
+// and, with workers of another user, their notify directories (notify_linux.go).
+const rootControlDir = "/run/clusterd"
+
 // ControlDir is the directory of [ControlSocketPath].
 func ControlDir(getenv func(string) string, uid int) (string, error) {
 	if d, _, _ := strings.Cut(getenv("RUNTIME_DIRECTORY"), ":"); d != "" {
 		return d, nil
 	}
 	if uid == 0 {
-		return "/run/clusterd", nil
+		return rootControlDir, nil
 	}
 	if d := getenv("XDG_RUNTIME_DIR"); d != "" {
 		return filepath.Join(d, "clusterd"), nil

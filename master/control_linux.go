@@ -57,12 +57,20 @@ type cpuSample struct {
 }
 
 // listenControl creates the control socket at path: its directory made
-// with mode 0700 if missing, the socket with mode 0600. A stale socket
+// with mode 0700 if missing (0711 for /run/clusterd), the socket with mode
+// 0600. A stale socket
 // (nobody listening) is replaced; a live one is an error, since another
 // master serves it.
 func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, error) {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	mode := os.FileMode(0o700)
+	if dir == rootControlDir {
+		// Shared with the notify directories of workers that run as
+		// another user: they must pass through it (not list it). The
+		// sockets' own mode and SO_PEERCRED keep others out.
+		mode = 0o711
+	}
+	if err := os.MkdirAll(dir, mode); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	if fi, err := os.Lstat(path); err == nil {

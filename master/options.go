@@ -106,7 +106,9 @@ type Options struct {
 	Stdout, Stderr io.Writer
 	// ControlSocket, when set, is the path of the control socket Run serves
 	// (see [ControlSocketPath] for the usual place): its directory is made
-	// with mode 0700 if missing, the socket gets mode 0600, and only root
+	// with mode 0700 if missing (0711 for /run/clusterd, which workers of
+	// another user pass through to their notify sockets), the socket gets
+	// mode 0600, and only root
 	// and the master's own uid may use it (SO_PEERCRED). It also makes the
 	// master keep the last DefaultLogLines lines of each slot's relayed
 	// output for the socket's logs command. "" means no control socket.
