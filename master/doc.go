@@ -216,7 +216,8 @@
 // the events and the log ring; none touches supervisor state. The wire is
 // package ipc's framing: hellos, one [ControlRequest], streamed
 // [ControlProgress] messages, one answer (bodies in control.go). The
-// socket has mode 0600 (its directory 0700 when Run makes it); each
+// socket has mode 0600 (its directory 0700 when Run makes it, 0711 for
+// /run/clusterd, which notify directories share); each
 // client's uid is checked with SO_PEERCRED, root and the master's own uid
 // are answered, anyone else gets an ipc.CodeForbidden error and a log line
 // with its pid and uid. A live socket at the path is an error (another
