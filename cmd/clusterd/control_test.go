@@ -83,9 +83,21 @@ func workerPIDs(st statusJSON) []int {
 
 func TestControlStatusMatchesChildren(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "3", "--ready", "ipc"}})
+	made := filepath.Join(t.TempDir(), "made") // the master makes it
+	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "3", "--ready", "ipc"}, env: []string{"RUNTIME_DIRECTORY=" + made}})
 	addr, pids := c.waitStarted()
 	slices.Sort(pids)
+	for path, want := range map[string]os.FileMode{made: 0o700, c.controlPath(): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+	}
+	if dir := filepath.Dir(c.controlPath()); dir != made {
+		t.Errorf("control socket in %s, want $RUNTIME_DIRECTORY %s", dir, made)
+	}
 	st := c.status()
 	if got := workerPIDs(st); !slices.Equal(got, pids) {
 		t.Fatalf("status pids %v, want the ready workers %v", got, pids)
@@ -450,9 +462,8 @@ func TestControlRefusesOtherUID(t *testing.T) {
 	path := filepath.Join(dir, "refuse.sock")
 	c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "1", "--control", path}})
 	c.waitStarted()
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("control socket %s: %v, mode %v; want 0600", path, err, fi.Mode().Perm())
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket %s: %v, %v; want mode 0600", path, err, fi)
 	}
 	nobody := func() (int, string) {
 		t.Helper()
