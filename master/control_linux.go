@@ -110,8 +110,8 @@ func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, er
 // close stops accepting, ends every connection, waits for their goroutines
 // and removes the socket file.
 func (s *controlServer) close() error {
+	s.cancel() // ends log follows and requests still being read; first, so accept knows its error is the close
 	err := s.ln.Close()
-	s.cancel() // ends log follows and requests still being read
 	// The handlers answer what they were doing (a stop is answered now,
 	// once the loop has ended); a client that does not read its answer
 	// has its connection closed after a grace period.
@@ -142,14 +142,27 @@ func (s *controlServer) close() error {
 
 func (s *controlServer) accept() {
 	defer s.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			if s.ctx.Err() == nil {
-				s.log.Error("control socket accept", "error", err)
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of fds, say: try again, as net/http's Serve does, with
+			// a backoff from 5ms to 1s.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Error("control socket accept", "error", err, "backoff", backoff.String())
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
 		}
+		backoff = 0
 		s.mu.Lock()
 		full := len(s.conns) >= maxControlConns
 		if !full {
