@@ -282,6 +282,25 @@
 // next line comes only after the worker stayed within its limits for long
 // enough to refill them.
 //
+// # The control socket
+//
+// With Options.ControlSocket, Run serves a unix socket for operators
+// (`clusterd status`, `reload`, `scale`, `stop`, `signal`, `logs`): one
+// goroutine per connection, each a thin adapter over the command methods,
+// the events and the log ring; none touches supervisor state. The wire is
+// package ipc's framing: hellos, one [ControlRequest], streamed
+// [ControlProgress] messages, one answer (bodies in control.go). The
+// socket has mode 0600 (its directory 0700 when Run makes it, 0711 for
+// /run/clusterd, which notify directories share); each
+// client's uid is checked with SO_PEERCRED, root and the master's own uid
+// are answered, anyone else gets an ipc.CodeForbidden error and a log line
+// with its pid and uid. A live socket at the path is an error (another
+// master serves it), a stale one is replaced, and Run removes it when it
+// returns — after the loop ended, so that a stop request is answered once
+// every worker is reaped. The log ring keeps the last [DefaultLogLines]
+// lines of each slot's relayed output; the relay records into it under a
+// short mutex and never waits for a client that follows.
+//
 // # Logging
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and

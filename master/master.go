@@ -87,6 +87,8 @@ type Master struct {
 	done      chan struct{}              // closed when Run has returned
 	hub       *eventHub                  // events out of the loop
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
+	logs      *logRing                   // with a control socket: the last lines of output
+	ipc       ipcTotals                  // IPC counters, for IPCStats
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -105,7 +107,12 @@ func New(opts Options) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
+	var logs *logRing
+	if cfg.ControlSocket != "" {
+		logs = newLogRing(DefaultLogLines)
+	}
 	return &Master{
+		logs:      logs,
 		cfg:       cfg,
 		log:       cfg.Logger.Named("master"),
 		listening: make(chan struct{}),

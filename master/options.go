@@ -109,6 +109,18 @@ type Options struct {
 	// are the same writer), never from the loop: a writer that blocks or
 	// fails costs dropped output, counted and logged, not supervision.
 	Stdout, Stderr io.Writer
+	// ControlSocket, when set, is the path of the control socket Run serves
+	// (see [ControlSocketPath] for the usual place): its directory is made
+	// with mode 0700 if missing (0711 for /run/clusterd, which workers of
+	// another user pass through to their notify sockets), the socket gets
+	// mode 0600, and only root
+	// and the master's own uid may use it (SO_PEERCRED). It also makes the
+	// master keep the last DefaultLogLines lines of each slot's relayed
+	// output for the socket's logs command. "" means no control socket.
+	ControlSocket string
+	// Version is the version the control socket's status reports; "" means
+	// "(unknown)".
+	Version string
 	// PIDFile, when set, is written (atomically) with the master's pid when
 	// Run starts and removed when it returns.
 	PIDFile string
@@ -314,6 +326,16 @@ func normalize(opts Options) (*config, error) {
 			return nil, optErr("ExecWorker", "find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
+	}
+	if c.Version == "" {
+		c.Version = "(unknown)"
+	}
+	if c.ControlSocket != "" {
+		abs, err := filepath.Abs(c.ControlSocket)
+		if err != nil {
+			return nil, optErr("ControlSocket", "control socket %s: %w", c.ControlSocket, err)
+		}
+		c.ControlSocket = abs
 	}
 	if c.Contain {
 		exe, err := os.Executable()

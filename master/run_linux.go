@@ -96,7 +96,21 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	st.logs, st.ipc = m.logs, &m.ipc
 	defer st.close()
+	if cfg.ControlSocket != "" {
+		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
+		if lerr != nil {
+			return lerr
+		}
+		// Closed once the loop has ended (deferred after loopEnded below
+		// runs): a stop request is answered when every worker is reaped.
+		defer func() {
+			if cerr := ctl.close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+	}
 	// Deferred last, so they run first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
 	defer r.loopEnded()

@@ -126,6 +126,9 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	defer func() {
 		cancel()
 		s.handlers.Wait()
+		if st.ipc != nil {
+			st.ipc.end(p.conn)
+		}
 	}()
 	local := ipc.Hello{
 		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
@@ -322,6 +325,9 @@ func quietIPCError(err error) bool {
 
 // post hands an event to the loop; false once the loop has ended.
 func (st *execStarter) post(e workerEvent) bool {
+	if e.kind == evProtocol && st.ipc != nil {
+		st.ipc.protocolError()
+	}
 	select {
 	case st.events <- e:
 		return true

@@ -64,10 +64,11 @@ func (e logEntry) int(k string) int {
 // cluster is a clusterd master run by a test: the test binary re-executed
 // as the real command, its workers the test binary as workerHelper.
 type cluster struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	pid  int
-	mark string // CLUSTERD_TEST_MARK of its workers, to find them in /proc
+	t          *testing.T
+	cmd        *exec.Cmd
+	pid        int
+	mark       string // CLUSTERD_TEST_MARK of its workers, to find them in /proc
+	runtimeDir string // its RUNTIME_DIRECTORY, where its control socket is
 
 	mu      sync.Mutex
 	logs    []logEntry
@@ -130,7 +131,10 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	argv := append(append([]string{exe}, cfg.prefix...), args...)
 	argv = append(slices.Clip(cfg.launcher), argv...)
 	c.cmd = exec.Command(argv[0], argv[1:]...)
-	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
+	// Each cluster's control socket in a directory of its own: parallel
+	// tests run the same worker command, so the same default name.
+	c.runtimeDir = t.TempDir()
+	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd", "RUNTIME_DIRECTORY="+c.runtimeDir)
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -38,7 +38,24 @@ var helpers = map[string]func(args []string) int{
 		return execute(context.Background(), args, os.Stdout, os.Stderr)
 	},
 	"worker": workerHelper,
-	"crash":  func([]string) int { return 3 },
+	// "nobody" runs clusterd as the user nobody (uid 65534), to be refused
+	// by the control socket.
+	"nobody": func(args []string) int {
+		if err := syscall.Setgroups(nil); err != nil {
+			fmt.Fprintln(os.Stderr, "setgroups:", err)
+			return 1
+		}
+		if err := syscall.Setgid(65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setgid:", err)
+			return 1
+		}
+		if err := syscall.Setuid(65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setuid:", err)
+			return 1
+		}
+		return execute(context.Background(), args, os.Stdout, os.Stderr)
+	},
+	"crash": func([]string) int { return 3 },
 	// bind binds its own port, args[0], as a server not written for
 	// socket activation does, and fails as one does when it is taken.
 	"bind": func(args []string) int {
@@ -137,6 +154,7 @@ func workerHelper(args []string) int {
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
 	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
+	neverReadyGens := fs.String("never-ready-gens", "", "FIRST-LAST: never report ready when the generation is in the range")
 	say := fs.String("say", "", "print this line to stdout once ready")
 	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
 	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
@@ -163,7 +181,7 @@ func workerHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, "worker helper: no inherited listeners")
 		return 1
 	}
-	if !*neverReady {
+	if !*neverReady && !inRange(*neverReadyGens, gen) {
 		if err := worker.Ready(); err != nil {
 			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
 			return 1
@@ -199,6 +217,10 @@ func workerHelper(args []string) int {
 			w.(http.Flusher).Flush()
 			os.Exit(3)
 		}
+	})
+	mux.HandleFunc("/print", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.URL.Query().Get("text"))
+		fmt.Fprintf(w, "pid=%d worker=%d gen=%d\n", os.Getpid(), id, gen)
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Printf("slow request started pid=%d\n", os.Getpid())

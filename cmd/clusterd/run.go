@@ -98,6 +98,14 @@ Environment:
   (CLUSTERD_LISTEN=tcp://:80,tcp://:443). The master removes the variables it
   read from the environment its workers inherit.
 
+Control socket:
+  The master answers "clusterd status", "reload", "scale", "stop", "signal"
+  and "logs" on a unix socket: $RUNTIME_DIRECTORY/NAME.sock under systemd,
+  else /run/clusterd/NAME.sock as root, else $XDG_RUNTIME_DIR/clusterd/NAME.sock;
+  NAME is --name, by default the worker command's base name, and --control
+  PATH puts the socket elsewhere. Only root and the master's own user may use
+  it. --metrics ADDR serves Prometheus metrics at http://ADDR/metrics.
+
 Exit status: 0 after a graceful stop, 1 when the cluster failed (an address
 in use, a worker command that cannot start, restart intensity exceeded), 2 on
 bad usage.`
@@ -143,6 +151,8 @@ type runFlags struct {
 	logJSON       bool
 	pidFile       string
 	logFile       string
+	metrics       string
+	control       controlFlags
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -171,6 +181,8 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
 	fs.StringVar(&f.logFile, "log-file", "", "append the master's log and the workers' output to this file instead of stderr and stdout; SIGUSR1 reopens it (after logrotate moved it)")
+	f.control.register(fs, true)
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -233,6 +245,18 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		return err
 	}
 	opts.Logger = logger
+	opts.Version = version()
+	path, err := f.control.runPath(command)
+	switch {
+	case err == nil:
+		opts.ControlSocket = path
+	case isUsage(err):
+		return err
+	default:
+		// Only the default place is missing (no XDG_RUNTIME_DIR): the
+		// cluster runs, without a control socket.
+		logger.Warn("no control socket", "error", err)
+	}
 	surviveBrokenPipes()
 	// SIGUSR1 reopens the log file, here and not in the master's loop: the
 	// file is the CLI's. Without --log-file it is caught all the same, as
@@ -266,6 +290,14 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 			a.Close() // New failed, so they are still ours; the error says why
 		}
 		return optionError(err)
+	}
+	if f.metrics != "" {
+		stop, addr, err := serveMetrics(f.metrics, m)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logger.Info("metrics listening", "addr", addr.String())
 	}
 	return m.Run(cmd.Context())
 }
@@ -392,7 +424,7 @@ var optionFlags = map[string]string{
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
 	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
-	"Output": "output", "PIDFile": "pid-file",
+	"Output": "output", "PIDFile": "pid-file", "ControlSocket": "control",
 }
 
 // optionError turns master.New's error for a field into a usage error
