@@ -51,10 +51,39 @@ func (f *fakeLeftovers) killDescendants(id, gen int) {
 	f.descendantsOf = append(f.descendantsOf, workerKey{id, gen})
 }
 
+func (f *fakeLeftovers) descendants() []workerKey {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.descendantsOf)
+}
+
 func (f *fakeLeftovers) signals() []signalAt {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.got)
+}
+
+// A worker that exits while the cluster runs has its escaped descendants
+// killed (by slot and generation); one that exits in a stop leaves them to
+// the stop's sweep, with its grace.
+func TestLoopKillsDescendantsOfExitedWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeLeftovers{stop: syscall.SIGTERM}
+		h := startLoopDeps(t, Options{Workers: 2, MinUptime: time.Millisecond, BackoffMin: time.Millisecond}, 0, f)
+		ps := h.starts(2)
+		h.exit(ps[1], exitStatus{signal: syscall.SIGKILL})
+		p := h.nextStart(time.Minute)
+		if p.req.slot != 1 || p.req.gen != 2 {
+			t.Fatalf("restarted slot %d generation %d, want slot 1 generation 2", p.req.slot, p.req.gen)
+		}
+		if got, want := f.descendants(), []workerKey{{1, 1}}; !slices.Equal(got, want) {
+			t.Fatalf("descendants killed of %v, want %v", got, want)
+		}
+		h.stop(ps[0], p)
+		if got, want := f.descendants(), []workerKey{{1, 1}}; !slices.Equal(got, want) {
+			t.Errorf("descendants killed of %v after the stop, want still %v: the sweep ends those of a stop", got, want)
+		}
+	})
 }
 
 // Once the workers are gone, every stop waits for the rest of the cluster:
