@@ -92,21 +92,30 @@ func (k *orphanKiller) run() {
 }
 
 // killOrphans kills the members of set that descend from one of keys and
-// counts them by worker.
+// counts them by worker. A process it may not signal does not stop it; the
+// first such failure is returned.
 func killOrphans(keys []workerKey, set memberSet) (map[workerKey]int, error) {
 	want := make(map[workerKey]bool, len(keys))
 	for _, key := range keys {
 		want[key] = true
 	}
 	killed := make(map[workerKey]int)
+	failed := make(map[int]bool) // not tried again in the next pass
+	var first error
 	for pass := 0; pass < orphanPasses; pass++ {
 		var fds []int
 		n := 0
 		for _, pid := range set.list() {
+			if failed[pid] {
+				continue
+			}
 			key, fd, ok, err := killIfDescendant(pid, want)
 			if err != nil {
-				closeAll(fds)
-				return killed, err
+				failed[pid] = true
+				if first == nil {
+					first = err
+				}
+				continue
 			}
 			if ok {
 				killed[key]++
@@ -119,10 +128,10 @@ func killOrphans(keys []workerKey, set memberSet) (map[workerKey]int, error) {
 		waitExited(fds, time.Now().Add(orphanWait))
 		closeAll(fds)
 		if n == 0 {
-			return killed, nil
+			break
 		}
 	}
-	return killed, nil
+	return killed, first
 }
 
 // killIfDescendant sends SIGKILL to pid when its environment names one of
