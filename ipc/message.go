@@ -34,8 +34,12 @@ const (
 	// KindListenReply answers a listen request with the listener attached as the
 	// message's only descriptor; body [ListenReply]. A failure is a [KindError].
 	KindListenReply Kind = 6
-	// KindConn carries one accepted connection as its descriptor (round-robin
-	// balancing); application body, usually none.
+	// KindConn carries accepted connections (--balance round-robin and
+	// least-conn). From the master: one or more connections as its
+	// descriptors, all of one balanced listener, whose id (see
+	// [ListenReply]) is the body. From a worker: without descriptors, a
+	// [ConnReport]; with descriptors, connections the worker gives back
+	// (of the listener its body names), which the master hands on.
 	KindConn Kind = 7
 	// KindUser is a one-way application message.
 	KindUser Kind = 8

@@ -86,6 +86,7 @@ type workerEvent struct {
 	source    ReadyKind
 	err       error
 	stats     map[string]int64
+	target    *target // evOnline in the balanced modes
 }
 
 type workerState int
@@ -123,6 +124,8 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
+	target       *target // takes balanced connections; nil: not balanced or not online
+	readyPending bool    // ready by Options.Ready, waiting for its hello (balanced modes)
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -150,6 +153,7 @@ type loopDeps struct {
 	commands <-chan command              // Master's methods, IPC sessions; nil: none
 	hub      *eventHub                   // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	balance  *balancer                   // BalanceRoundRobin, BalanceLeastConn; nil otherwise
 }
 
 type loop struct {
@@ -287,6 +291,11 @@ func (l *loop) startWorker(s *slot) error {
 	files, names, err := l.sockets.forSlot(s.id)
 	if err != nil {
 		return fmt.Errorf("start worker %d: %w", s.id, err)
+	}
+	if l.cfg.Balance.overIPC() {
+		// The master keeps its listeners and hands out connections; a
+		// worker asks for an address with worker.Listen.
+		files, names = nil, nil
 	}
 	gen := l.gens[s.id] + 1
 	pid, p, err := l.starter.start(spawnRequest{slot: s.id, gen: gen, files: files, names: names})
@@ -428,9 +437,14 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
+		w.target = e.target
 		w.log.Debug("worker online")
 		l.rerouted = true
 		l.emit(EventOnline, w, nil)
+		if w.readyPending {
+			w.readyPending = false
+			l.becameReady(w)
+		}
 	case evDisconnect:
 		if !w.online || w.disconnected {
 			return

@@ -61,6 +61,11 @@ type Options struct {
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
+	// ConnQueue bounds, with BalanceRoundRobin and BalanceLeastConn, the
+	// connections handed to one worker that it has not yet acknowledged; a
+	// worker at the bound gets no more until it catches up. 0 means
+	// DefaultConnQueue; at most 4096.
+	ConnQueue int
 	// ListenOptions are used for every bound address; ReusePort is forced on
 	// with BalanceReusePort.
 	ListenOptions sockshare.ListenOptions
@@ -208,11 +213,17 @@ func normalize(opts Options) (*config, error) {
 	case c.Workers == 0:
 		c.Workers = runtime.NumCPU()
 	}
-	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
+	if c.Balance < BalanceShared || c.Balance > BalanceLeastConn {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)
 	}
 	if c.Balance == BalanceReusePort && len(c.Activated) > 0 {
 		return nil, optErr("Balance", "balance reuseport cannot be used with socket activation: activated sockets are shared")
+	}
+	switch {
+	case c.ConnQueue < 0 || c.ConnQueue > 4096:
+		return nil, optErr("ConnQueue", "connection queue %d: want 0 to 4096", c.ConnQueue)
+	case c.ConnQueue == 0:
+		c.ConnQueue = DefaultConnQueue
 	}
 	for i, f := range c.Activated {
 		if f == nil {

@@ -59,10 +59,18 @@ func (m *Master) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer out.wait(cfg.KillTimeout)
+	var bal *balancer
+	if cfg.Balance.overIPC() {
+		bal = newBalancer(cfg.Balance, cfg.ConnQueue, cfg.HeartbeatInterval, log.Named("balance"))
+		// After the loop and the sessions (deferred before st.close): no
+		// worker is left to take what the master still holds.
+		defer bal.close()
+	}
 	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
+	st.balance = bal
 	defer st.close()
 	// Deferred last, so it runs first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
@@ -80,6 +88,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		commands: m.cmds,
 		hub:      m.hub,
 		routes:   &m.routes,
+		balance:  bal,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

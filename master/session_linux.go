@@ -84,6 +84,7 @@ type session struct {
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup // running HandleRequest calls
 	slots    chan struct{}  // one token per running request
+	target   *target        // balanced modes: the worker as a taker of connections
 }
 
 // serveIPC runs the session: the hello, then the worker's messages until
@@ -120,7 +121,13 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 		return
 	}
 	s.log.Debug("ipc hello", "version", peer.Version)
-	st.post(workerEvent{pid: p.pid, kind: evOnline})
+	if st.balance != nil {
+		s.target = st.balance.newTarget(req.slot, p.pid, p.conn)
+		// Once the session is over, connections the worker did not
+		// acknowledge go to the others (its duplicates died with it).
+		defer s.target.retire()
+	}
+	st.post(workerEvent{pid: p.pid, kind: evOnline, target: s.target})
 	err = s.serve()
 	if quietIPCError(err) {
 		err = nil
@@ -152,7 +159,12 @@ func (s *session) handle(m *ipc.Message) error {
 		s.st.post(workerEvent{pid: s.p.pid, kind: evReady, source: ReadyIPC})
 	case ipc.KindHeartbeat:
 		_ = m.CloseFDs()
+		if s.target != nil {
+			s.target.beat.Store(time.Now().UnixNano())
+		}
 		s.st.post(workerEvent{pid: s.p.pid, kind: evHeartbeat})
+	case ipc.KindConn:
+		return s.conns(m)
 	case ipc.KindStats:
 		_ = m.CloseFDs()
 		var st ipc.Stats
@@ -270,17 +282,64 @@ func (s *session) listen(m *ipc.Message) error {
 		return s.replyError(m, code, r.err.Error())
 	}
 	addr := r.addr
-	reply, err := m.Reply(ipc.KindListenReply, ipc.ListenReply{Addr: addr})
+	body := ipc.ListenReply{Addr: addr}
+	if r.balanced {
+		body.Balanced, body.ID = true, int(r.id)
+	}
+	reply, err := m.Reply(ipc.KindListenReply, body)
 	if err != nil {
 		return err
 	}
-	reply.FDs = []*os.File{r.f} // Send sends a duplicate; the master keeps its own
-	s.log.Debug("listener handed out", "addr", addr)
+	if !r.balanced {
+		reply.FDs = []*os.File{r.f} // Send sends a duplicate; the master keeps its own
+	}
+	s.log.Debug("listener handed out", "addr", addr, "balanced", r.balanced)
 	err = s.p.conn.Send(reply)
+	if err == nil && r.balanced && s.target != nil {
+		// From now on the worker gets this listener's connections; the
+		// reply goes first on the stream.
+		s.target.listens.Or(1 << r.id)
+		s.st.balance.kick()
+	}
 	if quietIPCError(err) {
 		return nil
 	}
 	return err
+}
+
+// conns reads a worker's KindConn: without descriptors a report of its
+// running totals, with descriptors connections it gives back, which go to
+// the other workers.
+func (s *session) conns(m *ipc.Message) error {
+	if s.target == nil {
+		_ = m.CloseFDs()
+		return fmt.Errorf("%w: conn message from a worker while connections are not balanced", ipc.ErrProtocol)
+	}
+	if len(m.FDs) == 0 {
+		var r ipc.ConnReport
+		if err := m.Decode(&r); err != nil {
+			return err
+		}
+		s.target.report(r)
+		return nil
+	}
+	var lid int
+	if err := m.Decode(&lid); err != nil || lid < 0 || lid >= maxBalanced {
+		_ = m.CloseFDs()
+		return fmt.Errorf("%w: connections given back with listener id %v", ipc.ErrProtocol, m.Body)
+	}
+	for i, f := range m.FDs {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		_ = f.Close() // the duplicate (or nothing, on error) is what is kept
+		m.FDs[i] = nil
+		if err != nil {
+			s.log.Warn("connection given back lost", "error", os.NewSyscallError("fcntl", err))
+			continue
+		}
+		s.st.balance.route(uint8(lid), fd, s.target)
+	}
+	m.FDs = nil
+	return nil
 }
 
 // quietIPCError reports errors that only mean the connection ended.

@@ -35,6 +35,7 @@ type execStarter struct {
 	events  chan<- workerEvent
 	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
+	balance *balancer       // balanced modes; nil otherwise
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup

@@ -56,8 +56,12 @@ func (p *process) readSession(conn *ipc.Conn) {
 			// nobody to report it to but the master, which is gone.
 			return
 		}
-		// No message this package hands over keeps descriptors (listen
-		// replies go to their Call, not here).
+		if m.Kind == ipc.KindConn {
+			p.handoff.receive(conn, m) // takes the descriptors
+			continue
+		}
+		// No other message this package hands over keeps descriptors
+		// (listen replies go to their Call, not here).
 		_ = m.CloseFDs()
 		switch m.Kind {
 		case ipc.KindDrain:

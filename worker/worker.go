@@ -48,10 +48,13 @@ type process struct {
 	msgsClosed sync.Once
 
 	metrics metrics
+
+	handoff handoff // balanced listeners
 }
 
 func newProcess(lookup func(string) (string, bool)) *process {
-	return &process{lookup: lookup, drain: make(chan struct{}), msgs: make(chan Message, messageBuffer)}
+	return &process{lookup: lookup, drain: make(chan struct{}), msgs: make(chan Message, messageBuffer),
+		handoff: handoff{kick: make(chan struct{}, 1)}}
 }
 
 // IsWorker reports whether the process runs under clusterd with an IPC
