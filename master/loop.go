@@ -319,7 +319,10 @@ func (l *loop) startWorker(s *slot) error {
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
 		l.becameReady(w)
-		return nil
+		if !w.readyPending {
+			return nil
+		}
+		// Balanced: ready at its hello, which must come in time.
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
