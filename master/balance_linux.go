@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clusterd/clusterd/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -180,12 +181,14 @@ func (a *accepter) handOut(fds []int, picks []*target, group []int) {
 			b.hold(heldConn{fd: fd, lid: a.id}) // nobody can take it now
 		}
 	}
-	for i, t := range picks {
+	for i := 0; i < len(picks); {
+		t := picks[i]
 		if t == nil {
+			i++
 			continue
 		}
 		group = group[:0]
-		for j := i; j < len(picks); j++ {
+		for j := i; j < len(picks) && len(group) < ipc.DefaultMaxFDs; j++ {
 			if picks[j] == t {
 				group = append(group, fds[j])
 				picks[j] = nil

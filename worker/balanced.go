@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -80,13 +81,13 @@ func (h *handoff) receive(conn *ipc.Conn, m *ipc.Message) {
 	h.mu.Lock()
 	h.conn = conn
 	for _, f := range m.FDs {
-		h.received.Add(1)
 		if l.isClosed() {
 			back = append(back, f)
 			continue
 		}
 		select {
 		case l.conns <- f:
+			h.received.Add(1)
 		default:
 			back = append(back, f)
 		}
@@ -94,26 +95,46 @@ func (h *handoff) receive(conn *ipc.Conn, m *ipc.Message) {
 	h.mu.Unlock()
 	m.FDs = nil
 	if len(back) > 0 {
-		h.giveBack(conn, id, back)
+		// Counted as received only once they are queued back to the
+		// master: a report covering them then follows them on the stream,
+		// and if the worker dies first the master still has its copies.
+		h.giveBack(conn, id, back, false)
+		h.received.Add(uint64(len(back)))
 	}
 	h.changed()
 }
 
 // giveBack sends connections the worker will not serve back to the master
-// and closes its own copies.
-func (h *handoff) giveBack(conn *ipc.Conn, id int, files []*os.File) {
-	m, err := ipc.NewMessage(ipc.KindConn, id)
-	if err == nil {
-		m.FDs = files
-		err = conn.Send(m) // sends duplicates; ours are closed below
+// and closes its own copies. flush waits until they are written (bounded):
+// for connections the master may no longer hold a copy of, which the
+// process must not exit with.
+func (h *handoff) giveBack(conn *ipc.Conn, id int, files []*os.File, flush bool) {
+	var err error
+	for rest := files; len(rest) > 0 && err == nil; {
+		n := min(len(rest), ipc.DefaultMaxFDs) // the most one frame may carry
+		var m *ipc.Message
+		if m, err = ipc.NewMessage(ipc.KindConn, id); err == nil {
+			m.FDs = rest[:n]
+			err = conn.Send(m) // sends duplicates; ours are closed below
+		}
+		rest = rest[n:]
 	}
-	_ = err // the master is gone: nobody is left to take them
+	if err == nil && flush {
+		ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+		err = conn.Flush(ctx)
+		cancel()
+	}
+	_ = err // the master is gone (or stuck): nobody is left to take them
 	for _, f := range files {
 		_ = f.Close()
 	}
 	h.closed.Add(uint64(len(files)))
 	h.changed()
 }
+
+// giveBackTimeout bounds how long closing a balanced listener waits for
+// the connections it gives back to be written.
+const giveBackTimeout = time.Second
 
 func (h *handoff) changed() {
 	select {
@@ -206,7 +227,7 @@ func (l *balancedListener) Close() error {
 		}
 		l.h.mu.Unlock()
 		if len(back) > 0 {
-			l.h.giveBack(conn, l.id, back) // conn is set: they came on it
+			l.h.giveBack(conn, l.id, back, true) // conn is set: they came on it
 		}
 	})
 	return nil

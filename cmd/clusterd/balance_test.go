@@ -201,3 +201,111 @@ func TestBalancedRefusesUnmodifiedBinary(t *testing.T) {
 		})
 	}
 }
+
+// waitFDs waits until the master's fd count is want, and fails the test
+// with the last count at the failure deadline. The count has no event to
+// wait on: the master closes its copies of connections as the workers'
+// reports arrive.
+func waitFDs(t *testing.T, pid, want int) {
+	t.Helper()
+	deadline := time.Now().Add(failAfter(t))
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := countFDs(t, pid)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("master has %d fds, %d at the baseline", got, want)
+			return
+		}
+		<-tick.C
+	}
+}
+
+func TestBalancedWorkerKilledDuringHandOff(t *testing.T) {
+	for _, balance := range []string{"round-robin", "least-conn"} {
+		t.Run(balance, func(t *testing.T) {
+			const conc = 16
+			c, addr := balancedCluster(t, balance, 4)
+			baseline := countFDs(t, c.pid)
+			c.mu.Lock()
+			_, victim := findLog(c.logs, "worker ready", "worker", "2")
+			c.mu.Unlock()
+			l := startLoad(t, "http://"+addr+"/", conc, false)
+			cursor := c.logLen()
+			// Kill it while connections stream to it.
+			waitServed(t, l, 500)
+			if err := syscall.Kill(victim.int("pid"), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			c.waitLog(cursor, "worker exited", "pid", victim.int("pid"))
+			c.waitLog(cursor, "worker ready", "worker", "2")
+			served := l.ok.Load()
+			waitServed(t, l, served+500)
+			l.halt()
+			ok, refused, hung, failed := l.ok.Load(), l.refused.Load(), l.hung.Load(), l.failed.Load()
+			t.Logf("load: %d ok, %d refused, %d hung, %d failed; first errors %q", ok, refused, hung, failed, l.errors)
+			// Only requests the killed worker had accepted can fail: at most
+			// one per client.
+			if refused+hung > 0 || failed > conc {
+				t.Errorf("%d refused, %d hung, %d failed; want none refused or hung and at most %d failed (the killed worker's own)",
+					refused, hung, failed, conc)
+			}
+			waitFDs(t, c.pid, baseline)
+			c.signal(syscall.SIGTERM)
+			if code, last := c.wait(); code != 0 {
+				t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+			}
+		})
+	}
+}
+
+func TestBalancedReloadUnderLoad(t *testing.T) {
+	for _, balance := range []string{"round-robin", "least-conn"} {
+		t.Run(balance, func(t *testing.T) {
+			c := startCluster(t, clusterConfig{
+				flags:  []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s", "--balance", balance},
+				helper: "balanced",
+			})
+			addr, _ := c.waitStarted()
+			baseline := countFDs(t, c.pid)
+			l := startLoad(t, "http://"+addr+"/", 16, false)
+			for i := range 5 {
+				before := currentPIDs(c)
+				cursor := c.logLen()
+				served := l.ok.Load()
+				c.signal(syscall.SIGHUP)
+				c.waitLog(cursor, "reload done")
+				for _, pid := range before {
+					c.waitLog(cursor, "worker exited", "pid", pid)
+				}
+				if l.ok.Load() == served {
+					t.Errorf("no request was served during reload %d", i+1)
+				}
+			}
+			l.check(t)
+			waitFDs(t, c.pid, baseline)
+			c.signal(syscall.SIGTERM)
+			if code, last := c.wait(); code != 0 {
+				t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+			}
+		})
+	}
+}
+
+// waitServed waits until the load has n answers (a count, checked every
+// few milliseconds, with the failure deadline).
+func waitServed(t *testing.T, l *load, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(failAfter(t))
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for l.ok.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("load served %d requests, waited for %d", l.ok.Load(), n)
+		}
+		<-tick.C
+	}
+}
