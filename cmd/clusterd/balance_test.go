@@ -236,14 +236,14 @@ func TestBalancedWorkerKilledDuringHandOff(t *testing.T) {
 			l := startLoad(t, "http://"+addr+"/", conc, false)
 			cursor := c.logLen()
 			// Kill it while connections stream to it.
-			waitServed(t, l, 500)
+			waitServed(t, l.ok.Load, 500)
 			if err := syscall.Kill(victim.int("pid"), syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			c.waitLog(cursor, "worker exited", "pid", victim.int("pid"))
 			c.waitLog(cursor, "worker ready", "worker", "2")
 			served := l.ok.Load()
-			waitServed(t, l, served+500)
+			waitServed(t, l.ok.Load, served+500)
 			l.halt()
 			ok, refused, hung, failed := l.ok.Load(), l.refused.Load(), l.hung.Load(), l.failed.Load()
 			t.Logf("load: %d ok, %d refused, %d hung, %d failed; first errors %q", ok, refused, hung, failed, l.errors)
@@ -295,17 +295,93 @@ func TestBalancedReloadUnderLoad(t *testing.T) {
 	}
 }
 
-// waitServed waits until the load has n answers (a count, checked every
-// few milliseconds, with the failure deadline).
-func waitServed(t *testing.T, l *load, n int64) {
+// waitServed waits until served() reaches n (a count, checked every few
+// milliseconds, with the failure deadline).
+func waitServed(t *testing.T, served func() int64, n int64) {
 	t.Helper()
 	deadline := time.Now().Add(failAfter(t))
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for l.ok.Load() < n {
+	for served() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("load served %d requests, waited for %d", l.ok.Load(), n)
+			t.Fatalf("%d requests served, waited for %d", served(), n)
 		}
 		<-tick.C
+	}
+}
+
+func TestBalancedSkipsWorkerThatStopsReading(t *testing.T) {
+	const queue = 4
+	c := startCluster(t, clusterConfig{
+		flags:  []string{listenAny, "-w", "3", "--ready", "ipc", "--balance", "round-robin", "--conn-queue", fmt.Sprint(queue)},
+		helper: "balanced",
+	})
+	addr, _ := c.waitStarted()
+	c.mu.Lock()
+	_, victim := findLog(c.logs, "worker ready", "worker", "1")
+	c.mu.Unlock()
+	vpid := victim.int("pid")
+	baseline := countFDs(t, c.pid)
+	// A stopped process reads nothing: not its IPC socket, not its
+	// connections. The connections handed to it before the master sees
+	// that wait for it; no more than the queue bound may.
+	if err := syscall.Kill(vpid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(vpid, syscall.SIGCONT) })
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: failAfter(t)}
+	var (
+		stopped    atomic.Bool
+		fromVictim atomic.Int64 // answers by the stopped worker to requests sent while it was stopped
+		ok, failed atomic.Int64
+		wg         sync.WaitGroup
+		peakFDs    atomic.Int64
+		next       atomic.Int64
+		victimSlot = "1"
+		total      = int64(2000)
+	)
+	stopped.Store(true)
+	for range 16 {
+		wg.Go(func() {
+			for next.Add(1) <= total {
+				whileStopped := stopped.Load()
+				slot, err := getSlot(client, "http://"+addr+"/")
+				switch {
+				case err != nil:
+					failed.Add(1)
+				case slot == victimSlot && whileStopped:
+					fromVictim.Add(1)
+					ok.Add(1)
+				default:
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	// The other two workers carry the load while it is stopped.
+	waitServed(t, ok.Load, total-2*queue)
+	if n := int64(countFDs(t, c.pid)); n > peakFDs.Load() {
+		peakFDs.Store(n)
+	}
+	stopped.Store(false)
+	if err := syscall.Kill(vpid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	t.Logf("%d ok, %d failed; %d answered by the stopped worker after it resumed; master fds: %d at the baseline, %d while it was stopped",
+		ok.Load(), failed.Load(), fromVictim.Load(), baseline, peakFDs.Load())
+	if failed.Load() > 0 {
+		t.Errorf("%d requests failed", failed.Load())
+	}
+	if n := fromVictim.Load(); n > queue {
+		t.Errorf("the stopped worker was handed %d connections, want at most the queue bound %d", n, queue)
+	}
+	if peakFDs.Load() > int64(baseline+queue+16) {
+		t.Errorf("master had %d fds while a worker was stopped, %d at the baseline", peakFDs.Load(), baseline)
+	}
+	waitFDs(t, c.pid, baseline)
+	c.signal(syscall.SIGTERM)
+	if code, last := c.wait(); code != 0 {
+		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
 	}
 }
