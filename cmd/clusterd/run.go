@@ -242,9 +242,11 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
-	o.ConnQueue = f.connQueue
-	if fs.Changed("conn-queue") && f.connQueue == 0 {
-		return o, usagef("--conn-queue must be at least 1, got 0")
+	if fs.Changed("conn-queue") {
+		if f.connQueue == 0 {
+			return o, usagef("--conn-queue must be at least 1, got 0")
+		}
+		o.ConnQueue = f.connQueue // master.New checks the range
 	}
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
