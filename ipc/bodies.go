@@ -1,6 +1,10 @@
 package ipc
 
-import "time"
+import (
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
 
 // The bodies of the protocol's own message kinds. They encode as msgpack maps with
 // the lowercase keys of their tags, so that workers written in other languages can
@@ -82,6 +86,17 @@ type ConnReport struct {
 	// program, or sent back to the master. Received minus Closed is what
 	// least-conn balancing counts as the worker's open connections.
 	Closed uint64 `msgpack:"closed"`
+}
+
+// Job is the body of [KindJob]: a unit of work from the master's Dispatch
+// (to a worker) or from a worker's Submit (to the master, as a request the
+// master answers when another worker has done the job).
+type Job struct {
+	// Attempt is 1 for the first delivery and counts up with every
+	// redelivery after the job lost its worker (0 in a worker's Submit).
+	Attempt int `msgpack:"attempt"`
+	// Body is the job itself, one msgpack value the application defines.
+	Body msgpack.RawMessage `msgpack:"body"`
 }
 
 // Stats is the body of [KindStats]: counters a worker reports, by name

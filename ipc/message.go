@@ -48,9 +48,11 @@ const (
 	KindRequest Kind = 9
 	// KindResponse answers a KindRequest; application body.
 	KindResponse Kind = 10
-	// KindJob is a unit of work that the master spreads over workers; application
-	// body. The worker acknowledges it with a KindResult whose ReplyTo is the
-	// job's ID.
+	// KindJob is a unit of work that the master spreads over workers; body
+	// [Job]. The worker answers it with a KindResult (or a KindError) whose
+	// ReplyTo is the job's ID. A worker may send one to the master as a
+	// request (Submit): the master has another worker do it and answers
+	// with the KindResult.
 	KindJob Kind = 11
 	// KindResult acknowledges a job with its outcome; application body.
 	KindResult Kind = 12

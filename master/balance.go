@@ -189,7 +189,7 @@ func (t *target) hand(lid uint8, fds []int) bool {
 		return false
 	}
 	if err := t.conn.SendFDs(ipc.KindConn, lid, fds); err != nil {
-		if !errors.Is(err, ipc.ErrWouldBlock) && !quietIPCError(err) {
+		if !errors.Is(err, ipc.ErrWouldBlock) && t.conn.Err() == nil {
 			t.b.log.Debug("hand connections", "worker", t.slot, "pid", t.pid, "error", err)
 		}
 		return false

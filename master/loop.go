@@ -86,7 +86,8 @@ type workerEvent struct {
 	source    ReadyKind
 	err       error
 	stats     map[string]int64
-	target    *target // evOnline in the balanced modes
+	target    *target    // evOnline in the balanced modes
+	jobTarget *jobTarget // evOnline
 }
 
 type workerState int
@@ -124,8 +125,9 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
-	target       *target // takes balanced connections; nil: not balanced or not online
-	readyPending bool    // ready by Options.Ready, waiting for its hello (balanced modes)
+	target       *target    // takes balanced connections; nil: not balanced or not online
+	jobTarget    *jobTarget // takes jobs once ready; nil: not online
+	readyPending bool       // ready by Options.Ready, waiting for its hello (balanced modes)
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -154,6 +156,7 @@ type loopDeps struct {
 	hub      *eventHub                   // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
 	balance  *balancer                   // BalanceRoundRobin, BalanceLeastConn; nil otherwise
+	jobs     *dispatcher                 // Dispatch; nil: none (loop tests)
 }
 
 type loop struct {
@@ -440,7 +443,7 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
-		w.target = e.target
+		w.target, w.jobTarget = e.target, e.jobTarget
 		w.log.Debug("worker online")
 		l.rerouted = true
 		l.emit(EventOnline, w, nil)

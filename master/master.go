@@ -62,6 +62,7 @@ type Master struct {
 	done      chan struct{}              // closed when Run has returned
 	hub       *eventHub                  // events out of the loop
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
+	jobs      *dispatcher                // Dispatch
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -89,6 +90,7 @@ func New(opts Options) (*Master, error) {
 		loopEnded: make(chan struct{}),
 		done:      make(chan struct{}),
 		hub:       newEventHub(),
+		jobs:      newDispatcher(cfg),
 	}, nil
 }
 

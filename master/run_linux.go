@@ -70,7 +70,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	st.balance = bal
+	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
 	// Deferred last, so it runs first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
@@ -89,6 +89,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		hub:      m.hub,
 		routes:   &m.routes,
 		balance:  bal,
+		jobs:     m.jobs,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

@@ -85,6 +85,7 @@ type session struct {
 	handlers sync.WaitGroup // running HandleRequest calls
 	slots    chan struct{}  // one token per running request
 	target   *target        // balanced modes: the worker as a taker of connections
+	jobs     *jobTarget     // the worker as a taker of jobs
 }
 
 // serveIPC runs the session: the hello, then the worker's messages until
@@ -127,7 +128,9 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 		// acknowledge go to the others (its duplicates died with it).
 		defer s.target.retire()
 	}
-	st.post(workerEvent{pid: p.pid, kind: evOnline, target: s.target})
+	s.jobs = st.dispatcher.newTarget(s.from, p.conn)
+	defer s.jobs.retire() // its outstanding jobs go to other workers
+	st.post(workerEvent{pid: p.pid, kind: evOnline, target: s.target, jobTarget: s.jobs})
 	err = s.serve()
 	if quietIPCError(err) {
 		err = nil
@@ -159,12 +162,24 @@ func (s *session) handle(m *ipc.Message) error {
 		s.st.post(workerEvent{pid: s.p.pid, kind: evReady, source: ReadyIPC})
 	case ipc.KindHeartbeat:
 		_ = m.CloseFDs()
+		now := time.Now().UnixNano()
 		if s.target != nil {
-			s.target.beat.Store(time.Now().UnixNano())
+			s.target.beat.Store(now)
 		}
+		s.jobs.beat.Store(now)
 		s.st.post(workerEvent{pid: s.p.pid, kind: evHeartbeat})
 	case ipc.KindConn:
 		return s.conns(m)
+	case ipc.KindResult, ipc.KindError:
+		_ = m.CloseFDs()
+		if m.ReplyTo&jobIDBit != 0 {
+			s.jobs.answer(m.ReplyTo, m)
+		} else if s.log.IsTrace() {
+			s.log.Trace("ipc message ignored", "kind", m.Kind.String())
+		}
+	case ipc.KindJob:
+		_ = m.CloseFDs()
+		return s.submit(m)
 	case ipc.KindStats:
 		_ = m.CloseFDs()
 		var st ipc.Stats
@@ -230,6 +245,43 @@ func (s *session) request(m *ipc.Message) error {
 			return
 		}
 		_ = s.p.conn.Send(r)
+	}()
+	return nil
+}
+
+// submit has another worker do a job this worker submitted (worker.Submit),
+// on a goroutine of its own after a free request slot, and answers with
+// the result.
+func (s *session) submit(m *ipc.Message) error {
+	var job ipc.Job
+	if err := m.Decode(&job); err != nil {
+		return s.replyError(m, ipc.CodeBadRequest, err.Error())
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.p.conn.Done():
+		return s.p.conn.Err()
+	}
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		defer func() { <-s.slots }()
+		res, err := s.st.dispatch(s.ctx, job.Body, s.jobs)
+		if err != nil {
+			code := ipc.CodeInternal
+			var re *ipc.RemoteError
+			switch {
+			case errors.As(err, &re) && re.Code != "":
+				code = re.Code
+			case errors.Is(err, ErrJobQueueFull):
+				code = ipc.CodeLimit
+			case errors.Is(err, ErrJobOrphaned):
+				code = ipc.CodeGone
+			}
+			_ = s.replyError(m, code, err.Error()) // a failed send means the worker is gone
+			return
+		}
+		_ = s.p.conn.Send(&ipc.Message{Kind: ipc.KindResult, ReplyTo: m.ID, Body: res.Body})
 	}()
 	return nil
 }

@@ -29,6 +29,7 @@ type process struct {
 	inheritedErr   error              // why they could not be
 	deadline       time.Time          // drain deadline sent by the master, if any
 	handler        Handler            // answers the master's requests; nil: unsupported
+	jobHandler     JobHandler         // does the master's jobs; nil: unsupported
 
 	// connMu guards the IPC connection. It is held across the hello
 	// exchange, so it is not mu: a drain signal must not wait for that.
