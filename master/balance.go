@@ -147,8 +147,8 @@ func (t *target) usable(lid uint8, now int64) bool {
 	if t.listens.Load()&(1<<lid) == 0 || int(t.out.Load()) >= len(t.ring) {
 		return false
 	}
-	if hb := t.b.heartbeat; hb > 0 && now-t.beat.Load() > int64(3*hb) {
-		return false // hung: three heartbeats missed
+	if hb := t.b.heartbeat; hb > 0 && now-t.beat.Load() > int64(hungAfter(hb)) {
+		return false // hung: heartbeats missed
 	}
 	return true
 }
@@ -338,6 +338,13 @@ func (b *balancer) close() {
 		b.held = nil
 		b.heldMu.Unlock()
 	})
+}
+
+// hungAfter is how long a worker may go without a heartbeat before it gets
+// no more connections or jobs: three intervals, and at least a second, so
+// that a busy machine's scheduling delays do not count.
+func hungAfter(heartbeat time.Duration) time.Duration {
+	return max(3*heartbeat, time.Second)
 }
 
 func closeFD(fd int) {

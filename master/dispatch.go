@@ -141,7 +141,7 @@ func (d *dispatcher) waitChange() <-chan struct{} {
 
 func (t *jobTarget) hung(now int64) bool {
 	hb := t.d.heartbeat
-	return hb > 0 && now-t.beat.Load() > int64(3*hb)
+	return hb > 0 && now-t.beat.Load() > int64(hungAfter(hb))
 }
 
 // pick returns the usable worker with the fewest outstanding jobs, other
@@ -318,7 +318,7 @@ func (d *dispatcher) wait(ctx context.Context, skip *jobTarget) (*jobTarget, err
 			return t, nil
 		}
 		if d.failFast {
-			return nil, fmt.Errorf("dispatch: no ready worker has room for a job (Options.JobQueue %d): %w", d.perWorker, ErrJobQueueFull)
+			return nil, fmt.Errorf("dispatch: no ready worker can take a job (none ready, hung, or all at Options.JobQueue %d): %w", d.perWorker, ErrJobQueueFull)
 		}
 		// Heartbeats have no event here: look again every interval for a
 		// worker that came back.
