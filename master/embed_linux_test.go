@@ -574,7 +574,7 @@ func TestAPIRuntimeListen(t *testing.T) {
 			if r.Text != "" {
 				t.Fatalf("worker %d listen: %s", slot, r.Text)
 			}
-			got, err := socketInode(r.PID, r.FD)
+			got, err := procSocketLink(r.PID, r.FD)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -606,6 +606,12 @@ func TestAPIRuntimeListen(t *testing.T) {
 		t.Errorf("after a reload the workers have %s at %s, before %s at %s", ino2, addr2, ino, addr)
 	}
 	pidsServing(t, addr, 2)
+	if err := c.m.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if holdsInode(os.Getpid(), ino) {
+		t.Errorf("the master still holds the run-time listener %s after Run returned", ino)
+	}
 }
 
 // TestAPIListenRefused: a bad address, a forbidden one and one past the
@@ -691,7 +697,7 @@ func TestAPIListenStatic(t *testing.T) {
 	}
 	c := startAPI(t, Options{Workers: 1, Listen: []sockshare.Spec{spec}, MaxListeners: -1})
 	pid := c.pids()[0]
-	inherited, err := socketInode(pid, 3)
+	inherited, err := procSocketLink(pid, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -702,8 +708,48 @@ func TestAPIListenStatic(t *testing.T) {
 			t.Errorf("listen %s: %s", addr, r.Text)
 			continue
 		}
-		if got, err := socketInode(pid, r.FD); err != nil || got != inherited {
+		if got, err := procSocketLink(pid, r.FD); err != nil || got != inherited {
 			t.Errorf("listen %s gave %s (%v), want the inherited listener %s", addr, got, err, inherited)
 		}
+	}
+}
+
+// TestAPIRuntimeListenReusePort: under BalanceReusePort a run-time address
+// gets one socket per slot, all on the port the first one chose, and a
+// slot's replacement gets its slot's socket again.
+func TestAPIRuntimeListenReusePort(t *testing.T) {
+	c := startAPI(t, Options{Workers: 2, Balance: BalanceReusePort}, envAPIListen+"=tcp://127.0.0.1:0")
+	sockets := func() map[int]string {
+		t.Helper()
+		inodes := map[int]string{}
+		addr := ""
+		for slot, pid := range c.pids() {
+			c.m.Send(slot, apiMsg{Op: "listen", Addr: "tcp://127.0.0.1:0"})
+			r := c.msg("listened")
+			if r.Text != "" || r.PID != pid {
+				t.Fatalf("worker %d listen: %q from pid %d", slot, r.Text, r.PID)
+			}
+			ino, err := procSocketLink(pid, r.FD)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inodes[slot] = ino
+			if addr != "" && r.Addr != addr {
+				t.Errorf("worker %d listens on %s, another on %s: want one port", slot, r.Addr, addr)
+			}
+			addr = r.Addr
+		}
+		if inodes[0] == inodes[1] {
+			t.Errorf("both slots have socket %s, want one each", inodes[0])
+		}
+		pidsServing(t, addr, 2)
+		return inodes
+	}
+	before := sockets()
+	if _, err := c.m.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if after := sockets(); !maps.Equal(before, after) {
+		t.Errorf("sockets per slot after a reload %v, before %v", after, before)
 	}
 }

@@ -76,12 +76,12 @@ const (
 	evDisconnect                  // the worker's IPC connection ended (err: why, nil if closed)
 	evHeartbeat                   // an IPC heartbeat
 	evStats                       // IPC stats (stats)
+	evExec                        // the exec-worker step ran the command (err nil) or failed to (err)
 )
 
-// workerEvent is a message from or about a worker, attributed by pid (and,
-// for sd_notify messages from a worker's children, by process group).
+// workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid, pgid int
+	pid       int
 	kind      eventKind
 	source    ReadyKind
 	err       error
@@ -125,6 +125,8 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
+	exec         execState  // what is known of its execve
+	heldExit     *exitEvent // its exit, held until its exec outcome arrives
 	target       *target    // takes balanced connections; nil: not balanced or not online
 	jobTarget    *jobTarget // takes jobs once ready; nil: not online
 	readyPending bool       // ready by Options.Ready, waiting for its hello (balanced modes)
@@ -148,6 +150,7 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
+	output   func(pid int) *tail         // takes a worker's last output line; nil: none
 	sdNotify func(state string)          // the master's own sd_notify; never nil
 	ready    func()                      // called once every initial worker is ready
 	jitter   func() float64              // in [0, 1)
@@ -157,6 +160,9 @@ type loopDeps struct {
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
 	balance  *balancer                   // BalanceRoundRobin, BalanceLeastConn; nil otherwise
 	jobs     *dispatcher                 // Dispatch; nil: none (loop tests)
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -178,6 +184,8 @@ type loop struct {
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
 	rerouted bool      // a slot's serving online worker changed: publish routes
+	termAt   time.Time // the TERM or INT that began a stop; zero: none
+	checkAt  time.Time // next periodic listener check
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -211,6 +219,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -319,13 +330,18 @@ func (l *loop) startWorker(s *slot) error {
 	}
 	w.log.Debug("worker started")
 	l.emit(EventFork, w, nil)
+	if r, ok := p.(execReporter); ok && r.reportsExec() {
+		w.exec = execPending
+	}
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		l.becameReady(w)
-		if !w.readyPending {
-			return nil
+		if w.exec == execUntracked {
+			l.becameReady(w) // no exec outcome will come: running is all we know
+			if !w.readyPending {
+				return nil
+			}
+			// Balanced: ready at its hello, which must come in time.
 		}
-		// Balanced: ready at its hello, which must come in time.
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
@@ -356,7 +372,18 @@ func (l *loop) onExit(e exitEvent) {
 		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
 		return
 	}
+	if w.exec == execPending {
+		// The reaper was quicker than the exec-outcome pipe, which reports
+		// at the latest when the process is gone: act on the exit after it,
+		// so that a failed exec is known as one (onExec).
+		w.heldExit = &e
+		return
+	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
 	l.rerouted = l.rerouted || w.online
 	w.proc.release()
@@ -411,28 +438,28 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
 	w := l.byPID[e.pid]
-	if w == nil && e.pgid > 0 {
-		w = l.byPID[e.pgid] // a child of the worker, in its process group
-	}
 	if w == nil {
 		l.log.Trace("event from unknown process", "pid", e.pid)
 		return
 	}
 	switch e.kind {
 	case evReady:
-		if e.source == l.cfg.Ready.Kind {
+		if l.cfg.Ready.accepts(e.source) {
 			l.becameReady(w)
 		}
 	case evStopping:
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+	case evExec:
+		l.onExec(w, e.err)
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {
@@ -482,6 +509,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(s.restartAt)
 	}
 	add(l.petAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -492,6 +520,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

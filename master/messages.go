@@ -99,8 +99,10 @@ func (m *Master) Send(slot int, msg any) error {
 }
 
 // Broadcast sends msg to every slot's serving worker that spoke IPC, as
-// [Master.Send] does, and returns the workers it was queued for, in slot
-// order, with the errors of the others joined. Safe for concurrent use.
+// [Master.Send] does, one after the other in slot order (so a worker whose
+// write buffer is full delays the ones after it), and returns the workers
+// it was queued for, with the errors of the others joined. Safe for
+// concurrent use.
 func (m *Master) Broadcast(msg any) ([]WorkerRef, error) {
 	t := m.routes.Load()
 	if t == nil {

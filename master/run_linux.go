@@ -37,6 +37,11 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
 
 	r, err := startReaper(!cfg.Subreaper)
 	if err != nil {
@@ -47,17 +52,31 @@ func (m *Master) run(ctx context.Context) (err error) {
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
 	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
+	var nd *notifyDir
+	if cfg.speaksNotify() {
+		if nd, err = newNotifyDir(cfg.credential); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := nd.remove(); rerr != nil {
+				log.Warn("runtime directory not removed", "error", rerr)
+			}
+		}()
 	}
-	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	out, err := newOutputs()
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
 	defer out.wait(cfg.KillTimeout)
 	var bal *balancer
 	if cfg.Balance.overIPC() {
@@ -66,7 +85,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		// worker is left to take what the master still holds.
 		defer bal.close()
 	}
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
+	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
@@ -77,19 +96,21 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
-		starter:  st,
-		sockets:  cs,
-		exits:    r.exits,
-		events:   events,
-		sdNotify: sd.notify,
-		ready:    func() { close(m.ready) },
-		jitter:   rand.Float64,
-		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
-		commands: m.cmds,
-		hub:      m.hub,
-		routes:   &m.routes,
-		balance:  bal,
-		jobs:     m.jobs,
+		starter:        st,
+		sockets:        cs,
+		exits:          r.exits,
+		events:         events,
+		output:         out.takeTail,
+		sdNotify:       sd.notify,
+		ready:          func() { close(m.ready) },
+		jitter:         rand.Float64,
+		watchdog:       watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands:       m.cmds,
+		hub:            m.hub,
+		routes:         &m.routes,
+		balance:        bal,
+		jobs:           m.jobs,
+		checkListeners: ls.check,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,11 +26,23 @@ import (
 
 // execProcess is a real worker process.
 type execProcess struct {
-	pid  int
-	conn *ipc.Conn // nil without IPC
+	pid    int
+	conn   *ipc.Conn     // nil without IPC
+	notify *notifySocket // nil without NOTIFY_SOCKET
+	done   chan struct{} // closed by release: ends the notify reader
+	once   sync.Once
+	// said is set once the worker's hello arrived. The loop learns it from
+	// evOnline; the listening probe reads it only to stop probing a worker
+	// that will report its readiness over IPC.
+	said atomic.Bool
 }
 
 var _ process = (*execProcess)(nil)
+
+// reportsExec: the exec-worker step reports its execve (awaitExec).
+func (p *execProcess) reportsExec() bool { return true }
+
+var _ execReporter = (*execProcess)(nil)
 
 func (p *execProcess) signal(sig syscall.Signal) error {
 	if err := unix.Kill(-p.pid, sig); err != nil {
@@ -39,10 +52,25 @@ func (p *execProcess) signal(sig syscall.Signal) error {
 }
 
 func (p *execProcess) release() {
-	if p.conn != nil {
-		p.conn.Close() // unblocks serveIPC; the conn is of no further use
-	}
+	p.once.Do(func() {
+		close(p.done)
+		if c := p.conn; c != nil {
+			// The worker was reaped, but what it sent last may still be
+			// unread: connections it gave back (balanced modes) and answers
+			// to jobs. The session reads to the end of the stream, which
+			// the kernel closed with the process; the close after a grace
+			// unblocks it should a descendant still hold the worker's end.
+			time.AfterFunc(releaseGrace, func() { c.Close() })
+		}
+		if p.notify != nil {
+			p.notify.close() // unblocks its reader and removes the file
+		}
+	})
 }
+
+// releaseGrace is how long the session of a reaped worker may go on
+// reading what the worker sent before it died.
+const releaseGrace = 500 * time.Millisecond
 
 // drain sends an ipc drain message. The loop calls it only for a worker
 // that said hello (best effort: the stop signal is sent as well).
@@ -122,6 +150,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 		return
 	}
 	s.log.Debug("ipc hello", "version", peer.Version)
+	p.said.Store(true)
 	if st.balance != nil {
 		s.target = st.balance.newTarget(req.slot, p.pid, p.conn)
 		// Once the session is over, connections the worker did not
@@ -142,10 +171,15 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
+	lim := newIPCLimiter(s.log, s.p.done)
 	for {
 		m, err := s.p.conn.Recv()
 		if err != nil {
 			return err
+		}
+		if !lim.admit(len(m.FDs)) {
+			_ = m.CloseFDs()
+			return nil // released while paced
 		}
 		if err := s.handle(m); err != nil {
 			return err
@@ -400,9 +434,12 @@ func quietIPCError(err error) bool {
 		errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (st *execStarter) post(e workerEvent) {
+// post hands an event to the loop; false once the loop has ended.
+func (st *execStarter) post(e workerEvent) bool {
 	select {
 	case st.events <- e:
+		return true
 	case <-st.done:
+		return false
 	}
 }

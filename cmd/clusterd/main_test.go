@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -37,6 +38,18 @@ var helpers = map[string]func(args []string) int{
 	},
 	"worker": workerHelper,
 	"crash":  func([]string) int { return 3 },
+	// bind binds its own port, args[0], as a server not written for
+	// socket activation does, and fails as one does when it is taken.
+	"bind": func(args []string) int {
+		ln, err := net.Listen("tcp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "starting up")
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		ln.Close()
+		return 0
+	},
 }
 
 var (
@@ -123,6 +136,9 @@ func workerHelper(args []string) int {
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
 	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
+	say := fs.String("say", "", "print this line to stdout once ready")
+	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
+	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -154,6 +170,24 @@ func workerHelper(args []string) int {
 	}
 	if inRange(*exitGens, gen) {
 		return 0
+	}
+	if *say != "" {
+		fmt.Println(*say)
+	}
+	if *spew > 0 && inRange(*spewGens, gen) {
+		go func() {
+			w := bufio.NewWriterSize(os.Stdout, 64<<10)
+			line := strings.Repeat("spew ", 12) + "spew..\n" // 64 bytes
+			n := 0
+			for ; n < *spew; n += len(line) {
+				w.WriteString(line)
+			}
+			if err := w.Flush(); err != nil {
+				fmt.Fprintf(os.Stderr, "worker helper: spew: %v\n", err)
+				return
+			}
+			fmt.Fprintf(os.Stderr, "spewed %d bytes\n", n)
+		}()
 	}
 
 	var served atomic.Int64
