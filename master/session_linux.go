@@ -172,14 +172,18 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
 	lim := newIPCLimiter(s.log, s.p.done)
+	paced := true
 	for {
 		m, err := s.p.conn.Recv()
 		if err != nil {
 			return err
 		}
-		if !lim.admit(len(m.FDs)) {
-			_ = m.CloseFDs()
-			return nil // released while paced
+		if paced && !lim.admit(len(m.FDs)) {
+			// Released while paced: the worker is gone, and what is left
+			// to read is what it sent before it died (the stream ended with
+			// the process). It is read at once, to its end: connections it
+			// gave back must reach another worker, not be dropped.
+			paced = false
 		}
 		if err := s.handle(m); err != nil {
 			return err

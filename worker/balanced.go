@@ -132,6 +132,9 @@ func (h *handoff) giveBack(conn *ipc.Conn, id int, files []*os.File, flush bool)
 	h.changed()
 }
 
+// reportSpacing is the least time between two reports of the totals.
+const reportSpacing = time.Millisecond
+
 // giveBackTimeout bounds how long closing a balanced listener waits for
 // the connections it gives back to be written.
 const giveBackTimeout = time.Second
@@ -155,6 +158,10 @@ func (h *handoff) report(conn *ipc.Conn) {
 		case <-conn.Done():
 			return
 		}
+		// One report covers every change since the last: under load the
+		// totals move thousands of times a second, and reports at most
+		// every reportSpacing keep well within the master's IPC pacing.
+		time.Sleep(reportSpacing)
 		m, err := ipc.NewMessage(ipc.KindConn, ipc.ConnReport{Received: h.received.Load(), Closed: h.closed.Load()})
 		if err == nil {
 			err = conn.Send(m)
