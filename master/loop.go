@@ -144,14 +144,25 @@ type slot struct {
 	lastExit  string // how its last worker ended
 }
 
+// leftovers are the cluster's processes besides its workers: their
+// children, also those that left the worker's process group.
+type leftovers interface {
+	// members lists the live ones.
+	members() []int
+	// signal sends sig to all of them.
+	signal(sig syscall.Signal)
+}
+
 // loopDeps are the loop's connections to the outside world.
 type loopDeps struct {
 	starter  starter
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
+	cluster  leftovers                   // nil: the loop ends with its workers
 	output   func(pid int) *tail         // takes a worker's last output line; nil: none
 	sdNotify func(state string)          // the master's own sd_notify; never nil
+	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
 	ready    func()                      // called once every initial worker is ready
 	jitter   func() float64              // in [0, 1)
 	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
@@ -183,9 +194,12 @@ type loop struct {
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
+	stopAt   time.Time // when the stop began
+	sweep    sweepState
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
+	status   string    // the last STATUS= sent
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -229,8 +243,13 @@ func (l *loop) run(ctx context.Context) error {
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
 	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
+	quiet := false                 // the last iteration handled an event that leaves the status as it was
 	for {
 		l.publishRoutes()
+		if !quiet {
+			l.publishStatus()
+		}
+		quiet = false
 		if l.finished() {
 			break
 		}
@@ -254,6 +273,9 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+			// The frequent ones change nothing the status line shows:
+			// skip recomputing it for them.
+			quiet = e.kind == evHeartbeat || e.kind == evStats || e.kind == evWatchdog
 		case c := <-l.commands:
 			c.apply(l)
 		case <-timer.C:
@@ -264,27 +286,27 @@ func (l *loop) run(ctx context.Context) error {
 	return l.result
 }
 
-// finished reports whether nothing is left to supervise.
+// finished reports whether nothing is left to supervise: no worker, and
+// no other process of the cluster (see sweepLeftovers).
 func (l *loop) finished() bool {
 	if len(l.byPID) > 0 {
 		return false
 	}
-	if l.stopping {
-		return true
-	}
-	if l.paused {
-		return false // waiting for HUP
-	}
-	for _, s := range l.slots {
-		if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
-			return false
+	if !l.stopping {
+		if l.paused {
+			return false // waiting for HUP
+		}
+		for _, s := range l.slots {
+			if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
+				return false
+			}
+		}
+		// Every worker exited and the policy restarts none of them.
+		if l.lastBad != "" && l.result == nil {
+			l.result = fmt.Errorf("all workers exited (last: %s)", l.lastBad)
 		}
 	}
-	// Every worker exited and the policy restarts none of them.
-	if l.lastBad != "" && l.result == nil {
-		l.result = fmt.Errorf("all workers exited (last: %s)", l.lastBad)
-	}
-	return true
+	return l.sweepLeftovers(time.Now())
 }
 
 func (l *loop) newSlot(id int) *slot {
@@ -507,8 +529,10 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	for _, s := range l.slots {
 		add(s.restartAt)
+		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
+	add(l.sweep.pollAt)
 	add(l.checkAt)
 	return next, !next.IsZero()
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -120,6 +121,29 @@ type harness struct {
 	workers int
 	cmds    chan command
 	hub     *eventHub
+	sd      *sdRecord // every sd_notify state and STATUS= line, in order
+}
+
+// sdRecord keeps what the loop sent its service manager, in order.
+type sdRecord struct {
+	mu    sync.Mutex
+	sent  []string
+	reads int // how many take has returned
+}
+
+func (r *sdRecord) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, s)
+}
+
+// take returns what was sent since the last take.
+func (r *sdRecord) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := slices.Clone(r.sent[r.reads:])
+	r.reads = len(r.sent)
+	return s
 }
 
 // start runs a loop with opts (Command defaults to /bin/true) inside the
@@ -131,12 +155,20 @@ func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness
 
 func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
-	return startLoopHub(t, opts, watchdog, newEventHub(), setup...)
+	return startLoopDeps(t, opts, watchdog, nil, setup...)
+}
+
+// startLoopDeps is startLoop with a watchdog interval and the cluster's
+// leftovers (nil: none).
+func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster leftovers, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
+	return startLoopHub(t, opts, watchdog, newEventHub(), cluster, setup...)
 }
 
 // startLoopHub starts a loop that publishes its events to hub, so a test
-// can subscribe before the first worker starts.
-func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, setup ...func(*fakeStarter)) *harness {
+// can subscribe before the first worker starts, with the cluster's
+// leftovers (nil: none).
+func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
@@ -155,6 +187,7 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		result: make(chan error, 1),
 		cmds:   make(chan command),
 		hub:    hub,
+		sd:     &sdRecord{},
 	}
 	opts.Signals = h.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{Output: h.logs, Level: hclog.Trace})
@@ -172,8 +205,10 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		sockets:  h.socks,
 		exits:    h.exits,
 		events:   h.events,
+		cluster:  cluster,
 		output:   h.takeTail,
-		sdNotify: func(s string) { h.notes <- s },
+		sdNotify: func(s string) { h.sd.add(s); h.notes <- s },
+		sdStatus: func(s string) { h.sd.add("STATUS=" + s) },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },
 		watchdog: watchdog,

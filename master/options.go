@@ -54,10 +54,15 @@ type Options struct {
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
-	// Activated are sockets received by systemd socket activation; when
-	// non-empty they are used instead of binding Listen (their names come
-	// from f.Name()). The Master owns them once New succeeds: Run closes them
-	// when it returns. They cannot be combined with BalanceReusePort.
+	// Activated are sockets received by systemd socket activation (their
+	// names, LISTEN_FDNAMES, come from f.Name()). Each is matched to the
+	// Listen entry of the same Name or, failing that, of the same address
+	// (a port 0 matches nothing), and used instead of binding it; a Listen
+	// entry that matches none is bound as usual, and an activated socket
+	// that matches no entry is used as well, after the Listen ones, with a
+	// warning in the log. The Master owns them once New succeeds: Run
+	// closes them when it returns. They cannot be combined with
+	// BalanceReusePort.
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
@@ -183,12 +188,25 @@ type Options struct {
 	// names) are always handed out. nil allows every address the master's
 	// privileges can bind.
 	AllowListen func(spec sockshare.Spec) error
+	// Contain, when true, makes sure no process of the cluster outlives the
+	// master, however the master ends: Run puts the workers into a cgroup
+	// of their own where it can make one (cgroup v2, writable: root, or a
+	// delegated subtree), and starts a guardian process (this program in
+	// [GuardianArg] mode, which [DispatchExecWorker], called first thing
+	// in main, runs; Run fails at start, saying so, when it does not) that
+	// kills the cluster when the master is gone. Without a cgroup, the
+	// guardian and the stop's sweep find the workers' orphans only with
+	// Subreaper (they are reparented to the master). The zero value leaves the host's cgroups and processes alone: workers
+	// die with the master by their parent-death signal, their children
+	// only when the master stops them. cmd/clusterd sets it.
+	Contain bool
 }
 
 // config is the validated copy of Options the master runs with.
 type config struct {
 	Options
 	path       string              // resolved Command[0]
+	guardian   string              // with Contain: the executable run in guardian mode
 	credential *syscall.Credential // nil: keep the master's
 }
 
@@ -333,6 +351,13 @@ func normalize(opts Options) (*config, error) {
 			return nil, optErr("ExecWorker", "find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
+	}
+	if c.Contain {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, optErr("Contain", "find own executable for guardian mode: %w", err)
+		}
+		c.guardian = exe
 	}
 	if c.PIDFile != "" {
 		abs, err := filepath.Abs(c.PIDFile)

@@ -35,6 +35,16 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err := ls.bind(); err != nil {
 		return err
 	}
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	if max := fdStoreMax(os.LookupEnv); max != 0 {
+		files, names := ls.storable()
+		if n, err := sd.storeFDs(files, names, max); err != nil {
+			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
+		} else if n > 0 {
+			log.Info("listeners kept by the service manager", "stored", n)
+		}
+	}
 	m.addrs = ls.addrs
 	close(m.listening)
 	if len(m.addrs) == 0 {
@@ -48,6 +58,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.stop()
+	// Before any worker: the guardian must know of every one.
+	cont, err := newContainment(cfg, r, log)
+	if err != nil {
+		return err
+	}
+	defer cont.close()
 	events := make(chan workerEvent)
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
@@ -63,8 +79,6 @@ func (m *Master) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
 	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
@@ -77,7 +91,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 			ie.Output = ie.tail.String()
 		}
 	}()
-	defer out.wait(cfg.KillTimeout)
+	defer out.wait()
 	var bal *balancer
 	if cfg.Balance.overIPC() {
 		bal = newBalancer(cfg.Balance, cfg.ConnQueue, cfg.HeartbeatInterval, log.Named("balance"))
@@ -85,14 +99,15 @@ func (m *Master) run(ctx context.Context) (err error) {
 		// worker is left to take what the master still holds.
 		defer bal.close()
 	}
-	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
+	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
 	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
-	// Deferred last, so it runs first: the loop has ended, and goroutines
+	// Deferred last, so they run first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
+	defer r.loopEnded()
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
@@ -100,8 +115,10 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sockets:        cs,
 		exits:          r.exits,
 		events:         events,
+		cluster:        cont,
 		output:         out.takeTail,
 		sdNotify:       sd.notify,
+		sdStatus:       sd.statusFunc(),
 		ready:          func() { close(m.ready) },
 		jitter:         rand.Float64,
 		watchdog:       watchdogInterval(os.LookupEnv, os.Getpid()),
