@@ -373,8 +373,11 @@ func TestBalancedSkipsWorkerThatStopsReading(t *testing.T) {
 	if failed.Load() > 0 {
 		t.Errorf("%d requests failed", failed.Load())
 	}
-	if n := fromVictim.Load(); n > queue {
-		t.Errorf("the stopped worker was handed %d connections, want at most the queue bound %d", n, queue)
+	// Besides the unacknowledged ones (the bound), the worker may have taken
+	// a few it had not answered yet as the signal stopped it: at most one
+	// per client.
+	if n := fromVictim.Load(); n > queue+16 {
+		t.Errorf("the stopped worker was handed %d connections, want at most the queue bound %d and one per client (16)", n, queue)
 	}
 	if peakFDs.Load() > int64(baseline+queue+16) {
 		t.Errorf("master had %d fds while a worker was stopped, %d at the baseline", peakFDs.Load(), baseline)
