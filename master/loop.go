@@ -81,11 +81,13 @@ const (
 
 // workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid    int
-	kind   eventKind
-	source ReadyKind
-	err    error
-	stats  map[string]int64
+	pid       int
+	kind      eventKind
+	source    ReadyKind
+	err       error
+	stats     map[string]int64
+	target    *target    // evOnline in the balanced modes
+	jobTarget *jobTarget // evOnline
 }
 
 type workerState int
@@ -125,6 +127,9 @@ type worker struct {
 	stats        map[string]int64
 	exec         execState  // what is known of its execve
 	heldExit     *exitEvent // its exit, held until its exec outcome arrives
+	target       *target    // takes balanced connections; nil: not balanced or not online
+	jobTarget    *jobTarget // takes jobs once ready; nil: not online
+	readyPending bool       // ready by Options.Ready, waiting for its hello (balanced modes)
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -164,6 +169,8 @@ type loopDeps struct {
 	commands <-chan command              // Master's methods, IPC sessions; nil: none
 	hub      *eventHub                   // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	balance  *balancer                   // BalanceRoundRobin, BalanceLeastConn; nil otherwise
+	jobs     *dispatcher                 // Dispatch; nil: none (loop tests)
 	// checkListeners heals the listeners and reports whether one was
 	// replaced (see watchListeners); nil: listeners are not watched.
 	checkListeners func(exited *worker, running []*worker) (replaced bool)
@@ -321,6 +328,11 @@ func (l *loop) startWorker(s *slot) error {
 	if err != nil {
 		return fmt.Errorf("start worker %d: %w", s.id, err)
 	}
+	if l.cfg.Balance.overIPC() {
+		// The master keeps its listeners and hands out connections; a
+		// worker asks for an address with worker.Listen.
+		files, names = nil, nil
+	}
 	gen := l.gens[s.id] + 1
 	pid, p, err := l.starter.start(spawnRequest{slot: s.id, gen: gen, files: files, names: names})
 	if err != nil {
@@ -347,7 +359,10 @@ func (l *loop) startWorker(s *slot) error {
 	case ReadyExec:
 		if w.exec == execUntracked {
 			l.becameReady(w) // no exec outcome will come: running is all we know
-			return nil
+			if !w.readyPending {
+				return nil
+			}
+			// Balanced: ready at its hello, which must come in time.
 		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
@@ -477,9 +492,14 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
+		w.target, w.jobTarget = e.target, e.jobTarget
 		w.log.Debug("worker online")
 		l.rerouted = true
 		l.emit(EventOnline, w, nil)
+		if w.readyPending {
+			w.readyPending = false
+			l.becameReady(w)
+		}
 	case evDisconnect:
 		if !w.online || w.disconnected {
 			return

@@ -66,6 +66,25 @@ type Options struct {
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
+	// JobAttempts is how many times Dispatch sends a job that keeps losing
+	// its worker (dies, hangs, disconnects) before it gives up. 0 means
+	// DefaultJobAttempts.
+	JobAttempts int
+	// JobQueue bounds the jobs outstanding on one worker; a worker at the
+	// bound gets none until it answers one. 0 means DefaultJobQueue.
+	JobQueue int
+	// MaxJobs bounds the jobs in flight in the whole cluster (Dispatch
+	// calls and workers' submissions). 0 means DefaultMaxJobs.
+	MaxJobs int
+	// JobsFailFast makes Dispatch return an error wrapping
+	// ErrJobQueueFull when a bound is reached, instead of waiting for room
+	// until its context is done.
+	JobsFailFast bool
+	// ConnQueue bounds, with BalanceRoundRobin and BalanceLeastConn, the
+	// connections handed to one worker that it has not yet acknowledged; a
+	// worker at the bound gets no more until it catches up. 0 means
+	// DefaultConnQueue; at most 4096.
+	ConnQueue int
 	// ListenOptions are used for every bound address; ReusePort is forced on
 	// with BalanceReusePort.
 	ListenOptions sockshare.ListenOptions
@@ -241,11 +260,29 @@ func normalize(opts Options) (*config, error) {
 	case c.Workers == 0:
 		c.Workers = runtime.NumCPU()
 	}
-	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
+	if c.Balance < BalanceShared || c.Balance > BalanceLeastConn {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)
 	}
 	if c.Balance == BalanceReusePort && len(c.Activated) > 0 {
 		return nil, optErr("Balance", "balance reuseport cannot be used with socket activation: activated sockets are shared")
+	}
+	switch {
+	case c.ConnQueue < 0 || c.ConnQueue > 4096:
+		return nil, optErr("ConnQueue", "connection queue %d: want 0 to 4096", c.ConnQueue)
+	case c.ConnQueue == 0:
+		c.ConnQueue = DefaultConnQueue
+	}
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{{"JobAttempts", &c.JobAttempts, DefaultJobAttempts}, {"JobQueue", &c.JobQueue, DefaultJobQueue}, {"MaxJobs", &c.MaxJobs, DefaultMaxJobs}} {
+		switch {
+		case *f.v < 0:
+			return nil, optErr(f.name, "%s %d: must not be negative", f.name, *f.v)
+		case *f.v == 0:
+			*f.v = f.def
+		}
 	}
 	for i, f := range c.Activated {
 		if f == nil {

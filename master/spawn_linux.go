@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -24,22 +25,25 @@ import (
 // open file description to blocking mode, and that description is shared
 // by the master and every worker holding the socket.
 type execStarter struct {
-	cfg     *config
-	log     hclog.Logger
-	argv    []string // ExecWorker prefix, "--", resolved command, its args
-	env     []string // base environment of every worker
-	devNull int      // stdin of workers; owned, closed by close
-	stdout  int      // raw fds for OutputRaw, or -1 to use pipes
-	stderr  int
-	out     *outputs
-	reaper  *reaper
-	contain *containment
-	events  chan<- workerEvent
-	cmds    chan<- command  // the loop's commands (listen requests)
-	done    <-chan struct{} // closed when the loop has ended
-	notify  *notifyDir      // nil: workers get no NOTIFY_SOCKET
-	logs    *logRing        // the last lines of output, for the control socket; nil: none
-	ipc     *ipcTotals      // IPC counters; nil: none
+	cfg        *config
+	log        hclog.Logger
+	argv       []string // ExecWorker prefix, "--", resolved command, its args
+	env        []string // base environment of every worker
+	devNull    int      // stdin of workers; owned, closed by close
+	stdout     int      // raw fds for OutputRaw, or -1 to use pipes
+	stderr     int
+	out        *outputs
+	reaper     *reaper
+	contain    *containment
+	events     chan<- workerEvent
+	cmds       chan<- command  // the loop's commands (listen requests)
+	done       <-chan struct{} // closed when the loop has ended
+	notify     *notifyDir      // nil: workers get no NOTIFY_SOCKET
+	balance    *balancer       // balanced modes; nil otherwise
+	dispatcher *dispatcher
+	dispatch   func(ctx context.Context, job any, skip *jobTarget) (JobResult, error) // a worker's Submit
+	logs       *logRing                                                               // the last lines of output, for the control socket; nil: none
+	ipc        *ipcTotals                                                             // IPC counters; nil: none
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup

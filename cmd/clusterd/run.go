@@ -130,6 +130,7 @@ type runFlags struct {
 	workers       int
 	listen        []string
 	balance       string
+	connQueue     int
 	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
@@ -159,7 +160,8 @@ type runFlags struct {
 func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
-	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.IntVar(&f.connQueue, "conn-queue", master.DefaultConnQueue, "with --balance round-robin or least-conn: the most connections handed to one worker and not yet taken by it; a worker at the bound gets none until it catches up")
+	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers), reuseport (one SO_REUSEPORT socket per slot), or round-robin or least-conn (the master accepts and hands each connection to a worker over IPC; workers must use the clusterd worker library)")
 	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
@@ -369,6 +371,12 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
+	if fs.Changed("conn-queue") {
+		if f.connQueue == 0 {
+			return o, usagef("--conn-queue must be at least 1, got 0")
+		}
+		o.ConnQueue = f.connQueue // master.New checks the range
+	}
 	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
@@ -419,7 +427,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 
 // optionFlags names the flag of each master.Options field the flags set.
 var optionFlags = map[string]string{
-	"Workers": "workers", "Listen": "listen", "Balance": "balance", "Restart": "restart",
+	"Workers": "workers", "Listen": "listen", "Balance": "balance", "ConnQueue": "conn-queue", "Restart": "restart",
 	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
