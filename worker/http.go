@@ -213,7 +213,7 @@ func isQuiet(st http.ConnState) bool {
 }
 
 // set records that c is now in state st. net/http reports the states of one
-// connection in order, from one goroutine.
+// connection in order.
 func (t *connTracker) set(c net.Conn, st http.ConnState) {
 	draining := t.draining.Load()
 	switch st {
@@ -293,6 +293,9 @@ func (e *connEntry) closeIfQuiet(c net.Conn, start time.Time, grace time.Duratio
 		end = start
 	}
 	end = end.Add(grace)
+	if e.sampled && now.Before(end) {
+		return end, true
+	}
 	n, pending, known := received(c)
 	if !e.sampled {
 		e.sample, e.sampled = n, true
