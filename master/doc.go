@@ -237,9 +237,21 @@
 // connections: the master logs a warning.
 //
 // When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
-// its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
-// and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
-// half of WATCHDOG_USEC when the service has a watchdog.
+// its own supervisor: READY=1 once every initial worker is ready (not when
+// the master starts), RELOADING=1 with MONOTONIC_USEC= and then READY=1
+// around a reload (as Type=notify-reload wants), STOPPING=1 when it stops,
+// STATUS= whenever its one-line state changes ("4/4 workers ready",
+// "reloading 2/4", "degraded: slot 3 crash-looping", "stopping: 2 workers
+// left"), and WATCHDOG=1 at half of WATCHDOG_USEC when the service has a
+// watchdog. The pings come from the loop's own timer, so a loop that is
+// stuck stops sending them and systemd's watchdog fires.
+//
+// With NOTIFY_SOCKET set (and FDSTORE, where systemd ≥ 254 sets it, not
+// 0), the master hands every listener it bound itself, named or on a fixed
+// port, to the service manager's fd store (FDSTORE=1, FDNAME= the Listen
+// name). After a crash, kill -9 or restart systemd passes them back in
+// LISTEN_FDS, and they are matched to Listen like activated sockets: the
+// listening sockets and their accept queues outlive every master.
 //
 // # Limits on a worker's IPC
 //
@@ -265,5 +277,8 @@
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart
-// intensity exceeded", Info "stopped".
+// intensity exceeded", Info "stopped". Under systemd: Warn "activated
+// socket matches no listen address: serving it as well" and "activated
+// socket with no listen address given: serving it" (name, addr), Info
+// "listeners kept by the service manager" (stored).
 package master

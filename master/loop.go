@@ -157,6 +157,7 @@ type loopDeps struct {
 	cluster  leftovers                   // nil: the loop ends with its workers
 	output   func(pid int) *tail         // takes a worker's last output line; nil: none
 	sdNotify func(state string)          // the master's own sd_notify; never nil
+	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
 	ready    func()                      // called once every initial worker is ready
 	jitter   func() float64              // in [0, 1)
 	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
@@ -191,6 +192,7 @@ type loop struct {
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
+	status   string    // the last STATUS= sent
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -234,8 +236,13 @@ func (l *loop) run(ctx context.Context) error {
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
 	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
+	quiet := false                 // the last iteration handled an event that leaves the status as it was
 	for {
 		l.publishRoutes()
+		if !quiet {
+			l.publishStatus()
+		}
+		quiet = false
 		if l.finished() {
 			break
 		}
@@ -259,6 +266,9 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+			// The frequent ones change nothing the status line shows:
+			// skip recomputing it for them.
+			quiet = e.kind == evHeartbeat || e.kind == evStats || e.kind == evWatchdog
 		case c := <-l.commands:
 			c.apply(l)
 		case <-timer.C:
@@ -499,6 +509,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	}
 	for _, s := range l.slots {
 		add(s.restartAt)
+		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
 	add(l.sweep.pollAt)

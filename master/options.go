@@ -54,10 +54,15 @@ type Options struct {
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
-	// Activated are sockets received by systemd socket activation; when
-	// non-empty they are used instead of binding Listen (their names come
-	// from f.Name()). The Master owns them once New succeeds: Run closes them
-	// when it returns. They cannot be combined with BalanceReusePort.
+	// Activated are sockets received by systemd socket activation (their
+	// names, LISTEN_FDNAMES, come from f.Name()). Each is matched to the
+	// Listen entry of the same Name or, failing that, of the same address
+	// (a port 0 matches nothing), and used instead of binding it; a Listen
+	// entry that matches none is bound as usual, and an activated socket
+	// that matches no entry is used as well, after the Listen ones, with a
+	// warning in the log. The Master owns them once New succeeds: Run
+	// closes them when it returns. They cannot be combined with
+	// BalanceReusePort.
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance

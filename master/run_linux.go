@@ -35,6 +35,16 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err := ls.bind(); err != nil {
 		return err
 	}
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	if max := fdStoreMax(os.LookupEnv); max != 0 {
+		files, names := ls.storable()
+		if n, err := sd.storeFDs(files, names, max); err != nil {
+			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
+		} else if n > 0 {
+			log.Info("listeners kept by the service manager", "stored", n)
+		}
+	}
 	m.addrs = ls.addrs
 	close(m.listening)
 	if len(m.addrs) == 0 {
@@ -69,8 +79,6 @@ func (m *Master) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
 	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
@@ -102,6 +110,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		cluster:  cont,
 		output:   out.takeTail,
 		sdNotify: sd.notify,
+		sdStatus: sd.statusFunc(),
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),

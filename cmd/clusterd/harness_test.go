@@ -90,6 +90,11 @@ type clusterConfig struct {
 	env    []string   // added to the master's environment
 	stdout *os.File   // the master's stdout instead of a pipe the test reads
 	stderr *os.File   // the master's stderr likewise; its log is then not read
+
+	// launcher is a command that execs the master, the test binary's
+	// path and the master's argv appended (systemd-socket-activate ...);
+	// nil: none.
+	launcher []string
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -122,7 +127,9 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
-	c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
+	argv := append(append([]string{exe}, cfg.prefix...), args...)
+	argv = append(slices.Clip(cfg.launcher), argv...)
+	c.cmd = exec.Command(argv[0], argv[1:]...)
 	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sort"
 	"strconv"
@@ -204,6 +205,17 @@ func workerHelper(args []string) int {
 		// The slow request is the behaviour under test, not a wait.
 		time.Sleep(2 * time.Second)
 		fmt.Fprintf(w, "slow done pid=%d\n", os.Getpid())
+	})
+	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
+		// A grandchild of the master that outlives its parent: sh starts a
+		// subshell blocked reading the fifo and exits, so the subshell is
+		// orphaned to the nearest subreaper (the master, or PID 1).
+		out, err := exec.Command("/bin/sh", "-c", `(read x < "$0") >/dev/null 2>&1 & echo $!`, r.URL.Query().Get("fifo")).Output()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "orphan=%s", out)
 	})
 	mux.HandleFunc("/fds", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "fds=%s\n", joinInts(startFDs))

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,10 @@ Listen addresses:
   The master removes the socket files it created when it stops (not those
   of sockets from systemd socket activation, nor a file that replaced its
   socket at the path).
+  Under systemd socket activation (LISTEN_FDS for clusterd itself), each
+  activated socket stands in for the --listen of the same NAME, or else of
+  the same address; a --listen with no match is bound, and an activated
+  socket with no --listen is served as well, with a warning.
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
@@ -75,6 +80,7 @@ Signals to the master:
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
+  USR1         reopen --log-file by its path (after logrotate moved it)
 
 Worker output (--output prefix):
   Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
@@ -136,6 +142,7 @@ type runFlags struct {
 	logLevel      string
 	logJSON       bool
 	pidFile       string
+	logFile       string
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -163,6 +170,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "master log level: trace, debug, info, warn, error or off")
 	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
+	fs.StringVar(&f.logFile, "log-file", "", "append the master's log and the workers' output to this file instead of stderr and stdout; SIGUSR1 reopens it (after logrotate moved it)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -209,7 +217,16 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Contain = true
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
+	logTo := cmd.ErrOrStderr()
+	var lf *logFile
+	if f.logFile != "" {
+		if lf, err = openLogFile(f.logFile); err != nil {
+			return err
+		}
+		defer lf.close() // after the log writer's close below: nothing writes any more
+		opts.Stdout, opts.Stderr, logTo = lf, lf, lf
+	}
+	logOut := newLogWriter(logTo, cmd.OutOrStdout())
 	defer logOut.close()
 	logger, err := f.logger(logOut)
 	if err != nil {
@@ -217,6 +234,11 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	}
 	opts.Logger = logger
 	surviveBrokenPipes()
+	// SIGUSR1 reopens the log file, here and not in the master's loop: the
+	// file is the CLI's. Without --log-file it is caught all the same, as
+	// its default action would kill the master.
+	stopReopen := reopenOnUSR1(lf, logger)
+	defer stopReopen()
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -248,11 +270,45 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	return m.Run(cmd.Context())
 }
 
+// reopenOnUSR1 reopens lf (nil: none) on every SIGUSR1 until the returned
+// function is called, which waits for the goroutine to end.
+func reopenOnUSR1(lf *logFile, log hclog.Logger) (stop func()) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, unix.SIGUSR1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-usr1:
+			}
+			if lf == nil {
+				log.Debug("no log file to reopen", "signal", "SIGUSR1")
+				continue
+			}
+			if err := lf.reopen(); err != nil {
+				log.Warn("log file not reopened", "error", err)
+				continue
+			}
+			log.Info("log file reopened", "path", lf.path)
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+		wg.Wait()
+	}
+}
+
 // masterSignals are the signals the CLI relays to the master's loop.
 func masterSignals() []os.Signal {
 	return []os.Signal{
 		unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT,
-		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2, unix.SIGWINCH,
 	}
 }
 
