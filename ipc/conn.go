@@ -55,6 +55,7 @@ type Conn struct {
 	wkick     chan struct{} // capacity 1
 	wqueued   int64         // bytes ever appended to wbuf
 	wwritten  int64         // bytes ever handed to the kernel
+	winflight int64         // bytes of the batch the writer is writing now
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 	wfdFree   [][]int       // descriptor slices of written segments, for SendFDs to reuse
 	woob      []byte        // the writer's SCM_RIGHTS control buffer, reused
@@ -413,15 +414,22 @@ func (c *Conn) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	target := c.wqueued
 	for c.wwritten < target {
-		if c.isDead() {
+		// A connection that failed while the writer still had these bytes
+		// in a sendmsg (the peer read them and closed at once) has not
+		// failed them: wait for that write's own result.
+		if c.isDead() && c.wwritten+c.winflight < target {
 			c.wmu.Unlock()
 			return c.failureFor("flush")
 		}
 		ch := c.flushedLocked()
+		dead := c.dead
+		if c.isDead() {
+			dead = nil // the writer closes ch when that write returns
+		}
 		c.wmu.Unlock()
 		select {
 		case <-ch:
-		case <-c.dead:
+		case <-dead:
 		case <-ctx.Done():
 			return fmt.Errorf("ipc: flush: %w", ctx.Err())
 		}
@@ -455,6 +463,7 @@ func (c *Conn) writeLoop() {
 		data, segs := c.wbuf, c.wsegs
 		c.wbuf, c.wsegs = c.wspare[:0], c.wsegSpare[:0]
 		c.wspare, c.wsegSpare = nil, nil
+		c.winflight = int64(len(data))
 		if c.wflushed != nil {
 			// Senders waiting for room can fill the emptied buffer while this
 			// batch is written.
@@ -466,9 +475,10 @@ func (c *Conn) writeLoop() {
 		nfds, err := c.writeBatch(data, segs)
 
 		c.wmu.Lock()
-		c.wwritten += int64(len(data))
+		c.winflight = 0
 		c.wfds -= nfds
 		if err == nil {
+			c.wwritten += int64(len(data))
 			c.count.sentBytes.Add(uint64(len(data)))
 		}
 		if cap(data) <= 2*c.opts.WriteBuffer {
