@@ -123,6 +123,15 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
+
+	watchdogBy  time.Time // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
+	retiring    string    // why it is being replaced (health); "": it is not
+	hung        bool      // it was found hung
+	rss         int64     // its process group's memory at the last sample
+	retireAfter int64     // RetireRequests with its jitter; 0: never
+	killed      bool      // the master SIGKILLed it
+	deadline    bool      // ... because its drain deadline (KillTimeout) passed
+	signalled   bool      // the master sent it its stop signal
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -134,7 +143,9 @@ type slot struct {
 	backoff   backoff
 	removed   bool
 	restarts  int    // unplanned restarts
+	hangs     int    // workers found hung
 	lastExit  string // how its last worker ended
+	lastCause string // why, in words (exitCause)
 }
 
 // loopDeps are the loop's connections to the outside world.
@@ -143,13 +154,15 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	sdNotify func(state string)          // the master's own sd_notify; never nil
-	ready    func()                      // called once every initial worker is ready
-	jitter   func() float64              // in [0, 1)
-	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
-	commands <-chan command              // Master's methods, IPC sessions; nil: none
-	hub      *eventHub                   // where events go; nil: nowhere
-	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	sdNotify func(state string)            // the master's own sd_notify; never nil
+	memory   func() (map[int]int64, error) // resident bytes by process group; nil: no sampling
+	oomKills func() (uint64, bool)         // the system's OOM kill count; nil or !ok: unknown
+	ready    func()                        // called once every initial worker is ready
+	jitter   func() float64                // in [0, 1)
+	watchdog time.Duration                 // send WATCHDOG=1 this often; 0: never
+	commands <-chan command                // Master's methods, IPC sessions; nil: none
+	hub      *eventHub                     // where events go; nil: nowhere
+	routes   *atomic.Pointer[routeTable]   // published for Send; nil: not published
 }
 
 type loop struct {
@@ -170,6 +183,8 @@ type loop struct {
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
+	sampleAt time.Time // next memory sample; zero: none
+	ooms     uint64    // oomKills at the last look
 	rerouted bool      // a slot's serving online worker changed: publish routes
 }
 
@@ -190,6 +205,9 @@ func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
 // restarts, on its own). It returns nil after a requested stop and the
 // reason otherwise.
 func (l *loop) run(ctx context.Context) error {
+	if l.cfg.workersFrom != "" {
+		l.log.Info("worker count from CPUs", "workers", l.cfg.Workers, "source", l.cfg.workersFrom)
+	}
 	for i := range l.cfg.Workers {
 		l.newSlot(i)
 	}
@@ -204,6 +222,12 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.cfg.MaxMemory > 0 && l.memory != nil {
+		l.sampleAt = time.Now().Add(l.cfg.SampleInterval)
+	}
+	if l.oomKills != nil {
+		l.ooms, _ = l.oomKills()
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -299,6 +323,9 @@ func (l *loop) startWorker(s *slot) error {
 		slot: s, gen: gen, pid: pid, proc: p, state: stateStarting, started: now,
 		log: l.log.With("worker", s.id, "pid", pid, "generation", gen),
 	}
+	if l.cfg.RetireRequests > 0 {
+		w.retireAfter = l.cfg.RetireRequests + int64(l.jitter()*float64(l.cfg.RetireJitter+1))
+	}
 	l.byPID[pid] = w
 	if replace {
 		s.next = w
@@ -358,6 +385,15 @@ func (l *loop) onExit(e exitEvent) {
 	if w.why != "" {
 		kv = append(kv, "reason", w.why)
 	}
+	oom := false
+	if e.status.signal == syscall.SIGKILL && !w.killed && l.oomKills != nil {
+		if n, ok := l.oomKills(); ok {
+			oom = n > l.ooms
+			l.ooms = n
+		}
+	}
+	cause := l.exitCause(w, e.status, oom)
+	kv = append(kv, "cause", cause)
 	if w.expected {
 		w.log.Info("worker exited", kv...)
 	} else {
@@ -373,15 +409,18 @@ func (l *loop) onExit(e exitEvent) {
 		ev.ExitCode, ev.Signal, ev.Uptime = e.status.code, e.status.signal, uptime
 		ev.ExitedAfterDisconnect = w.expected && !w.failed
 		ev.Reason = w.why
+		ev.Cause = cause
 	})
 
 	s := w.slot
 	s.lastExit = e.status.String()
+	s.lastCause = cause
 	switch {
 	case s.next == w:
 		s.next = nil
 		if !w.expected {
 			l.abortReload(s, w.pid, e.status.String()+" before it was ready")
+			l.replacementFailed(s)
 		}
 	case s.cur == w:
 		s.cur = nil
@@ -418,6 +457,7 @@ func (l *loop) onEvent(e workerEvent) {
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+		l.onWatchdog(w, time.Now())
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {
@@ -442,6 +482,7 @@ func (l *loop) onEvent(e workerEvent) {
 		w.heartbeat = time.Now()
 	case evStats:
 		w.stats = e.stats
+		l.checkRequests(w)
 	}
 }
 
@@ -457,7 +498,10 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(w.readyAt)
 		add(w.readyBy)
 		add(w.killAt)
+		add(l.hangDeadline(w))
+		add(watchdogDeadline(w))
 	}
+	add(l.sampleAt)
 	for _, s := range l.slots {
 		add(s.restartAt)
 	}
@@ -473,14 +517,31 @@ func (l *loop) onTimers(now time.Time) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
 	}
+	if due(l.sampleAt, now) {
+		l.sampleAt = now.Add(l.cfg.SampleInterval)
+		if rss, err := l.memory(); err != nil {
+			l.log.Warn("memory sample failed", "error", err)
+		} else {
+			l.checkMemory(rss)
+		}
+	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {
 			continue // reaped meanwhile
 		}
+		l.checkHealth(w, now)
+		if w.state == stateExited {
+			continue
+		}
 		switch {
 		case due(w.killAt, now):
 			w.killAt = time.Time{}
-			w.log.Warn("worker killed after kill timeout", "timeout", l.cfg.KillTimeout.String())
+			w.deadline = true
+			kv := []any{"timeout", l.cfg.KillTimeout.String()}
+			if n, ok := w.stats[ConnectionsStat]; ok {
+				kv = append(kv, "connections", n)
+			}
+			w.log.Warn("worker killed after kill timeout", kv...)
 			l.killWorker(w, true, w.why)
 		case due(w.readyAt, now):
 			l.becameReady(w)

@@ -134,6 +134,13 @@ func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup
 // can subscribe before the first worker starts.
 func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
+	return startLoopDeps(t, opts, watchdog, hub, nil, setup...)
+}
+
+// startLoopDeps is startLoopHub with a hook that sets more of the loop's
+// dependencies (memory samples, the OOM kill count).
+func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, deps func(*loopDeps), setup ...func(*fakeStarter)) *harness {
+	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
 	}
@@ -162,7 +169,7 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		f(h.st)
 	}
 	var once sync.Once
-	l := newLoop(cfg, cfg.Logger, loopDeps{
+	d := loopDeps{
 		starter:  h.st,
 		sockets:  h.socks,
 		exits:    h.exits,
@@ -173,7 +180,11 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		watchdog: watchdog,
 		commands: h.cmds,
 		hub:      h.hub,
-	})
+	}
+	if deps != nil {
+		deps(&d)
+	}
+	l := newLoop(cfg, cfg.Logger, d)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {

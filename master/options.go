@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +34,13 @@ const (
 	// DefaultMaxRequests is how many requests of one worker the master
 	// handles at a time when Options.MaxRequests is 0.
 	DefaultMaxRequests = 64
+	// DefaultHeartbeatTimeouts is how many heartbeat intervals a library
+	// worker may stay silent before it counts as hung, when
+	// Options.HeartbeatTimeout is 0.
+	DefaultHeartbeatTimeouts = 10
+	// DefaultSampleInterval is how often worker memory is sampled when
+	// Options.MaxMemory is set and Options.SampleInterval is 0.
+	DefaultSampleInterval = 5 * time.Second
 )
 
 // Options configure a [Master]. The zero value of each field is documented;
@@ -49,7 +55,10 @@ type Options struct {
 	Env []string
 	// Dir is the workers' working directory; "" means the master's.
 	Dir string
-	// Workers is the number of slots; 0 means runtime.NumCPU(), negative is an error.
+	// Workers is the number of slots; negative is an error. 0 means the
+	// CPUs the master may use: those of its affinity mask, lowered to its
+	// cgroup's CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us/cfs_period_us)
+	// rounded up, as Go's GOMAXPROCS default counts them; Run logs which.
 	Workers int
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
@@ -128,6 +137,38 @@ type Options struct {
 	// their stats), as the master's IPC hello tells them. 0 means
 	// DefaultHeartbeatInterval; negative asks for none.
 	HeartbeatInterval time.Duration
+	// HeartbeatTimeout: a worker that heartbeats (a library worker, from its
+	// first heartbeat on, which the library sends right after its hello)
+	// and then stays silent this long is hung. It is logged, counted as a
+	// hang of its slot, and replaced: the replacement starts and becomes
+	// ready first, then the hung worker is drained (and SIGKILLed at
+	// KillTimeout). Workers that never heartbeat are not watched. 0 means
+	// DefaultHeartbeatTimeouts heartbeat intervals; negative turns it off.
+	// It must be longer than HeartbeatInterval.
+	HeartbeatTimeout time.Duration
+	// Watchdog, when positive, asks every worker for sd_notify keep-alives,
+	// as systemd's WatchdogSec= asks of a service: WATCHDOG_USEC is set in
+	// its environment (with NOTIFY_SOCKET), and a worker that sent
+	// WATCHDOG=1 once must send it again within Watchdog, or it is hung and
+	// replaced as for HeartbeatTimeout. 0: no watchdog.
+	Watchdog time.Duration
+	// MaxMemory, when positive, is the most memory (in bytes) a worker may
+	// use: the resident set of its whole process group, read from /proc
+	// every SampleInterval. A worker over it is replaced gracefully: its
+	// replacement starts and becomes ready first, then it drains within
+	// KillTimeout. 0: no limit, and no sampling.
+	MaxMemory int64
+	// SampleInterval is how often worker memory is sampled for MaxMemory.
+	// 0 means DefaultSampleInterval.
+	SampleInterval time.Duration
+	// RetireRequests, when positive, retires a library worker gracefully
+	// (replacement ready first, then drained) once the "requests" counter
+	// of its stats reaches RetireRequests plus a random extra in
+	// [0, RetireJitter], drawn per worker so that workers started together
+	// do not retire together (gunicorn's max_requests and
+	// max_requests_jitter). 0: never.
+	RetireRequests, RetireJitter int64
+
 	// OnMessage, when set, receives every one-way message (ipc KindUser) a
 	// worker sends, in the order that worker sent them. It is called from
 	// the worker's IPC session goroutine, one message at a time per worker
@@ -166,8 +207,9 @@ type Options struct {
 // config is the validated copy of Options the master runs with.
 type config struct {
 	Options
-	path       string              // resolved Command[0]
-	credential *syscall.Credential // nil: keep the master's
+	path        string              // resolved Command[0]
+	credential  *syscall.Credential // nil: keep the master's
+	workersFrom string              // where the default Workers came from; "": given
 }
 
 // normalize validates opts and applies defaults to a copy.
@@ -206,7 +248,8 @@ func normalize(opts Options) (*config, error) {
 	case c.Workers < 0:
 		return nil, optErr("Workers", "workers %d: must not be negative", c.Workers)
 	case c.Workers == 0:
-		c.Workers = runtime.NumCPU()
+		cpus := defaultWorkers()
+		c.Workers, c.workersFrom = cpus.n, cpus.source
 	}
 	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)
@@ -320,6 +363,41 @@ func normalize(opts Options) (*config, error) {
 		return nil, optErr("MaxRequests", "max requests %d: must not be negative", c.MaxRequests)
 	case c.MaxRequests == 0:
 		c.MaxRequests = DefaultMaxRequests
+	}
+	switch {
+	case c.HeartbeatTimeout < 0 || c.HeartbeatInterval == 0:
+		if c.HeartbeatTimeout > 0 {
+			return nil, optErr("HeartbeatTimeout", "heartbeat timeout %v: workers are asked for no heartbeats", c.HeartbeatTimeout)
+		}
+		c.HeartbeatTimeout = 0
+	case c.HeartbeatTimeout == 0:
+		c.HeartbeatTimeout = DefaultHeartbeatTimeouts * c.HeartbeatInterval
+	case c.HeartbeatTimeout <= c.HeartbeatInterval:
+		return nil, optErr("HeartbeatTimeout", "heartbeat timeout %v: must be longer than the heartbeat interval %v", c.HeartbeatTimeout, c.HeartbeatInterval)
+	}
+	switch {
+	case c.Watchdog < 0:
+		return nil, optErr("Watchdog", "watchdog %v: must not be negative", c.Watchdog)
+	case c.Watchdog > 0 && c.Watchdog < time.Millisecond:
+		return nil, optErr("Watchdog", "watchdog %v: below WATCHDOG_USEC's useful resolution of 1ms", c.Watchdog)
+	}
+	switch {
+	case c.MaxMemory < 0:
+		return nil, optErr("MaxMemory", "max memory %d: must not be negative", c.MaxMemory)
+	case c.SampleInterval < 0:
+		return nil, optErr("SampleInterval", "sample interval %v: must not be negative", c.SampleInterval)
+	case c.SampleInterval > 0 && c.SampleInterval < 10*time.Millisecond:
+		return nil, optErr("SampleInterval", "sample interval %v: below 10ms", c.SampleInterval)
+	case c.SampleInterval == 0:
+		c.SampleInterval = DefaultSampleInterval
+	}
+	switch {
+	case c.RetireRequests < 0:
+		return nil, optErr("RetireRequests", "max requests %d: must not be negative", c.RetireRequests)
+	case c.RetireJitter < 0:
+		return nil, optErr("RetireJitter", "max requests jitter %d: must not be negative", c.RetireJitter)
+	case c.RetireJitter > 0 && c.RetireRequests == 0:
+		return nil, optErr("RetireJitter", "max requests jitter %d: needs max requests", c.RetireJitter)
 	}
 	switch {
 	case c.MaxListeners == 0:

@@ -33,7 +33,11 @@ func (l *loop) becameReady(w *worker) {
 	if replacing {
 		l.reloadReplaced(s, w, took)
 		if old != nil {
-			l.drainWorker(old, "replaced by reload")
+			why := "replaced by reload"
+			if old.retiring != "" {
+				why = old.retiring
+			}
+			l.drainWorker(old, why)
 		}
 		l.reloadStep()
 	}
@@ -62,6 +66,7 @@ func (l *loop) readyTimeout(w *worker) {
 		w.failed = true // stopped on purpose, but for failing
 		w.slot.next = nil
 		l.abortReload(w.slot, w.pid, why)
+		l.replacementFailed(w.slot)
 		return
 	}
 	w.log.Error("worker not ready", "timeout", l.cfg.ReadyTimeout.String())

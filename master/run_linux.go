@@ -74,6 +74,8 @@ func (m *Master) run(ctx context.Context) (err error) {
 		exits:    r.exits,
 		events:   events,
 		sdNotify: sd.notify,
+		memory:   memoryByGroup,
+		oomKills: oomKillCount,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),

@@ -89,6 +89,12 @@ func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outpu
 	}
 	if notifyAddr != "" {
 		st.env = append(st.env, "NOTIFY_SOCKET="+notifyAddr)
+		if cfg.Watchdog > 0 {
+			// As systemd does for WatchdogSec=; WATCHDOG_PID is left unset
+			// (sd_watchdog_enabled then accepts any pid): the worker's pid
+			// is not known before the fork.
+			st.env = append(st.env, "WATCHDOG_USEC="+strconv.FormatInt(cfg.Watchdog.Microseconds(), 10))
+		}
 	}
 	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -24,6 +24,7 @@ func (l *loop) drainWorker(w *worker, why string) {
 	if w.online {
 		w.proc.drain(l.cfg.KillTimeout)
 	}
+	w.signalled = true
 	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
 		w.log.Debug("stop signal not delivered", "error", err)
 	}
@@ -43,6 +44,7 @@ func (l *loop) killWorker(w *worker, expected bool, why string) {
 		w.why = why
 	}
 	w.readyAt, w.readyBy, w.killAt = time.Time{}, time.Time{}, time.Time{}
+	w.killed = true
 	if err := w.proc.signal(syscall.SIGKILL); err != nil {
 		w.log.Debug("kill not delivered", "error", err)
 	}

@@ -65,6 +65,9 @@ func TestRunFlagDefaults(t *testing.T) {
 		KillTimeout:   master.DefaultKillTimeout,
 		ReloadBatch:   master.DefaultReloadBatch,
 		StopSignal:    unix.SIGTERM,
+
+		HeartbeatInterval: master.DefaultHeartbeatInterval,
+		SampleInterval:    master.DefaultSampleInterval,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("options from no flags = %+v, want %+v", got, want)
@@ -83,6 +86,8 @@ func TestRunFlagsToOptions(t *testing.T) {
 		"--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp",
 		"--user", "nobody", "--group", "nogroup", "--output", "raw",
 		"--pid-file", "/run/c.pid",
+		"--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s", "--watchdog", "2s",
+		"--max-memory", "48M", "--sample-interval", "1s", "--max-requests", "1000", "--max-requests-jitter", "50",
 	}
 	got, err := parseRun(t, args, nil)
 	if err != nil {
@@ -111,6 +116,14 @@ func TestRunFlagsToOptions(t *testing.T) {
 		Group:         "nogroup",
 		Output:        master.OutputRaw,
 		PIDFile:       "/run/c.pid",
+
+		HeartbeatInterval: 200 * time.Millisecond,
+		HeartbeatTimeout:  3 * time.Second,
+		Watchdog:          2 * time.Second,
+		MaxMemory:         48 << 20,
+		SampleInterval:    time.Second,
+		RetireRequests:    1000,
+		RetireJitter:      50,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("options from %q =\n%+v, want\n%+v", args, got, want)
@@ -174,6 +187,10 @@ func TestRunFlagErrors(t *testing.T) {
 		{"reload batch zero", []string{"--reload-batch", "0"}, nil, "--reload-batch"},
 		{"bad stop signal", []string{"--stop-signal", "SIGNOPE"}, nil, "--stop-signal"},
 		{"bad output", []string{"--output", "tee"}, nil, "--output"},
+		{"bad max memory", []string{"--max-memory", "lots"}, nil, `--max-memory: size "lots"`},
+		{"zero sample interval", []string{"--sample-interval", "0s"}, nil, "--sample-interval must be positive"},
+		{"zero heartbeat interval", []string{"--heartbeat-interval", "0s"}, nil, "--heartbeat-interval must be positive"},
+		{"negative heartbeat timeout", []string{"--heartbeat-timeout", "-1s"}, nil, "--heartbeat-timeout must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -105,6 +105,14 @@ type runFlags struct {
 	logLevel      string
 	logJSON       bool
 	pidFile       string
+
+	heartbeatInterval time.Duration
+	heartbeatTimeout  time.Duration
+	watchdog          time.Duration
+	maxMemory         string
+	sampleInterval    time.Duration
+	maxRequests       int64
+	maxRequestsJitter int64
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -123,6 +131,13 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
 	fs.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that tells a worker to drain, by name (TERM, SIGINT) or number")
+	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", master.DefaultHeartbeatInterval, "how often library workers heartbeat and report their stats")
+	fs.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", master.DefaultHeartbeatTimeouts*master.DefaultHeartbeatInterval, "a library worker silent this long is hung and replaced (default: 10 heartbeat intervals; 0: off)")
+	fs.DurationVar(&f.watchdog, "watchdog", 0, "a worker that sent WATCHDOG=1 on NOTIFY_SOCKET must send it again within this, or it is hung and replaced; WATCHDOG_USEC is set for it (0: off)")
+	fs.StringVar(&f.maxMemory, "max-memory", "", "replace a worker, gracefully, once its process group's resident memory exceeds this: 48M, 512MiB, 1G (default: no limit)")
+	fs.DurationVar(&f.sampleInterval, "sample-interval", master.DefaultSampleInterval, "how often worker memory is sampled for --max-memory")
+	fs.Int64Var(&f.maxRequests, "max-requests", 0, "retire a library worker, gracefully, after it served this many requests (0: never)")
+	fs.Int64Var(&f.maxRequestsJitter, "max-requests-jitter", 0, "add a random 0..N to --max-requests per worker, so that workers do not retire together")
 	fs.StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the workers' environment (repeatable)")
 	fs.StringVar(&f.cwd, "cwd", "", "working directory of the workers (default: the master's)")
 	fs.StringVar(&f.user, "user", "", "run the workers as this user, by name or uid (the master keeps its own to bind privileged ports)")
@@ -284,6 +299,31 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		return o, usagef("--output: %w", err)
 	}
 	o.PIDFile = f.pidFile
+	if f.heartbeatInterval <= 0 {
+		return o, usagef("--heartbeat-interval must be positive, got %v", f.heartbeatInterval)
+	}
+	o.HeartbeatInterval = f.heartbeatInterval
+	switch {
+	case !fs.Changed("heartbeat-timeout"):
+		// 0: master's default, ten intervals of --heartbeat-interval.
+	case f.heartbeatTimeout == 0:
+		o.HeartbeatTimeout = -1
+	case f.heartbeatTimeout < 0:
+		return o, usagef("--heartbeat-timeout must not be negative, got %v (0: off)", f.heartbeatTimeout)
+	default:
+		o.HeartbeatTimeout = f.heartbeatTimeout
+	}
+	o.Watchdog = f.watchdog
+	if f.maxMemory != "" {
+		if o.MaxMemory, err = master.ParseSize(f.maxMemory); err != nil {
+			return o, usagef("--max-memory: %w", err)
+		}
+	}
+	if f.sampleInterval <= 0 {
+		return o, usagef("--sample-interval must be positive, got %v", f.sampleInterval)
+	}
+	o.SampleInterval = f.sampleInterval
+	o.RetireRequests, o.RetireJitter = f.maxRequests, f.maxRequestsJitter
 	return o, nil
 }
 
@@ -295,6 +335,9 @@ var optionFlags = map[string]string{
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
 	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
 	"Output": "output", "PIDFile": "pid-file",
+	"HeartbeatInterval": "heartbeat-interval", "HeartbeatTimeout": "heartbeat-timeout", "Watchdog": "watchdog",
+	"MaxMemory": "max-memory", "SampleInterval": "sample-interval",
+	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter",
 }
 
 // optionError turns master.New's error for a field into a usage error

@@ -1,0 +1,52 @@
+package master
+
+import (
+	"os"
+	"testing"
+)
+
+func TestParseStat(t *testing.T) {
+	// A command name with spaces and a ')' of its own.
+	line := "4242 (my (odd) srv) S 1 4200 4200 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 4 0 123 104857600 2560 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+	pgid, pages, ok := parseStat([]byte(line))
+	if !ok || pgid != 4200 || pages != 2560 {
+		t.Errorf("parseStat = %d, %d, %v, want 4200, 2560, true", pgid, pages, ok)
+	}
+	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) S 1 nope 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23"} {
+		if _, _, ok := parseStat([]byte(bad)); ok {
+			t.Errorf("parseStat(%q) ok, want not", bad)
+		}
+	}
+}
+
+func TestMemoryByGroupSeesSelf(t *testing.T) {
+	rss, err := memoryByGroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss[os.Getpid()] == 0 && rss[mustPgid(t)] == 0 {
+		t.Errorf("memoryByGroup has no memory for this process's group %d", mustPgid(t))
+	}
+}
+
+func mustPgid(t *testing.T) int {
+	t.Helper()
+	pgid, _, ok := readStat("/proc/self/stat", make([]byte, 1024))
+	if !ok {
+		t.Fatal("read /proc/self/stat")
+	}
+	return pgid
+}
+
+func TestParseVMStat(t *testing.T) {
+	b := []byte("nr_free_pages 100\noom_kill_extra 9\noom_kill 3\npgfault 7\n")
+	if n, ok := parseVMStat(b, "oom_kill"); !ok || n != 3 {
+		t.Errorf("parseVMStat oom_kill = %d, %v, want 3, true", n, ok)
+	}
+	if _, ok := parseVMStat(b, "missing"); ok {
+		t.Error("parseVMStat(missing) ok, want not")
+	}
+	if _, ok := oomKillCount(); !ok {
+		t.Log("this kernel has no oom_kill in /proc/vmstat (before 4.13)")
+	}
+}
