@@ -86,6 +86,7 @@ type clusterConfig struct {
 	command    []string // instead of helper: the worker command itself
 
 	prefix []string   // argv before "run" (e.g. exec-worker -- <exe>)
+	shell  bool       // run /bin/sh with prefix (e.g. -c SCRIPT ARG0 <exe>), not the test binary
 	extra  []*os.File // the master's fds 3, 4, ...
 	env    []string   // added to the master's environment
 }
@@ -120,7 +121,11 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
-	c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
+	if cfg.shell {
+		c.cmd = exec.Command("/bin/sh", append(slices.Clip(cfg.prefix), args...)...)
+	} else {
+		c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
+	}
 	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,6 +124,10 @@ func workerHelper(args []string) int {
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
 	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
+	grow := fs.Int("grow", 0, "once ready, allocate (and touch) this many MiB every 20ms, for ever")
+	watchdog := fs.String("watchdog", "", "once: send WATCHDOG=1 once; keep: send it every WATCHDOG_USEC/4")
+	watchdogSlot := fs.Int("watchdog-slot", -1, "only the worker of this slot does -watchdog (-1: all)")
+	oomCgroup := fs.String("oom-cgroup", "", "once ready, join this memory cgroup (write cgroup.procs) and allocate until killed")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -154,6 +159,24 @@ func workerHelper(args []string) int {
 	}
 	if inRange(*exitGens, gen) {
 		return 0
+	}
+	if *grow > 0 {
+		go growMemory(*grow, 20*time.Millisecond)
+	}
+	if *watchdog != "" && (*watchdogSlot < 0 || *watchdogSlot == id) {
+		if err := sendWatchdog(*watchdog == "keep"); err != nil {
+			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+			return 1
+		}
+	}
+	if *oomCgroup != "" {
+		procs := filepath.Join(*oomCgroup, "cgroup.procs")
+		if err := os.WriteFile(procs, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+			return 1
+		}
+		fmt.Printf("joined memory cgroup pid=%d\n", os.Getpid())
+		growMemory(16, 0) // until the kernel's OOM killer ends it
 	}
 
 	var served atomic.Int64
@@ -200,6 +223,54 @@ func workerHelper(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// held keeps growMemory's allocations reachable.
+var held [][]byte
+
+// growMemory allocates mib MiB, touching every page, every step, for ever.
+func growMemory(mib int, step time.Duration) {
+	for {
+		b := make([]byte, mib<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		held = append(held, b)
+		if step > 0 {
+			time.Sleep(step) // the pace of the growth under test
+		}
+	}
+}
+
+// sendWatchdog sends WATCHDOG=1 on NOTIFY_SOCKET once, or (keep) from a
+// goroutine every quarter of WATCHDOG_USEC for ever.
+func sendWatchdog(keep bool) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if addr == "" || err != nil || usec <= 0 {
+		return fmt.Errorf("watchdog: NOTIFY_SOCKET=%q WATCHDOG_USEC=%q", addr, os.Getenv("WATCHDOG_USEC"))
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	if _, err := c.Write([]byte("WATCHDOG=1")); err != nil {
+		c.Close()
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	if !keep {
+		return c.Close()
+	}
+	go func() {
+		t := time.NewTicker(time.Duration(usec) * time.Microsecond / 4)
+		for range t.C {
+			if _, err := c.Write([]byte("WATCHDOG=1")); err != nil {
+				fmt.Fprintf(os.Stderr, "worker helper: watchdog: %v\n", err)
+				return
+			}
+		}
+	}()
+	return nil
 }
 
 // inRange reports whether n is within "FIRST-LAST".
