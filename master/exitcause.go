@@ -27,17 +27,13 @@ var crashSignals = map[syscall.Signal]bool{
 func (l *loop) exitCause(w *worker, status exitStatus, oom bool) string {
 	sig := status.signal
 	switch {
+	case w.deadline && w.dumpSent && !(w.killed && sig == syscall.SIGKILL):
+		// It ended by itself on the dump signal (Go exits with code 2).
+		return "killed by clusterd: " + l.deadlineWhy(w) + "; it ended on the dump signal: " + status.String()
 	case w.killed && sig == syscall.SIGKILL:
 		why := w.why
 		if w.deadline {
-			why = fmt.Sprintf("drain deadline passed (kill timeout %v", l.cfg.KillTimeout)
-			if n, ok := w.stats[ConnectionsStat]; ok {
-				why += fmt.Sprintf(", %d connections still open", n)
-			}
-			why += ")"
-			if w.why != "" {
-				why += " while draining for " + w.why
-			}
+			why = l.deadlineWhy(w)
 		}
 		if why == "" {
 			why = "no reason recorded"
@@ -57,6 +53,22 @@ func (l *loop) exitCause(w *worker, status exitStatus, oom bool) string {
 		return fmt.Sprintf("crashed: exit code %d", status.code)
 	}
 	return "exited by itself with code 0"
+}
+
+// deadlineWhy says that w's drain deadline passed, with what it left open.
+func (l *loop) deadlineWhy(w *worker) string {
+	why := fmt.Sprintf("drain deadline passed (kill timeout %v", l.cfg.KillTimeout)
+	if n, ok := w.stats[ConnectionsStat]; ok {
+		why += fmt.Sprintf(", %d connections still open", n)
+	}
+	why += ")"
+	if w.why != "" {
+		why += " while draining for " + w.why
+	}
+	if w.dumpSent {
+		why += ", after a dump with " + signalName(l.cfg.DumpSignal)
+	}
+	return why
 }
 
 // describeDrain adds, for a worker that was being stopped, why.

@@ -272,3 +272,27 @@ func TestFormatSize(t *testing.T) {
 		}
 	}
 }
+
+func TestLoopDumpBeforeKill(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var recorded []string
+		h := startLoopDeps(t, Options{Workers: 1, KillTimeout: 2 * time.Second, DumpSignal: syscall.SIGQUIT, DumpWait: 500 * time.Millisecond},
+			0, newEventHub(), func(d *loopDeps) {
+				d.threads = func(w *worker, why string) { recorded = append(recorded, why) }
+			})
+		p := h.nextStart(time.Second)
+		h.signal(syscall.SIGTERM)
+		h.wantSignal(p, syscall.SIGTERM, 0)
+		h.wantSignal(p, syscall.SIGQUIT, 3*time.Second)
+		if len(recorded) != 1 || recorded[0] != "drain deadline passed" {
+			t.Errorf("threads recorded for %q, want once for the drain deadline", recorded)
+		}
+		h.noSignal(p)
+		h.wantSignal(p, syscall.SIGKILL, time.Second)
+		h.exit(p, exitStatus{signal: syscall.SIGKILL})
+		h.wantLog(`cause="killed by clusterd: drain deadline passed (kill timeout 2s) while draining for stop, after a dump with SIGQUIT"`)
+		if err := h.wait(time.Second); err != nil {
+			t.Errorf("run = %v, want nil", err)
+		}
+	})
+}

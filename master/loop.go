@@ -130,7 +130,8 @@ type worker struct {
 	rss         int64     // its process group's memory at the last sample
 	retireAfter int64     // RetireRequests with its jitter; 0: never
 	killed      bool      // the master SIGKILLed it
-	deadline    bool      // ... because its drain deadline (KillTimeout) passed
+	deadline    bool      // its drain deadline (KillTimeout) passed
+	dumpSent    bool      // it was sent Options.DumpSignal before its SIGKILL
 	signalled   bool      // the master sent it its stop signal
 }
 
@@ -157,6 +158,7 @@ type loopDeps struct {
 	sdNotify func(state string)            // the master's own sd_notify; never nil
 	memory   func() (map[int]int64, error) // resident bytes by process group; nil: no sampling
 	oomKills func() (uint64, bool)         // the system's OOM kill count; nil or !ok: unknown
+	threads  func(w *worker, why string)   // log what w's threads do, before a kill; nil: nothing
 	ready    func()                        // called once every initial worker is ready
 	jitter   func() float64                // in [0, 1)
 	watchdog time.Duration                 // send WATCHDOG=1 this often; 0: never
@@ -536,13 +538,7 @@ func (l *loop) onTimers(now time.Time) {
 		switch {
 		case due(w.killAt, now):
 			w.killAt = time.Time{}
-			w.deadline = true
-			kv := []any{"timeout", l.cfg.KillTimeout.String()}
-			if n, ok := w.stats[ConnectionsStat]; ok {
-				kv = append(kv, "connections", n)
-			}
-			w.log.Warn("worker killed after kill timeout", kv...)
-			l.killWorker(w, true, w.why)
+			l.deadlinePassed(w, now)
 		case due(w.readyAt, now):
 			l.becameReady(w)
 		case due(w.readyBy, now):

@@ -41,6 +41,9 @@ const (
 	// DefaultSampleInterval is how often worker memory is sampled when
 	// Options.MaxMemory is set and Options.SampleInterval is 0.
 	DefaultSampleInterval = 5 * time.Second
+	// DefaultDumpWait is how long a worker sent Options.DumpSignal has to
+	// write its dump before the SIGKILL, when Options.DumpWait is 0.
+	DefaultDumpWait = time.Second
 )
 
 // Options configure a [Master]. The zero value of each field is documented;
@@ -161,6 +164,17 @@ type Options struct {
 	// SampleInterval is how often worker memory is sampled for MaxMemory.
 	// 0 means DefaultSampleInterval.
 	SampleInterval time.Duration
+	// DumpSignal, when set, is sent to a worker whose drain deadline
+	// (KillTimeout) passed — a hung one among them — before its SIGKILL:
+	// SIGQUIT makes a Go program write every goroutine's stack to its
+	// stderr, which the master relays. The master waits DumpWait for it
+	// (or the worker's exit) and then SIGKILLs. Either way, the state of
+	// each of its threads (/proc/PID/task/*/{status,wchan,syscall}) is
+	// logged first. 0: no dump signal.
+	DumpSignal syscall.Signal
+	// DumpWait is how long the master waits after DumpSignal before the
+	// SIGKILL. 0 means DefaultDumpWait.
+	DumpWait time.Duration
 	// RetireRequests, when positive, retires a library worker gracefully
 	// (replacement ready first, then drained) once the "requests" counter
 	// of its stats reaches RetireRequests plus a random extra in
@@ -390,6 +404,14 @@ func normalize(opts Options) (*config, error) {
 		return nil, optErr("SampleInterval", "sample interval %v: below 10ms", c.SampleInterval)
 	case c.SampleInterval == 0:
 		c.SampleInterval = DefaultSampleInterval
+	}
+	switch {
+	case c.DumpSignal < 0 || c.DumpSignal > 64:
+		return nil, optErr("DumpSignal", "dump signal %d: not a signal", int(c.DumpSignal))
+	case c.DumpWait < 0:
+		return nil, optErr("DumpWait", "dump wait %v: must not be negative", c.DumpWait)
+	case c.DumpWait == 0:
+		c.DumpWait = DefaultDumpWait
 	}
 	switch {
 	case c.RetireRequests < 0:

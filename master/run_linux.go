@@ -76,6 +76,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sdNotify: sd.notify,
 		memory:   memoryByGroup,
 		oomKills: oomKillCount,
+		threads:  recordThreads,
 		ready:    func() { close(m.ready) },
 		jitter:   rand.Float64,
 		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),

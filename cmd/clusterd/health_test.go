@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +59,11 @@ func TestHungWorkerReplaced(t *testing.T) {
 	}
 	if logTime(t, ready).After(logTime(t, exited)) {
 		t.Errorf("replacement ready at %v, after the hung worker exited at %v: want it ready first", ready["@timestamp"], exited["@timestamp"])
+	}
+	// Before the SIGKILL, the master recorded its threads: stopped.
+	_, th := c.waitLog(cursor, "worker thread before kill", "pid", hung)
+	if !strings.HasPrefix(th.str("state"), "T") || th.str("tid") == "" {
+		t.Errorf("thread record %v, want a stopped (T) thread", th)
 	}
 	if !waitGone(hung, failAfter(t)) {
 		t.Errorf("hung worker %d still exists (zombie or alive)", hung)
@@ -149,6 +155,31 @@ func TestMaxMemoryReplacesGracefully(t *testing.T) {
 	t.Logf("replaced at %s (limit %s): %s", over.str("rss"), over.str("limit"), exited.str("cause"))
 }
 
+func TestMaxRequestsRetiresGracefully(t *testing.T) {
+	c := startCluster(t, clusterConfig{flags: []string{
+		listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s",
+		"--heartbeat-interval", "50ms", "--max-requests", "200", "--max-requests-jitter", "50",
+	}})
+	addr, pids := c.waitStarted()
+	l := startLoad(t, "http://"+addr+"/", 8, false)
+	_, e := c.waitLog(0, "worker reached max requests")
+	if n, limit := e.int("requests"), e.int("max_requests"); limit < 200 || limit > 250 || n < limit {
+		t.Errorf("retire log %v, want a limit in [200, 250] and requests at or past it", e)
+	}
+	_, ready := c.waitLog(0, "worker ready", "worker", e.int("worker"), "generation", 2)
+	_, exited := c.waitLog(0, "worker exited", "pid", e.int("pid"))
+	if !strings.Contains(exited.str("cause"), "max requests: served ") || exited.str("exit_code") != "0" {
+		t.Errorf("exit = %v, want a drained exit for max requests", exited)
+	}
+	if logTime(t, ready).After(logTime(t, exited)) {
+		t.Errorf("replacement ready at %v, after the old worker exited at %v", ready["@timestamp"], exited["@timestamp"])
+	}
+	l.check(t)
+	if !slices.Contains(pids, e.int("pid")) {
+		t.Errorf("retired pid %d is not a first worker %v", e.int("pid"), pids)
+	}
+}
+
 func TestExitCauses(t *testing.T) {
 	c := startCluster(t, clusterConfig{
 		flags:      []string{listenAny, "-w", "1", "--ready", "ipc", "--min-uptime", "1ms", "--backoff-min", "1ms", "--backoff-max", "2ms"},
@@ -192,6 +223,37 @@ func TestExitCauses(t *testing.T) {
 	_, e = stuck.waitLog(0, "worker exited", "pid", pids[0])
 	if want := "killed by clusterd: drain deadline passed (kill timeout 300ms) while draining for stop"; e.str("cause") != want {
 		t.Errorf("exit = %v, want cause %q", e, want)
+	}
+}
+
+func TestDumpBeforeKill(t *testing.T) {
+	c := startCluster(t, clusterConfig{
+		flags:      []string{listenAny, "-w", "1", "--ready", "ipc", "--kill-timeout", "300ms", "--dump-signal", "SIGQUIT"},
+		workerArgs: []string{"-ignore-term"},
+	})
+	_, pids := c.waitStarted()
+	c.signal(syscall.SIGTERM)
+	_, th := c.waitLog(0, "worker thread before kill", "pid", pids[0])
+	if th.str("state") == "" || th.str("syscall") == "" {
+		t.Errorf("thread record %v, want its state and system call", th)
+	}
+	c.waitLog(0, "asking worker for a dump before the kill", "signal", "SIGQUIT")
+	_, e := c.waitLog(0, "worker exited", "pid", pids[0])
+	if cause := e.str("cause"); !strings.Contains(cause, "drain deadline passed (kill timeout 300ms) while draining for stop, after a dump with SIGQUIT") {
+		t.Errorf("exit = %v, want the drain deadline and the dump as its cause", e)
+	}
+	// Go's runtime wrote the goroutine dump to the worker's stderr, which
+	// the master relayed.
+	c.waitFor("the relayed goroutine dump", func() bool {
+		for _, e := range c.logs {
+			if raw, _ := e["@raw"].(string); strings.Contains(raw, "goroutine ") && strings.Contains(raw, "[") {
+				return true
+			}
+		}
+		return false
+	})
+	if code, last := c.wait(); code != 0 {
+		t.Errorf("clusterd exited %d (%s), want 0", code, last)
 	}
 }
 

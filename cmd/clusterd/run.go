@@ -113,6 +113,7 @@ type runFlags struct {
 	sampleInterval    time.Duration
 	maxRequests       int64
 	maxRequestsJitter int64
+	dumpSignal        string
 }
 
 // register defines the flags on fs, with master's defaults.
@@ -138,6 +139,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.sampleInterval, "sample-interval", master.DefaultSampleInterval, "how often worker memory is sampled for --max-memory")
 	fs.Int64Var(&f.maxRequests, "max-requests", 0, "retire a library worker, gracefully, after it served this many requests (0: never)")
 	fs.Int64Var(&f.maxRequestsJitter, "max-requests-jitter", 0, "add a random 0..N to --max-requests per worker, so that workers do not retire together")
+	fs.StringVar(&f.dumpSignal, "dump-signal", "", "send this signal (e.g. SIGQUIT, for a Go goroutine dump on stderr) to a worker whose drain deadline passed, and wait a moment before the SIGKILL")
 	fs.StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the workers' environment (repeatable)")
 	fs.StringVar(&f.cwd, "cwd", "", "working directory of the workers (default: the master's)")
 	fs.StringVar(&f.user, "user", "", "run the workers as this user, by name or uid (the master keeps its own to bind privileged ports)")
@@ -324,6 +326,11 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	o.SampleInterval = f.sampleInterval
 	o.RetireRequests, o.RetireJitter = f.maxRequests, f.maxRequestsJitter
+	if f.dumpSignal != "" {
+		if o.DumpSignal, err = parseSignal(f.dumpSignal); err != nil {
+			return o, usagef("--dump-signal: %w", err)
+		}
+	}
 	return o, nil
 }
 
@@ -337,7 +344,7 @@ var optionFlags = map[string]string{
 	"Output": "output", "PIDFile": "pid-file",
 	"HeartbeatInterval": "heartbeat-interval", "HeartbeatTimeout": "heartbeat-timeout", "Watchdog": "watchdog",
 	"MaxMemory": "max-memory", "SampleInterval": "sample-interval",
-	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter",
+	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter", "DumpSignal": "dump-signal",
 }
 
 // optionError turns master.New's error for a field into a usage error
