@@ -23,6 +23,15 @@ func (h *harness) wantLog(want string) {
 	}
 }
 
+func (h *harness) scaleTo(n int) {
+	h.t.Helper()
+	c := &scaleCmd{n: n, reply: make(chan error, 1)}
+	h.cmds <- c
+	if err := <-c.reply; err != nil {
+		h.t.Fatalf("scale to %d: %v", n, err)
+	}
+}
+
 func (h *harness) workerInfo(slot int) WorkerInfo {
 	h.t.Helper()
 	c := &workersCmd{reply: make(chan []WorkerInfo, 1)}
@@ -294,5 +303,92 @@ func TestLoopDumpBeforeKill(t *testing.T) {
 		if err := h.wait(time.Second); err != nil {
 			t.Errorf("run = %v, want nil", err)
 		}
+	})
+}
+
+func TestLoopAutoscale(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		queue := make(chan int, 1)
+		last := 0
+		h := startLoopDeps(t, Options{
+			Workers: 1, MaxWorkers: 3, ScaleInterval: 100 * time.Millisecond, ScaleUpAfter: 300 * time.Millisecond,
+			ScaleDownAfter: time.Second, ScaleCooldown: 500 * time.Millisecond,
+		}, 0, newEventHub(), func(d *loopDeps) {
+			d.sockets.(*fakeSockets).queue = func() (int, int, bool) {
+				select {
+				case last = <-queue:
+				default:
+				}
+				return last, 128, true
+			}
+		})
+		first := h.nextStart(time.Second)
+		h.noStart(time.Second) // an empty queue: nothing to do at MIN
+		queue <- 5
+		// Three busy samples (300ms) add one; the cool-down holds the next
+		// back for 500ms (the samples during it count).
+		second := h.nextStart(400 * time.Millisecond)
+		h.wantLog(`autoscale: adding a worker: workers=2 min=1 max=3 queue=5 queue_peak=5 backlog=128 busy_for=300ms`)
+		h.noStart(400 * time.Millisecond)
+		third := h.nextStart(200 * time.Millisecond)
+		if second.req.slot != 1 || third.req.slot != 2 {
+			t.Fatalf("slots %d, %d started, want 1 and 2", second.req.slot, third.req.slot)
+		}
+		h.noStart(2 * time.Second) // at MAX, however long the queue stays
+		queue <- 0
+		// Idle for ScaleDownAfter: the highest slot drains, then after the
+		// cool-down and another second the next one.
+		h.wantSignal(third, syscall.SIGTERM, 1200*time.Millisecond)
+		h.exit(third, exitStatus{code: 0})
+		h.wantLog("autoscale: retiring a worker: workers=2 min=1 max=3 queue=0 idle_for=1s")
+		h.noSignal(second)
+		h.wantSignal(second, syscall.SIGTERM, 2*time.Second)
+		h.exit(second, exitStatus{code: 0})
+		h.noSignal(first)
+		time.Sleep(5 * time.Second)
+		h.noSignal(first) // at MIN
+		h.stop(first)
+	})
+}
+
+func TestLoopAutoscaleWaitsForBusyWorkers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startLoopDeps(t, Options{
+			Workers: 1, MaxWorkers: 2, Ready: ReadyMode{Kind: ReadyIPC}, ScaleInterval: 100 * time.Millisecond,
+			ScaleUpAfter: 100 * time.Millisecond, ScaleDownAfter: 100 * time.Millisecond, ScaleCooldown: 100 * time.Millisecond,
+		}, 0, newEventHub(), func(d *loopDeps) {
+			d.sockets.(*fakeSockets).queue = func() (int, int, bool) { return 0, 128, true }
+		})
+		ps := h.startsReady(1)
+		h.scaleTo(2)
+		p := h.nextStart(time.Second)
+		h.readyIPC(p)
+		// An empty queue, but the library workers hold 5 open connections.
+		for _, w := range []*fakeProc{ps[0], p} {
+			h.events <- workerEvent{pid: w.pid, kind: evStats, stats: map[string]int64{ConnectionsStat: 5}}
+		}
+		time.Sleep(2 * time.Second)
+		h.noSignal(p)
+		h.events <- workerEvent{pid: p.pid, kind: evStats, stats: map[string]int64{ConnectionsStat: 0}}
+		h.events <- workerEvent{pid: ps[0].pid, kind: evStats, stats: map[string]int64{ConnectionsStat: 1}}
+		h.wantSignal(p, syscall.SIGTERM, time.Second)
+		h.exit(p, exitStatus{code: 0})
+		h.stop(ps[0])
+	})
+}
+
+func TestLoopNoSamplingWithoutRange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sampled := 0
+		h := startLoopDeps(t, Options{Workers: 2, MaxWorkers: 2}, 0, newEventHub(), func(d *loopDeps) {
+			d.sockets.(*fakeSockets).queue = func() (int, int, bool) { sampled++; return 9, 128, true }
+			d.memory = func() (map[int]int64, error) { sampled++; return nil, nil }
+		})
+		ps := h.starts(2)
+		time.Sleep(time.Minute)
+		if sampled != 0 {
+			t.Errorf("sampled %d times with MIN == MAX and no memory limit, want 0", sampled)
+		}
+		h.stop(ps...)
 	})
 }

@@ -57,6 +57,9 @@ type sockets interface {
 	// listen returns the socket for a worker's run-time listen request
 	// (owned by sockets), or a *listenError.
 	listen(slot, pid int, spec sockshare.Spec) (*os.File, error)
+	// acceptQueue sums the accept queues of the TCP listeners: connections
+	// waiting and the backlog limit; ok is false without a TCP listener.
+	acceptQueue() (queued, limit int, ok bool)
 }
 
 // exitEvent reports a reaped child.
@@ -186,8 +189,10 @@ type loop struct {
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
 	sampleAt time.Time // next memory sample; zero: none
-	ooms     uint64    // oomKills at the last look
-	rerouted bool      // a slot's serving online worker changed: publish routes
+	scaleAt  time.Time // next accept queue sample; zero: none
+	scaler   autoscaler
+	ooms     uint64 // oomKills at the last look
+	rerouted bool   // a slot's serving online worker changed: publish routes
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -224,6 +229,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.autoscaling() {
+		l.scaleAt = time.Now().Add(l.cfg.ScaleInterval)
 	}
 	if l.cfg.MaxMemory > 0 && l.memory != nil {
 		l.sampleAt = time.Now().Add(l.cfg.SampleInterval)
@@ -504,6 +512,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(watchdogDeadline(w))
 	}
 	add(l.sampleAt)
+	add(l.scaleAt)
 	for _, s := range l.slots {
 		add(s.restartAt)
 	}
@@ -518,6 +527,10 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.petAt, now) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
+	}
+	if due(l.scaleAt, now) {
+		l.scaleAt = now.Add(l.cfg.ScaleInterval)
+		l.autoscale(now)
 	}
 	if due(l.sampleAt, now) {
 		l.sampleAt = now.Add(l.cfg.SampleInterval)

@@ -76,7 +76,17 @@ func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
 	return p.pid, p, nil
 }
 
-type fakeSockets struct{ dropped chan int }
+type fakeSockets struct {
+	dropped chan int
+	queue   func() (queued, limit int, ok bool) // nil: no TCP listener
+}
+
+func (s *fakeSockets) acceptQueue() (int, int, bool) {
+	if s.queue == nil {
+		return 0, 0, false
+	}
+	return s.queue()
+}
 
 func (s *fakeSockets) forSlot(int) ([]*os.File, []string, error) { return nil, nil, nil }
 func (s *fakeSockets) dropSlot(slot int)                         { s.dropped <- slot }

@@ -44,6 +44,12 @@ const (
 	// DefaultDumpWait is how long a worker sent Options.DumpSignal has to
 	// write its dump before the SIGKILL, when Options.DumpWait is 0.
 	DefaultDumpWait = time.Second
+	// Autoscaling defaults, for zero Options.ScaleInterval, ScaleUpAfter,
+	// ScaleDownAfter and ScaleCooldown.
+	DefaultScaleInterval  = time.Second
+	DefaultScaleUpAfter   = 3 * time.Second
+	DefaultScaleDownAfter = 30 * time.Second
+	DefaultScaleCooldown  = 10 * time.Second
 )
 
 // Options configure a [Master]. The zero value of each field is documented;
@@ -58,11 +64,33 @@ type Options struct {
 	Env []string
 	// Dir is the workers' working directory; "" means the master's.
 	Dir string
-	// Workers is the number of slots; negative is an error. 0 means the
+	// Workers is the number of slots (the least, with MaxWorkers); negative
+	// is an error. 0 means the
 	// CPUs the master may use: those of its affinity mask, lowered to its
 	// cgroup's CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us/cfs_period_us)
 	// rounded up, as Go's GOMAXPROCS default counts them; Run logs which.
 	Workers int
+	// MaxWorkers, when above Workers, turns on autoscaling between Workers
+	// and MaxWorkers from the listeners' accept queues (see ScaleInterval).
+	// 0 (or Workers): a fixed count, and no sampling at all.
+	MaxWorkers int
+	// ScaleInterval is how often the accept queues are sampled while
+	// autoscaling; 0 means DefaultScaleInterval.
+	ScaleInterval time.Duration
+	// ScaleUpAfter: a queue non-empty at every sample for this long adds a
+	// worker. 0 means DefaultScaleUpAfter.
+	ScaleUpAfter time.Duration
+	// ScaleDownAfter: an empty queue at every sample for this long (and
+	// library workers with few open connections) retires one. 0 means
+	// DefaultScaleDownAfter; it must not be shorter than ScaleUpAfter.
+	ScaleDownAfter time.Duration
+	// ScaleCooldown is the quiet time after each change. 0 means
+	// DefaultScaleCooldown.
+	ScaleCooldown time.Duration
+	// MemoryBudget, when positive, stops autoscaling from adding a worker
+	// when the workers' memory (sampled as for MaxMemory) plus one more of
+	// their average size would exceed it. 0: no budget.
+	MemoryBudget int64
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
@@ -404,6 +432,37 @@ func normalize(opts Options) (*config, error) {
 		return nil, optErr("SampleInterval", "sample interval %v: below 10ms", c.SampleInterval)
 	case c.SampleInterval == 0:
 		c.SampleInterval = DefaultSampleInterval
+	}
+	switch {
+	case c.MaxWorkers < 0:
+		return nil, optErr("MaxWorkers", "max workers %d: must not be negative", c.MaxWorkers)
+	case c.MaxWorkers > 0 && c.MaxWorkers < c.Workers:
+		return nil, optErr("MaxWorkers", "max workers %d is below workers %d", c.MaxWorkers, c.Workers)
+	case c.MemoryBudget < 0:
+		return nil, optErr("MemoryBudget", "memory budget %d: must not be negative", c.MemoryBudget)
+	}
+	for _, d := range []struct {
+		field, name string
+		v           *time.Duration
+		def         time.Duration
+	}{
+		{"ScaleInterval", "scale interval", &c.ScaleInterval, DefaultScaleInterval},
+		{"ScaleUpAfter", "scale up after", &c.ScaleUpAfter, DefaultScaleUpAfter},
+		{"ScaleDownAfter", "scale down after", &c.ScaleDownAfter, DefaultScaleDownAfter},
+		{"ScaleCooldown", "scale cooldown", &c.ScaleCooldown, DefaultScaleCooldown},
+	} {
+		if *d.v < 0 {
+			return nil, optErr(d.field, "%s %v: must not be negative", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.ScaleInterval < 10*time.Millisecond {
+		return nil, optErr("ScaleInterval", "scale interval %v: below 10ms", c.ScaleInterval)
+	}
+	if c.ScaleDownAfter < c.ScaleUpAfter {
+		return nil, optErr("ScaleDownAfter", "scale down after %v is shorter than scale up after %v: the count would flap", c.ScaleDownAfter, c.ScaleUpAfter)
 	}
 	switch {
 	case c.DumpSignal < 0 || c.DumpSignal > 64:

@@ -83,7 +83,7 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
 
 // runFlags holds the values of run's flags.
 type runFlags struct {
-	workers       int
+	workers       workersValue
 	listen        []string
 	balance       string
 	restart       string
@@ -114,11 +114,56 @@ type runFlags struct {
 	maxRequests       int64
 	maxRequestsJitter int64
 	dumpSignal        string
+	scaleInterval     time.Duration
+	scaleUpAfter      time.Duration
+	scaleDownAfter    time.Duration
+	scaleCooldown     time.Duration
+	memoryBudget      string
+}
+
+// workersValue is --workers: N, or MIN:MAX to autoscale.
+type workersValue struct{ min, max int }
+
+func (v *workersValue) String() string {
+	if v.max > 0 {
+		return strconv.Itoa(v.min) + ":" + strconv.Itoa(v.max)
+	}
+	return strconv.Itoa(v.min)
+}
+
+func (v *workersValue) Type() string { return "N|MIN:MAX" }
+
+func (v *workersValue) Set(s string) error {
+	lo, hi, isRange := strings.Cut(s, ":")
+	n, err := strconv.Atoi(lo)
+	if err != nil {
+		return fmt.Errorf("%q: want a number N or a range MIN:MAX", s)
+	}
+	if !isRange {
+		*v = workersValue{min: n}
+		return nil
+	}
+	m, err := strconv.Atoi(hi)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q: want a number N or a range MIN:MAX", s)
+	case n < 1:
+		return fmt.Errorf("%q: MIN must be at least 1", s)
+	case m < n:
+		return fmt.Errorf("%q: MAX %d is below MIN %d", s, m, n)
+	}
+	*v = workersValue{min: n, max: m}
+	return nil
 }
 
 // register defines the flags on fs, with master's defaults.
 func (f *runFlags) register(fs *pflag.FlagSet) {
-	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
+	fs.VarP(&f.workers, "workers", "w", "number of worker processes, or MIN:MAX to autoscale between them from the accept queues (default: the CPUs of the CPU quota and affinity mask)")
+	fs.DurationVar(&f.scaleInterval, "scale-interval", master.DefaultScaleInterval, "with --workers MIN:MAX: how often the listeners' accept queues are sampled")
+	fs.DurationVar(&f.scaleUpAfter, "scale-up-after", master.DefaultScaleUpAfter, "with --workers MIN:MAX: add a worker when the accept queue stayed non-empty this long")
+	fs.DurationVar(&f.scaleDownAfter, "scale-down-after", master.DefaultScaleDownAfter, "with --workers MIN:MAX: retire a worker when the accept queue stayed empty this long")
+	fs.DurationVar(&f.scaleCooldown, "scale-cooldown", master.DefaultScaleCooldown, "with --workers MIN:MAX: no other change this long after one")
+	fs.StringVar(&f.memoryBudget, "memory-budget", "", "with --workers MIN:MAX: add no worker that would take the workers' memory past this (48M, 2G)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
 	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
@@ -243,10 +288,27 @@ func masterSignals() []os.Signal {
 func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	var o master.Options
 	var err error
-	if fs.Changed("workers") && f.workers == 0 {
+	if fs.Changed("workers") && f.workers.min == 0 {
 		return o, usagef("--workers must be at least 1, got 0")
 	}
-	o.Workers = f.workers
+	o.Workers, o.MaxWorkers = f.workers.min, f.workers.max
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"scale-interval", f.scaleInterval}, {"scale-up-after", f.scaleUpAfter},
+		{"scale-down-after", f.scaleDownAfter}, {"scale-cooldown", f.scaleCooldown},
+	} {
+		if d.v <= 0 {
+			return o, usagef("--%s must be positive, got %v", d.name, d.v)
+		}
+	}
+	o.ScaleInterval, o.ScaleUpAfter, o.ScaleDownAfter, o.ScaleCooldown = f.scaleInterval, f.scaleUpAfter, f.scaleDownAfter, f.scaleCooldown
+	if f.memoryBudget != "" {
+		if o.MemoryBudget, err = master.ParseSize(f.memoryBudget); err != nil {
+			return o, usagef("--memory-budget: %w", err)
+		}
+	}
 	for _, s := range f.listen {
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
@@ -345,6 +407,8 @@ var optionFlags = map[string]string{
 	"HeartbeatInterval": "heartbeat-interval", "HeartbeatTimeout": "heartbeat-timeout", "Watchdog": "watchdog",
 	"MaxMemory": "max-memory", "SampleInterval": "sample-interval",
 	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter", "DumpSignal": "dump-signal",
+	"MaxWorkers": "workers", "ScaleInterval": "scale-interval", "ScaleUpAfter": "scale-up-after",
+	"ScaleDownAfter": "scale-down-after", "ScaleCooldown": "scale-cooldown", "MemoryBudget": "memory-budget",
 }
 
 // optionError turns master.New's error for a field into a usage error
