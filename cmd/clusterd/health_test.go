@@ -360,3 +360,44 @@ func TestWorkerCountFollowsCPUQuota(t *testing.T) {
 		t.Errorf("worker count = %v with %d workers, want 1 from the cgroup v1 quota", e, len(pids))
 	}
 }
+
+func TestAutoscaleUnderLoad(t *testing.T) {
+	c := startCluster(t, clusterConfig{
+		flags: []string{listenAny, "--workers", "1:4", "--ready", "ipc", "--kill-timeout", "10s",
+			"--scale-interval", "50ms", "--scale-up-after", "200ms", "--scale-down-after", "1s", "--scale-cooldown", "300ms"},
+		helper:     "serial",
+		workerArgs: []string{"-d", "20ms"},
+	})
+	addr, pids := c.waitStarted()
+	if len(pids) != 1 {
+		t.Fatalf("%d workers at start, want MIN 1", len(pids))
+	}
+	url := "http://" + addr + "/"
+	heavy := startLoad(t, url, 64, false)
+	start := time.Now()
+	for n := 2; n <= 4; n++ {
+		_, e := c.waitLog(0, "autoscale: adding a worker", "workers", n)
+		if e.int("queue") < 1 || e.int("backlog") < 1 {
+			t.Errorf("scale-up log %v, want the queue and backlog that made it", e)
+		}
+	}
+	_, ready := c.waitLog(0, "worker ready", "worker", 3)
+	t.Logf("4 workers ready %v after the load started", logTime(t, ready).Sub(start))
+	heavy.check(t)
+	if n := c.countLogs(0, "autoscale: adding a worker"); n != 3 {
+		t.Errorf("%d scale-ups, want 3 (MAX 4)", n)
+	}
+	// A trickle of requests while the count falls back: each worker that
+	// is retired drains, and none of them fails.
+	light := startLoad(t, url, 1, false)
+	for n := 3; n >= 1; n-- {
+		c.waitLog(0, "autoscale: retiring a worker", "workers", n)
+	}
+	for slot := 1; slot <= 3; slot++ {
+		_, e := c.waitLog(0, "worker exited", "worker", slot)
+		if !strings.Contains(e.str("cause"), "scaled down") {
+			t.Errorf("exit of worker %d = %v, want a drain for scaling down", slot, e)
+		}
+	}
+	light.check(t)
+}

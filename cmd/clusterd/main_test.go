@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +39,7 @@ var helpers = map[string]func(args []string) int{
 		return execute(context.Background(), args, os.Stdout, os.Stderr)
 	},
 	"worker": workerHelper,
+	"serial": serialHelper,
 	"crash":  func([]string) int { return 3 },
 }
 
@@ -271,6 +274,56 @@ func sendWatchdog(keep bool) error {
 		}
 	}()
 	return nil
+}
+
+// serialHelper is a server that handles one connection at a time and
+// takes -d (default 20ms) per request, like a single-threaded server: it
+// accepts the next connection only when done with the last, so the load it
+// cannot take waits in the kernel's accept queue, where the master sees it.
+// Every answer is "pid=P ...", with Connection: close.
+func serialHelper(args []string) int {
+	fs := flag.NewFlagSet("serial", flag.ContinueOnError)
+	d := fs.Duration("d", 20*time.Millisecond, "time per request")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	lns, err := worker.Listeners()
+	if err != nil || len(lns) == 0 {
+		fmt.Fprintf(os.Stderr, "serial helper: listeners: %v (%d)\n", err, len(lns))
+		return 1
+	}
+	ln := lns[0]
+	worker.DrainOnSignal(syscall.SIGTERM)
+	if err := worker.Ready(); err != nil {
+		fmt.Fprintf(os.Stderr, "serial helper: %v\n", err)
+		return 1
+	}
+	go func() {
+		<-worker.Drain()
+		// Stop accepting: what waits in the shared queue goes to the others.
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 0 // closed by the drain
+		}
+		serveOne(c, *d)
+	}
+}
+
+// serveOne answers the one request of c after d.
+func serveOne(c net.Conn, d time.Duration) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := http.ReadRequest(bufio.NewReader(c))
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, req.Body)
+	time.Sleep(d) // the request's cost, the behaviour under test
+	body := fmt.Sprintf("pid=%d serial\n", os.Getpid())
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
 }
 
 // inRange reports whether n is within "FIRST-LAST".
