@@ -101,7 +101,7 @@ func (l *loop) budgetAllows(n int) bool {
 	if l.memory == nil {
 		return true
 	}
-	rss, err := l.memory()
+	rss, err := l.memory(l.workerPIDs())
 	if err != nil {
 		l.log.Warn("autoscale: memory sample failed", "error", err)
 		return false

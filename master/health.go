@@ -71,6 +71,15 @@ func (l *loop) hung(w *worker, why string) {
 	l.replace(w, why)
 }
 
+// workerPIDs lists the live workers' pids, which are their process groups.
+func (l *loop) workerPIDs() []int {
+	pids := make([]int, 0, len(l.byPID))
+	for pid := range l.byPID {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
 // checkMemory compares each watched worker's sampled memory (by process
 // group) with Options.MaxMemory.
 func (l *loop) checkMemory(rss map[int]int64) {

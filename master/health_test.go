@@ -176,7 +176,7 @@ func TestLoopMaxMemory(t *testing.T) {
 		h := startLoopDeps(t, Options{
 			Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}, MaxMemory: 48 << 20, SampleInterval: time.Second,
 		}, 0, newEventHub(), func(d *loopDeps) {
-			d.memory = func() (map[int]int64, error) {
+			d.memory = func([]int) (map[int]int64, error) {
 				select {
 				case m := <-rss:
 					return m, nil
@@ -382,7 +382,7 @@ func TestLoopNoSamplingWithoutRange(t *testing.T) {
 		sampled := 0
 		h := startLoopDeps(t, Options{Workers: 2, MaxWorkers: 2}, 0, newEventHub(), func(d *loopDeps) {
 			d.sockets.(*fakeSockets).queue = func() (int, int, bool) { sampled++; return 9, 128, true }
-			d.memory = func() (map[int]int64, error) { sampled++; return nil, nil }
+			d.memory = func([]int) (map[int]int64, error) { sampled++; return nil, nil }
 		})
 		ps := h.starts(2)
 		time.Sleep(time.Minute)

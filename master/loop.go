@@ -158,16 +158,16 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	sdNotify func(state string)            // the master's own sd_notify; never nil
-	memory   func() (map[int]int64, error) // resident bytes by process group; nil: no sampling
-	oomKills func() (uint64, bool)         // the system's OOM kill count; nil or !ok: unknown
-	threads  func(w *worker, why string)   // log what w's threads do, before a kill; nil: nothing
-	ready    func()                        // called once every initial worker is ready
-	jitter   func() float64                // in [0, 1)
-	watchdog time.Duration                 // send WATCHDOG=1 this often; 0: never
-	commands <-chan command                // Master's methods, IPC sessions; nil: none
-	hub      *eventHub                     // where events go; nil: nowhere
-	routes   *atomic.Pointer[routeTable]   // published for Send; nil: not published
+	sdNotify func(state string)                       // the master's own sd_notify; never nil
+	memory   func(pgids []int) (map[int]int64, error) // resident bytes of these process groups; nil: no sampling
+	oomKills func() (uint64, bool)                    // the system's OOM kill count; nil or !ok: unknown
+	threads  func(w *worker, why string)              // log what w's threads do, before a kill; nil: nothing
+	ready    func()                                   // called once every initial worker is ready
+	jitter   func() float64                           // in [0, 1)
+	watchdog time.Duration                            // send WATCHDOG=1 this often; 0: never
+	commands <-chan command                           // Master's methods, IPC sessions; nil: none
+	hub      *eventHub                                // where events go; nil: nowhere
+	routes   *atomic.Pointer[routeTable]              // published for Send; nil: not published
 }
 
 type loop struct {
@@ -534,7 +534,7 @@ func (l *loop) onTimers(now time.Time) {
 	}
 	if due(l.sampleAt, now) {
 		l.sampleAt = now.Add(l.cfg.SampleInterval)
-		if rss, err := l.memory(); err != nil {
+		if rss, err := l.memory(l.workerPIDs()); err != nil {
 			l.log.Warn("memory sample failed", "error", err)
 		} else {
 			l.checkMemory(rss)

@@ -74,7 +74,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		exits:    r.exits,
 		events:   events,
 		sdNotify: sd.notify,
-		memory:   memoryByGroup,
+		memory:   newMemorySampler().sample,
 		oomKills: oomKillCount,
 		threads:  recordThreads,
 		ready:    func() { close(m.ready) },

@@ -37,10 +37,15 @@ type config struct {
 	crashes   int           // kill -9 rounds for crash-to-ready
 	big       int           // workers of the large RSS run
 	idle      time.Duration // idle window for the CPU measurement
+	window    time.Duration // window of the sampling CPU measurement
+	step      time.Duration // autoscale load step
 	scenarios string
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serialWorkerArg {
+		os.Exit(serialWorker(os.Args[2:]))
+	}
 	var c config
 	flag.StringVar(&c.bin, "bin", "bench/bin", "folder with the clusterd and hello binaries")
 	flag.DurationVar(&c.duration, "d", 10*time.Second, "length of each throughput run")
@@ -50,7 +55,9 @@ func main() {
 	flag.IntVar(&c.crashes, "crashes", 30, "kill -9 rounds for the crash-to-ready time")
 	flag.IntVar(&c.big, "big", 256, "workers in the large master-RSS run")
 	flag.DurationVar(&c.idle, "idle", 10*time.Second, "idle window for the master CPU measurement")
-	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle", "comma-separated scenarios")
+	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle,sampling,autoscale", "comma-separated scenarios")
+	flag.DurationVar(&c.window, "window", 30*time.Second, "window of the sampling CPU measurement")
+	flag.DurationVar(&c.step, "step", 10*time.Second, "length of the autoscale load step")
 	flag.Parse()
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "clusterbench: %v\n", err)
@@ -81,6 +88,10 @@ func run(c config) error {
 			err = masterRSS(c)
 		case "idle":
 			err = idleCPU(c)
+		case "sampling":
+			err = samplingCPU(c)
+		case "autoscale":
+			err = autoscaleReaction(c)
 		default:
 			err = fmt.Errorf("unknown scenario %q", s)
 		}
@@ -159,6 +170,13 @@ type cluster struct {
 }
 
 func startCluster(c config, workers int, extra ...string) (*cluster, error) {
+	args := append([]string{"-w", strconv.Itoa(workers), "--ready", "ipc"}, extra...)
+	return startClusterOf(c, args, []string{filepath.Join(c.bin, "hello")})
+}
+
+// startClusterOf runs `clusterd run --listen ADDR ... FLAGS -- COMMAND` and
+// waits until all its workers are ready.
+func startClusterOf(c config, flags, command []string) (*cluster, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -167,9 +185,10 @@ func startCluster(c config, workers int, extra ...string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"run", "--listen", "tcp://" + addr, "-w", strconv.Itoa(workers),
-		"--ready", "ipc", "--log-json", "--output", "raw", "--max-restarts", "-1"}, extra...)
-	args = append(args, "--", filepath.Join(c.bin, "hello"))
+	args := append([]string{"run", "--listen", "tcp://" + addr,
+		"--log-json", "--output", "raw", "--max-restarts", "-1"}, flags...)
+	args = append(args, "--")
+	args = append(args, command...)
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
