@@ -14,7 +14,10 @@ Try, from another terminal:
       rolling reload: every worker replaced, no request lost
   kill -TTIN \$(cat bin/clusterd.pid)
       one worker more (kill -TTOU: one fewer)
-  pkill -9 -f bin/hello
-      crash them all: each slot is refilled with a new generation
+  kill -9 PID
+      crash one worker, by a pid from a "worker ready" line of the log below:
+      its slot is refilled with a new generation
+  pkill -9 -P \$(cat bin/clusterd.pid)
+      crash them all: only this master's workers, not other users' processes
 TRY
 exec bin/clusterd run --listen "tcp://$addr" --workers 2 --ready ipc --pid-file bin/clusterd.pid -- bin/hello

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/clusterd/clusterd/sockshare"
 )
@@ -57,6 +58,10 @@ type Conn struct {
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 
 	count counters
+
+	// setReadDeadline bounds the reader's next reads (the socket's
+	// SetReadDeadline); nil for the in-memory readers of tests.
+	setReadDeadline func(time.Time) error
 
 	wg sync.WaitGroup
 }
@@ -136,6 +141,7 @@ func NewConn(f *os.File, opts Options) (*Conn, error) {
 		calls: make(map[uint64]chan *Message),
 		wkick: make(chan struct{}, 1),
 	}
+	c.setReadDeadline = sock.setReadDeadline
 	c.in.init(opts)
 	c.wg.Add(2)
 	go c.writeLoop()
@@ -615,6 +621,11 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 	// fdErr is a read that brought more descriptors than allowed (they are
 	// closed): it ends the connection once the frames before it are delivered.
 	var fdErr error
+	// The frame timeout: armed is the stream offset of the partial frame the
+	// read deadline is set for, -1 while none is set. It is armed just before a
+	// read, after every complete frame was delivered, so that time spent
+	// waiting for room in the inbox does not count against the peer.
+	armed := int64(-1)
 	for {
 		for {
 			env, at, ok, err := fr.next()
@@ -674,6 +685,20 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 		}
 		p := fr.space()
 		start := fr.end()
+		if c.setReadDeadline != nil {
+			switch at := fr.pos(); {
+			case fr.partial() > 0 && at != armed:
+				if err := c.setReadDeadline(time.Now().Add(c.opts.FrameTimeout)); err != nil {
+					return fmt.Errorf("ipc: read: set deadline: %w", err)
+				}
+				armed = at
+			case fr.partial() == 0 && armed >= 0:
+				if err := c.setReadDeadline(time.Time{}); err != nil {
+					return fmt.Errorf("ipc: read: clear deadline: %w", err)
+				}
+				armed = -1
+			}
+		}
 		n, fds, rerr := read(p, oob)
 		if n > 0 {
 			c.count.reads.Add(1)
@@ -694,6 +719,10 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 		}
 		fr.advance(n)
 		if rerr != nil {
+			if armed >= 0 && errors.Is(rerr, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("%w: %d bytes of the frame at byte %d arrived, the rest not within %v",
+					ErrFrameTimeout, fr.partial(), fr.pos(), c.opts.FrameTimeout)
+			}
 			if rerr == io.EOF {
 				if k := fr.partial(); k > 0 {
 					return fmt.Errorf("%w: stream ended %d bytes into a frame", ErrTruncated, k)

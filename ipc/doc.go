@@ -66,7 +66,12 @@
 // [*DecodeError]. Received messages wait for
 // Recv in a queue bounded in messages, bytes and descriptors; when it is full the
 // reader stops reading and the kernel's socket buffer pushes back on the peer.
-// Send is bounded the same way by WriteBuffer and QueueFDs.
+// Send is bounded the same way by WriteBuffer and QueueFDs. A frame that has
+// begun to arrive must end within [Options].FrameTimeout (10 s by default) or
+// the connection fails with [ErrFrameTimeout]: a peer that sends half a frame
+// and stops cannot hold the reader forever. The clock runs only while the
+// reader waits for the peer, not while it waits for room in its own queue, and
+// a connection may stay idle between frames for any time.
 //
 // # Pitfalls
 //

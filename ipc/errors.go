@@ -34,6 +34,10 @@ var (
 	// them, or a first message that is not a hello.
 	ErrProtocol = errors.New("ipc: protocol violation")
 
+	// ErrFrameTimeout reports a peer that started a frame and did not finish it
+	// within [Options.FrameTimeout].
+	ErrFrameTimeout = errors.New("ipc: frame timed out")
+
 	// ErrVersion reports a handshake with a peer that speaks another protocol
 	// version.
 	ErrVersion = errors.New("ipc: protocol version mismatch")

@@ -29,6 +29,11 @@ const (
 	// DefaultWriteBuffer is the number of encoded bytes [Conn.Send] buffers before
 	// it blocks, when Options.WriteBuffer is 0.
 	DefaultWriteBuffer = 512 << 10
+	// DefaultFrameTimeout is how long a frame may take to arrive once its
+	// first byte did, when Options.FrameTimeout is 0.
+	DefaultFrameTimeout = 10 * time.Second
+	// MaxFrameTimeout is the longest accepted Options.FrameTimeout.
+	MaxFrameTimeout = time.Hour
 )
 
 // Options configures a [Conn]. The zero value is ready to use: every zero field
@@ -78,6 +83,19 @@ type Options struct {
 	// connection, when its requests' latency matters; not for a master reading
 	// hundreds. 0, the default, never polls; at most one second.
 	SpinWait time.Duration
+
+	// FrameTimeout bounds the time between the first byte of a received frame
+	// and its last: a peer that sends part of a frame and stops (a hung or
+	// hostile process) would otherwise hold the reader, and whatever waits on
+	// it, forever. The connection then fails with an error wrapping
+	// [ErrFrameTimeout]. The clock starts when the reader is ready for the
+	// rest of the frame, so time this end spends waiting for room in its own
+	// receive queue does not count against the peer. Between frames a
+	// connection may stay idle for any time. A frame of the largest size
+	// crosses a unix socket in microseconds; the default leaves room for a
+	// peer descheduled on a loaded machine. 0 means [DefaultFrameTimeout]; at
+	// most [MaxFrameTimeout].
+	FrameTimeout time.Duration
 }
 
 // withDefaults returns a copy of o with defaults applied, or an error naming the
@@ -112,6 +130,12 @@ func (o Options) withDefaults() (Options, error) {
 	o.QueueFDs = max(o.QueueFDs, o.MaxFDs)
 	if o.SpinWait < 0 || o.SpinWait > time.Second {
 		return o, fmt.Errorf("ipc: options: SpinWait %v is not within 0 and one second", o.SpinWait)
+	}
+	switch {
+	case o.FrameTimeout < 0 || o.FrameTimeout > MaxFrameTimeout:
+		return o, fmt.Errorf("ipc: options: FrameTimeout %v is not within 0 and %v", o.FrameTimeout, MaxFrameTimeout)
+	case o.FrameTimeout == 0:
+		o.FrameTimeout = DefaultFrameTimeout
 	}
 	return o, nil
 }

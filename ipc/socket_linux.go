@@ -193,6 +193,10 @@ func (s *socket) read(p, oob []byte) (int, []int, error) {
 
 func (s *socket) close() error { return s.uc.Close() }
 
+// setReadDeadline bounds the reads that follow (the zero time: no bound); a
+// read past it fails with an error wrapping os.ErrDeadlineExceeded.
+func (s *socket) setReadDeadline(t time.Time) error { return s.uc.SetReadDeadline(t) }
+
 // dupFiles duplicates the descriptors of files (F_DUPFD_CLOEXEC, through
 // SyscallConn so that their blocking mode is left alone). On error it closes the
 // duplicates made so far.

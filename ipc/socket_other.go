@@ -29,6 +29,8 @@ func (s *socket) read(p, oob []byte) (int, []int, error) { return 0, nil, errUns
 
 func (s *socket) close() error { return nil }
 
+func (s *socket) setReadDeadline(t time.Time) error { return errUnsupported }
+
 func dupFiles(files []*os.File) ([]int, error) { return nil, errUnsupported }
 
 func closeRawFDs(fds []int) {}

@@ -274,9 +274,9 @@ func workerCalls(conn *ipc.Conn, callers, perCaller int) apiMsg {
 	return apiMsg{Op: "calls-result", N: callers * perCaller, OK: bad.Load() == 0, Text: text}
 }
 
-// socketInode returns the inode of the socket at fd of process pid, from
+// procSocketLink returns the inode of the socket at fd of process pid, from
 // /proc ("socket:[12345]").
-func socketInode(pid, fd int) (string, error) {
+func procSocketLink(pid, fd int) (string, error) {
 	target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
 	if err != nil {
 		return "", err

@@ -22,9 +22,18 @@
 //     EINHORN_FD_COUNT / EINHORN_FD_i for servers written for einhorn;
 //   - its end of an IPC socketpair (package ipc) at fd 3+n, named by
 //     CLUSTERD_IPC_FD;
-//   - NOTIFY_SOCKET, a per-master datagram socket in the abstract namespace;
-//     messages (READY=1, STOPPING=1, WATCHDOG=1) are attributed by the
-//     sender's pid from SCM_CREDENTIALS, or its process group;
+//   - only where it is expected to speak sd_notify (ReadyNotify), as
+//     systemd sets it only for Type=notify: NOTIFY_SOCKET, a datagram
+//     socket of its own, a file (not the abstract "@" form, which some
+//     clients reject) in the master's private runtime directory, made in
+//     $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/clusterd (not when the
+//     workers run as another user), else /run/clusterd as root, else
+//     os.TempDir(), and removed when Run returns. The directory is 0700 (0710 with the workers' group under
+//     Options.User) and each socket 0600, owned by the workers' uid: only
+//     they reach it. A message (READY=1, STOPPING=1, WATCHDOG=1) belongs to
+//     the worker whose socket it came in on, whoever sent it; a socket is
+//     read at most 128 datagrams a second after a burst of 256, so a
+//     flooding worker is logged once per burst and meets a full queue;
 //   - its own process group, Pdeathsig SIGKILL, the configured user and
 //     group, and no other fd of the master.
 //
@@ -64,33 +73,87 @@
 // messages do not pass through the loop: [Master.Send] and
 // [Master.Request] use the worker's connection directly, and a worker's
 // messages and requests reach Options.OnMessage and Options.HandleRequest
-// from its session goroutine. The loop keeps
-// no ticker: while nothing is due it sleeps until an event, so an idle
-// master does not wake up.
+// from its session goroutine. The loop keeps one slow timer only: while
+// nothing else is due it sleeps until an event or the next listener check,
+// every 5 s, so an idle master wakes up once every 5 s.
+//
+// # Listeners that heal
+//
+// Every worker holds the same socket, so one worker's shutdown(2) on it
+// stops it listening for all of them, and a restarted worker would get the
+// same dead socket. The master checks its stream listeners when a worker
+// exits and every 5 s (SO_ACCEPTCONN; for unix sockets also POLLRDHUP): a
+// TCP socket that stopped listening listens again at once, in place (for a
+// port 0 socket, rebound to the port it had first), which restores it for
+// every holder; Warn "listener stopped listening; listening again" (addr,
+// name, worker and pid of the worker whose exit found it, or the running
+// workers). One that cannot (a unix socket, or one a worker connected) is
+// replaced by a new socket on the same address and the workers restarted
+// onto it with a rolling reload (Warn "listener stopped listening; replaced
+// by a new socket"). With BalanceReusePort each slot's socket is checked
+// and healed the same way.
+//
+// A unix socket file the master created is removed on every stop (graceful,
+// immediate, restart intensity exceeded, start-up failure), but only while
+// the path still holds that socket (same device and inode): a file someone
+// put there since is left alone, and so is the file of a socket from socket
+// activation, which belongs to whoever activated it.
 //
 // Around it, Run starts and waits for: the reaper; the spawner (the locked
-// thread that forks); one reader of the notify socket; one goroutine per
-// worker reading its IPC connection; and one output relay, an epoll loop
+// thread that forks); one reader per worker notify socket (a goroutine
+// parked on a socket costs a few kilobytes, and the runtime already
+// multiplexes them over one epoll); one goroutine per worker reading its
+// IPC connection; one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
-// workers keeps the master small with hundreds of them).
+// workers keeps the master small with hundreds of them); and one writer
+// per output sink (Options.Stdout, Options.Stderr).
+//
+// The relay never writes to the user's writers itself. It prefixes the
+// lines of each read and appends them, whole, to the sink's bounded buffer
+// (256 KiB); the sink's goroutine writes the buffer out in one Write. A
+// writer that blocks stalls only its own goroutine: once the buffer is
+// full, lines are dropped and counted, the relay keeps reading (no worker
+// blocks on its stdout), and the loop and the spawn path never wait for
+// it. A writer that fails (EPIPE when the reader of the master's stdout
+// went away) is logged once, and what it lost is counted. Dropped output
+// is logged ("worker output dropped", with sink, reason, lines and bytes)
+// once per burst, on the next successful write, and when Run ends. The
+// relay also keeps each worker's last non-blank line, which the
+// [*IntensityError] quotes.
 //
 // # File descriptors
 //
 // The master owns its listeners (and Options.Activated, once New
 // succeeded), the parent end of each worker's IPC socketpair (closed when
 // the worker is reaped), the read ends of the output pipes (closed at EOF,
-// or when Run ends), /dev/null for the workers' stdin, the notify socket
-// and the connection to its own NOTIFY_SOCKET. All are close-on-exec; a
+// or when Run ends), /dev/null for the workers' stdin, each worker's
+// notify socket (closed and unlinked when the worker is reaped) and the
+// connection to its own NOTIFY_SOCKET. All are close-on-exec; a
 // worker gets copies of exactly the ones meant for it. [ExecWorker] also
 // marks close-on-exec any fd the master itself inherited without the flag,
 // so nothing else reaches the worker command.
 //
 // # Lifecycle and signals
 //
-// A worker is ready, by Options.Ready, as soon as it runs (exec), when it
-// sends READY=1 (notify), when it sends an ipc ready message after its hello
-// (ipc), or when it has stayed up for a delay. One that is not ready within
-// ReadyTimeout is killed.
+// The exec-worker step reports the outcome of its execve through a
+// close-on-exec pipe (CLUSTERD_EXEC_FD): end-of-file when the command runs,
+// the errno when it could not be executed. A failed exec is one Error line
+// naming the command and the errno; when no other worker runs the command
+// (a binary of the wrong format, one the workers' user may not execute) the
+// cluster stops and Run returns that error, with no restart loop.
+//
+// A worker is ready, by Options.Ready, as soon as its command was executed
+// (exec), when it sends READY=1 (notify), when it sends an ipc ready
+// message after its hello (ipc), when it has stayed up for a delay, or
+// (listening, the CLI's default) when /proc shows it waiting for
+// connections on an inherited listener: a thread blocked in accept on it,
+// or in poll or select with it in the set, or the listener in one of its
+// epoll sets, matched by inode. A probe goroutine per starting worker
+// samples /proc (every 2 ms at first, backing off to 50 ms) and posts the
+// ready event, so the loop never reads /proc itself; it stops at readiness.
+// A worker with no inherited listener, or one not seen waiting within the
+// fallback delay, is ready after that delay, with one log line that says
+// so. One that is not ready within ReadyTimeout is killed.
 //
 // A worker that exits unexpectedly is restarted according to
 // Options.Restart, in the same slot: at once if it stayed up at least
@@ -105,8 +168,10 @@
 //	           the old one; a replacement that fails aborts the reload and
 //	           the old workers keep serving; a second HUP starts it over
 //	TERM, INT  graceful stop: drain every worker, return once all exited;
-//	           a second one stops at once
-//	QUIT       immediate stop (SIGKILL)
+//	           a second one stops at once, but only 1s or more after the
+//	           first (coreutils timeout signals the master, then its process
+//	           group: one request that arrives twice)
+//	QUIT       immediate stop (SIGKILL), whenever it comes
 //	TTIN/TTOU  one worker more / fewer (the highest slot drains)
 //	WINCH      stop all workers but keep the master and its sockets (for
 //	           maintenance); HUP starts them again
@@ -127,11 +192,27 @@
 // and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
 // half of WATCHDOG_USEC when the service has a watchdog.
 //
+// # Limits on a worker's IPC
+//
+// Package ipc bounds what a worker's connection costs in memory (frame size,
+// descriptors per frame, queue depth) and in time: a frame that began to
+// arrive must end within ipc.DefaultFrameTimeout (10 s), so a worker that
+// sends half a frame and stops is an "ipc protocol error" (Warn, worker,
+// pid) and is restarted. The master also bounds the CPU a worker can make it
+// spend reading: at most [IPCMessageRate] messages and [IPCFDRate]
+// descriptors a second, each with a burst of as many again. A worker over a
+// limit is paced, not killed: the master reads it at the limit, its queue
+// fills, and the socket pushes back on the worker's sends. The first message
+// over a limit logs Warn "ipc flood: reading the worker's messages at the
+// limit" (worker, pid, what: messages or descriptors), once per burst: the
+// next line comes only after the worker stayed within its limits for long
+// enough to refill them.
+//
 // # Logging
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
 // "notify") has lines other programs may rely on: Info "listening" (addr,
-// name), Info "worker ready" (worker, pid, generation), Info "all workers
+// name), Warn "no listen address: workers get no sockets from clusterd", Info "worker ready" (worker, pid, generation), Info "all workers
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart

@@ -565,7 +565,7 @@ func TestAPIRuntimeListen(t *testing.T) {
 			if r.Text != "" {
 				t.Fatalf("worker %d listen: %s", slot, r.Text)
 			}
-			got, err := socketInode(r.PID, r.FD)
+			got, err := procSocketLink(r.PID, r.FD)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -688,7 +688,7 @@ func TestAPIListenStatic(t *testing.T) {
 	}
 	c := startAPI(t, Options{Workers: 1, Listen: []sockshare.Spec{spec}, MaxListeners: -1})
 	pid := c.pids()[0]
-	inherited, err := socketInode(pid, 3)
+	inherited, err := procSocketLink(pid, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -699,7 +699,7 @@ func TestAPIListenStatic(t *testing.T) {
 			t.Errorf("listen %s: %s", addr, r.Text)
 			continue
 		}
-		if got, err := socketInode(pid, r.FD); err != nil || got != inherited {
+		if got, err := procSocketLink(pid, r.FD); err != nil || got != inherited {
 			t.Errorf("listen %s gave %s (%v), want the inherited listener %s", addr, got, err, inherited)
 		}
 	}
@@ -720,7 +720,7 @@ func TestAPIRuntimeListenReusePort(t *testing.T) {
 			if r.Text != "" || r.PID != pid {
 				t.Fatalf("worker %d listen: %q from pid %d", slot, r.Text, r.PID)
 			}
-			ino, err := socketInode(pid, r.FD)
+			ino, err := procSocketLink(pid, r.FD)
 			if err != nil {
 				t.Fatal(err)
 			}

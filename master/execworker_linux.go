@@ -1,6 +1,7 @@
 package master
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -25,6 +26,10 @@ import (
 // in PATH) and its arguments. Programs that link master dispatch to it
 // first thing in main with [DispatchExecWorker]. ExecWorker returns only on
 // error.
+// The master learns the outcome without waiting for that exit: it passes
+// the write end of a close-on-exec pipe (named by CLUSTERD_EXEC_FD), which
+// a successful execve closes, and to which ExecWorker writes the errno of
+// a failure before it returns.
 //
 // The master forks this process with the parent-death signal SIGKILL, which
 // the kernel keeps per thread: only the forked thread has it, threads the Go
@@ -36,6 +41,50 @@ import (
 func ExecWorker(args []string) error {
 	// Never unlocked: the process image is replaced, or the program exits.
 	runtime.LockOSThread()
+	report := execReportFD()
+	err := execWorker(args)
+	if report >= 0 {
+		writeExecErrno(report, err)
+	}
+	return err
+}
+
+// envExecFD names the fd of the exec-outcome pipe's write end in the
+// exec-worker step; it is removed before the worker command runs.
+const envExecFD = "CLUSTERD_EXEC_FD"
+
+// execReportFD takes the exec-outcome fd from the environment (-1: none)
+// and removes the variable, so the worker command never sees it.
+func execReportFD() int {
+	v, ok := os.LookupEnv(envExecFD)
+	if !ok {
+		return -1
+	}
+	os.Unsetenv(envExecFD)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return -1
+	}
+	return fd
+}
+
+// writeExecErrno writes err's errno (EINVAL when it has none) to the
+// exec-outcome pipe as 4 bytes in host order. Best effort: the exit status
+// 127 follows anyway.
+func writeExecErrno(fd int, err error) {
+	errno := unix.EINVAL
+	var e unix.Errno
+	if errors.As(err, &e) {
+		errno = e
+	} else if errors.Is(err, exec.ErrNotFound) {
+		errno = unix.ENOENT
+	}
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], uint32(errno))
+	_, _ = unix.Write(fd, b[:])
+}
+
+func execWorker(args []string) error {
 	ppid := os.Getppid()
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return fmt.Errorf("exec-worker: set parent-death signal: %w", os.NewSyscallError("prctl", err))
@@ -44,13 +93,13 @@ func ExecWorker(args []string) error {
 	// point (SIGKILL ends every thread); this catches a reparenting between
 	// the two calls above.
 	if os.Getppid() != ppid {
-		return errors.New("exec-worker: the master exited")
+		return fmt.Errorf("exec-worker: the master exited: %w", unix.ESRCH)
 	}
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
 	}
 	if len(args) == 0 || args[0] == "" {
-		return errors.New("exec-worker: no command")
+		return fmt.Errorf("exec-worker: no command: %w", unix.EINVAL)
 	}
 	path := args[0]
 	if !strings.Contains(path, "/") {
@@ -76,6 +125,8 @@ func ExecWorker(args []string) error {
 			keep = append(keep, fd)
 		}
 	}
+	// The exec-outcome fd is not kept: marked close-on-exec here, it is
+	// closed by a successful execve, which the master sees as end-of-file.
 	if err := cloexecAllBut(keep); err != nil {
 		return fmt.Errorf("exec-worker: %w", err)
 	}

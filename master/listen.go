@@ -14,8 +14,9 @@ import (
 
 // listeners owns the master's listening sockets: one per address
 // (BalanceShared, activated sockets, unix sockets), or one per address and
-// slot (BalanceReusePort). Only the loop goroutine calls forSlot and
-// dropSlot; Run calls bind before and closeAll after the loop.
+// slot (BalanceReusePort). Only the loop goroutine calls forSlot, dropSlot
+// and check (watch_linux.go); Run calls bind before and closeAll after the
+// loop.
 type listeners struct {
 	cfg    *config
 	log    hclog.Logger
@@ -25,6 +26,15 @@ type listeners struct {
 	shared []*os.File         // per address, for shared ones
 	slots  map[int][]*os.File // reuseport: per slot, aligned with specs
 	addrs  []net.Addr
+	// files are the unix socket files the master created (never those of
+	// activated sockets), removed by closeAll.
+	files []socketFile
+	// watched says, per address, whether check watches it: a stream socket
+	// that listened when the master got it (an activated socket may be
+	// something else). broken holds the sockets check could not restore,
+	// reported once.
+	watched []bool
+	broken  map[*os.File]bool
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
 }
@@ -60,6 +70,7 @@ func (ls *listeners) bind() error {
 			if err != nil {
 				return err // sockshare's error names the address already
 			}
+			ls.created(spec)
 			if per {
 				ls.slots[0] = append(ls.slots[0], f)
 				ls.shared = append(ls.shared, nil)
@@ -88,6 +99,7 @@ func (ls *listeners) bind() error {
 			return fmt.Errorf("listener %s: %w", ls.names[i], err)
 		}
 		ls.addrs = append(ls.addrs, a)
+		ls.watched = append(ls.watched, watchable(f, a))
 		ls.log.Info("listening", "addr", a.String(), "name", ls.names[i])
 	}
 	// Bind every initial slot now, so a bind error surfaces before any
@@ -225,5 +237,61 @@ func (ls *listeners) closeAll() error {
 	for _, f := range ls.cfg.Activated {
 		closeOne(f) // not adopted because bind failed before
 	}
+	for _, sf := range ls.files {
+		if err := sf.remove(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ls.files = nil
 	return errors.Join(errs...)
+}
+
+// socketFile is a unix socket file the master created, by its path and the
+// identity (device and inode) it had then.
+type socketFile struct {
+	path     string
+	dev, ino uint64
+}
+
+// created records the socket file of a unix spec just bound, so that
+// closeAll removes it. A file that cannot be identified is not recorded (it
+// is then left in place, which only costs a stale file that the next start
+// clears).
+func (ls *listeners) created(spec sockshare.Spec) {
+	if spec.Network != "unix" || spec.IsAbstract() {
+		return
+	}
+	dev, ino, err := fileID(spec.Address)
+	if err != nil {
+		ls.log.Warn("socket file will not be removed at stop", "addr", spec.Address, "error", err)
+		return
+	}
+	sf := socketFile{path: spec.Address, dev: dev, ino: ino}
+	for i := range ls.files {
+		if ls.files[i].path == sf.path {
+			ls.files[i] = sf // replaced by a new socket (watch_linux.go)
+			return
+		}
+	}
+	ls.files = append(ls.files, sf)
+}
+
+// remove removes the socket file if it is still the one the master created:
+// a file that someone else put at the path since (another master's socket,
+// say) is left alone.
+func (sf socketFile) remove() error {
+	dev, ino, err := fileID(sf.path)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errNotSocket) {
+		return nil // gone, or replaced by something that is not ours
+	}
+	if err != nil {
+		return fmt.Errorf("remove socket file %s: %w", sf.path, err)
+	}
+	if dev != sf.dev || ino != sf.ino {
+		return nil // not ours any more
+	}
+	if err := os.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove socket file %s: %w", sf.path, err)
+	}
+	return nil
 }

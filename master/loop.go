@@ -79,16 +79,16 @@ const (
 	evDisconnect                  // the worker's IPC connection ended (err: why, nil if closed)
 	evHeartbeat                   // an IPC heartbeat
 	evStats                       // IPC stats (stats)
+	evExec                        // the exec-worker step ran the command (err nil) or failed to (err)
 )
 
-// workerEvent is a message from or about a worker, attributed by pid (and,
-// for sd_notify messages from a worker's children, by process group).
+// workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid, pgid int
-	kind      eventKind
-	source    ReadyKind
-	err       error
-	stats     map[string]int64
+	pid    int
+	kind   eventKind
+	source ReadyKind
+	err    error
+	stats  map[string]int64
 }
 
 type workerState int
@@ -127,15 +127,17 @@ type worker struct {
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
 
-	watchdogBy  time.Time // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
-	retiring    string    // why it is being replaced (health); "": it is not
-	hung        bool      // it was found hung
-	rss         int64     // its process group's memory at the last sample
-	retireAfter int64     // RetireRequests with its jitter; 0: never
-	killed      bool      // the master SIGKILLed it
-	deadline    bool      // its drain deadline (KillTimeout) passed
-	dumpSent    bool      // it was sent Options.DumpSignal before its SIGKILL
-	signalled   bool      // the master sent it its stop signal
+	watchdogBy  time.Time  // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
+	retiring    string     // why it is being replaced (health); "": it is not
+	hung        bool       // it was found hung
+	rss         int64      // its process group's memory at the last sample
+	retireAfter int64      // RetireRequests with its jitter; 0: never
+	killed      bool       // the master SIGKILLed it
+	deadline    bool       // its drain deadline (KillTimeout) passed
+	dumpSent    bool       // it was sent Options.DumpSignal before its SIGKILL
+	signalled   bool       // the master sent it its stop signal
+	exec        execState  // what is known of its execve
+	heldExit    *exitEvent // its exit, held until its exec outcome arrives
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -168,6 +170,10 @@ type loopDeps struct {
 	commands <-chan command                           // Master's methods, IPC sessions; nil: none
 	hub      *eventHub                                // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable]              // published for Send; nil: not published
+	output   func(pid int) *tail                      // takes a worker's last output line; nil: none
+	// checkListeners heals the listeners and reports whether one was
+	// replaced (see watchListeners); nil: listeners are not watched.
+	checkListeners func(exited *worker, running []*worker) (replaced bool)
 }
 
 type loop struct {
@@ -191,8 +197,10 @@ type loop struct {
 	sampleAt time.Time // next memory sample; zero: none
 	scaleAt  time.Time // next accept queue sample; zero: none
 	scaler   autoscaler
-	ooms     uint64 // oomKills at the last look
-	rerouted bool   // a slot's serving online worker changed: publish routes
+	ooms     uint64    // oomKills at the last look
+	rerouted bool      // a slot's serving online worker changed: publish routes
+	termAt   time.Time // the TERM or INT that began a stop; zero: none
+	checkAt  time.Time // next periodic listener check
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -238,6 +246,9 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.oomKills != nil {
 		l.ooms, _ = l.oomKills()
+	}
+	if l.checkListeners != nil {
+		l.checkAt = time.Now().Add(listenerCheckInterval)
 	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -344,10 +355,15 @@ func (l *loop) startWorker(s *slot) error {
 	}
 	w.log.Debug("worker started")
 	l.emit(EventFork, w, nil)
+	if r, ok := p.(execReporter); ok && r.reportsExec() {
+		w.exec = execPending
+	}
 	switch l.cfg.Ready.Kind {
 	case ReadyExec:
-		l.becameReady(w)
-		return nil
+		if w.exec == execUntracked {
+			l.becameReady(w) // no exec outcome will come: running is all we know
+			return nil
+		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
 	}
@@ -378,7 +394,18 @@ func (l *loop) onExit(e exitEvent) {
 		l.log.Trace("reaped process", "pid", e.pid, "status", e.status.String())
 		return
 	}
+	if w.exec == execPending {
+		// The reaper was quicker than the exec-outcome pipe, which reports
+		// at the latest when the process is gone: act on the exit after it,
+		// so that a failed exec is known as one (onExec).
+		w.heldExit = &e
+		return
+	}
 	delete(l.byPID, e.pid)
+	var last *tail
+	if l.output != nil {
+		last = l.output(e.pid)
+	}
 	w.state = stateExited
 	l.rerouted = l.rerouted || w.online
 	w.proc.release()
@@ -445,22 +472,20 @@ func (l *loop) onExit(e exitEvent) {
 		if w.why != "" {
 			desc += " (" + w.why + ")"
 		}
-		l.restartSlot(s, e.status, uptime, desc)
+		l.restartSlot(s, e.status, uptime, desc, last)
 	}
+	l.watchListeners(w)
 }
 
 func (l *loop) onEvent(e workerEvent) {
 	w := l.byPID[e.pid]
-	if w == nil && e.pgid > 0 {
-		w = l.byPID[e.pgid] // a child of the worker, in its process group
-	}
 	if w == nil {
 		l.log.Trace("event from unknown process", "pid", e.pid)
 		return
 	}
 	switch e.kind {
 	case evReady:
-		if e.source == l.cfg.Ready.Kind {
+		if l.cfg.Ready.accepts(e.source) {
 			l.becameReady(w)
 		}
 	case evStopping:
@@ -468,6 +493,8 @@ func (l *loop) onEvent(e workerEvent) {
 	case evWatchdog:
 		w.log.Trace("watchdog")
 		l.onWatchdog(w, time.Now())
+	case evExec:
+		l.onExec(w, e.err)
 	case evProtocol:
 		w.log.Warn("ipc protocol error", "error", e.err)
 		if !w.expected {
@@ -517,6 +544,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(s.restartAt)
 	}
 	add(l.petAt)
+	add(l.checkAt)
 	return next, !next.IsZero()
 }
 
@@ -539,6 +567,10 @@ func (l *loop) onTimers(now time.Time) {
 		} else {
 			l.checkMemory(rss)
 		}
+	}
+	if due(l.checkAt, now) {
+		l.checkAt = now.Add(listenerCheckInterval)
+		l.watchListeners(nil)
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

@@ -265,7 +265,17 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	never-ready  serve but never say ready
 //	ready-late   say ready after 200ms
 //	reload-never-ready  never say ready from generation 2 on
-//	notify       say ready with sd_notify instead of IPC
+//	notify       say ready with sd_notify instead of IPC, with a client
+//	             that only understands a socket path (like Debian's
+//	             sd_notify gem): an abstract "@" address is an error
+//	notify-env   print "notify_socket: " and $NOTIFY_SOCKET quoted ("" when unset)
+//	notify-forge worker 0 sends READY=1 on its own NOTIFY_SOCKET with the
+//	             credentials of worker 1's pid (needs root), then READY=1
+//	             as itself; worker 1 never says ready
+//	notify-flood send 400 "X=1" datagrams before READY=1
+//	listen-stamp print "listen_at: UNIXMICRO" just before it takes its listeners
+//	accept       serve fd 3 with a blocking accept(2) on a dup of it (the
+//	             listener is made blocking: one worker only)
 //	ignore-term  ignore SIGTERM (only SIGKILL stops it)
 //	hello        print "hello from worker N" on stdout and stderr
 //	ids          print "ids: UID GID GROUPS"
@@ -295,6 +305,9 @@ func helperWorker() int {
 			fds = append(fds, strconv.Itoa(fd))
 		}
 		fmt.Printf("fds: %s\n", strings.Join(fds, " "))
+	}
+	if has("notify-env") {
+		fmt.Printf("notify_socket: %q\n", os.Getenv("NOTIFY_SOCKET"))
 	}
 	if has("ids") {
 		groups, _ := unix.Getgroups()
@@ -331,6 +344,13 @@ func helperWorker() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 2
+	}
+	if has("listen-stamp") {
+		fmt.Printf("listen_at: %d\n", time.Now().UnixMicro())
+	}
+	if has("accept") {
+		go acceptBlocking()
+		n = 0 // fd 3 is served by acceptBlocking alone
 	}
 	var lns []net.Listener
 	for i := range n {
@@ -371,6 +391,22 @@ func helperWorker() int {
 	if has("reload-never-ready") && gen != "1" {
 		mode = append(mode, "never-ready")
 	}
+	if has("notify-forge") {
+		if id != "0" {
+			mode = append(mode, "never-ready")
+		} else if err := forgeNotify(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+	}
+	if has("notify-flood") {
+		for range 400 {
+			if err := sdNotify("X=1"); err != nil {
+				fmt.Fprintln(os.Stderr, "worker:", err)
+				return 2
+			}
+		}
+	}
 	if !has("never-ready") {
 		if has("ready-late") {
 			time.Sleep(200 * time.Millisecond) // a slow start-up is the behaviour under test
@@ -392,16 +428,90 @@ func helperWorker() int {
 
 var workerConn *ipc.Conn // kept open for the worker's life
 
+// acceptBlocking answers every connection on fd 3 (through a dup of it)
+// with a fixed HTTP response, from a thread blocked in accept(2).
+func acceptBlocking() {
+	fd, err := unix.Dup(3)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	for {
+		c, _, err := unix.Accept(fd)
+		if err != nil {
+			continue
+		}
+		body := strconv.Itoa(os.Getpid()) + " accept\n"
+		unix.Write(c, []byte("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body))
+		unix.Close(c)
+	}
+}
+
+// notifyPath returns $NOTIFY_SOCKET as a path-only sd_notify client sees it.
+func notifyPath() (string, error) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if !strings.HasPrefix(addr, "/") {
+		return "", fmt.Errorf("NOTIFY_SOCKET %q: this client handles only an absolute path", addr)
+	}
+	return addr, nil
+}
+
+// sdNotify sends one datagram to $NOTIFY_SOCKET, as a path-only client.
+func sdNotify(state string) error {
+	addr, err := notifyPath()
+	if err != nil {
+		return err
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// forgeNotify finds worker 1 (a sibling under the same master) and sends
+// READY=1 on this worker's socket with worker 1's pid as SCM_CREDENTIALS,
+// which only root may claim.
+func forgeNotify() error {
+	// Any address form: the forgery, not the client, is under test
+	// (SockaddrUnix takes a leading "@" as the abstract namespace).
+	addr := os.Getenv("NOTIFY_SOCKET")
+	sibling := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for sibling == 0 {
+		if time.Now().After(deadline) {
+			return errors.New("worker 1 not found")
+		}
+		for _, kid := range procChildren(os.Getppid()) {
+			env, _ := os.ReadFile("/proc/" + strconv.Itoa(kid) + "/environ")
+			if kid != os.Getpid() && slices.Contains(strings.Split(string(env), "\x00"), ipc.EnvWorkerID+"=1") {
+				sibling = kid
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // polling /proc: no event announces a sibling
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(sibling), Uid: 0, Gid: 0})
+	if err := unix.Sendmsg(fd, []byte("READY=1"), cred, &unix.SockaddrUnix{Name: addr}, 0); err != nil {
+		return fmt.Errorf("forged sd_notify: %w", err)
+	}
+	fmt.Printf("forged: %d\n", sibling)
+	return nil
+}
+
 func sayReady(notify bool) error {
 	if notify {
-		addr := os.Getenv("NOTIFY_SOCKET")
-		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write([]byte("STATUS=up\nREADY=1"))
-		return err
+		return sdNotify("STATUS=up\nREADY=1")
 	}
 	fd, err := strconv.Atoi(os.Getenv(ipc.EnvIPCFD))
 	if err != nil {

@@ -127,15 +127,19 @@ func (m *Master) Addrs() []net.Addr {
 // Run binds the listeners (errors name the address), starts the workers and
 // supervises them: it restarts the ones that exit, and acts on the signals
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
-// second one to stop at once, QUIT immediate stop, TTIN/TTOU one worker more
-// or fewer, WINCH stop the workers until the next HUP) and on the command
-// methods ([Master.Reload], [Master.Scale], [Master.Stop], [Master.Signal],
-// ...), which other goroutines may call while it runs. Cancelling ctx is a
+// second one, 1s or more after the first, to stop at once, QUIT immediate
+// stop, TTIN/TTOU one worker more or fewer, WINCH stop the workers until the
+// next HUP) and on the command methods ([Master.Reload], [Master.Scale],
+// [Master.Stop], [Master.Signal], ...), which other goroutines may call
+// while it runs. Cancelling ctx is a
 // graceful stop.
 //
 // Run blocks until every worker has been reaped, every goroutine it started
 // has returned and every fd it owns is closed (listeners and Activated
-// sockets included). It returns nil after a requested stop, an
+// sockets included), with one exception: a Write to Options.Stdout or
+// Options.Stderr that has made no progress for a second when Run ends is
+// abandoned (its output counted as dropped), and its goroutine ends when
+// that Write returns. It returns nil after a requested stop, an
 // [*IntensityError] when workers restarted too often, or the error that
 // prevented the start. A Master runs once: a second call returns an error.
 func (m *Master) Run(ctx context.Context) error {

@@ -501,6 +501,9 @@ func TestRealCrashLoopIntensity(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, WorkerMode: []string{"crash"},
+		// Every crash counts as short-lived however slow the machine is:
+		// a loaded one has taken more than the default 1s to run the helper.
+		MinUptime:  time.Hour,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 80 * time.Millisecond, MaxRestarts: 4, Window: time.Minute,
 	})
 	if code := m.wait(); code != 3 {
@@ -513,7 +516,9 @@ func TestRealCrashLoopIntensity(t *testing.T) {
 		t.Errorf("%d delayed restarts, want 4", n)
 	}
 	m.next("restart intensity exceeded")
-	want := "run error: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1)"
+	// The error quotes what the worker printed last, so the reason it
+	// crashes reaches the operator.
+	want := `run error: restart intensity exceeded: 5 restarts in 1m0s (last: worker 0 exited with code 1, after it printed "crashing on purpose")`
 	m.waitFor("run error line", func() bool {
 		for _, l := range m.stderr {
 			if l == want {
@@ -1125,24 +1130,7 @@ func TestRealUserAndGroup(t *testing.T) {
 	t.Parallel()
 	// The master's binary is exec'd by the worker after the credential
 	// change: it must be reachable for nobody, so run a copy of it.
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := filepath.Join(dir, "master.test")
-	if err := os.WriteFile(cp, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	cp := reachableTestBinary(t)
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"}, User: "nobody", Group: "nogroup",
 		WorkerMode: []string{"ids"}, ExecPath: cp, Ready: "ipc",
@@ -1308,4 +1296,19 @@ func dupFD(t *testing.T, f *os.File) int {
 	}
 	syscall.CloseOnExec(nfd)
 	return nfd
+}
+
+func TestRealNoListenWarns(t *testing.T) {
+	t.Parallel()
+	m := startMaster(t, masterConfig{Workers: 1, Ready: "ipc"})
+	m.next("all workers ready")
+	const msg = "no listen address: workers get no sockets from clusterd"
+	if l := m.first(msg); l["@level"] != "warn" || m.count(msg) != 1 {
+		t.Errorf("%d %q lines (%v), want one warning", m.count(msg), msg, l)
+	}
+	m2 := startMaster(t, masterConfig{Workers: 1, Ready: "ipc", Listen: []string{"tcp://127.0.0.1:0"}})
+	m2.next("all workers ready")
+	if n := m2.count(msg); n != 0 {
+		t.Errorf("%d %q lines with a listen address, want none", n, msg)
+	}
 }

@@ -88,7 +88,8 @@ func (p RestartPolicy) String() string {
 type ReadyKind int
 
 const (
-	// ReadyExec (the zero value): ready as soon as the worker process runs.
+	// ReadyExec (the zero value): ready as soon as the exec-worker step has
+	// executed the worker command (not when it failed to).
 	ReadyExec ReadyKind = iota
 	// ReadyNotify: ready when the worker sends READY=1 on NOTIFY_SOCKET.
 	ReadyNotify
@@ -96,16 +97,40 @@ const (
 	ReadyIPC
 	// ReadyDelay: ready once the worker has stayed up for ReadyMode.Delay.
 	ReadyDelay
+	// ReadyListening: ready when the worker waits for connections on an
+	// inherited listener, as /proc shows it: one of its threads (or of its
+	// descendants') is blocked in accept(2)/accept4(2) on it, or in
+	// poll(2)/select(2) with it in the set (gunicorn's sync worker, puma),
+	// or the listener is registered in one of their epoll sets (Go,
+	// Node/libuv, asyncio and uvicorn, lighttpd, nginx). An IPC ready
+	// message counts as well, whichever comes first, and once a worker has
+	// said its IPC hello the probe stops and leaves it to that message. A
+	// worker with no inherited listener, or one not seen waiting within
+	// ReadyMode.Delay, is ready after ReadyMode.Delay, with one log line that
+	// says so.
+	ReadyListening
 )
+
+// DefaultListeningFallback is the ReadyMode.Delay of ReadyListening when
+// none is given: how long a worker has to be seen waiting on its listener
+// before it counts as ready anyway.
+// It is long because every common way of waiting is seen: what is left
+// (a socket of its own, io_uring, a sleeping loop) is rare, and a late
+// "ready" costs a slower reload, an early one a reload onto a worker that
+// does not serve yet.
+const DefaultListeningFallback = 10 * time.Second
 
 // ReadyMode is a readiness rule. The zero value is ReadyExec.
 type ReadyMode struct {
-	Kind  ReadyKind
-	Delay time.Duration // only for ReadyDelay; must be positive there
+	Kind ReadyKind
+	// Delay is the delay of ReadyDelay (must be positive there) and the
+	// fallback delay of ReadyListening (0 means DefaultListeningFallback).
+	Delay time.Duration
 }
 
-// ParseReadyMode parses "exec", "notify", "ipc" or "delay=DUR" (a
-// time.ParseDuration string, e.g. "delay=500ms").
+// ParseReadyMode parses "exec", "notify", "ipc", "listening",
+// "listening=FALLBACK" or "delay=DUR" (durations as time.ParseDuration
+// takes them, e.g. "delay=500ms").
 func ParseReadyMode(s string) (ReadyMode, error) {
 	switch s {
 	case "exec":
@@ -114,18 +139,32 @@ func ParseReadyMode(s string) (ReadyMode, error) {
 		return ReadyMode{Kind: ReadyNotify}, nil
 	case "ipc":
 		return ReadyMode{Kind: ReadyIPC}, nil
+	case "listening":
+		return ReadyMode{Kind: ReadyListening, Delay: DefaultListeningFallback}, nil
 	}
-	if v, ok := strings.CutPrefix(s, "delay="); ok {
+	for _, m := range []struct {
+		prefix string
+		kind   ReadyKind
+	}{{"delay=", ReadyDelay}, {"listening=", ReadyListening}} {
+		v, ok := strings.CutPrefix(s, m.prefix)
+		if !ok {
+			continue
+		}
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			return ReadyMode{}, fmt.Errorf("parse ready mode %q: %w", s, err)
 		}
 		if d <= 0 {
-			return ReadyMode{}, fmt.Errorf("parse ready mode %q: delay must be positive", s)
+			return ReadyMode{}, fmt.Errorf("parse ready mode %q: duration must be positive", s)
 		}
-		return ReadyMode{Kind: ReadyDelay, Delay: d}, nil
+		return ReadyMode{Kind: m.kind, Delay: d}, nil
 	}
-	return ReadyMode{}, fmt.Errorf("parse ready mode %q: want exec, notify, ipc or delay=DURATION", s)
+	return ReadyMode{}, fmt.Errorf("parse ready mode %q: want listening[=FALLBACK], exec, notify, ipc or delay=DURATION", s)
+}
+
+// accepts reports whether readiness reported by src counts under r.
+func (r ReadyMode) accepts(src ReadyKind) bool {
+	return src == r.Kind || (r.Kind == ReadyListening && src == ReadyIPC)
 }
 
 // String returns the form ParseReadyMode accepts.
@@ -139,6 +178,11 @@ func (r ReadyMode) String() string {
 		return "ipc"
 	case ReadyDelay:
 		return "delay=" + r.Delay.String()
+	case ReadyListening:
+		if r.Delay == 0 || r.Delay == DefaultListeningFallback {
+			return "listening"
+		}
+		return "listening=" + r.Delay.String()
 	}
 	return "ReadyKind(" + strconv.Itoa(int(r.Kind)) + ")"
 }

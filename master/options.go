@@ -140,6 +140,9 @@ type Options struct {
 	// Output says how worker stdout/stderr are handled; zero is OutputPrefix.
 	Output OutputMode
 	// Stdout and Stderr receive worker output; nil means os.Stdout / os.Stderr.
+	// Each is written from one goroutine of its own (one for both when they
+	// are the same writer), never from the loop: a writer that blocks or
+	// fails costs dropped output, counted and logged, not supervision.
 	Stdout, Stderr io.Writer
 	// PIDFile, when set, is written (atomically) with the master's pid when
 	// Run starts and removed when it returns.
@@ -307,10 +310,13 @@ func normalize(opts Options) (*config, error) {
 	if c.Restart < RestartAlways || c.Restart > RestartNever {
 		return nil, optErr("Restart", "unknown restart policy %v", c.Restart)
 	}
-	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyDelay {
+	if c.Ready.Kind < ReadyExec || c.Ready.Kind > ReadyListening {
 		return nil, optErr("Ready", "unknown ready mode %v", c.Ready)
 	}
-	if c.Ready.Kind == ReadyDelay && c.Ready.Delay <= 0 {
+	if c.Ready.Kind == ReadyListening && c.Ready.Delay == 0 {
+		c.Ready.Delay = DefaultListeningFallback
+	}
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.Ready.Delay <= 0 {
 		return nil, optErr("Ready", "ready mode %v: delay must be positive", c.Ready)
 	}
 	if c.Output != OutputPrefix && c.Output != OutputRaw {
@@ -342,7 +348,7 @@ func normalize(opts Options) (*config, error) {
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
 	}
-	if c.Ready.Kind == ReadyDelay && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
+	if (c.Ready.Kind == ReadyDelay || c.Ready.Kind == ReadyListening) && c.ReadyTimeout > 0 && c.ReadyTimeout <= c.Ready.Delay {
 		return nil, optErr("ReadyTimeout", "ready timeout %v must be longer than ready delay %v", c.ReadyTimeout, c.Ready.Delay)
 	}
 	if c.MaxRestarts == 0 {

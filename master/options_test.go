@@ -57,9 +57,13 @@ func TestParseReadyMode(t *testing.T) {
 		{in: "notify", want: ReadyMode{Kind: ReadyNotify}},
 		{in: "ipc", want: ReadyMode{Kind: ReadyIPC}},
 		{in: "delay=500ms", want: ReadyMode{Kind: ReadyDelay, Delay: 500 * time.Millisecond}},
-		{in: "delay=0s", err: "delay must be positive"},
+		{in: "listening", want: ReadyMode{Kind: ReadyListening, Delay: DefaultListeningFallback}},
+		{in: "listening=5s", want: ReadyMode{Kind: ReadyListening, Delay: 5 * time.Second}},
+		{in: "listening=0", err: "duration must be positive"},
+		{in: "listening=", err: "invalid duration"},
+		{in: "delay=0s", err: "duration must be positive"},
 		{in: "delay=soon", err: "invalid duration"},
-		{in: "http", err: "want exec, notify, ipc or delay=DURATION"},
+		{in: "http", err: "want listening[=FALLBACK], exec, notify, ipc or delay=DURATION"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseReadyMode(tc.in)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,19 +17,35 @@ import (
 // workers, instead of one per pipe, keeps the master small with hundreds of
 // workers. The relay owns the read ends: it closes each at EOF (every
 // process holding the write end has exited), and wait closes the rest.
+//
+// The relay never writes to the user's writers: it appends to their sinks
+// (sink.go), which never block it, so a stalled reader of the master's
+// stdout costs dropped, counted lines, and neither the relay nor anyone
+// registering a pipe (the spawn path) ever waits for it. mu guards only
+// the stream table and is never held while a stream is fed.
 type outputs struct {
 	epfd int
 	wake int // eventfd: a new deadline, or stop
+
+	// stdout and stderr receive the workers' output; the same sink when
+	// Options.Stdout and Options.Stderr are the same writer.
+	stdout, stderr *sink
 
 	mu       sync.Mutex
 	streams  map[int]*stream // by read-end fd
 	stopping bool
 	deadline time.Time
 
+	batch []byte // the streams' shared batch buffer; only run uses it
+
+	tailMu sync.Mutex
+	tails  map[int]*tail // by worker pid, until the loop takes it
+
 	done chan struct{}
 }
 
-func newOutputs() (*outputs, error) {
+// newOutputs starts the relay and the sinks of stdout and stderr.
+func newOutputs(stdout, stderr io.Writer, log hclog.Logger) (*outputs, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("output relay: %w", os.NewSyscallError("epoll_create1", err))
@@ -43,21 +60,51 @@ func newOutputs() (*outputs, error) {
 		unix.Close(wake)
 		return nil, fmt.Errorf("output relay: %w", os.NewSyscallError("epoll_ctl", err))
 	}
-	o := &outputs{epfd: epfd, wake: wake, streams: make(map[int]*stream), done: make(chan struct{})}
+	o := &outputs{
+		epfd: epfd, wake: wake,
+		streams: make(map[int]*stream),
+		tails:   make(map[int]*tail),
+		done:    make(chan struct{}),
+	}
+	o.stdout = newSink("stdout", stdout, log, sinkBuffer)
+	o.stderr = o.stdout
+	if !sameWriter(stdout, stderr) {
+		o.stderr = newSink("stderr", stderr, log, sinkBuffer)
+	}
 	go o.run()
 	return o, nil
 }
 
+// newTail returns the tail of worker pid, to pass to relay for its
+// streams; [outputs.takeTail] hands it to the loop.
+func (o *outputs) newTail(pid int) *tail {
+	t := &tail{}
+	o.tailMu.Lock()
+	o.tails[pid] = t
+	o.tailMu.Unlock()
+	return t
+}
+
+// takeTail returns and forgets the tail of worker pid (nil if it has
+// none). The relay may still add its last lines to it.
+func (o *outputs) takeTail(pid int) *tail {
+	o.tailMu.Lock()
+	defer o.tailMu.Unlock()
+	t := o.tails[pid]
+	delete(o.tails, pid)
+	return t
+}
+
 // relay takes ownership of fd, a pipe's read end (close-on-exec), and
-// copies what arrives to w: line by line with prefix, or untouched when
-// prefix is "".
-func (o *outputs) relay(fd int, w io.Writer, prefix string) error {
+// copies what arrives to to: line by line with prefix, or untouched when
+// prefix is "". Lines are recorded in t unless it is nil.
+func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) error {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
 	o.mu.Lock()
-	o.streams[fd] = &stream{w: w, prefix: prefix}
+	o.streams[fd] = &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
 	o.mu.Unlock()
 	if err := unix.EpollCtl(o.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		o.mu.Lock()
@@ -72,7 +119,8 @@ func (o *outputs) relay(fd int, w io.Writer, prefix string) error {
 func (o *outputs) run() {
 	defer close(o.done)
 	events := make([]unix.EpollEvent, 64)
-	buf := make([]byte, 32<<10)
+	// A pipe holds 64 KiB by default: one read takes all of it.
+	buf := make([]byte, 64<<10)
 	for {
 		timeout := -1
 		o.mu.Lock()
@@ -85,10 +133,12 @@ func (o *outputs) run() {
 			if left <= 0 {
 				// Someone outside the workers' process groups still holds
 				// a write end: stop waiting for its EOF.
-				for fd, s := range o.streams {
-					o.closeLocked(fd, s)
-				}
+				streams := o.streams
+				o.streams = nil
 				o.mu.Unlock()
+				for fd, s := range streams {
+					o.finish(fd, s)
+				}
 				return
 			}
 			timeout = int(left.Milliseconds()) + 1
@@ -134,22 +184,25 @@ func (o *outputs) drain(fd int, s *stream, buf []byte) {
 		}
 		// EOF, or an error that ends the pipe.
 		o.mu.Lock()
-		o.closeLocked(fd, s)
+		delete(o.streams, fd)
 		o.mu.Unlock()
+		o.finish(fd, s)
 		return
 	}
 }
 
-func (o *outputs) closeLocked(fd int, s *stream) {
+// finish relays what is left of a line of s and closes fd, once it is out
+// of the stream table.
+func (o *outputs) finish(fd int, s *stream) {
 	s.flush()
 	_ = unix.EpollCtl(o.epfd, unix.EPOLL_CTL_DEL, fd, nil) // closing removes it anyway
 	unix.Close(fd)
-	delete(o.streams, fd)
 }
 
 // wait lets the relay finish every pipe (EOF), at most for grace, closes
-// those still open after it, and releases the relay's own fds. Called once,
-// after every worker has exited.
+// those still open after it, releases the relay's own fds, and closes the
+// sinks (which write what they hold and report what they dropped). Called
+// once, after every worker has exited.
 func (o *outputs) wait(grace time.Duration) {
 	o.mu.Lock()
 	o.stopping = true
@@ -160,4 +213,8 @@ func (o *outputs) wait(grace time.Duration) {
 	<-o.done
 	unix.Close(o.wake)
 	unix.Close(o.epfd)
+	o.stdout.close()
+	if o.stderr != o.stdout {
+		o.stderr.close()
+	}
 }

@@ -5,27 +5,28 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
 func TestOutputsRelayPipes(t *testing.T) {
 	fdsBefore := fdCount(t, unix.Getpid())
-	o, err := newOutputs()
+	var out, errOut syncBuffer
+	o, err := newOutputs(&out, &errOut, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut syncBuffer
 	var writers []int
 	for i := range 3 {
 		r, w, err := pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dst := &out
+		dst := o.stdout
 		if i == 2 {
-			dst = &errOut
+			dst = o.stderr
 		}
-		if err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] "); err != nil {
+		if err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil); err != nil {
 			t.Fatal(err)
 		}
 		writers = append(writers, w)
@@ -57,5 +58,68 @@ func TestOutputsRelayPipes(t *testing.T) {
 	}
 	if n := fdCount(t, unix.Getpid()); n != fdsBefore {
 		t.Errorf("%d fds after wait, %d before", n, fdsBefore)
+	}
+}
+
+// TestOutputsBlockedSink: with a stdout that never returns from Write, the
+// relay keeps reading the workers' pipes (a worker writing 16 MiB is never
+// blocked by it), pipes are still registered, the output is dropped and
+// counted, and wait returns.
+func TestOutputsBlockedSink(t *testing.T) {
+	w := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(func() { close(w.release) })
+	var errOut syncBuffer
+	o, err := newOutputs(w, &errOut, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, wfd, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.relay(r, o.stdout, "[w0 pid 1] ", nil); err != nil {
+		t.Fatal(err)
+	}
+	const total = 16 << 20
+	wrote := make(chan error, 1)
+	go func() {
+		line := []byte(strings.Repeat("y", 63) + "\n")
+		for n := 0; n < total; n += len(line) {
+			if _, err := unix.Write(wfd, line); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- unix.Close(wfd)
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second): // a failure deadline, not a delay
+		t.Fatal("the worker's writes blocked: the relay stopped reading")
+	}
+	<-w.started
+	// A new worker's pipe is registered, and its stderr relayed, meanwhile.
+	r2, w2, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w2, []byte("still relayed\n")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(w2)
+	o.wait(time.Second)
+	blocked, _ := o.stdout.dropped()
+	// All but what the sink holds (at most twice its buffer) is dropped.
+	if prefixed := int64(total / 64 * (64 + len("[w0 pid 1] "))); blocked.bytes < prefixed-2*sinkBuffer {
+		t.Errorf("%d bytes dropped of %d relayed to a blocked stdout", blocked.bytes, prefixed)
+	}
+	if got := errOut.String(); got != "[w1 pid 2] still relayed\n" {
+		t.Errorf("stderr = %q while stdout blocked", got)
 	}
 }

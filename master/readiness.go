@@ -9,6 +9,77 @@ import (
 // becomes ready once every slot's worker is, and a worker that misses
 // ReadyTimeout is killed (aborting a reload it belonged to).
 
+// speaksNotify reports whether workers are expected to speak sd_notify and
+// so get a NOTIFY_SOCKET: only under ReadyNotify or with a Watchdog, as
+// systemd sets it only for Type=notify services or WatchdogSec=. A server
+// whose sd_notify client breaks on a socket it did not ask for (seen with
+// puma) never sees one otherwise.
+func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify || c.Watchdog > 0 }
+
+// execState is what the loop knows of a worker's execve.
+type execState int
+
+const (
+	execUntracked execState = iota // the process reports no exec outcome
+	execPending                    // the outcome has not arrived yet
+	execRan                        // the command was executed
+	execFailed                     // the execve failed
+)
+
+// execReporter is a process whose exec outcome arrives as an evExec event.
+// Under ReadyExec such a worker is ready when that event says the command
+// was executed; any other is ready once started.
+type execReporter interface {
+	reportsExec() bool
+}
+
+// onExec acts on the outcome of a worker's execve. Under ReadyExec a
+// successful one makes it ready. A failed one is logged once, naming the
+// command and the errno; the worker then exits (code 127). When no other
+// worker runs the command, it is a configuration problem rather than a
+// crash (a binary of the wrong architecture, one the --user may not
+// execute): the cluster stops and Run returns the error, with no restart
+// loop. Otherwise the exit is a crash of its slot, restarted as any other.
+func (l *loop) onExec(w *worker, err error) {
+	if w.exec != execPending {
+		return // reported once only
+	}
+	defer func() {
+		if e := w.heldExit; e != nil {
+			w.heldExit = nil
+			l.onExit(*e)
+		}
+	}()
+	if err == nil {
+		w.exec = execRan
+		if l.cfg.Ready.Kind == ReadyExec {
+			l.becameReady(w)
+		}
+		return
+	}
+	w.exec = execFailed
+	if w.why == "" {
+		w.why = "not executed: " + err.Error()
+	}
+	if l.stopping {
+		// Stopping already (for this failure in another slot, most
+		// likely): the first line said it.
+		w.log.Debug("worker command not executed", "command", l.cfg.path, "error", err)
+		return
+	}
+	w.log.Error("worker command not executed", "command", l.cfg.path, "error", err)
+	for _, o := range l.byPID {
+		if o != w && o.exec == execRan && o.state != stateExited {
+			return // others run it: this is one worker's failure
+		}
+	}
+	if l.result == nil {
+		l.result = fmt.Errorf("worker %d: %w", w.slot.id, err)
+	}
+	l.log.Info("stopping", "reason", "the worker command cannot be executed")
+	l.beginStop(false)
+}
+
 // becameReady moves a starting worker to ready.
 func (l *loop) becameReady(w *worker) {
 	if w.state != stateStarting || w.expected {

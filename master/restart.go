@@ -105,15 +105,26 @@ type IntensityError struct {
 	Restarts int           // restarts counted within the window
 	Window   time.Duration // Options.RestartWindow
 	Last     string        // the exit that triggered it, e.g. "worker 1 exited with code 1"
+	// Output is the last non-blank line that worker wrote to its stdout
+	// or stderr (at most 512 bytes, "..." when cut), often the reason it
+	// exits ("bind: address already in use"); "" when it wrote none or its
+	// output was not relayed (OutputRaw to an *os.File).
+	Output string
+
+	tail *tail // where Output comes from, read again when Run returns
 }
 
 func (e *IntensityError) Error() string {
-	return fmt.Sprintf("restart intensity exceeded: %d restarts in %v (last: %s)", e.Restarts, e.Window, e.Last)
+	msg := fmt.Sprintf("restart intensity exceeded: %d restarts in %v (last: %s", e.Restarts, e.Window, e.Last)
+	if e.Output != "" {
+		msg += fmt.Sprintf(", after it printed %q", e.Output)
+	}
+	return msg + ")"
 }
 
 // restartSlot applies the restart policy, backoff and intensity limit to
-// the unexpected exit of s's worker.
-func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, desc string) {
+// the unexpected exit of s's worker; last is its output's tail (nil: none).
+func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, desc string, last *tail) {
 	if !shouldRestart(l.cfg.Restart, status) {
 		l.log.Info("worker not restarted", "worker", s.id, "restart", l.cfg.Restart.String())
 		if status.failed() {
@@ -122,7 +133,7 @@ func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, des
 		return
 	}
 	if ok, n := l.limit.allow(time.Now()); !ok {
-		err := &IntensityError{Restarts: n, Window: l.cfg.RestartWindow, Last: desc}
+		err := &IntensityError{Restarts: n, Window: l.cfg.RestartWindow, Last: desc, Output: last.String(), tail: last}
 		l.log.Error("restart intensity exceeded", "error", err.Error())
 		l.result = err
 		l.beginStop(false)
@@ -145,5 +156,5 @@ func (l *loop) tryStart(s *slot) {
 		return
 	}
 	l.log.Error("start worker failed", "worker", s.id, "error", err)
-	l.restartSlot(s, exitStatus{code: 127}, 0, err.Error())
+	l.restartSlot(s, exitStatus{code: 127}, 0, err.Error(), nil)
 }

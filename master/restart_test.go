@@ -1,9 +1,7 @@
 package master
 
 import (
-	"bytes"
 	"errors"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -94,6 +92,12 @@ func TestIntensityErrorMessage(t *testing.T) {
 	if !errors.As(err, &ie) {
 		t.Error("errors.As failed")
 	}
+	err = &IntensityError{Restarts: 3, Window: time.Minute, Last: "worker 0 exited with code 1",
+		Output: `listen tcp :8080: bind: address already in use`}
+	const withOutput = `restart intensity exceeded: 3 restarts in 1m0s (last: worker 0 exited with code 1, after it printed "listen tcp :8080: bind: address already in use")`
+	if err.Error() != withOutput {
+		t.Errorf("Error() = %q, want %q", err, withOutput)
+	}
 }
 
 func TestParseNotify(t *testing.T) {
@@ -113,37 +117,5 @@ func TestParseNotify(t *testing.T) {
 	}
 	if evs[0].source != ReadyNotify {
 		t.Errorf("READY=1 source %v, want ReadyNotify", evs[0].source)
-	}
-}
-
-func TestOutputPrefix(t *testing.T) {
-	var buf bytes.Buffer
-	s := &stream{w: &buf, prefix: "[w3 pid 1234] "}
-	long := strings.Repeat("x", maxLineLength+10)
-	in := "one\ntwo\n" + long + "\nlast without newline"
-	// Fed in small pieces, as a pipe may deliver it.
-	for len(in) > 0 {
-		n := min(len(in), 7)
-		s.feed([]byte(in[:n]))
-		in = in[n:]
-	}
-	s.flush()
-	want := "[w3 pid 1234] one\n[w3 pid 1234] two\n" +
-		"[w3 pid 1234] " + strings.Repeat("x", maxLineLength) + "\n" +
-		"[w3 pid 1234] xxxxxxxxxx\n" +
-		"[w3 pid 1234] last without newline\n"
-	if got := buf.String(); got != want {
-		t.Errorf("relayed %d bytes, want %d:\n%.300q", len(got), len(want), got)
-	}
-}
-
-func TestOutputRaw(t *testing.T) {
-	var buf bytes.Buffer
-	s := &stream{w: &buf}
-	s.feed([]byte("no prefix, "))
-	s.feed([]byte("no newline"))
-	s.flush()
-	if got := buf.String(); got != "no prefix, no newline" {
-		t.Errorf("raw relay %q", got)
 	}
 }

@@ -37,6 +37,11 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	m.addrs = ls.addrs
 	close(m.listening)
+	if len(m.addrs) == 0 {
+		// A server that binds its own port then crash-loops on "address
+		// already in use" in every worker but one: say why up front.
+		log.Warn("no listen address: workers get no sockets from clusterd")
+	}
 
 	r, err := startReaper(!cfg.Subreaper)
 	if err != nil {
@@ -47,19 +52,33 @@ func (m *Master) run(ctx context.Context) (err error) {
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
 	defer closeDone()
-	ns, err := listenNotify(events, done, log.Named("notify"))
-	if err != nil {
-		return err
+	var nd *notifyDir
+	if cfg.speaksNotify() {
+		if nd, err = newNotifyDir(cfg.credential); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := nd.remove(); rerr != nil {
+				log.Warn("runtime directory not removed", "error", rerr)
+			}
+		}()
 	}
-	defer ns.close()
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	out, err := newOutputs()
+	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Every pipe is at its end now: quote the crashing worker's very
+		// last line, which the relay may have read after the loop decided.
+		var ie *IntensityError
+		if errors.As(err, &ie) && ie.tail != nil {
+			ie.Output = ie.tail.String()
+		}
+	}()
 	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, ns.addr, out, r, events, m.cmds, done)
+	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
@@ -73,6 +92,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sockets:  cs,
 		exits:    r.exits,
 		events:   events,
+		output:   out.takeTail,
 		sdNotify: sd.notify,
 		memory:   newMemorySampler().sample,
 		oomKills: oomKillCount,
@@ -83,6 +103,8 @@ func (m *Master) run(ctx context.Context) (err error) {
 		commands: m.cmds,
 		hub:      m.hub,
 		routes:   &m.routes,
+
+		checkListeners: ls.check,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

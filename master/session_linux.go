@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,11 +26,23 @@ import (
 
 // execProcess is a real worker process.
 type execProcess struct {
-	pid  int
-	conn *ipc.Conn // nil without IPC
+	pid    int
+	conn   *ipc.Conn     // nil without IPC
+	notify *notifySocket // nil without NOTIFY_SOCKET
+	done   chan struct{} // closed by release: ends the notify reader
+	once   sync.Once
+	// said is set once the worker's hello arrived. The loop learns it from
+	// evOnline; the listening probe reads it only to stop probing a worker
+	// that will report its readiness over IPC.
+	said atomic.Bool
 }
 
 var _ process = (*execProcess)(nil)
+
+// reportsExec: the exec-worker step reports its execve (awaitExec).
+func (p *execProcess) reportsExec() bool { return true }
+
+var _ execReporter = (*execProcess)(nil)
 
 func (p *execProcess) signal(sig syscall.Signal) error {
 	if err := unix.Kill(-p.pid, sig); err != nil {
@@ -39,9 +52,15 @@ func (p *execProcess) signal(sig syscall.Signal) error {
 }
 
 func (p *execProcess) release() {
-	if p.conn != nil {
-		p.conn.Close() // unblocks serveIPC; the conn is of no further use
-	}
+	p.once.Do(func() {
+		close(p.done)
+		if p.conn != nil {
+			p.conn.Close() // unblocks serveIPC; the conn is of no further use
+		}
+		if p.notify != nil {
+			p.notify.close() // unblocks its reader and removes the file
+		}
+	})
 }
 
 // drain sends an ipc drain message. The loop calls it only for a worker
@@ -120,6 +139,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 		return
 	}
 	s.log.Debug("ipc hello", "version", peer.Version)
+	p.said.Store(true)
 	st.post(workerEvent{pid: p.pid, kind: evOnline})
 	err = s.serve()
 	if quietIPCError(err) {
@@ -132,10 +152,15 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
+	lim := newIPCLimiter(s.log, s.p.done)
 	for {
 		m, err := s.p.conn.Recv()
 		if err != nil {
 			return err
+		}
+		if !lim.admit(len(m.FDs)) {
+			_ = m.CloseFDs()
+			return nil // released while paced
 		}
 		if err := s.handle(m); err != nil {
 			return err
@@ -289,9 +314,12 @@ func quietIPCError(err error) bool {
 		errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (st *execStarter) post(e workerEvent) {
+// post hands an event to the loop; false once the loop has ended.
+func (st *execStarter) post(e workerEvent) bool {
 	select {
 	case st.events <- e:
+		return true
 	case <-st.done:
+		return false
 	}
 }

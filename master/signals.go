@@ -3,10 +3,16 @@ package master
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
 // The signal table of the loop (Options.Signals): each signal is turned
 // into the command a Master method would send, and applied.
+
+// secondStopGrace is how long after a TERM or INT that began a graceful
+// stop a second one is taken as the same request rather than as "stop at
+// once". QUIT always stops at once.
+const secondStopGrace = time.Second
 
 func (l *loop) onSignal(sig os.Signal) {
 	s, _ := sig.(syscall.Signal)
@@ -18,7 +24,17 @@ func (l *loop) onSignal(sig os.Signal) {
 	case syscall.SIGWINCH:
 		c = pauseCmd{}
 	case syscall.SIGTERM, syscall.SIGINT:
-		// A second one stops at once.
+		if l.stopping && !l.termAt.IsZero() && time.Since(l.termAt) < secondStopGrace {
+			// coreutils timeout, and other supervisors, signal the master
+			// and then its process group: one request, twice.
+			l.log.Info("stop signal repeated too soon to stop at once", "signal", signalName(s),
+				"grace", secondStopGrace.String())
+			return
+		}
+		if !l.stopping {
+			l.termAt = time.Now()
+		}
+		// A second one, past the grace, stops at once.
 		c = &stopCmd{force: l.stopping, sig: s}
 	case syscall.SIGQUIT:
 		c = &stopCmd{force: true, sig: s}

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"runtime"
@@ -35,6 +36,7 @@ type execStarter struct {
 	events  chan<- workerEvent
 	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
+	notify  *notifyDir      // nil: workers get no NOTIFY_SOCKET
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -58,13 +60,13 @@ type spawnResult struct {
 // values of them are dropped first.
 var protocolEnv = []string{
 	"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=",
-	"EINHORN_FD_", "EINHORN_SOCK_", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
+	"EINHORN_FD_", "EINHORN_SOCK_", envExecFD + "=", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
 }
 
-func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outputs, r *reaper,
+func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outputs, r *reaper,
 	events chan<- workerEvent, cmds chan<- command, done <-chan struct{}) (*execStarter, error) {
 	st := &execStarter{
-		cfg: cfg, log: log, out: out, reaper: r, events: events, cmds: cmds, done: done,
+		cfg: cfg, log: log, out: out, reaper: r, events: events, cmds: cmds, done: done, notify: notify,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
 	}
@@ -85,15 +87,6 @@ func newExecStarter(cfg *config, log hclog.Logger, notifyAddr string, out *outpu
 	for _, kv := range cfg.Env {
 		if !isProtocolEnv(kv) {
 			st.env = append(st.env, kv)
-		}
-	}
-	if notifyAddr != "" {
-		st.env = append(st.env, "NOTIFY_SOCKET="+notifyAddr)
-		if cfg.Watchdog > 0 {
-			// As systemd does for WatchdogSec=; WATCHDOG_PID is left unset
-			// (sd_watchdog_enabled then accepts any pid): the worker's pid
-			// is not known before the fork.
-			st.env = append(st.env, "WATCHDOG_USEC="+strconv.FormatInt(cfg.Watchdog.Microseconds(), 10))
 		}
 	}
 	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -204,18 +197,34 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 
 	files := []uintptr{uintptr(st.devNull), uintptr(outFD), uintptr(errFD)}
+	listenFDs := make([]int, 0, len(req.files))
 	for _, f := range req.files {
 		fd, err := rawFD(f)
 		if err != nil {
 			return fail(fmt.Errorf("listener: %w", err))
 		}
 		files = append(files, uintptr(fd))
+		listenFDs = append(listenFDs, fd)
+	}
+	var inodes []uint64
+	if st.cfg.Ready.Kind == ReadyListening {
+		inodes = listenerInodes(listenFDs)
 	}
 	ipcFD, err := rawFD(child)
 	if err != nil {
 		return fail(fmt.Errorf("ipc: %w", err))
 	}
 	files = append(files, uintptr(ipcFD))
+	// The exec-outcome pipe: the exec-worker step gets the write end, which
+	// its execve closes (end-of-file: the command runs) or to which it
+	// writes the errno of a failed exec.
+	execR, execW, err := pipe()
+	if err != nil {
+		return fail(fmt.Errorf("exec outcome pipe: %w", err))
+	}
+	cleanup = append(cleanup, func() { unix.Close(execR); unix.Close(execW) })
+	execFD := len(files)
+	files = append(files, uintptr(execW))
 
 	n := len(req.files)
 	env := append([]string(nil), st.env...)
@@ -225,6 +234,21 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		env = append(env, "EINHORN_FD_"+strconv.Itoa(i)+"="+strconv.Itoa(3+i))
 	}
 	env = append(env, ipc.Env{IPCFD: 3 + n, WorkerID: req.slot, Generation: req.gen}.Environ()...)
+	env = append(env, envExecFD+"="+strconv.Itoa(execFD))
+	var ns *notifySocket
+	if st.notify != nil {
+		if ns, err = st.notify.listen(req.slot, req.gen); err != nil {
+			return fail(err)
+		}
+		cleanup = append(cleanup, ns.close)
+		env = append(env, "NOTIFY_SOCKET="+ns.path)
+		if st.cfg.Watchdog > 0 {
+			// As systemd does for WatchdogSec=; WATCHDOG_PID is left unset
+			// (sd_watchdog_enabled then accepts any pid): the worker's pid
+			// is not known before the fork.
+			env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(st.cfg.Watchdog.Microseconds(), 10))
+		}
+	}
 
 	attr := &syscall.ProcAttr{
 		Dir:   st.cfg.Dir,
@@ -250,21 +274,40 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
+	unix.Close(execW)
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
+	var t *tail
+	if outR >= 0 || errR >= 0 {
+		t = st.out.newTail(pid)
+	}
 	if outR >= 0 {
 		unix.Close(outFD)
-		if err := st.out.relay(outR, st.cfg.Stdout, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t); err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		if err := st.out.relay(errR, st.cfg.Stderr, st.relayPrefix(prefix)); err != nil {
+		if err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t); err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
 	}
 
-	p := &execProcess{pid: pid}
+	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns}
+	wlog := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
+	if ns != nil {
+		st.ipcWG.Add(1)
+		go func() {
+			defer st.ipcWG.Done()
+			ns.read(pid, st.post, p.done, wlog)
+		}()
+	}
+	st.ipcWG.Add(1)
+	go st.awaitExec(p, execR)
+	if st.cfg.Ready.Kind == ReadyListening {
+		st.ipcWG.Add(1)
+		go st.probeListening(p, inodes, wlog)
+	}
 	conn, err := ipc.NewConn(parent, ipc.Options{})
 	if err != nil {
 		// The worker runs; it just has no IPC. Say so and carry on.
@@ -295,4 +338,35 @@ func (st *execStarter) close() {
 		unix.Close(st.devNull)
 		st.devNull = -1
 	}
+}
+
+// awaitExec reads the exec-outcome pipe of a worker and posts what it says:
+// end-of-file once the command was executed, or the errno of a failed
+// execve. It owns and closes r.
+func (st *execStarter) awaitExec(p *execProcess, r int) {
+	defer st.ipcWG.Done()
+	defer unix.Close(r)
+	var b [4]byte
+	n := 0
+	for n < len(b) {
+		m, err := unix.Read(r, b[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m == 0 {
+			break
+		}
+		n += m
+	}
+	var err error
+	switch n {
+	case 0:
+		// End-of-file: the execve succeeded (or the step died before it
+		// could say otherwise, which its exit status reports).
+	case len(b):
+		err = fmt.Errorf("exec %s: %w", st.cfg.path, syscall.Errno(binary.NativeEndian.Uint32(b[:])))
+	default:
+		err = fmt.Errorf("exec %s: exec-worker step sent %d bytes of its outcome", st.cfg.path, n)
+	}
+	st.post(workerEvent{pid: p.pid, kind: evExec, err: err})
 }

@@ -12,7 +12,8 @@ type Owner struct {
 }
 
 // ListenOptions tune the sockets that [Listen] creates. The zero value gives a
-// socket with the kernel's maximum backlog, SO_REUSEADDR on TCP, no SO_REUSEPORT,
+// socket with the kernel's maximum backlog, SO_REUSEADDR and TCP_NODELAY on TCP,
+// no SO_REUSEPORT,
 // dual-stack IPv6 where the address allows it, and unix socket files as bind(2)
 // made them (mode from the umask, owned by the process).
 //
@@ -41,6 +42,13 @@ type ListenOptions struct {
 	// can connect while the file has other permissions. Ignored for other networks
 	// and for abstract sockets, which have no file.
 	UnixMode os.FileMode
+
+	// TCPDelay leaves Nagle's algorithm on for TCP: the listener gets no TCP_NODELAY.
+	// By default it does, and on Linux every connection accepted from it inherits
+	// the option, so a server that never sets it itself (uvicorn on an inherited fd)
+	// does not hold small responses back waiting for the peer's delayed ACK (tens of
+	// milliseconds per keep-alive request).
+	TCPDelay bool
 
 	// UnixOwner, when not nil, is the owner of a unix socket file, set like UnixMode.
 	// Changing the owner needs the privilege to do so (CAP_CHOWN).

@@ -40,6 +40,11 @@ const maxBacklog = math.MaxInt32
 // and the removal are two steps, not one: two processes starting on one path at the
 // same instant can still race, so give each address a single owner.
 //
+// A unix spec's own file options ([Spec.UnixMode], [Spec.UnixOwner],
+// [Spec.UnixGroup], from "?mode=0660&owner=www-data&group=www-data") take the place
+// of opts.UnixMode and opts.UnixOwner; names are resolved (os/user) before anything
+// is bound, and an unknown one is an error naming it.
+//
 // Listen resolves host names with the system resolver, without a deadline: use IP
 // literals where start-up must not wait on DNS.
 func Listen(spec Spec, opts ListenOptions) (*os.File, error) {
@@ -54,11 +59,15 @@ func listen(spec Spec, opts ListenOptions) (*os.File, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
+	// The spec's own mode=, owner=, group= (resolved before anything is bound).
+	opts, err := withUnixFile(spec, opts)
+	if err != nil {
+		return nil, err
+	}
 	var (
 		sotype int
 		family string
 		sa     unix.Sockaddr
-		err    error
 	)
 	switch spec.Network {
 	case "tcp", "tcp4", "tcp6":
@@ -253,6 +262,7 @@ func (o ListenOptions) control(network, address string, c syscall.RawConn) error
 		}
 		if network == "ip4" || network == "ip6" {
 			set(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR")
+			set(unix.IPPROTO_TCP, unix.TCP_NODELAY, boolInt(!o.TCPDelay), "TCP_NODELAY")
 		}
 		if o.ReusePort && network != "unix" && network != "unixgram" {
 			set(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT")

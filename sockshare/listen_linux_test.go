@@ -562,3 +562,47 @@ func TestSockets(t *testing.T) {
 	b.Close()
 	checkFDs(t, "Sockets errors", before)
 }
+
+func TestListenTCPNoDelay(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		opts ListenOptions
+		want int
+	}{
+		{"default", ListenOptions{}, 1},
+		{"nagle", ListenOptions{TCPDelay: true}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := mustListen(t, "tcp://127.0.0.1:0", tt.opts)
+			a, err := Addr(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", a.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// A raw accept: net's Accept sets TCP_NODELAY on every connection
+			// itself, and would hide what the connection inherited.
+			fd := int(f.Fd())
+			if err := unix.SetNonblock(fd, false); err != nil {
+				t.Fatal(err)
+			}
+			nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(nfd)
+			got, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got != 0) != (tt.want != 0) {
+				t.Errorf("accepted connection TCP_NODELAY = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

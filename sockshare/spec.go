@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -26,7 +27,22 @@ type Spec struct {
 	// a file system path for unix sockets, or "@name" for a Linux abstract unix
 	// socket.
 	Address string
+
+	// UnixMode, UnixOwner and UnixGroup come from the options of a unix socket
+	// file's address ("unix:///run/app.sock?mode=0660&owner=www-data&group=www-data"):
+	// the file's permission bits (0: as bind(2) leaves them, from the umask), and
+	// its owner and group as a name or a decimal id ("": unchanged). [Listen]
+	// applies them, resolving names, in place of [ListenOptions.UnixMode] and
+	// [ListenOptions.UnixOwner]. They are zero for other networks and for
+	// abstract sockets, which have no file.
+	UnixMode  os.FileMode
+	UnixOwner string
+	UnixGroup string
 }
+
+// maxUnixMode is the largest mode= of a unix socket file: permission, setuid,
+// setgid and sticky bits.
+const maxUnixMode = 0o7777
 
 // Limits of the listen-spec grammar.
 const (
@@ -42,6 +58,7 @@ const (
 //	tcp://host:port    tcp4://host:port    tcp6://[host]:port
 //	udp://host:port    udp4://host:port    udp6://[host]:port
 //	unix:///path/to/socket    unix://relative/path    unix://@abstract
+//	unix:///path/to/socket?mode=0660&owner=www-data&group=www-data
 //	host:port    :port    [v6addr]:port    (bare: tcp)
 //
 // each optionally preceded by "name=", where name is 1 to [MaxNameLen] printable
@@ -51,6 +68,12 @@ const (
 // optional zone) or a DNS name; a port is a decimal number from 0 to 65535 (0: the
 // kernel picks one, which [Addr] reports). Unix paths and abstract names are at most
 // [MaxUnixPathLen] bytes and contain no NUL byte.
+//
+// In a unix address a '?' starts the options of the socket file, "key=value" pairs
+// joined by '&', each key at most once: mode= (octal permission bits, at most
+// 7777, such as 0660 or 660), owner= and group= (a user or group name, or a decimal
+// id). So a unix path cannot contain '?'. Options apply to socket files only: an
+// abstract socket, or any other network, with options is an error.
 //
 // ParseSpec does no I/O: host names are resolved by [Listen]. The error names the part
 // of s that is wrong. The result's [Spec.String] parses back to the same Spec.
@@ -97,16 +120,28 @@ func parseSpec(s string) (Spec, error) {
 	network := strings.ToLower(scheme)
 	switch network {
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+		if i := strings.IndexByte(addr, '?'); i >= 0 {
+			return Spec{}, fmt.Errorf("options %q: mode, owner and group apply to unix socket files only", addr[i:])
+		}
 		a, err := parseHostPort(network, addr)
 		if err != nil {
 			return Spec{}, err
 		}
 		spec.Network, spec.Address = network, a
 	case "unix":
-		if err := checkUnixAddress(addr); err != nil {
+		path, query, hasQuery := strings.Cut(addr, "?")
+		if err := checkUnixAddress(path); err != nil {
 			return Spec{}, err
 		}
-		spec.Network, spec.Address = network, addr
+		spec.Network, spec.Address = network, path
+		if hasQuery {
+			if spec.IsAbstract() {
+				return Spec{}, fmt.Errorf("options %q: an abstract socket has no file to set mode, owner or group on", "?"+query)
+			}
+			if err := parseUnixOptions(&spec, query); err != nil {
+				return Spec{}, err
+			}
+		}
 	case "":
 		return Spec{}, errors.New("empty scheme before \"://\"")
 	default:
@@ -238,8 +273,105 @@ func checkUnixAddress(addr string) error {
 	return nil
 }
 
+// parseUnixOptions parses the options after the '?' of a unix address into spec.
+func parseUnixOptions(spec *Spec, query string) error {
+	seen := map[string]bool{}
+	for kv := range strings.SplitSeq(query, "&") {
+		key, value, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("unix socket option %q: want key=value (mode=, owner= or group=)", kv)
+		}
+		if seen[key] {
+			return fmt.Errorf("unix socket option %s= given twice", key)
+		}
+		seen[key] = true
+		if value == "" {
+			return fmt.Errorf("unix socket option %s= is empty", key)
+		}
+		switch key {
+		case "mode":
+			m, err := strconv.ParseUint(value, 8, 32)
+			if err != nil || m > maxUnixMode || strings.HasPrefix(value, "+") {
+				return fmt.Errorf("unix socket mode=%s: want octal permission bits from 0 to 7777, such as 0660", value)
+			}
+			if m == 0 {
+				return fmt.Errorf("unix socket mode=%s: no permission at all leaves a socket nobody but root can connect to; give the bits you mean, such as 0600", value)
+			}
+			spec.UnixMode = unixFileMode(uint32(m))
+		case "owner", "group":
+			if err := checkAccountName(value); err != nil {
+				return fmt.Errorf("unix socket %s=%s: %w", key, value, err)
+			}
+			if key == "owner" {
+				spec.UnixOwner = value
+			} else {
+				spec.UnixGroup = value
+			}
+		default:
+			return fmt.Errorf("unknown unix socket option %q (want mode=, owner= or group=)", key)
+		}
+	}
+	return nil
+}
+
+// unixFileMode turns chmod(2) bits into an os.FileMode.
+func unixFileMode(m uint32) os.FileMode {
+	mode := os.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= os.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= os.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= os.ModeSticky
+	}
+	return mode
+}
+
+// unixModeBits turns an os.FileMode back into chmod(2) bits.
+func unixModeBits(mode os.FileMode) uint32 {
+	m := uint32(mode.Perm())
+	if mode&os.ModeSetuid != 0 {
+		m |= 0o4000
+	}
+	if mode&os.ModeSetgid != 0 {
+		m |= 0o2000
+	}
+	if mode&os.ModeSticky != 0 {
+		m |= 0o1000
+	}
+	return m
+}
+
+// checkAccountName accepts what a user or group may be called: a decimal id, or
+// a name of letters, digits, '.', '_' and '-' (not starting with '-'), with an
+// optional trailing '$' (Samba machine accounts), at most 256 bytes. Whether the
+// account exists is for [Listen] to find out.
+func checkAccountName(v string) error {
+	if len(v) > 256 {
+		return fmt.Errorf("%d bytes is longer than 256", len(v))
+	}
+	if _, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return nil
+	}
+	name := strings.TrimSuffix(v, "$")
+	if name == "" || name[0] == '-' {
+		return errors.New("not a user or group name or id")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !ok {
+			return fmt.Errorf("character %q is not allowed in a user or group name", c)
+		}
+	}
+	return nil
+}
+
 // String returns the canonical form of s: "name=" when s has a name, then
-// "scheme://address". [ParseSpec] of the result gives s back.
+// "scheme://address", then the unix socket file's options in the order mode,
+// owner, group. [ParseSpec] of the result gives s back.
 func (s Spec) String() string {
 	var b strings.Builder
 	if s.Name != "" {
@@ -249,6 +381,23 @@ func (s Spec) String() string {
 	b.WriteString(s.Network)
 	b.WriteString("://")
 	b.WriteString(s.Address)
+	sep := byte('?')
+	opt := func(key, value string) {
+		b.WriteByte(sep)
+		b.WriteString(key)
+		b.WriteByte('=')
+		b.WriteString(value)
+		sep = '&'
+	}
+	if s.UnixMode != 0 {
+		opt("mode", fmt.Sprintf("%04o", unixModeBits(s.UnixMode)))
+	}
+	if s.UnixOwner != "" {
+		opt("owner", s.UnixOwner)
+	}
+	if s.UnixGroup != "" {
+		opt("group", s.UnixGroup)
+	}
 	return b.String()
 }
 

@@ -1,6 +1,7 @@
 package sockshare
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -43,6 +44,14 @@ func TestParseSpec(t *testing.T) {
 		{"tcp://:65535", Spec{Network: "tcp", Address: ":65535"}, ""},
 		{"tcp://[localhost]:80", Spec{Network: "tcp", Address: "localhost:80"}, "tcp://localhost:80"},
 		{"tcp://my_host.example.:80", Spec{Network: "tcp", Address: "my_host.example.:80"}, ""},
+		{"unix:///run/app.sock?mode=0660&owner=www-data&group=www-data", Spec{Network: "unix", Address: "/run/app.sock",
+			UnixMode: 0o660, UnixOwner: "www-data", UnixGroup: "www-data"}, ""},
+		{"unix:///s?group=web&mode=660", Spec{Network: "unix", Address: "/s", UnixMode: 0o660, UnixGroup: "web"},
+			"unix:///s?mode=0660&group=web"},
+		{"api=unix:///s?owner=1000", Spec{Name: "api", Network: "unix", Address: "/s", UnixOwner: "1000"}, ""},
+		{"unix:///s?mode=2770", Spec{Network: "unix", Address: "/s", UnixMode: 0o770 | os.ModeSetgid}, ""},
+		{"unix:///s?mode=7777", Spec{Network: "unix", Address: "/s", UnixMode: 0o777 | os.ModeSetuid | os.ModeSetgid | os.ModeSticky}, ""},
+		{"unix:///a=b?owner=m$", Spec{Network: "unix", Address: "/a=b", UnixOwner: "m$"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -108,6 +117,21 @@ func TestParseSpecErrors(t *testing.T) {
 		{"a\tb=:80", `character '\t' is not allowed`},
 		{"caf\xc3\xa9=:80", `is not allowed`},
 		{"a=b=tcp://:80", `unknown scheme "b=tcp"`},
+		{"unix:///s?", `unix socket option "": want key=value`},
+		{"unix:///s?mode", `unix socket option "mode": want key=value`},
+		{"unix:///s?mode=", `mode= is empty`},
+		{"unix:///s?mode=0999", `mode=0999: want octal`},
+		{"unix:///s?mode=10000", `mode=10000: want octal`},
+		{"unix:///s?mode=+660", `mode=+660: want octal`},
+		{"unix:///s?mode=0", `no permission at all`},
+		{"unix:///s?mode=0600&mode=0660", `mode= given twice`},
+		{"unix:///s?user=x", `unknown unix socket option "user"`},
+		{"unix:///s?owner=a b", `character ' ' is not allowed`},
+		{"unix:///s?owner=-x", `not a user or group name`},
+		{"unix:///s?group=" + strings.Repeat("g", 257), "longer than 256"},
+		{"unix://@abs?mode=0600", "an abstract socket has no file"},
+		{"unix://?mode=0600", "unix socket path is empty"},
+		{"tcp://:80?mode=0600", "apply to unix socket files only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -158,6 +182,7 @@ func FuzzParseSpec(f *testing.F) {
 	for _, s := range []string{
 		"tcp://127.0.0.1:8080", ":8080", "web=tcp6://[::1]:0", "unix:///run/x.sock",
 		"unix://@abs", "udp4://:53", "n=unix:///a=b", "[fe80::1%eth0]:1", "TCP://h:01",
+		"unix:///run/app.sock?mode=0660&owner=www-data&group=www-data", "unix:///s?group=1&mode=4755",
 	} {
 		f.Add(s)
 	}

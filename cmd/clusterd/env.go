@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -40,7 +41,11 @@ func applyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool), unset func(
 		}
 		values := []string{v}
 		if isList(f) {
-			values = splitList(v)
+			var err error
+			if values, err = splitList(v); err != nil {
+				firstErr = usagef("%s=%q (--%s): %w", name, v, f.Name, err)
+				return
+			}
 		}
 		for _, v := range values {
 			if err := fs.Set(f.Name, v); err != nil {
@@ -61,13 +66,16 @@ func isList(f *pflag.Flag) bool {
 	return false
 }
 
-// splitList splits a comma-separated list, dropping empty items.
-func splitList(v string) []string {
+// splitList splits a comma-separated list. An empty item (",,", a
+// trailing comma, an empty variable) is an error: CLUSTERD_LISTEN=",,,"
+// must not run a cluster without a listener.
+func splitList(v string) ([]string, error) {
 	var out []string
-	for item := range strings.SplitSeq(v, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
+	for i, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			return nil, fmt.Errorf("item %d of the comma-separated list is empty", i+1)
 		}
+		out = append(out, item)
 	}
-	return out
+	return out, nil
 }

@@ -61,6 +61,7 @@ func TestRunFlagDefaults(t *testing.T) {
 		BackoffMax:    master.DefaultBackoffMax,
 		MaxRestarts:   master.DefaultMaxRestarts,
 		RestartWindow: master.DefaultRestartWindow,
+		Ready:         master.ReadyMode{Kind: master.ReadyListening, Delay: master.DefaultListeningFallback},
 		ReadyTimeout:  master.DefaultReadyTimeout,
 		KillTimeout:   master.DefaultKillTimeout,
 		ReloadBatch:   master.DefaultReloadBatch,
@@ -83,7 +84,7 @@ func TestRunFlagsToOptions(t *testing.T) {
 		"-w", "3:8", "--scale-interval", "100ms", "--scale-up-after", "1s", "--scale-down-after", "5s",
 		"--scale-cooldown", "2s", "--memory-budget", "1G",
 		"--listen", "web=tcp://127.0.0.1:0", "--listen", "unix:///tmp/x.sock",
-		"--balance", "reuseport", "--restart", "on-failure",
+		"--balance", "reuseport", "--tcp-nodelay=false", "--restart", "on-failure",
 		"--min-uptime", "2s", "--backoff-min", "10ms", "--backoff-max", "1s",
 		"--max-restarts", "-1", "--restart-window", "30s",
 		"--ready", "delay=250ms", "--ready-timeout", "5s", "--kill-timeout", "3s",
@@ -107,6 +108,7 @@ func TestRunFlagsToOptions(t *testing.T) {
 		ScaleCooldown: 2 * time.Second, MemoryBudget: 1 << 30,
 		Listen:        []sockshare.Spec{web, sock},
 		Balance:       master.BalanceReusePort,
+		ListenOptions: sockshare.ListenOptions{TCPDelay: true},
 		Restart:       master.RestartOnFailure,
 		MinUptime:     2 * time.Second,
 		BackoffMin:    10 * time.Millisecond,
@@ -187,6 +189,11 @@ func TestRunFlagErrors(t *testing.T) {
 		{"workers zero env", nil, map[string]string{"CLUSTERD_WORKERS": "0"}, "--workers must be at least 1"},
 		{"workers not a number env", nil, map[string]string{"CLUSTERD_WORKERS": "many"}, "CLUSTERD_WORKERS"},
 		{"bad listen", []string{"--listen", "tcp://nope"}, nil, "--listen tcp://nope"},
+		{"empty listen", []string{"--listen", ""}, nil, `--listen "": empty address`},
+		{"blank listen", []string{"--listen", " "}, nil, `--listen " ": empty address`},
+		{"empty listen env", nil, map[string]string{"CLUSTERD_LISTEN": ",,,"}, `CLUSTERD_LISTEN=",,,"`},
+		{"empty listen env item", nil, map[string]string{"CLUSTERD_LISTEN": ":8080,"}, "item 2 of the comma-separated list is empty"},
+		{"empty listen env var", nil, map[string]string{"CLUSTERD_LISTEN": ""}, "item 1 of the comma-separated list is empty"},
 		{"bad balance", []string{"--balance", "random"}, nil, "--balance"},
 		{"bad restart", []string{"--restart", "sometimes"}, nil, "--restart"},
 		{"bad ready", []string{"--ready", "soon"}, nil, "--ready"},
@@ -272,6 +279,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{"missing cwd", []string{"run", "--cwd", "/nonexistent/clusterd", "--", "true"}, "--cwd: worker directory"},
 		{"bad address", []string{"run", "--listen", "tcp://127.0.0.1:notaport", "--", "true"}, "--listen"},
 		{"bad log level", []string{"run", "--log-level", "loud", "--", "true"}, "--log-level"},
+		{"empty listen", []string{"run", "--listen", "", "--", "true"}, `--listen "": empty address`},
 		{"version with args", []string{"version", "x"}, "takes no arguments"},
 	}
 	for _, tt := range tests {
@@ -288,6 +296,14 @@ func TestUsageExitCodes(t *testing.T) {
 				t.Errorf("clusterd %q stderr = %q, want one line `clusterd: ...%s...`", tt.args, stderr, tt.want)
 			}
 		})
+	}
+}
+
+func TestEmptyListenVariableIsUsageError(t *testing.T) {
+	t.Setenv("CLUSTERD_LISTEN", ",,,")
+	code, _, stderr := runCLI(t, "run", "--", "true")
+	if code != exitUsage || !strings.Contains(stderr, `CLUSTERD_LISTEN=",,,"`) {
+		t.Errorf("CLUSTERD_LISTEN=,,, clusterd run = %d, %q; want exit %d naming the variable", code, stderr, exitUsage)
 	}
 }
 
@@ -319,8 +335,9 @@ func TestHelp(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	code, stdout, stderr := runCLI(t, "version")
-	if code != 0 || !strings.HasPrefix(stdout, "clusterd ") || !strings.Contains(stdout, "go1.") || stderr != "" {
-		t.Errorf("clusterd version = %d, %q, %q; want exit 0 and `clusterd VERSION goX linux/ARCH`", code, stdout, stderr)
+	if code != 0 || !strings.HasPrefix(stdout, "clusterd ") || !strings.Contains(stdout, " commit ") ||
+		!strings.Contains(stdout, " protocol 1 go1.") || stderr != "" {
+		t.Errorf("clusterd version = %d, %q, %q; want exit 0 and `clusterd VERSION commit C (DATE) protocol 1 goX linux/ARCH`", code, stdout, stderr)
 	}
 }
 

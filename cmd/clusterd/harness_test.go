@@ -89,6 +89,8 @@ type clusterConfig struct {
 	shell  bool       // run /bin/sh with prefix (e.g. -c SCRIPT ARG0 <exe>), not the test binary
 	extra  []*os.File // the master's fds 3, 4, ...
 	env    []string   // added to the master's environment
+	stdout *os.File   // the master's stdout instead of a pipe the test reads
+	stderr *os.File   // the master's stderr likewise; its log is then not read
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -130,28 +132,39 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
+	stderrR, stderrW := (*os.File)(nil), cfg.stderr
+	if stderrW == nil {
+		if stderrR, stderrW, err = os.Pipe(); err != nil {
+			t.Fatal(err)
+		}
+		defer stderrW.Close()
 	}
-	stdoutR, stdoutW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
+	stdoutR, stdoutW := (*os.File)(nil), cfg.stdout
+	if stdoutW == nil {
+		if stdoutR, stdoutW, err = os.Pipe(); err != nil {
+			t.Fatal(err)
+		}
+		defer stdoutW.Close()
 	}
 	c.cmd.Stderr, c.cmd.Stdout = stderrW, stdoutW
-	err = c.cmd.Start()
-	stderrW.Close()
-	stdoutW.Close()
-	if err != nil {
-		stderrR.Close()
-		stdoutR.Close()
+	if err := c.cmd.Start(); err != nil {
+		for _, r := range []*os.File{stderrR, stdoutR} {
+			if r != nil {
+				r.Close()
+			}
+		}
 		t.Fatalf("start clusterd: %v", err)
 	}
 	c.pid = c.cmd.Process.Pid
 	t.Cleanup(c.cleanup)
-	c.readers.Add(2)
-	go c.read(stderrR, true)
-	go c.read(stdoutR, false)
+	if stderrR != nil {
+		c.readers.Add(1)
+		go c.read(stderrR, true)
+	}
+	if stdoutR != nil {
+		c.readers.Add(1)
+		go c.read(stdoutR, false)
+	}
 	go func() {
 		c.readers.Wait() // the pipes are at EOF: the master has exited
 		err := c.cmd.Wait()

@@ -41,6 +41,9 @@ func TestHungWorkerReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped := time.Now()
+	// kill returns before every thread has stopped; one still running
+	// could accept a connection of the load and then hold it.
+	waitStopped(t, hung)
 	l := startLoad(t, "http://"+addr+"/", 8, false)
 	_, e := c.waitLog(cursor, "worker hung", "pid", hung)
 	took := logTime(t, e).Sub(stopped)
@@ -73,6 +76,32 @@ func TestHungWorkerReplaced(t *testing.T) {
 	l.check(t)
 	if n := c.countLogs(cursor, "worker hung"); n != 1 {
 		t.Errorf("%d hangs logged, want 1 (the other worker kept heartbeating)", n)
+	}
+}
+
+// waitStopped waits until every thread of pid is in the stopped state (T).
+// No event announces it: it polls /proc, as the one wait here that sleeps.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(failAfter(t))
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		all := len(tasks) > 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			s := string(b)
+			if i := strings.LastIndexByte(s, ')'); err != nil || i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+				all = false
+				break
+			}
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %d did not stop", pid)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -41,6 +41,18 @@ var helpers = map[string]func(args []string) int{
 	"worker": workerHelper,
 	"serial": serialHelper,
 	"crash":  func([]string) int { return 3 },
+	// bind binds its own port, args[0], as a server not written for
+	// socket activation does, and fails as one does when it is taken.
+	"bind": func(args []string) int {
+		ln, err := net.Listen("tcp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "starting up")
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		ln.Close()
+		return 0
+	},
 }
 
 var (
@@ -131,6 +143,9 @@ func workerHelper(args []string) int {
 	watchdog := fs.String("watchdog", "", "once: send WATCHDOG=1 once; keep: send it every WATCHDOG_USEC/4")
 	watchdogSlot := fs.Int("watchdog-slot", -1, "only the worker of this slot does -watchdog (-1: all)")
 	oomCgroup := fs.String("oom-cgroup", "", "once ready, join this memory cgroup (write cgroup.procs) and allocate until killed")
+	say := fs.String("say", "", "print this line to stdout once ready")
+	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
+	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -180,6 +195,24 @@ func workerHelper(args []string) int {
 		}
 		fmt.Printf("joined memory cgroup pid=%d\n", os.Getpid())
 		growMemory(16, 0) // until the kernel's OOM killer ends it
+	}
+	if *say != "" {
+		fmt.Println(*say)
+	}
+	if *spew > 0 && inRange(*spewGens, gen) {
+		go func() {
+			w := bufio.NewWriterSize(os.Stdout, 64<<10)
+			line := strings.Repeat("spew ", 12) + "spew..\n" // 64 bytes
+			n := 0
+			for ; n < *spew; n += len(line) {
+				w.WriteString(line)
+			}
+			if err := w.Flush(); err != nil {
+				fmt.Fprintf(os.Stderr, "worker helper: spew: %v\n", err)
+				return
+			}
+			fmt.Fprintf(os.Stderr, "spewed %d bytes\n", n)
+		}()
 	}
 
 	var served atomic.Int64

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -28,6 +29,14 @@ Listen addresses:
   tcp://HOST:PORT, tcp4://, tcp6://, HOST:PORT or :PORT (tcp),
   unix:///PATH, unix://@ABSTRACT, udp://HOST:PORT, each with an optional
   NAME= prefix that the worker sees in LISTEN_FDNAMES.
+  A unix socket file takes options after '?', joined by '&':
+    mode=0660       its permission bits, octal (default: from the umask)
+    owner=USER      its owner, a name or uid (default: the master's user)
+    group=GROUP     its group, a name or gid
+  e.g. unix:///run/app.sock?mode=0660&owner=www-data&group=www-data
+  The master removes the socket files it created when it stops (not those
+  of sockets from systemd socket activation, nor a file that replaced its
+  socket at the path).
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
@@ -35,10 +44,21 @@ Each worker gets:
   CLUSTERD_WORKER_GEN                     the slot's generation
   CLUSTERD_IPC_FD                         its end of the IPC channel to the master
   EINHORN_FD_COUNT, EINHORN_FD_n          the sockets again, for einhorn servers
-  NOTIFY_SOCKET                           where sd_notify READY=1 is heard
+  NOTIFY_SOCKET                           with --ready notify only: a socket file
+                                          of its own, where sd_notify READY=1 is heard
 
 Readiness (--ready) - when a started worker counts as serving:
-  exec         as soon as it runs
+  listening    (the default) when it waits for connections on a socket it
+               inherited, as /proc shows it: a thread blocked in accept on it
+               or in poll or select with it in the set (gunicorn), or the
+               socket in one of its epoll sets (Go, Node, asyncio and uvicorn,
+               lighttpd, nginx), or its worker.Ready() over IPC, whichever
+               comes first (a Go worker that has work to do between taking
+               its listeners and Ready() wants --ready ipc). A worker with no
+               inherited socket, or
+               one not seen waiting within 10s, is ready after 10s, and the
+               log says so; listening=DUR sets that delay
+  exec         as soon as the command was executed
   notify       when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
   ipc          when it calls worker.Ready() (the Go library, over IPC)
   delay=DUR    once it has stayed up for DUR (e.g. delay=500ms)
@@ -48,11 +68,21 @@ Signals to the master:
                worker, wait until it is ready, then drain the old one (its stop
                signal, SIGKILL after --kill-timeout); a worker that fails to
                become ready aborts the reload and the old ones keep serving
-  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at once
-  QUIT         immediate stop
+  TERM, INT    graceful stop: drain every worker, exit 0; a second one stops at
+               once, but only 1s or more after the first (coreutils timeout
+               signals the master and then its process group: one request)
+  QUIT         immediate stop: SIGKILL to every worker, whenever it comes
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
+
+Worker output (--output prefix):
+  Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
+  stderr, through a bounded buffer: a reader that stops reading, or goes away
+  (clusterd run ... | tee log, with the tee killed), costs the workers' output,
+  never the cluster. What could not be written is dropped, counted and logged
+  ("worker output dropped"). A worker that keeps crashing is quoted: the
+  restart intensity error ends with the last line it printed.
 
 Environment:
   Every flag can also be set with a CLUSTERD_* variable, named after the flag
@@ -72,8 +102,8 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
   # A Go server that links the worker library reports readiness over IPC.
   clusterd run --listen 127.0.0.1:8080 --ready ipc -- bin/hello
 
-  # Any binary that can listen on an inherited fd, ready after it stayed up 1s.
-  clusterd run --listen :3000 --ready delay=1s -- node examples/node/server.js
+  # Any binary that can listen on an inherited fd, ready once it listens.
+  clusterd run --listen :3000 -- node examples/node/server.js
 
   # One SO_REUSEPORT socket per worker, workers run as www-data, JSON logs.
   clusterd run --listen :80 --balance reuseport --user www-data --log-json -- ./server
@@ -86,6 +116,7 @@ type runFlags struct {
 	workers       workersValue
 	listen        []string
 	balance       string
+	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
 	backoffMin    time.Duration
@@ -166,13 +197,14 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.memoryBudget, "memory-budget", "", "with --workers MIN:MAX: add no worker that would take the workers' memory past this (48M, 2G)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
 	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
 	fs.DurationVar(&f.backoffMin, "backoff-min", master.DefaultBackoffMin, "first restart delay of a worker that keeps crashing")
 	fs.DurationVar(&f.backoffMax, "backoff-max", master.DefaultBackoffMax, "longest restart delay of a worker that keeps crashing")
 	fs.IntVar(&f.maxRestarts, "max-restarts", master.DefaultMaxRestarts, "restart intensity: more restarts than this within --restart-window stop the cluster with an error (negative: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", master.DefaultRestartWindow, "time window of --max-restarts")
-	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyExec}.String(), "when a started worker counts as ready: exec, notify, ipc or delay=DURATION")
+	fs.StringVar(&f.ready, "ready", master.ReadyMode{Kind: master.ReadyListening}.String(), "when a started worker counts as ready: listening[=FALLBACK], exec, notify, ipc or delay=DURATION")
 	fs.DurationVar(&f.readyTimeout, "ready-timeout", master.DefaultReadyTimeout, "how long a starting worker may take to become ready before it is killed (negative: no limit)")
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
@@ -236,11 +268,14 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Command = command
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logger, err := f.logger(cmd)
+	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
+	defer logOut.close()
+	logger, err := f.logger(logOut)
 	if err != nil {
 		return err
 	}
 	opts.Logger = logger
+	surviveBrokenPipes()
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -310,6 +345,9 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		}
 	}
 	for _, s := range f.listen {
+		if strings.TrimSpace(s) == "" {
+			return o, usagef("--listen %q: empty address", s)
+		}
 		spec, err := sockshare.ParseSpec(s)
 		if err != nil {
 			return o, usagef("--listen %s: %w", s, err)
@@ -319,6 +357,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
+	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
 		return o, usagef("--restart: %w", err)
 	}
@@ -424,8 +463,9 @@ func optionError(err error) error {
 	return &usageError{err}
 }
 
-// logger builds the root logger from --log-level and --log-json.
-func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
+// logger builds the root logger from --log-level and --log-json, writing
+// to out.
+func (f *runFlags) logger(out io.Writer) (hclog.Logger, error) {
 	level := hclog.LevelFromString(f.logLevel)
 	if level == hclog.NoLevel {
 		return nil, usagef("--log-level %q: want trace, debug, info, warn, error or off", f.logLevel)
@@ -434,7 +474,7 @@ func (f *runFlags) logger(cmd *cobra.Command) (hclog.Logger, error) {
 		Name:       "clusterd",
 		Level:      level,
 		JSONFormat: f.logJSON,
-		Output:     cmd.ErrOrStderr(),
+		Output:     out,
 	}), nil
 }
 

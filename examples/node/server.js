@@ -1,6 +1,6 @@
 // A Node.js HTTP server that runs under clusterd unmodified: it listens on the
 // socket clusterd hands it as fd 3 (or on :8080 alone) and drains on SIGTERM.
-//   clusterd run --listen tcp://127.0.0.1:8080 -w 2 --ready delay=300ms -- node examples/node/server.js
+//   clusterd run --listen tcp://127.0.0.1:8080 -w 2 -- node examples/node/server.js
 'use strict';
 
 const http = require('node:http');
