@@ -17,7 +17,7 @@ Try, from another terminal:
   kill -9 PID
       crash one worker, by a pid from a "worker ready" line of the log below:
       its slot is refilled with a new generation
-  pkill -9 -P \$(cat bin/clusterd.pid)
+  pkill -9 -x hello -P \$(cat bin/clusterd.pid)
       crash them all: only this master's workers, not other users' processes
 TRY
 exec bin/clusterd run --listen "tcp://$addr" --workers 2 --ready ipc --pid-file bin/clusterd.pid -- bin/hello

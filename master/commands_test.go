@@ -106,7 +106,7 @@ func TestLoopEventsNeverBlock(t *testing.T) {
 		hub := newEventHub()
 		stuck := hub.subscribe(1)
 		all := hub.subscribe(1000)
-		h := startLoopHub(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyIPC}}, 0, hub)
+		h := startLoopHub(t, Options{Workers: 1, Ready: ReadyMode{Kind: ReadyIPC}}, 0, hub, nil)
 		p := h.startsReady(1)[0]
 		for range 5 {
 			reply := h.reload()

@@ -56,6 +56,51 @@
 //     embed the master, waits for the master's workers by pid only and
 //     leaves the process's other children (exec.Cmd) alone.
 //
+// # Nothing outlives the cluster
+//
+// Pdeathsig reaches only direct children: a worker's own children (a shell
+// entrypoint's background job, a helper that called setsid) would survive
+// a killed master and keep its ports. With Options.Contain (which
+// cmd/clusterd sets) Run, before any worker:
+//
+//   - makes the cluster's cgroup, clusterd-PID below the master's own
+//     cgroup v2 directory, where it can (root, or a delegated subtree) and
+//     forks every worker into it (CLONE_INTO_CGROUP, so not even a child
+//     forked at once escapes). Processes cannot leave a cgroup without write
+//     access to another one. Where none can be made the reason is logged
+//     and the rest still holds.
+//   - starts the guardian: the program's own binary in [GuardianArg] mode
+//     ([Guardian]), in a process group of its own, ignoring stop signals,
+//     whose stdin is a pipe the master alone holds (close-on-exec). When the
+//     master is gone, however it died, the kernel closes the pipe; on EOF
+//     the guardian SIGKILLs the cgroup (cgroup.kill), every worker's process
+//     group and every orphan the master reported to it (by pid and start
+//     time, so a reused pid is left alone), then removes the cgroup. Why
+//     it holds: the EOF depends on no signal, thread or timing of the
+//     master, only on the kernel closing a dead process's files, and the
+//     guardian is not in the cluster's cgroup or process groups it kills.
+//
+// Run logs which mechanism is in force, once: Info "containment" with
+// mechanism "cgroup and guardian", "guardian and process groups" (and
+// cgroup_error), or "process groups" without Contain.
+//
+// Every stop — graceful, immediate, restart intensity exceeded, or all
+// workers gone for good — ends with a sweep (stop.go): once the workers are
+// reaped, the loop looks for the cluster's other processes (the cgroup's
+// members; with Options.Subreaper, the master's children, which are
+// orphans of the cluster; members of the workers' process groups), sends them the stop
+// signal, and SIGKILLs them when the stop's KillTimeout is over (at once
+// for an immediate stop). Run returns only when none is left, so its
+// return means the ports are free.
+//
+// The remaining hole: without a cgroup, a process that left its worker's
+// process group while its parent still lives is nobody's child the master
+// can see; if the master is killed then, it is reparented to init and
+// survives. The guardian is not restarted: if it is killed, the master
+// logs an Error, and a master killed after that is unguarded. Under
+// systemd, KillMode=control-group (the default) and
+// KillMode=mixed cover that too: the unit's cgroup holds the cluster's.
+//
 // # The loop
 //
 // One goroutine owns all supervisor state: the worker table, the desired
@@ -103,7 +148,8 @@
 // thread that forks); one reader per worker notify socket (a goroutine
 // parked on a socket costs a few kilobytes, and the runtime already
 // multiplexes them over one epoll); one goroutine per worker reading its
-// IPC connection; one output relay, an epoll loop
+// IPC connection; the guardian process with Contain, and a goroutine
+// waiting for its exit; one output relay, an epoll loop
 // over every worker's stdout and stderr pipe (one goroutine for all
 // workers keeps the master small with hundreds of them); and one writer
 // per output sink (Options.Stdout, Options.Stderr).
@@ -126,9 +172,12 @@
 // The master owns its listeners (and Options.Activated, once New
 // succeeded), the parent end of each worker's IPC socketpair (closed when
 // the worker is reaped), the read ends of the output pipes (closed at EOF,
-// or when Run ends), /dev/null for the workers' stdin, each worker's
-// notify socket (closed and unlinked when the worker is reaped) and the
-// connection to its own NOTIFY_SOCKET. All are close-on-exec; a
+// or, after relaying what they hold, when the worker is reaped: a child
+// that left its process group may hold the write end for ever),
+// /dev/null for the workers' stdin, each worker's notify socket (closed
+// and unlinked when the worker is reaped), the connection to its own
+// NOTIFY_SOCKET, and with Contain the cluster's cgroup directory and the
+// write end of the guardian's pipe. All are close-on-exec; a
 // worker gets copies of exactly the ones meant for it. [ExecWorker] also
 // marks close-on-exec any fd the master itself inherited without the flag,
 // so nothing else reaches the worker command.

@@ -49,7 +49,7 @@ func TestLoopHangReplacedNewFirst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		hub := newEventHub()
 		sub := hub.subscribe(64)
-		h := startLoopHub(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}, KillTimeout: 5 * time.Second}, 0, hub)
+		h := startLoopHub(t, Options{Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}, KillTimeout: 5 * time.Second}, 0, hub, nil)
 		ps := h.startsReady(2)
 		<-h.ready
 		h.heartbeat(ps[0])
@@ -173,9 +173,9 @@ func TestLoopWatchdogKeepAlives(t *testing.T) {
 func TestLoopMaxMemory(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rss := make(chan map[int]int64, 1)
-		h := startLoopDeps(t, Options{
+		h := startLoopWith(t, Options{
 			Workers: 2, Ready: ReadyMode{Kind: ReadyIPC}, MaxMemory: 48 << 20, SampleInterval: time.Second,
-		}, 0, newEventHub(), func(d *loopDeps) {
+		}, 0, newEventHub(), nil, func(d *loopDeps) {
 			d.memory = func([]int) (map[int]int64, error) {
 				select {
 				case m := <-rss:
@@ -228,7 +228,7 @@ func TestLoopRetireRequests(t *testing.T) {
 func TestLoopOOMKillCause(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var ooms uint64 = 7
-		h := startLoopDeps(t, Options{Workers: 1, MinUptime: time.Millisecond}, 0, newEventHub(), func(d *loopDeps) {
+		h := startLoopWith(t, Options{Workers: 1, MinUptime: time.Millisecond}, 0, newEventHub(), nil, func(d *loopDeps) {
 			d.oomKills = func() (uint64, bool) { return ooms, true }
 		})
 		p := h.nextStart(time.Second)
@@ -285,8 +285,8 @@ func TestFormatSize(t *testing.T) {
 func TestLoopDumpBeforeKill(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var recorded []string
-		h := startLoopDeps(t, Options{Workers: 1, KillTimeout: 2 * time.Second, DumpSignal: syscall.SIGQUIT, DumpWait: 500 * time.Millisecond},
-			0, newEventHub(), func(d *loopDeps) {
+		h := startLoopWith(t, Options{Workers: 1, KillTimeout: 2 * time.Second, DumpSignal: syscall.SIGQUIT, DumpWait: 500 * time.Millisecond},
+			0, newEventHub(), nil, func(d *loopDeps) {
 				d.threads = func(w *worker, why string) { recorded = append(recorded, why) }
 			})
 		p := h.nextStart(time.Second)
@@ -310,10 +310,10 @@ func TestLoopAutoscale(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		queue := make(chan int, 1)
 		last := 0
-		h := startLoopDeps(t, Options{
+		h := startLoopWith(t, Options{
 			Workers: 1, MaxWorkers: 3, ScaleInterval: 100 * time.Millisecond, ScaleUpAfter: 300 * time.Millisecond,
 			ScaleDownAfter: time.Second, ScaleCooldown: 500 * time.Millisecond,
-		}, 0, newEventHub(), func(d *loopDeps) {
+		}, 0, newEventHub(), nil, func(d *loopDeps) {
 			d.sockets.(*fakeSockets).queue = func() (int, int, bool) {
 				select {
 				case last = <-queue:
@@ -353,10 +353,10 @@ func TestLoopAutoscale(t *testing.T) {
 
 func TestLoopAutoscaleWaitsForBusyWorkers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startLoopDeps(t, Options{
+		h := startLoopWith(t, Options{
 			Workers: 1, MaxWorkers: 2, Ready: ReadyMode{Kind: ReadyIPC}, ScaleInterval: 100 * time.Millisecond,
 			ScaleUpAfter: 100 * time.Millisecond, ScaleDownAfter: 100 * time.Millisecond, ScaleCooldown: 100 * time.Millisecond,
-		}, 0, newEventHub(), func(d *loopDeps) {
+		}, 0, newEventHub(), nil, func(d *loopDeps) {
 			d.sockets.(*fakeSockets).queue = func() (int, int, bool) { return 0, 128, true }
 		})
 		ps := h.startsReady(1)
@@ -380,7 +380,7 @@ func TestLoopAutoscaleWaitsForBusyWorkers(t *testing.T) {
 func TestLoopNoSamplingWithoutRange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sampled := 0
-		h := startLoopDeps(t, Options{Workers: 2, MaxWorkers: 2}, 0, newEventHub(), func(d *loopDeps) {
+		h := startLoopWith(t, Options{Workers: 2, MaxWorkers: 2}, 0, newEventHub(), nil, func(d *loopDeps) {
 			d.sockets.(*fakeSockets).queue = func() (int, int, bool) { sampled++; return 9, 128, true }
 			d.memory = func([]int) (map[int]int64, error) { sampled++; return nil, nil }
 		})

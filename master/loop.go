@@ -154,12 +154,22 @@ type slot struct {
 	lastCause string // why, in words (exitCause)
 }
 
+// leftovers are the cluster's processes besides its workers: their
+// children, also those that left the worker's process group.
+type leftovers interface {
+	// members lists the live ones.
+	members() []int
+	// signal sends sig to all of them.
+	signal(sig syscall.Signal)
+}
+
 // loopDeps are the loop's connections to the outside world.
 type loopDeps struct {
 	starter  starter
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
+	cluster  leftovers                                // nil: the loop ends with its workers
 	sdNotify func(state string)                       // the master's own sd_notify; never nil
 	memory   func(pgids []int) (map[int]int64, error) // resident bytes of these process groups; nil: no sampling
 	oomKills func() (uint64, bool)                    // the system's OOM kill count; nil or !ok: unknown
@@ -198,6 +208,8 @@ type loop struct {
 	scaleAt  time.Time // next accept queue sample; zero: none
 	scaler   autoscaler
 	ooms     uint64    // oomKills at the last look
+	stopAt   time.Time // when the stop began
+	sweep    sweepState
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
@@ -291,27 +303,27 @@ func (l *loop) run(ctx context.Context) error {
 	return l.result
 }
 
-// finished reports whether nothing is left to supervise.
+// finished reports whether nothing is left to supervise: no worker, and
+// no other process of the cluster (see sweepLeftovers).
 func (l *loop) finished() bool {
 	if len(l.byPID) > 0 {
 		return false
 	}
-	if l.stopping {
-		return true
-	}
-	if l.paused {
-		return false // waiting for HUP
-	}
-	for _, s := range l.slots {
-		if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
-			return false
+	if !l.stopping {
+		if l.paused {
+			return false // waiting for HUP
+		}
+		for _, s := range l.slots {
+			if !s.restartAt.IsZero() || s.cur != nil || s.next != nil {
+				return false
+			}
+		}
+		// Every worker exited and the policy restarts none of them.
+		if l.lastBad != "" && l.result == nil {
+			l.result = fmt.Errorf("all workers exited (last: %s)", l.lastBad)
 		}
 	}
-	// Every worker exited and the policy restarts none of them.
-	if l.lastBad != "" && l.result == nil {
-		l.result = fmt.Errorf("all workers exited (last: %s)", l.lastBad)
-	}
-	return true
+	return l.sweepLeftovers(time.Now())
 }
 
 func (l *loop) newSlot(id int) *slot {
@@ -544,6 +556,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(s.restartAt)
 	}
 	add(l.petAt)
+	add(l.sweep.pollAt)
 	add(l.checkAt)
 	return next, !next.IsZero()
 }

@@ -141,19 +141,27 @@ func startLoop(t *testing.T, opts Options, setup ...func(*fakeStarter)) *harness
 
 func startLoopWatchdog(t *testing.T, opts Options, watchdog time.Duration, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
-	return startLoopHub(t, opts, watchdog, newEventHub(), setup...)
+	return startLoopDeps(t, opts, watchdog, nil, setup...)
+}
+
+// startLoopDeps is startLoop with a watchdog interval and the cluster's
+// leftovers (nil: none).
+func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster leftovers, setup ...func(*fakeStarter)) *harness {
+	t.Helper()
+	return startLoopHub(t, opts, watchdog, newEventHub(), cluster, setup...)
 }
 
 // startLoopHub starts a loop that publishes its events to hub, so a test
-// can subscribe before the first worker starts.
-func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, setup ...func(*fakeStarter)) *harness {
+// can subscribe before the first worker starts, with the cluster's
+// leftovers (nil: none).
+func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
-	return startLoopDeps(t, opts, watchdog, hub, nil, setup...)
+	return startLoopWith(t, opts, watchdog, hub, cluster, nil, setup...)
 }
 
-// startLoopDeps is startLoopHub with a hook that sets more of the loop's
-// dependencies (memory samples, the OOM kill count).
-func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, deps func(*loopDeps), setup ...func(*fakeStarter)) *harness {
+// startLoopWith is startLoopHub with a hook that sets more of the loop's
+// dependencies (memory samples, the OOM kill count, thread records).
+func startLoopWith(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, deps func(*loopDeps), setup ...func(*fakeStarter)) *harness {
 	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
@@ -189,6 +197,7 @@ func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, hub *even
 		sockets:  h.socks,
 		exits:    h.exits,
 		events:   h.events,
+		cluster:  cluster,
 		output:   h.takeTail,
 		sdNotify: func(s string) { h.notes <- s },
 		ready:    func() { once.Do(func() { close(h.ready) }) },

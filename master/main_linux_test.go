@@ -111,6 +111,9 @@ type masterConfig struct {
 	User, Group  string
 	ExecPath     string   // run the master from this copy of the test binary
 	PID1         bool     // run the master as PID 1 of a new pid namespace
+	Contain      bool     // Options.Contain
+	MasterUID    int      // run the master helper itself as this uid and gid (0: as the test)
+	Env          []string // added to the workers' environment
 	WorkerMode   []string // behaviour of the worker helper
 	Command      []string // instead of the worker helper
 }
@@ -135,7 +138,7 @@ func helperMaster() int {
 		Workers: c.Workers, MinUptime: c.MinUptime, BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.Window, ReadyTimeout: c.ReadyTimeout,
 		KillTimeout: c.KillTimeout, ReloadBatch: c.ReloadBatch, PIDFile: c.PIDFile, User: c.User, Group: c.Group,
-		Logger: logger, Signals: sigs, Subreaper: true,
+		Logger: logger, Signals: sigs, Subreaper: true, Contain: c.Contain,
 	}
 	var err error
 	for _, l := range c.Listen {
@@ -181,6 +184,7 @@ func helperMaster() int {
 		opts.Command = []string{exe}
 		opts.Env = []string{envHelper + "=worker", envWorkerMode + "=" + strings.Join(c.WorkerMode, ",")}
 	}
+	opts.Env = append(opts.Env, c.Env...)
 	m, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "run error:", err)
@@ -281,6 +285,9 @@ const envWorkerMode = "CLUSTERD_TEST_WORKER_MODE"
 //	ids          print "ids: UID GID GROUPS"
 //	orphan       start "sleep 0.5" in its own session (out of reach of the
 //	             process-group kill), print "orphan: PID", and serve
+//	escape       start "sleep 300" in its own session, holding the worker's
+//	             stdout and stderr, and print "escaped: PID"
+//	escape-stubborn  the same, ignoring SIGTERM
 func helperWorker() int {
 	var mode []string
 	if v := os.Getenv(envWorkerMode); v != "" {
@@ -332,6 +339,23 @@ func helperWorker() int {
 		}
 		// Never waited for: it becomes the master's orphan.
 		fmt.Printf("orphan: %d\n", cmd.Process.Pid)
+	}
+	for _, m := range []string{"escape", "escape-stubborn"} {
+		if !has(m) {
+			continue
+		}
+		script := "exec sleep 300"
+		if m == "escape-stubborn" {
+			script = "trap '' TERM; exec sleep 300" // ignored signals stay ignored across exec
+		}
+		cmd := exec.Command("/bin/sh", "-c", script)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+		fmt.Printf("escaped: %d\n", cmd.Process.Pid) // never waited for: it outlives the worker
 	}
 	term := make(chan os.Signal, 1)
 	if has("ignore-term") {

@@ -19,17 +19,33 @@ import (
 // into exec-worker mode (see [ExecWorker]).
 const ExecWorkerArg = "exec-worker"
 
+// GuardianArg is the first argument that puts a program linking master
+// into guardian mode (see [Guardian] and Options.Contain).
+const GuardianArg = "guardian"
+
 // ExecWorkerExitCode is the exit status of an exec-worker that could not
 // exec the worker command, as a shell's for a command it cannot run.
 const ExecWorkerExitCode = 127
 
-// DispatchExecWorker handles the exec-worker step of a program that runs a
-// master (its own binary is the default Options.ExecWorker): when
-// os.Args[1] is [ExecWorkerArg], the process was forked by the master to
-// start a worker, and DispatchExecWorker runs [ExecWorker], which replaces
-// the process with the worker command; if that fails it prints the error on
-// one line to stderr and exits with [ExecWorkerExitCode]. Otherwise it
-// returns at once and does nothing.
+// GuardianExitCode is the exit status of a guardian that could not kill or
+// remove everything it was told about.
+const GuardianExitCode = 1
+
+// DispatchExecWorker handles the modes in which a master starts its own
+// program (its own binary is the default Options.ExecWorker, and the
+// guardian with Options.Contain):
+//
+//   - when os.Args[1] is [ExecWorkerArg], the process was forked by the
+//     master to start a worker, and DispatchExecWorker runs [ExecWorker],
+//     which replaces the process with the worker command; if that fails it
+//     prints the error on one line to stderr and exits with
+//     [ExecWorkerExitCode];
+//   - when os.Args[1] is [GuardianArg], the process is the master's
+//     guardian, and DispatchExecWorker runs [Guardian] and exits: with 0,
+//     or, after printing its error on one line to stderr, with
+//     [GuardianExitCode].
+//
+// Otherwise it returns at once and does nothing.
 //
 // Call it first thing in main (or TestMain), before anything opens a file
 // or starts a goroutine that could:
@@ -39,12 +55,21 @@ const ExecWorkerExitCode = 127
 //		...
 //	}
 func DispatchExecWorker() {
-	if len(os.Args) < 2 || os.Args[1] != ExecWorkerArg {
+	if len(os.Args) < 2 {
 		return
 	}
-	err := ExecWorker(os.Args[2:])
-	fmt.Fprintln(os.Stderr, "clusterd:", err)
-	os.Exit(ExecWorkerExitCode)
+	switch os.Args[1] {
+	case ExecWorkerArg:
+		err := ExecWorker(os.Args[2:])
+		fmt.Fprintln(os.Stderr, "clusterd:", err)
+		os.Exit(ExecWorkerExitCode)
+	case GuardianArg:
+		if err := Guardian(); err != nil {
+			fmt.Fprintln(os.Stderr, "clusterd:", err)
+			os.Exit(GuardianExitCode)
+		}
+		os.Exit(0)
+	}
 }
 
 // Master supervises a cluster of worker processes. Create it with [New] and
@@ -134,9 +159,12 @@ func (m *Master) Addrs() []net.Addr {
 // while it runs. Cancelling ctx is a
 // graceful stop.
 //
-// Run blocks until every worker has been reaped, every goroutine it started
-// has returned and every fd it owns is closed (listeners and Activated
-// sockets included), with one exception: a Write to Options.Stdout or
+// Run blocks until every worker has been reaped, every other process of
+// the cluster it can find is gone (stopped, then killed at the stop's kill
+// timeout; see the package doc), the guardian has exited (with
+// Options.Contain), every goroutine it started has returned and every fd
+// it owns is closed (listeners and Activated sockets included), with one
+// exception: a Write to Options.Stdout or
 // Options.Stderr that has made no progress for a second when Run ends is
 // abandoned (its output counted as dropped), and its goroutine ends when
 // that Write returns. It returns nil after a requested stop, an

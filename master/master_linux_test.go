@@ -100,6 +100,10 @@ func startMaster(t testing.TB, c masterConfig, env ...string) *runningMaster {
 	if c.PID1 {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
 	}
+	if c.MasterUID != 0 {
+		id := uint32(c.MasterUID)
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: id, Gid: id}
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

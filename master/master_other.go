@@ -23,3 +23,7 @@ func (m *Master) run(ctx context.Context) error { return errUnsupported }
 // ExecWorker is the exec-worker mode; off Linux it returns an error
 // wrapping [errors.ErrUnsupported].
 func ExecWorker(args []string) error { return fmt.Errorf("exec-worker: %w", errUnsupported) }
+
+// Guardian is the guardian mode of Options.Contain; off Linux it returns an
+// error wrapping [errors.ErrUnsupported].
+func Guardian() error { return fmt.Errorf("guardian: %w", errUnsupported) }

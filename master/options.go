@@ -247,12 +247,25 @@ type Options struct {
 	// names) are always handed out. nil allows every address the master's
 	// privileges can bind.
 	AllowListen func(spec sockshare.Spec) error
+	// Contain, when true, makes sure no process of the cluster outlives the
+	// master, however the master ends: Run puts the workers into a cgroup
+	// of their own where it can make one (cgroup v2, writable: root, or a
+	// delegated subtree), and starts a guardian process (this program in
+	// [GuardianArg] mode, which [DispatchExecWorker], called first thing
+	// in main, runs; Run fails at start, saying so, when it does not) that
+	// kills the cluster when the master is gone. Without a cgroup, the
+	// guardian and the stop's sweep find the workers' orphans only with
+	// Subreaper (they are reparented to the master). The zero value leaves the host's cgroups and processes alone: workers
+	// die with the master by their parent-death signal, their children
+	// only when the master stops them. cmd/clusterd sets it.
+	Contain bool
 }
 
 // config is the validated copy of Options the master runs with.
 type config struct {
 	Options
 	path        string              // resolved Command[0]
+	guardian    string              // with Contain: the executable run in guardian mode
 	credential  *syscall.Credential // nil: keep the master's
 	workersFrom string              // where the default Workers came from; "": given
 }
@@ -381,6 +394,13 @@ func normalize(opts Options) (*config, error) {
 			return nil, optErr("ExecWorker", "find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
+	}
+	if c.Contain {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, optErr("Contain", "find own executable for guardian mode: %w", err)
+		}
+		c.guardian = exe
 	}
 	if c.PIDFile != "" {
 		abs, err := filepath.Abs(c.PIDFile)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -16,7 +15,8 @@ import (
 // epoll loop over the pipes' non-blocking read ends. One goroutine for all
 // workers, instead of one per pipe, keeps the master small with hundreds of
 // workers. The relay owns the read ends: it closes each at EOF (every
-// process holding the write end has exited), and wait closes the rest.
+// process holding the write end has exited), or when its worker was reaped
+// (retire), and wait closes the rest.
 //
 // The relay never writes to the user's writers: it appends to their sinks
 // (sink.go), which never block it, so a stalled reader of the master's
@@ -25,7 +25,7 @@ import (
 // the stream table and is never held while a stream is fed.
 type outputs struct {
 	epfd int
-	wake int // eventfd: a new deadline, or stop
+	wake int // eventfd: streams to retire, or stop
 
 	// stdout and stderr receive the workers' output; the same sink when
 	// Options.Stdout and Options.Stderr are the same writer.
@@ -33,8 +33,8 @@ type outputs struct {
 
 	mu       sync.Mutex
 	streams  map[int]*stream // by read-end fd
+	retiring []*stream       // to close once what is readable now is relayed
 	stopping bool
-	deadline time.Time
 
 	batch []byte // the streams' shared batch buffer; only run uses it
 
@@ -97,23 +97,72 @@ func (o *outputs) takeTail(pid int) *tail {
 
 // relay takes ownership of fd, a pipe's read end (close-on-exec), and
 // copies what arrives to to: line by line with prefix, or untouched when
-// prefix is "". Lines are recorded in t unless it is nil.
-func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) error {
+// prefix is "". Lines are recorded in t unless it is nil. The stream it
+// returns is for retire; nil on error.
+func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) (*stream, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
+		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
+	s := &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
 	o.mu.Lock()
-	o.streams[fd] = &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
+	o.streams[fd] = s
 	o.mu.Unlock()
 	if err := unix.EpollCtl(o.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		o.mu.Lock()
 		delete(o.streams, fd)
 		o.mu.Unlock()
 		unix.Close(fd)
-		return fmt.Errorf("output pipe: %w", os.NewSyscallError("epoll_ctl", err))
+		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("epoll_ctl", err))
 	}
-	return nil
+	return s, nil
+}
+
+// retire tells the relay that the process writing to these streams was
+// reaped: it relays what the pipes hold now and closes them, without
+// waiting for an EOF that a child holding the write end (one that left the
+// worker's process group) may never send. nil streams are skipped.
+func (o *outputs) retire(ss ...*stream) {
+	o.mu.Lock()
+	for _, s := range ss {
+		if s != nil {
+			o.retiring = append(o.retiring, s)
+		}
+	}
+	o.mu.Unlock()
+	o.poke()
+}
+
+// poke wakes the relay goroutine.
+func (o *outputs) poke() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(o.wake, one[:]) // the counter cannot overflow here
+}
+
+// finishRetired finishes the retired streams still open. One that reached
+// EOF meanwhile is gone from streams, and its fd number may be another
+// stream's by now: streams are matched by identity, not by fd. Each is
+// taken out of the table under mu and fed outside it.
+func (o *outputs) finishRetired(buf []byte) {
+	type open struct {
+		fd int
+		s  *stream
+	}
+	o.mu.Lock()
+	var found []open
+	for _, r := range o.retiring {
+		for fd, s := range o.streams {
+			if s == r {
+				found = append(found, open{fd, s})
+				delete(o.streams, fd)
+			}
+		}
+	}
+	o.retiring = nil
+	o.mu.Unlock()
+	for _, f := range found {
+		o.finish(f.fd, f.s, buf)
+	}
 }
 
 func (o *outputs) run() {
@@ -122,29 +171,21 @@ func (o *outputs) run() {
 	// A pipe holds 64 KiB by default: one read takes all of it.
 	buf := make([]byte, 64<<10)
 	for {
-		timeout := -1
+		o.finishRetired(buf)
 		o.mu.Lock()
 		if o.stopping {
-			if len(o.streams) == 0 {
-				o.mu.Unlock()
-				return
+			// Every process of the cluster is gone: relay what is left
+			// and close, without waiting for an EOF.
+			streams := o.streams
+			o.streams = make(map[int]*stream)
+			o.mu.Unlock()
+			for fd, s := range streams {
+				o.finish(fd, s, buf)
 			}
-			left := time.Until(o.deadline)
-			if left <= 0 {
-				// Someone outside the workers' process groups still holds
-				// a write end: stop waiting for its EOF.
-				streams := o.streams
-				o.streams = nil
-				o.mu.Unlock()
-				for fd, s := range streams {
-					o.finish(fd, s)
-				}
-				return
-			}
-			timeout = int(left.Milliseconds()) + 1
+			return
 		}
 		o.mu.Unlock()
-		n, err := unix.EpollWait(o.epfd, events, timeout)
+		n, err := unix.EpollWait(o.epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -186,30 +227,48 @@ func (o *outputs) drain(fd int, s *stream, buf []byte) {
 		o.mu.Lock()
 		delete(o.streams, fd)
 		o.mu.Unlock()
-		o.finish(fd, s)
+		o.end(fd, s)
 		return
 	}
 }
 
-// finish relays what is left of a line of s and closes fd, once it is out
+// finish relays what fd holds now, without waiting for more, and closes
+// it, once it is out of the stream table.
+func (o *outputs) finish(fd int, s *stream, buf []byte) {
+	// Bounded, more than a pipe's default 64 KiB: a writer that keeps
+	// writing does not hold the relay here.
+	for range 64 {
+		n, err := unix.Read(fd, buf)
+		if n > 0 {
+			s.feed(buf[:n])
+			continue
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		break // EAGAIN: nothing more now; 0: EOF; or an error that ends it
+	}
+	o.end(fd, s)
+}
+
+// end relays what is left of a line of s and closes fd, once it is out
 // of the stream table.
-func (o *outputs) finish(fd int, s *stream) {
+func (o *outputs) end(fd int, s *stream) {
 	s.flush()
 	_ = unix.EpollCtl(o.epfd, unix.EPOLL_CTL_DEL, fd, nil) // closing removes it anyway
 	unix.Close(fd)
 }
 
-// wait lets the relay finish every pipe (EOF), at most for grace, closes
-// those still open after it, releases the relay's own fds, and closes the
-// sinks (which write what they hold and report what they dropped). Called
-// once, after every worker has exited.
-func (o *outputs) wait(grace time.Duration) {
+// wait relays what every pipe still holds, closes them, releases the
+// relay's own fds, and closes the sinks (which write what they hold and
+// report what they dropped). Called once, after every process of the
+// cluster has exited: no more output can come, so it does not wait for
+// EOFs.
+func (o *outputs) wait() {
 	o.mu.Lock()
 	o.stopping = true
-	o.deadline = time.Now().Add(grace)
 	o.mu.Unlock()
-	var one = [8]byte{1}
-	_, _ = unix.Write(o.wake, one[:]) // the counter cannot overflow here
+	o.poke()
 	<-o.done
 	unix.Close(o.wake)
 	unix.Close(o.epfd)

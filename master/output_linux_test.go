@@ -26,7 +26,7 @@ func TestOutputsRelayPipes(t *testing.T) {
 		if i == 2 {
 			dst = o.stderr
 		}
-		if err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil); err != nil {
+		if _, err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil); err != nil {
 			t.Fatal(err)
 		}
 		writers = append(writers, w)
@@ -40,12 +40,9 @@ func TestOutputsRelayPipes(t *testing.T) {
 			unix.Close(w) // EOF: the relay closes its read end
 		}
 	}
-	// The third writer stays open: wait gives up on it after the grace.
-	start := time.Now()
-	o.wait(200 * time.Millisecond)
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Errorf("wait returned after %v with a pipe still open, want the 200ms grace", d)
-	}
+	// The third writer stays open: wait relays what it holds and closes it
+	// without waiting for its EOF.
+	o.wait()
 	unix.Close(writers[2])
 	if n := strings.Count(out.String(), "[w0] line\n"); n != 100 {
 		t.Errorf("worker 0: %d lines relayed, want 100", n)
@@ -56,6 +53,96 @@ func TestOutputsRelayPipes(t *testing.T) {
 	if n := strings.Count(errOut.String(), "[w2] line\n"); n != 100 || !strings.HasSuffix(errOut.String(), "[w2] tail\n") {
 		t.Errorf("worker 2 (pipe still open at wait): %d lines, ends %q", n, errOut.String()[max(0, len(errOut.String())-20):])
 	}
+	if n := fdCount(t, unix.Getpid()); n != fdsBefore {
+		t.Errorf("%d fds after wait, %d before", n, fdsBefore)
+	}
+}
+
+// A retired stream is relayed up to what its pipe holds and closed, though
+// its write end stays open (a child that left the worker's process group
+// holds it); a stream that reached EOF first and whose fd number was reused
+// is told apart by identity.
+func TestOutputsRetire(t *testing.T) {
+	fdsBefore := fdCount(t, unix.Getpid())
+	var out syncBuffer
+	o, err := newOutputs(&out, &out, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := o.relay(r, o.stdout, "[w0] ", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w, []byte("before reap\npartial")); err != nil {
+		t.Fatal(err)
+	}
+	o.retire(s, nil)
+	// The read end is closed once retired: the write end polls POLLERR.
+	if !eventually(t, func() bool {
+		fds := []unix.PollFd{{Fd: int32(w), Events: unix.POLLOUT}}
+		n, err := unix.Poll(fds, 0)
+		return err == nil && n == 1 && fds[0].Revents&unix.POLLERR != 0
+	}) {
+		t.Fatal("retired pipe's read end still open")
+	}
+	unix.Close(w)
+	// The sink writes from its own goroutine.
+	want := "[w0] before reap\n[w0] partial\n"
+	if !eventually(t, func() bool { return out.String() == want }) {
+		t.Errorf("relayed %q, want %q: the line and the flushed partial line", out.String(), want)
+	}
+
+	// Retiring a stream whose pipe already ended touches no other stream.
+	r1, w1, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := o.relay(r1, o.stdout, "[w1] ", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(w1)
+	if !eventually(t, func() bool { return fdCount(t, unix.Getpid()) == fdsBefore+2 }) {
+		t.Fatal("relay did not close the read end at EOF")
+	}
+	r2, w2, err := pipe() // may reuse r1's number
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.relay(r2, o.stdout, "[w2] ", nil); err != nil {
+		t.Fatal(err)
+	}
+	o.retire(gone)
+	if _, err := unix.Write(w2, []byte("still relayed\n")); err != nil {
+		t.Fatalf("write to a live stream after retiring another: %v", err)
+	}
+	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w2] still relayed\n") }) {
+		t.Fatalf("live stream stopped after retiring an ended one: %q", out.String())
+	}
+	// Retired together, an ended stream and a live one: each is matched to
+	// its own fd.
+	r3, w3, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := o.relay(r3, o.stdout, "[w3] ", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(w3, []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	o.retire(gone, s3)
+	if !eventually(t, func() bool { return strings.Contains(out.String(), "[w3] last words\n") }) {
+		t.Fatalf("stream retired beside an ended one not relayed under its own prefix: %q", out.String())
+	}
+	unix.Close(w3)
+	unix.Close(w2)
+	o.wait()
 	if n := fdCount(t, unix.Getpid()); n != fdsBefore {
 		t.Errorf("%d fds after wait, %d before", n, fdsBefore)
 	}
@@ -77,7 +164,7 @@ func TestOutputsBlockedSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.relay(r, o.stdout, "[w0 pid 1] ", nil); err != nil {
+	if _, err := o.relay(r, o.stdout, "[w0 pid 1] ", nil); err != nil {
 		t.Fatal(err)
 	}
 	const total = 16 << 20
@@ -106,14 +193,14 @@ func TestOutputsBlockedSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil); err != nil {
+	if _, err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := unix.Write(w2, []byte("still relayed\n")); err != nil {
 		t.Fatal(err)
 	}
 	unix.Close(w2)
-	o.wait(time.Second)
+	o.wait()
 	blocked, _ := o.stdout.dropped()
 	// All but what the sink holds (at most twice its buffer) is dropped.
 	if prefixed := int64(total / 64 * (64 + len("[w0 pid 1] "))); blocked.bytes < prefixed-2*sinkBuffer {

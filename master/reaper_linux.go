@@ -21,11 +21,15 @@ type reaper struct {
 	exits chan exitEvent
 	sigs  chan os.Signal
 	done  chan struct{}
+	ended chan struct{} // the loop reads exits no more: drop them
+	end   sync.Once
 	wg    sync.WaitGroup
 
-	mu   sync.Mutex
-	pids map[int]struct{} // !all: the pids to wait for
-	poke chan struct{}
+	mu     sync.Mutex
+	pids   map[int]struct{}          // !all: the pids to wait for
+	owned  map[int]chan<- exitStatus // exits that go to their owner, not the loop
+	onReap func(pids []int)          // called after each batch of reaped pids
+	poke   chan struct{}
 }
 
 // startReaper makes the process a child subreaper (unless onlyWorkers) and
@@ -41,13 +45,47 @@ func startReaper(onlyWorkers bool) (*reaper, error) {
 		exits: make(chan exitEvent),
 		sigs:  make(chan os.Signal, 1),
 		done:  make(chan struct{}),
+		ended: make(chan struct{}),
 		pids:  make(map[int]struct{}),
+		owned: make(map[int]chan<- exitStatus),
 		poke:  make(chan struct{}, 1),
 	}
 	signal.Notify(r.sigs, syscall.SIGCHLD)
 	r.wg.Add(1)
 	go r.run()
 	return r, nil
+}
+
+// startOwned runs fork, which starts a child and returns its pid, and
+// delivers that child's exit on the returned channel (buffered) instead of
+// to the loop. The reaper cannot reap the child before it is registered:
+// it looks its pids up under the lock held across fork.
+func (r *reaper) startOwned(fork func() (int, error)) (int, <-chan exitStatus, error) {
+	r.mu.Lock()
+	pid, err := fork()
+	if err != nil {
+		r.mu.Unlock()
+		return 0, nil, err
+	}
+	ch := make(chan exitStatus, 1)
+	r.owned[pid] = ch
+	if !r.all {
+		r.pids[pid] = struct{}{}
+	}
+	r.mu.Unlock()
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+	return pid, ch, nil
+}
+
+// notifyReaped makes the reaper call f, from its goroutine, with the pids
+// of each batch it reaped (owned ones included).
+func (r *reaper) notifyReaped(f func(pids []int)) {
+	r.mu.Lock()
+	r.onReap = f
+	r.mu.Unlock()
 }
 
 // watch registers a pid to wait for (needed only without Options.Subreaper, where
@@ -83,13 +121,34 @@ func (r *reaper) run() {
 // reap collects every exited child; false when the reaper was stopped
 // while it was handing an exit to the loop.
 func (r *reaper) reap() bool {
+	var batch []int
+	defer func() {
+		r.mu.Lock()
+		f := r.onReap
+		r.mu.Unlock()
+		if f != nil && len(batch) > 0 {
+			f(batch)
+		}
+	}()
 	for {
 		pid, status, ok := r.wait()
 		if !ok {
 			return true
 		}
+		batch = append(batch, pid)
+		r.mu.Lock()
+		owner, owned := r.owned[pid]
+		delete(r.owned, pid)
+		r.mu.Unlock()
+		if owned {
+			owner <- status // buffered, used once
+			continue
+		}
 		select {
 		case r.exits <- exitEvent{pid: pid, status: status}:
+		case <-r.ended:
+			// The cluster is gone; what is reaped now (the guardian, an
+			// embedder's stray child) is none of the loop's business.
 		case <-r.done:
 			return false
 		}
@@ -137,6 +196,12 @@ func toExitStatus(ws unix.WaitStatus) exitStatus {
 		return exitStatus{signal: syscall.Signal(ws.Signal())}
 	}
 	return exitStatus{code: ws.ExitStatus()}
+}
+
+// loopEnded says the loop reads exits no more; the reaper keeps reaping
+// (the guardian's exit is still to come) and drops what it would forward.
+func (r *reaper) loopEnded() {
+	r.end.Do(func() { close(r.ended) })
 }
 
 // stop ends the reaper goroutine and its signal subscription.

@@ -48,6 +48,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.stop()
+	// Before any worker: the guardian must know of every one.
+	cont, err := newContainment(cfg, r, log)
+	if err != nil {
+		return err
+	}
+	defer cont.close()
 	events := make(chan workerEvent)
 	done := make(chan struct{})
 	closeDone := sync.OnceFunc(func() { close(done) })
@@ -77,14 +83,15 @@ func (m *Master) run(ctx context.Context) (err error) {
 			ie.Output = ie.tail.String()
 		}
 	}()
-	defer out.wait(cfg.KillTimeout)
-	st, err := newExecStarter(cfg, log, nd, out, r, events, m.cmds, done)
+	defer out.wait()
+	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
 	defer st.close()
-	// Deferred last, so it runs first: the loop has ended, and goroutines
+	// Deferred last, so they run first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
+	defer r.loopEnded()
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
@@ -92,6 +99,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 		sockets:  cs,
 		exits:    r.exits,
 		events:   events,
+		cluster:  cont,
 		output:   out.takeTail,
 		sdNotify: sd.notify,
 		memory:   newMemorySampler().sample,

@@ -31,6 +31,9 @@ type execProcess struct {
 	notify *notifySocket // nil without NOTIFY_SOCKET
 	done   chan struct{} // closed by release: ends the notify reader
 	once   sync.Once
+	out    *outputs
+	// streams are its stdout and stderr pipes (nil entries: not relayed).
+	streams []*stream
 	// said is set once the worker's hello arrived. The loop learns it from
 	// evOnline; the listening probe reads it only to stop probing a worker
 	// that will report its readiness over IPC.
@@ -54,6 +57,9 @@ func (p *execProcess) signal(sig syscall.Signal) error {
 func (p *execProcess) release() {
 	p.once.Do(func() {
 		close(p.done)
+		// Children that left the worker's process group may still hold
+		// the pipes' write ends: stop waiting for their EOF.
+		p.out.retire(p.streams...)
 		if p.conn != nil {
 			p.conn.Close() // unblocks serveIPC; the conn is of no further use
 		}

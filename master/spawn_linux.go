@@ -33,6 +33,7 @@ type execStarter struct {
 	stderr  int
 	out     *outputs
 	reaper  *reaper
+	contain *containment
 	events  chan<- workerEvent
 	cmds    chan<- command  // the loop's commands (listen requests)
 	done    <-chan struct{} // closed when the loop has ended
@@ -64,9 +65,9 @@ var protocolEnv = []string{
 }
 
 func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outputs, r *reaper,
-	events chan<- workerEvent, cmds chan<- command, done <-chan struct{}) (*execStarter, error) {
+	cont *containment, events chan<- workerEvent, cmds chan<- command, done <-chan struct{}) (*execStarter, error) {
 	st := &execStarter{
-		cfg: cfg, log: log, out: out, reaper: r, events: events, cmds: cmds, done: done, notify: notify,
+		cfg: cfg, log: log, out: out, reaper: r, contain: cont, events: events, cmds: cmds, done: done, notify: notify,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
 	}
@@ -261,8 +262,14 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		},
 	}
 	reply := make(chan spawnResult, 1)
+	st.contain.forkAttr(attr.Sys)
 	st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
 	res := <-reply
+	if res.err != nil && st.contain.forkFailed(res.err) {
+		st.contain.forkAttr(attr.Sys)
+		st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
+		res = <-reply
+	}
 	// The fds were used by number: keep their files alive until the fork.
 	runtime.KeepAlive(req.files)
 	runtime.KeepAlive(child)
@@ -271,29 +278,34 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 	pid := res.pid
 	st.reaper.watch(pid)
+	st.contain.started(pid)
 
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
 	unix.Close(execW)
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
+	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns, out: st.out}
 	var t *tail
 	if outR >= 0 || errR >= 0 {
 		t = st.out.newTail(pid)
 	}
 	if outR >= 0 {
 		unix.Close(outFD)
-		if err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t); err != nil {
+		s, err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t)
+		if err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
+		p.streams = append(p.streams, s)
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		if err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t); err != nil {
+		s, err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t)
+		if err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
+		p.streams = append(p.streams, s)
 	}
 
-	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns}
 	wlog := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
 	if ns != nil {
 		st.ipcWG.Add(1)

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -83,6 +84,7 @@ func (l *loop) killWorker(w *worker, expected bool, why string) {
 func (l *loop) beginStop(force bool) {
 	if !l.stopping {
 		l.stopping = true
+		l.stopAt = time.Now()
 		l.sdNotify("STOPPING=1")
 		if l.reload != nil {
 			l.rlog.Info("reload canceled by stop")
@@ -102,6 +104,84 @@ func (l *loop) beginStop(force bool) {
 			l.drainWorker(w, "stop")
 		}
 	}
+}
+
+// sweepPoll is how often the loop looks at the cluster's leftovers while
+// it waits for them: the master is told of the exit of its own children,
+// not of processes in its cgroup whose parent is elsewhere.
+const sweepPoll = 20 * time.Millisecond
+
+// sweepState is the end of a stop: the workers are gone, other processes of
+// the cluster are not.
+type sweepState struct {
+	started bool
+	killAt  time.Time // SIGKILL at this time; zero: sent
+	pollAt  time.Time // look again; zero: not sweeping
+	killed  int
+}
+
+// sweepLeftovers ends the cluster once its workers are gone, and reports
+// whether nothing of it is left. The leftovers (children of workers,
+// escaped ones included) get the stop signal, then SIGKILL when the stop's
+// kill timeout is over (at once after an immediate stop): a graceful stop
+// ends within KillTimeout of its start, whoever holds up the exit. Only
+// then does Run return, so its return means the cluster's ports are free.
+func (l *loop) sweepLeftovers(now time.Time) bool {
+	if l.cluster == nil {
+		return true
+	}
+	pids := l.cluster.members()
+	if len(pids) == 0 {
+		if l.sweep.started {
+			l.log.Info("processes left by workers are gone", "killed", l.sweep.killed)
+		}
+		l.sweep.pollAt = time.Time{}
+		return true
+	}
+	if !l.sweep.started {
+		l.sweep.started = true
+		start := l.stopAt
+		if start.IsZero() {
+			start = now // the workers ended on their own
+		}
+		l.sweep.killAt = start.Add(l.cfg.KillTimeout)
+		if l.force || !now.Before(l.sweep.killAt) {
+			l.sweep.killAt = now
+		}
+		l.log.Info("waiting for processes left by workers", "processes", len(pids), "pids", pidList(pids),
+			"timeout", l.sweep.killAt.Sub(now).Round(time.Millisecond).String())
+		if now.Before(l.sweep.killAt) {
+			l.cluster.signal(l.cfg.StopSignal)
+		}
+	}
+	// An immediate stop asked for during the sweep kills at once too.
+	if !l.sweep.killAt.IsZero() && (l.force || !now.Before(l.sweep.killAt)) {
+		l.log.Warn("killing processes left by workers", "processes", len(pids), "pids", pidList(pids))
+		l.sweep.killed += len(pids)
+		l.sweep.killAt = time.Time{}
+	}
+	if l.sweep.killAt.IsZero() {
+		// Again on every look: a process may have forked meanwhile.
+		l.cluster.signal(syscall.SIGKILL)
+	}
+	l.sweep.pollAt = now.Add(sweepPoll)
+	return false
+}
+
+// pidList renders at most 16 pids for a log line.
+func pidList(pids []int) string {
+	var b []byte
+	for i, pid := range pids {
+		if i == 16 {
+			b = append(b, " ..."...)
+			break
+		}
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = strconv.AppendInt(b, int64(pid), 10)
+	}
+	return string(b)
 }
 
 // pause stops every worker but keeps the master and its sockets (WINCH,

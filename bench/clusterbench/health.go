@@ -30,12 +30,12 @@ func samplingCPU(c config) error {
 		name  string
 		flags []string
 	}{
-		{"no sampling", []string{"-w", "64"}},
-		{"--max-memory 1G --sample-interval 1s", []string{"-w", "64", "--max-memory", "1G", "--sample-interval", "1s"}},
+		{"no sampling", nil},
+		{"--max-memory 1G --sample-interval 1s", []string{"--max-memory", "1G", "--sample-interval", "1s"}},
 		{"--workers 64:65 --scale-interval 1s", []string{"--workers", "64:65", "--scale-interval", "1s"}},
 	} {
 		flags := append([]string{"--ready", "ipc", "--heartbeat-interval", "1h"}, tc.flags...)
-		cl, err := startClusterOf(c, flags, []string{filepath.Join(c.bin, "hello")})
+		cl, err := startClusterCmd(c, 64, flags, []string{filepath.Join(c.bin, "hello")})
 		if err != nil {
 			return err
 		}
@@ -82,9 +82,9 @@ func autoscaleReaction(c config) error {
 	}{
 		{"--workers 1:4", []string{"--workers", "1:4", "--ready", "delay=200ms", "--scale-interval", "100ms",
 			"--scale-up-after", "300ms", "--scale-cooldown", "300ms"}},
-		{"-w 4 (fixed)", []string{"-w", "4", "--ready", "delay=200ms"}},
+		{"-w 4 (fixed)", []string{"--ready", "delay=200ms"}},
 	} {
-		cl, err := startClusterOf(c, tc.flags, worker)
+		cl, err := startClusterCmd(c, 4, tc.flags, worker)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,26 @@ type config struct {
 	window    time.Duration // window of the sampling CPU measurement
 	step      time.Duration // autoscale load step
 	scenarios string
+
+	// compare
+	src         string // repository root, for the scripts of the Node and Python targets
+	node        string
+	pm2         string
+	pm2Home     string
+	gunicorn    string
+	rounds      int
+	cmpReloads  int
+	reloadConns int
+	kills       int
+	only        string // comma-separated short names of the targets to run
+	out         string // JSON results
+	mark        string // CLUSTERBENCH_MARK of every process started
+
+	soakFor time.Duration
+
+	// charts
+	in        string // JSON results to draw
+	chartsDir string
 }
 
 func main() {
@@ -55,10 +76,36 @@ func main() {
 	flag.IntVar(&c.crashes, "crashes", 30, "kill -9 rounds for the crash-to-ready time")
 	flag.IntVar(&c.big, "big", 256, "workers in the large master-RSS run")
 	flag.DurationVar(&c.idle, "idle", 10*time.Second, "idle window for the master CPU measurement")
-	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle,sampling,autoscale", "comma-separated scenarios")
+	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle,sampling,autoscale", "comma-separated scenarios (compare is run by bench/compare.sh)")
+	flag.StringVar(&c.src, "src", ".", "compare: the repository root")
+	flag.StringVar(&c.node, "node", "node", "compare: the node binary")
+	flag.StringVar(&c.pm2, "pm2", "", "compare: the pm2 binary (empty: no PM2 target)")
+	flag.StringVar(&c.pm2Home, "pm2-home", "bench/.pm2-home", "compare: PM2_HOME of the private PM2")
+	flag.StringVar(&c.gunicorn, "gunicorn", "gunicorn", "compare: the gunicorn binary")
+	flag.IntVar(&c.rounds, "rounds", 3, "compare: rounds, every target once per round")
+	flag.IntVar(&c.cmpReloads, "cmp-reloads", 10, "compare: rolling reloads under load per target and round")
+	flag.IntVar(&c.reloadConns, "reload-conns", 8, "compare: connections of each load client (keep-alive, close) during the reloads")
+	flag.IntVar(&c.kills, "kills", 2, "compare: kill -9 of a worker per target and round")
+	flag.StringVar(&c.only, "only", "", "compare: comma-separated short names of the targets to run (default all)")
+	flag.StringVar(&c.out, "out", "bench/results/compare.json", "compare: where the results go")
+	flag.DurationVar(&c.soakFor, "soak", 10*time.Minute, "soak: how long it runs (bench/soak.sh)")
+	flag.StringVar(&c.in, "in", "bench/results/compare.json", "charts: the results of a compare run")
+	flag.StringVar(&c.chartsDir, "charts-dir", "docs", "charts: where the PNG charts go (the table goes to stdout)")
 	flag.DurationVar(&c.window, "window", 30*time.Second, "window of the sampling CPU measurement")
 	flag.DurationVar(&c.step, "step", 10*time.Second, "length of the autoscale load step")
 	flag.Parse()
+	if c.scenarios == "charts" {
+		// Drawing needs none of the binaries.
+		if err := charts(c.in, c.chartsDir, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "clusterbench: charts: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "clusterbench: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "clusterbench: %v\n", err)
 		os.Exit(1)
@@ -66,6 +113,13 @@ func main() {
 }
 
 func run(c config) error {
+	// Every process started from here on inherits the mark, by which the
+	// sweep (and bench/compare.sh's trap) finds what outlived its stop.
+	c.mark = os.Getenv("CLUSTERBENCH_MARK")
+	if c.mark == "" {
+		c.mark = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+		os.Setenv("CLUSTERBENCH_MARK", c.mark)
+	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk not found on PATH (bench/run.sh installs it from Debian's packages)")
 	}
@@ -92,6 +146,10 @@ func run(c config) error {
 			err = samplingCPU(c)
 		case "autoscale":
 			err = autoscaleReaction(c)
+		case "compare":
+			err = compare(c)
+		case "soak":
+			err = soak(c)
 		default:
 			err = fmt.Errorf("unknown scenario %q", s)
 		}
@@ -130,9 +188,14 @@ func start(name string, args []string, stdout, stderr *os.File) (*proc, error) {
 }
 
 // stop sends SIGTERM to the group, then SIGKILL after grace, and waits.
-func (p *proc) stop(grace time.Duration) {
+func (p *proc) stop(grace time.Duration) { p.stopWith(-p.cmd.Process.Pid, grace) }
+
+// stopLeader is stop with the SIGTERM sent to the group's leader alone.
+func (p *proc) stopLeader(grace time.Duration) { p.stopWith(p.cmd.Process.Pid, grace) }
+
+func (p *proc) stopWith(target int, grace time.Duration) {
 	pid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	_ = syscall.Kill(target, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { p.cmd.Wait(); close(done) }()
 	select {
@@ -169,14 +232,16 @@ type cluster struct {
 	addr   string
 }
 
+// startCluster runs examples/hello under clusterd with workers workers,
+// ready over IPC; extra flags go to `clusterd run`.
 func startCluster(c config, workers int, extra ...string) (*cluster, error) {
-	args := append([]string{"-w", strconv.Itoa(workers), "--ready", "ipc"}, extra...)
-	return startClusterOf(c, args, []string{filepath.Join(c.bin, "hello")})
+	flags := append([]string{"--ready", "ipc"}, extra...)
+	return startClusterCmd(c, workers, flags, []string{filepath.Join(c.bin, "hello")})
 }
 
-// startClusterOf runs `clusterd run --listen ADDR ... FLAGS -- COMMAND` and
-// waits until all its workers are ready.
-func startClusterOf(c config, flags, command []string) (*cluster, error) {
+// startClusterCmd runs command under clusterd with workers workers and the
+// given flags of `clusterd run`, and waits until all workers are ready.
+func startClusterCmd(c config, workers int, flags, command []string) (*cluster, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -185,7 +250,7 @@ func startClusterOf(c config, flags, command []string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"run", "--listen", "tcp://" + addr,
+	args := append([]string{"run", "--listen", "tcp://" + addr, "-w", strconv.Itoa(workers),
 		"--log-json", "--output", "raw", "--max-restarts", "-1"}, flags...)
 	args = append(args, "--")
 	args = append(args, command...)
@@ -511,7 +576,7 @@ func crashToReady(c config) error {
 		return err
 	}
 	defer cl.stop(10 * time.Second)
-	pids, err := workerPIDs(cl.cmd.Process.Pid)
+	pids, err := clusterWorkerPIDs(cl.cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -538,6 +603,28 @@ func crashToReady(c config) error {
 	fmt.Printf("\n## crash-to-ready: %d × kill -9 of a worker, time until the replacement said ready (read from the master's log)\n", c.crashes)
 	fmt.Printf("median %s, p90 %s, min %s, max %s\n", times[len(times)/2], times[len(times)*9/10], times[0], times[len(times)-1])
 	return nil
+}
+
+// clusterWorkerPIDs lists a clusterd master's workers: those of its
+// children that carry CLUSTERD_WORKER_ID, which the master's guardian
+// process (also its child) does not.
+func clusterWorkerPIDs(master int) ([]int, error) {
+	kids, err := workerPIDs(master)
+	if err != nil {
+		return nil, err
+	}
+	key := []byte("CLUSTERD_WORKER_ID=")
+	var pids []int
+	for _, pid := range kids {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err == nil && (bytes.HasPrefix(env, key) || bytes.Contains(env, append([]byte{0}, key...))) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("master %d has no worker among its children %v", master, kids)
+	}
+	return pids, nil
 }
 
 // workerPIDs lists the master's children: the children of each of its

@@ -415,6 +415,13 @@ func waitGone(pid int, timeout time.Duration) bool {
 		return errors.Is(err, unix.ESRCH)
 	}
 	defer unix.Close(fd)
+	return pidfdExited(fd, timeout)
+}
+
+// pidfdExited waits until the process of pidfd fd has terminated (fd is
+// readable) and reports whether it did within timeout. A poll interrupted
+// by a signal is resumed.
+func pidfdExited(fd int, timeout time.Duration) bool {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	deadline := time.Now().Add(timeout)
 	for {

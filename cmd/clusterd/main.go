@@ -21,6 +21,8 @@ import (
 func main() {
 	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
 	// reach execve as fast as possible, without building the command tree.
+	// The master's guardian, `clusterd guardian`, started by run before any
+	// worker, must not build it either; the same call dispatches it.
 	master.DispatchExecWorker()
 	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }

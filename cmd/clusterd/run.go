@@ -266,6 +266,9 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		return err
 	}
 	opts.Command = command
+	// Nothing the workers start outlives the master: a cgroup for the
+	// cluster where one can be made, and the guardian process.
+	opts.Contain = true
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
 	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
