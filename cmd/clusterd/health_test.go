@@ -131,12 +131,13 @@ func TestWatchdog(t *testing.T) {
 		flags:      []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "2s", "--watchdog", d.String()},
 		workerArgs: []string{"-watchdog", "once", "-watchdog-slot", "1"},
 	})
-	_, pids = once.waitStarted()
+	once.waitStarted()
+	_, first := once.waitLog(0, "worker ready", "worker", 1, "generation", 1)
 	_, e := once.waitLog(0, "worker hung", "worker", 1)
-	if e.str("cause") != "no watchdog keep-alive" || e.int("pid") != pids[1] {
-		t.Errorf("hang = %v, want worker 1 (pid %d) without watchdog keep-alive", e, pids[1])
+	if e.str("cause") != "no watchdog keep-alive" || e.int("pid") != first.int("pid") {
+		t.Errorf("hang = %v, want worker 1 (pid %d) without watchdog keep-alive", e, first.int("pid"))
 	}
-	_, exited := once.waitLog(0, "worker exited", "pid", pids[1])
+	_, exited := once.waitLog(0, "worker exited", "pid", first.int("pid"))
 	if !strings.Contains(exited.str("cause"), "hang: no WATCHDOG=1 for") {
 		t.Errorf("exit = %v, want the watchdog hang as its cause", exited)
 	}
