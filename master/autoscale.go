@@ -9,7 +9,7 @@ import (
 // queue_linux.go) every ScaleInterval without touching the data path. A
 // queue that stays non-empty for ScaleUpAfter adds a worker, up to
 // MaxWorkers and within MemoryBudget; an empty queue for ScaleDownAfter,
-// with workers that report (the "connections" gauge of library workers) no
+// with workers that report (the "http_connections" gauge of library workers) no
 // more open connections than one fewer worker could hold one each, retires
 // the highest slot gracefully, down to Workers. After each change nothing
 // changes for ScaleCooldown. The two thresholds are the hysteresis: adding
@@ -82,7 +82,7 @@ func (l *loop) autoscale(now time.Time) {
 	as.quietUntil = now.Add(l.cfg.ScaleCooldown)
 }
 
-// openConnections sums the "connections" gauge of the workers reporting it.
+// openConnections sums the "http_connections" gauge of the workers reporting it.
 func (l *loop) openConnections() (int64, bool) {
 	var sum int64
 	known := false

@@ -14,7 +14,7 @@ import (
 // ConnectionsStat is the stats gauge of a library worker's open
 // connections (worker.ServeHTTP keeps it); the exit cause of a worker
 // killed at its drain deadline names it.
-const ConnectionsStat = "connections"
+const ConnectionsStat = "http_connections"
 
 // crashSignals are the signals a process gets from its own fault.
 var crashSignals = map[syscall.Signal]bool{

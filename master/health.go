@@ -101,7 +101,7 @@ func (l *loop) checkMemory(rss map[int]int64) {
 	}
 }
 
-// checkRequests retires w once its "requests" counter passed its limit.
+// checkRequests retires w once its "http_requests" counter passed its limit.
 func (l *loop) checkRequests(w *worker) {
 	if w.retireAfter <= 0 || !watched(w) {
 		return
@@ -116,7 +116,7 @@ func (l *loop) checkRequests(w *worker) {
 
 // RequestsStat is the stats counter that Options.RetireRequests reads: the
 // requests a library worker served (worker.ServeHTTP counts them).
-const RequestsStat = "requests"
+const RequestsStat = "http_requests"
 
 // replace replaces w gracefully: a new worker starts in its slot, and w is
 // drained once that one is ready (becameReady). Without a replacement

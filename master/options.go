@@ -207,7 +207,7 @@ type Options struct {
 	// SIGKILL. 0 means DefaultDumpWait.
 	DumpWait time.Duration
 	// RetireRequests, when positive, retires a library worker gracefully
-	// (replacement ready first, then drained) once the "requests" counter
+	// (replacement ready first, then drained) once the "http_requests" counter
 	// of its stats reaches RetireRequests plus a random extra in
 	// [0, RetireJitter], drawn per worker so that workers started together
 	// do not retire together (gunicorn's max_requests and

@@ -50,10 +50,10 @@ type HTTPServer struct {
 const (
 	// RequestsMetric counts the requests served (clusterd's --max-requests
 	// retires a worker after that many).
-	RequestsMetric = "requests"
+	RequestsMetric = "http_requests"
 	// ConnectionsMetric is the gauge of open connections (clusterd names it
 	// when a worker's drain deadline passes).
-	ConnectionsMetric = "connections"
+	ConnectionsMetric = "http_connections"
 )
 
 // ServeHTTP serves srv on lns until ctx is done or the master asks this
