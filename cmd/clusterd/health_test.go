@@ -106,31 +106,18 @@ func waitStopped(t *testing.T, pid int) {
 }
 
 func TestWatchdog(t *testing.T) {
-	const d = 500 * time.Millisecond
-	c := startCluster(t, clusterConfig{
+	const d = 1500 * time.Millisecond
+	// Two clusters side by side: in one every worker keeps sending
+	// WATCHDOG=1 (every d/4), in the other worker 1 sends it once.
+	keep := startCluster(t, clusterConfig{
 		flags:      []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "2s", "--watchdog", d.String()},
 		workerArgs: []string{"-watchdog", "keep"},
 	})
-	_, pids := c.waitStarted()
-	// Both keep sending: after several periods, nobody is hung.
-	cursor := c.logLen()
-	c.signal(syscall.SIGHUP) // a reload: a few watchdog periods pass, and the new workers must keep sending too
-	c.waitLog(cursor, "reload done")
-	for _, pid := range pids {
-		c.waitLog(cursor, "worker exited", "pid", pid)
-	}
-	if n := c.countLogs(0, "worker hung"); n != 0 {
-		t.Errorf("%d workers found hung, want none: they keep sending WATCHDOG=1", n)
-	}
-	c.signal(syscall.SIGTERM)
-	if code, last := c.wait(); code != 0 {
-		t.Errorf("clusterd exited %d (%s), want 0", code, last)
-	}
-
 	once := startCluster(t, clusterConfig{
 		flags:      []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "2s", "--watchdog", d.String()},
 		workerArgs: []string{"-watchdog", "once", "-watchdog-slot", "1"},
 	})
+	keep.waitStarted()
 	once.waitStarted()
 	_, first := once.waitLog(0, "worker ready", "worker", 1, "generation", 1)
 	_, e := once.waitLog(0, "worker hung", "worker", 1)
@@ -141,9 +128,19 @@ func TestWatchdog(t *testing.T) {
 	if !strings.Contains(exited.str("cause"), "hang: no WATCHDOG=1 for") {
 		t.Errorf("exit = %v, want the watchdog hang as its cause", exited)
 	}
-	// Worker 0 never sent WATCHDOG=1: it is not watched.
+	// Its replacement sends once too: a second hang, at least two
+	// watchdog periods after the start, during which the other cluster's
+	// workers kept sending.
+	once.waitLog(0, "worker hung", "worker", 1, "generation", 2)
 	if n := countMatching(once, "worker hung", "worker", 0); n != 0 {
 		t.Errorf("worker 0 found hung %d times, want never (it never armed the watchdog)", n)
+	}
+	if n := keep.countLogs(0, "worker hung"); n != 0 {
+		t.Errorf("%d workers found hung, want none: they keep sending WATCHDOG=1", n)
+	}
+	keep.signal(syscall.SIGTERM)
+	if code, last := keep.wait(); code != 0 {
+		t.Errorf("clusterd exited %d (%s), want 0", code, last)
 	}
 }
 
