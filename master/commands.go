@@ -187,10 +187,26 @@ func await[T any](ctx context.Context, m *Master, reply <-chan T) (T, error) {
 // starts the workers again (Resumed). Cancelling ctx stops the wait, not the
 // reload. Safe for concurrent use.
 func (m *Master) Reload(ctx context.Context) (ReloadResult, error) {
-	c := &reloadCmd{reply: make(chan reloadReply, 1)}
-	if err := m.do(ctx, c); err != nil {
+	c, err := m.startReload(ctx)
+	if err != nil {
 		return ReloadResult{}, err
 	}
+	return m.awaitReload(ctx, c)
+}
+
+// startReload hands a reload to the loop and returns once the loop took it
+// (the reload began, or was answered at once: in progress, stopping,
+// resumed).
+func (m *Master) startReload(ctx context.Context) (*reloadCmd, error) {
+	c := &reloadCmd{reply: make(chan reloadReply, 1), applied: make(chan struct{})}
+	if err := m.do(ctx, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// awaitReload waits for the result of a reload of startReload.
+func (m *Master) awaitReload(ctx context.Context, c *reloadCmd) (ReloadResult, error) {
 	r, err := await(ctx, m, c.reply)
 	if err != nil {
 		return ReloadResult{}, err
@@ -206,15 +222,21 @@ func (m *Master) Scale(ctx context.Context, n int) error {
 	if n < 1 {
 		return fmt.Errorf("scale to %d: want at least 1 worker", n)
 	}
-	c := &scaleCmd{n: n, reply: make(chan error, 1)}
+	_, err := m.scale(ctx, &scaleCmd{n: n})
+	return err
+}
+
+// scale applies c and returns the slot count after it.
+func (m *Master) scale(ctx context.Context, c *scaleCmd) (int, error) {
+	c.reply = make(chan error, 1)
 	if err := m.do(ctx, c); err != nil {
-		return err
+		return 0, err
 	}
 	err, werr := await(ctx, m, c.reply)
 	if werr != nil {
-		return werr
+		return 0, werr
 	}
-	return err
+	return c.slots, err
 }
 
 // Stop stops the cluster gracefully, as SIGTERM does, and waits until Run
@@ -284,9 +306,15 @@ type reloadReply struct {
 // over a running one; from SIGHUP (reply nil) it starts over.
 type reloadCmd struct {
 	reply chan reloadReply
+	// applied, when set, is closed once apply ran: the reload began, or its
+	// answer is in reply already.
+	applied chan struct{}
 }
 
 func (c *reloadCmd) apply(l *loop) {
+	if c.applied != nil {
+		defer close(c.applied)
+	}
 	answer := func(res ReloadResult, err error) {
 		if c.reply != nil {
 			c.reply <- reloadReply{res, err}
@@ -310,6 +338,7 @@ func (c *reloadCmd) apply(l *loop) {
 type scaleCmd struct {
 	n, delta int
 	reply    chan error
+	slots    int // the slot count after it, set before the reply
 }
 
 func (c *scaleCmd) apply(l *loop) {
@@ -332,6 +361,7 @@ func (c *scaleCmd) apply(l *loop) {
 			l.scaleDown()
 		}
 	}
+	c.slots = len(l.slots)
 	if c.reply != nil {
 		c.reply <- err
 	}

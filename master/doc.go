@@ -237,9 +237,21 @@
 // connections: the master logs a warning.
 //
 // When NOTIFY_SOCKET is set for the master itself it speaks sd_notify to
-// its own supervisor: READY=1 once every initial worker is ready, RELOADING=1
-// and READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 at
-// half of WATCHDOG_USEC when the service has a watchdog.
+// its own supervisor: READY=1 once every initial worker is ready (not when
+// the master starts), RELOADING=1 with MONOTONIC_USEC= and then READY=1
+// around a reload (as Type=notify-reload wants), STOPPING=1 when it stops,
+// STATUS= whenever its one-line state changes ("4/4 workers ready",
+// "reloading 2/4", "degraded: slot 3 crash-looping", "stopping: 2 workers
+// left"), and WATCHDOG=1 at half of WATCHDOG_USEC when the service has a
+// watchdog. The pings come from the loop's own timer, so a loop that is
+// stuck stops sending them and systemd's watchdog fires.
+//
+// With NOTIFY_SOCKET set (and FDSTORE, where systemd ≥ 254 sets it, not
+// 0), the master hands every listener it bound itself, named or on a fixed
+// port, to the service manager's fd store (FDSTORE=1, FDNAME= the Listen
+// name). After a crash, kill -9 or restart systemd passes them back in
+// LISTEN_FDS, and they are matched to Listen like activated sockets: the
+// listening sockets and their accept queues outlive every master.
 //
 // # Limits on a worker's IPC
 //
@@ -257,6 +269,25 @@
 // next line comes only after the worker stayed within its limits for long
 // enough to refill them.
 //
+// # The control socket
+//
+// With Options.ControlSocket, Run serves a unix socket for operators
+// (`clusterd status`, `reload`, `scale`, `stop`, `signal`, `logs`): one
+// goroutine per connection, each a thin adapter over the command methods,
+// the events and the log ring; none touches supervisor state. The wire is
+// package ipc's framing: hellos, one [ControlRequest], streamed
+// [ControlProgress] messages, one answer (bodies in control.go). The
+// socket has mode 0600 (its directory 0700 when Run makes it, 0711 for
+// /run/clusterd, which notify directories share); each
+// client's uid is checked with SO_PEERCRED, root and the master's own uid
+// are answered, anyone else gets an ipc.CodeForbidden error and a log line
+// with its pid and uid. A live socket at the path is an error (another
+// master serves it), a stale one is replaced, and Run removes it when it
+// returns — after the loop ended, so that a stop request is answered once
+// every worker is reaped. The log ring keeps the last [DefaultLogLines]
+// lines of each slot's relayed output; the relay records into it under a
+// short mutex and never waits for a client that follows.
+//
 // # Logging
 //
 // The log (Options.Logger, named "master", with sub-loggers "reload" and
@@ -265,5 +296,8 @@
 // ready", "worker exited" (worker, pid, generation, exit_code or signal,
 // uptime; Warn when unexpected, Info when the master stopped it), Info
 // "reload started" / "reload done", Error "reload aborted", Error "restart
-// intensity exceeded", Info "stopped".
+// intensity exceeded", Info "stopped". Under systemd: Warn "activated
+// socket matches no listen address: serving it as well" and "activated
+// socket with no listen address given: serving it" (name, addr), Info
+// "listeners kept by the service manager" (stored).
 package master

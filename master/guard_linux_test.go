@@ -395,10 +395,6 @@ func misbehave(mode string, raw int) error {
 	return fmt.Errorf("unknown mode %q", mode)
 }
 
-// clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
-// every Linux architecture clusterd builds for.
-const clockTicks = 100
-
 // quietFor lets d pass while something goes on (a flood being measured):
 // the one place these tests sleep on purpose.
 func quietFor(d time.Duration) { time.Sleep(d) }

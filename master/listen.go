@@ -22,10 +22,13 @@ type listeners struct {
 	log    hclog.Logger
 	specs  []sockshare.Spec // bound addresses (a port 0 replaced by the real one)
 	names  []string
-	perTCP []bool             // per address: one socket per slot
-	shared []*os.File         // per address, for shared ones
-	slots  map[int][]*os.File // reuseport: per slot, aligned with specs
-	addrs  []net.Addr
+	perTCP []bool // per address: one socket per slot
+	// adopted says, per address, whether it is an activated socket (the
+	// service manager holds it).
+	adopted []bool
+	shared  []*os.File         // per address, for shared ones
+	slots   map[int][]*os.File // reuseport: per slot, aligned with specs
+	addrs   []net.Addr
 	// files are the unix socket files the master created (never those of
 	// activated sockets), removed by closeAll.
 	files []socketFile
@@ -43,52 +46,74 @@ func newListeners(cfg *config, log hclog.Logger) *listeners {
 	return &listeners{cfg: cfg, log: log, slots: make(map[int][]*os.File), migrateReq: readMigrateReq}
 }
 
-// bind opens every listener the initial slots need, or adopts the activated
-// ones. On error, whatever was opened is closed by closeAll.
+// bind opens every listener the initial slots need, adopting the
+// activated sockets that match Listen entries (see Options.Activated). On
+// error, whatever was opened or not yet adopted is closed by closeAll.
 func (ls *listeners) bind() error {
-	if len(ls.cfg.Activated) > 0 {
-		for _, f := range ls.cfg.Activated {
-			ls.names = append(ls.names, f.Name())
-			ls.shared = append(ls.shared, f)
-			ls.perTCP = append(ls.perTCP, false)
-			ls.specs = append(ls.specs, sockshare.Spec{Name: f.Name()})
-		}
-		ls.cfg.Activated = nil // owned by ls.shared now
-	} else {
-		opts := ls.cfg.ListenOptions
-		reuse := ls.cfg.Balance == BalanceReusePort
-		if reuse {
-			opts.ReusePort = true
-		}
-		for _, spec := range ls.cfg.Listen {
-			name := spec.Name
-			if name == "" {
-				name = spec.String()
-			}
-			per := reuse && spec.Network != "unix"
-			f, err := sockshare.Listen(spec, opts)
-			if err != nil {
-				return err // sockshare's error names the address already
-			}
-			ls.created(spec)
-			if per {
-				ls.slots[0] = append(ls.slots[0], f)
-				ls.shared = append(ls.shared, nil)
-				// Later slots bind the port the first socket got.
-				if a, err := sockshare.Addr(f); err == nil {
-					spec = withPort(spec, a)
-				}
-			} else {
-				ls.shared = append(ls.shared, f)
-				if len(ls.slots[0]) < len(ls.shared) {
-					ls.slots[0] = append(ls.slots[0], nil)
-				}
-			}
-			ls.specs = append(ls.specs, spec)
-			ls.names = append(ls.names, name)
-			ls.perTCP = append(ls.perTCP, per)
-		}
+	match, err := matchActivated(ls.cfg.Listen, ls.cfg.Activated)
+	if err != nil {
+		return err
 	}
+	opts := ls.cfg.ListenOptions
+	reuse := ls.cfg.Balance == BalanceReusePort
+	if reuse {
+		opts.ReusePort = true
+	}
+	for i, spec := range ls.cfg.Listen {
+		name := spec.Name
+		if j := match[i]; j >= 0 {
+			f := ls.cfg.Activated[j]
+			ls.cfg.Activated[j] = nil // owned by ls.shared now
+			if name == "" {
+				name = f.Name()
+			}
+			ls.adopt(f, spec, name)
+			continue
+		}
+		if name == "" {
+			name = spec.String()
+		}
+		per := reuse && spec.Network != "unix"
+		f, err := sockshare.Listen(spec, opts)
+		if err != nil {
+			return err // sockshare's error names the address already
+		}
+		ls.created(spec)
+		if per {
+			ls.slots[0] = append(ls.slots[0], f)
+			ls.shared = append(ls.shared, nil)
+			// Later slots bind the port the first socket got.
+			if a, err := sockshare.Addr(f); err == nil {
+				spec = withPort(spec, a)
+			}
+		} else {
+			ls.shared = append(ls.shared, f)
+			if len(ls.slots[0]) < len(ls.shared) {
+				ls.slots[0] = append(ls.slots[0], nil)
+			}
+		}
+		ls.specs = append(ls.specs, spec)
+		ls.names = append(ls.names, name)
+		ls.perTCP = append(ls.perTCP, per)
+		ls.adopted = append(ls.adopted, false)
+	}
+	for j, f := range ls.cfg.Activated {
+		if f == nil {
+			continue // adopted for a Listen entry
+		}
+		ls.cfg.Activated[j] = nil
+		addr := ""
+		if a, err := sockshare.Addr(f); err == nil {
+			addr = a.String()
+		}
+		if len(ls.cfg.Listen) > 0 {
+			ls.log.Warn("activated socket matches no listen address: serving it as well", "name", f.Name(), "addr", addr)
+		} else {
+			ls.log.Warn("activated socket with no listen address given: serving it", "name", f.Name(), "addr", addr)
+		}
+		ls.adopt(f, sockshare.Spec{Name: f.Name()}, f.Name())
+	}
+	ls.cfg.Activated = nil
 	for i := range ls.specs {
 		f := ls.shared[i]
 		if f == nil {
@@ -110,6 +135,95 @@ func (ls *listeners) bind() error {
 		}
 	}
 	return nil
+}
+
+// adopt takes an activated socket as the shared listener of spec.
+func (ls *listeners) adopt(f *os.File, spec sockshare.Spec, name string) {
+	ls.shared = append(ls.shared, f)
+	if len(ls.slots[0]) < len(ls.shared) {
+		ls.slots[0] = append(ls.slots[0], nil)
+	}
+	ls.specs = append(ls.specs, spec)
+	ls.names = append(ls.names, name)
+	ls.perTCP = append(ls.perTCP, false)
+	ls.adopted = append(ls.adopted, true)
+}
+
+// matchActivated pairs Listen entries with activated sockets: match[i] is
+// the index in activated of entry i's socket, or -1 to bind it. A name
+// match wins over an address match, and each socket serves one entry.
+func matchActivated(listen []sockshare.Spec, activated []*os.File) ([]int, error) {
+	match := make([]int, len(listen))
+	for i := range match {
+		match[i] = -1
+	}
+	if len(activated) == 0 {
+		return match, nil
+	}
+	used := make([]bool, len(activated))
+	addrs := make([]net.Addr, len(activated))
+	for j, f := range activated {
+		a, err := sockshare.Addr(f)
+		if err != nil {
+			return nil, fmt.Errorf("activated socket %s: %w", f.Name(), err)
+		}
+		addrs[j] = a
+	}
+	for i, spec := range listen {
+		for j, f := range activated {
+			if !used[j] && spec.Name != "" && spec.Name == f.Name() {
+				match[i], used[j] = j, true
+				break
+			}
+		}
+	}
+	for i, spec := range listen {
+		if match[i] >= 0 {
+			continue
+		}
+		for j := range activated {
+			if !used[j] && sameAddr(spec, addrs[j]) {
+				match[i], used[j] = j, true
+				break
+			}
+		}
+	}
+	return match, nil
+}
+
+// sameAddr reports whether a socket bound to a is what spec asks for: the
+// same kind of socket on the same IP (any, for an empty host) and port, or
+// the same unix path. Host names are not resolved, and a port 0 or a
+// service name matches nothing: such entries match activated sockets by
+// name.
+func sameAddr(spec sockshare.Spec, a net.Addr) bool {
+	var ip net.IP
+	var port int
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if !strings.HasPrefix(spec.Network, "tcp") {
+			return false
+		}
+		ip, port = a.IP, a.Port
+	case *net.UDPAddr:
+		if !strings.HasPrefix(spec.Network, "udp") {
+			return false
+		}
+		ip, port = a.IP, a.Port
+	case *net.UnixAddr:
+		return spec.Network == "unix" && spec.Address == a.Name
+	default:
+		return false
+	}
+	host, p, err := net.SplitHostPort(spec.Address)
+	if err != nil || p != strconv.Itoa(port) || port == 0 {
+		return false
+	}
+	if host == "" {
+		return ip.IsUnspecified()
+	}
+	want := net.ParseIP(host)
+	return want != nil && want.Equal(ip)
 }
 
 // withPort replaces a port 0 of an inet spec by the bound one.

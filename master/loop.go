@@ -84,11 +84,13 @@ const (
 
 // workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid    int
-	kind   eventKind
-	source ReadyKind
-	err    error
-	stats  map[string]int64
+	pid       int
+	kind      eventKind
+	source    ReadyKind
+	err       error
+	stats     map[string]int64
+	target    *target    // evOnline in the balanced modes
+	jobTarget *jobTarget // evOnline
 }
 
 type workerState int
@@ -127,17 +129,20 @@ type worker struct {
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
 
-	watchdogBy  time.Time  // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
-	retiring    string     // why it is being replaced (health); "": it is not
-	hung        bool       // it was found hung
-	rss         int64      // its process group's memory at the last sample
-	retireAfter int64      // RetireRequests with its jitter; 0: never
-	killed      bool       // the master SIGKILLed it
-	deadline    bool       // its drain deadline (KillTimeout) passed
-	dumpSent    bool       // it was sent Options.DumpSignal before its SIGKILL
-	signalled   bool       // the master sent it its stop signal
-	exec        execState  // what is known of its execve
-	heldExit    *exitEvent // its exit, held until its exec outcome arrives
+	watchdogBy   time.Time  // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
+	retiring     string     // why it is being replaced (health); "": it is not
+	hung         bool       // it was found hung
+	rss          int64      // its process group's memory at the last sample
+	retireAfter  int64      // RetireRequests with its jitter; 0: never
+	killed       bool       // the master SIGKILLed it
+	deadline     bool       // its drain deadline (KillTimeout) passed
+	dumpSent     bool       // it was sent Options.DumpSignal before its SIGKILL
+	signalled    bool       // the master sent it its stop signal
+	exec         execState  // what is known of its execve
+	heldExit     *exitEvent // its exit, held until its exec outcome arrives
+	target       *target    // takes balanced connections; nil: not balanced or not online
+	jobTarget    *jobTarget // takes jobs once ready; nil: not online
+	readyPending bool       // ready by Options.Ready, waiting for its hello (balanced modes)
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -181,6 +186,9 @@ type loopDeps struct {
 	hub      *eventHub                                // where events go; nil: nowhere
 	routes   *atomic.Pointer[routeTable]              // published for Send; nil: not published
 	output   func(pid int) *tail                      // takes a worker's last output line; nil: none
+	sdStatus func(text string)                        // sends sd_notify STATUS=text; nil: none
+	balance  *balancer                                // BalanceRoundRobin, BalanceLeastConn; nil otherwise
+	jobs     *dispatcher                              // Dispatch; nil: none (loop tests)
 	// checkListeners heals the listeners and reports whether one was
 	// replaced (see watchListeners); nil: listeners are not watched.
 	checkListeners func(exited *worker, running []*worker) (replaced bool)
@@ -213,6 +221,7 @@ type loop struct {
 	rerouted bool      // a slot's serving online worker changed: publish routes
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
+	status   string    // the last STATUS= sent
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -268,8 +277,13 @@ func (l *loop) run(ctx context.Context) error {
 	ctxDone := ctx.Done()
 	signals := l.cfg.Signals
 	defer l.endReload(ErrStopping) // a reload cut short by the end answers its caller
+	quiet := false                 // the last iteration handled an event that leaves the status as it was
 	for {
 		l.publishRoutes()
+		if !quiet {
+			l.publishStatus()
+		}
+		quiet = false
 		if l.finished() {
 			break
 		}
@@ -293,6 +307,9 @@ func (l *loop) run(ctx context.Context) error {
 			l.onExit(e)
 		case e := <-l.events:
 			l.onEvent(e)
+			// The frequent ones change nothing the status line shows:
+			// skip recomputing it for them.
+			quiet = e.kind == evHeartbeat || e.kind == evStats || e.kind == evWatchdog
 		case c := <-l.commands:
 			c.apply(l)
 		case <-timer.C:
@@ -345,6 +362,11 @@ func (l *loop) startWorker(s *slot) error {
 	if err != nil {
 		return fmt.Errorf("start worker %d: %w", s.id, err)
 	}
+	if l.cfg.Balance.overIPC() {
+		// The master keeps its listeners and hands out connections; a
+		// worker asks for an address with worker.Listen.
+		files, names = nil, nil
+	}
 	gen := l.gens[s.id] + 1
 	pid, p, err := l.starter.start(spawnRequest{slot: s.id, gen: gen, files: files, names: names})
 	if err != nil {
@@ -374,7 +396,10 @@ func (l *loop) startWorker(s *slot) error {
 	case ReadyExec:
 		if w.exec == execUntracked {
 			l.becameReady(w) // no exec outcome will come: running is all we know
-			return nil
+			if !w.readyPending {
+				return nil
+			}
+			// Balanced: ready at its hello, which must come in time.
 		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
@@ -517,9 +542,14 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
+		w.target, w.jobTarget = e.target, e.jobTarget
 		w.log.Debug("worker online")
 		l.rerouted = true
 		l.emit(EventOnline, w, nil)
+		if w.readyPending {
+			w.readyPending = false
+			l.becameReady(w)
+		}
 	case evDisconnect:
 		if !w.online || w.disconnected {
 			return
@@ -554,6 +584,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 	add(l.scaleAt)
 	for _, s := range l.slots {
 		add(s.restartAt)
+		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
 	add(l.sweep.pollAt)

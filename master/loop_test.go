@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,6 +131,29 @@ type harness struct {
 	workers int
 	cmds    chan command
 	hub     *eventHub
+	sd      *sdRecord // every sd_notify state and STATUS= line, in order
+}
+
+// sdRecord keeps what the loop sent its service manager, in order.
+type sdRecord struct {
+	mu    sync.Mutex
+	sent  []string
+	reads int // how many take has returned
+}
+
+func (r *sdRecord) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, s)
+}
+
+// take returns what was sent since the last take.
+func (r *sdRecord) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := slices.Clone(r.sent[r.reads:])
+	r.reads = len(r.sent)
+	return s
 }
 
 // start runs a loop with opts (Command defaults to /bin/true) inside the
@@ -180,6 +204,7 @@ func startLoopWith(t *testing.T, opts Options, watchdog time.Duration, hub *even
 		result: make(chan error, 1),
 		cmds:   make(chan command),
 		hub:    hub,
+		sd:     &sdRecord{},
 	}
 	opts.Signals = h.sigs
 	opts.Logger = hclog.New(&hclog.LoggerOptions{Output: h.logs, Level: hclog.Trace})
@@ -199,7 +224,8 @@ func startLoopWith(t *testing.T, opts Options, watchdog time.Duration, hub *even
 		events:   h.events,
 		cluster:  cluster,
 		output:   h.takeTail,
-		sdNotify: func(s string) { h.notes <- s },
+		sdNotify: func(s string) { h.sd.add(s); h.notes <- s },
+		sdStatus: func(s string) { h.sd.add("STATUS=" + s) },
 		ready:    func() { once.Do(func() { close(h.ready) }) },
 		jitter:   func() float64 { return 0.5 },
 		watchdog: watchdog,

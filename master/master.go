@@ -87,6 +87,9 @@ type Master struct {
 	done      chan struct{}              // closed when Run has returned
 	hub       *eventHub                  // events out of the loop
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
+	logs      *logRing                   // with a control socket: the last lines of output
+	ipc       ipcTotals                  // IPC counters, for IPCStats
+	jobs      *dispatcher                // Dispatch
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -105,7 +108,12 @@ func New(opts Options) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
+	var logs *logRing
+	if cfg.ControlSocket != "" {
+		logs = newLogRing(DefaultLogLines)
+	}
 	return &Master{
+		logs:      logs,
 		cfg:       cfg,
 		log:       cfg.Logger.Named("master"),
 		listening: make(chan struct{}),
@@ -114,6 +122,7 @@ func New(opts Options) (*Master, error) {
 		loopEnded: make(chan struct{}),
 		done:      make(chan struct{}),
 		hub:       newEventHub(),
+		jobs:      newDispatcher(cfg),
 	}, nil
 }
 

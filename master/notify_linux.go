@@ -270,6 +270,15 @@ func (s *sdNotifier) notify(state string) {
 	}
 }
 
+// statusFunc returns what sends STATUS= lines, or nil without a service
+// manager (so the loop does not even compute them).
+func (s *sdNotifier) statusFunc() func(string) {
+	if s.conn == nil {
+		return nil
+	}
+	return func(text string) { s.notify("STATUS=" + text) }
+}
+
 func (s *sdNotifier) close() {
 	if s.conn != nil {
 		s.conn.Close() // datagram socket: nothing buffered to lose

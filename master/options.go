@@ -94,13 +94,37 @@ type Options struct {
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
-	// Activated are sockets received by systemd socket activation; when
-	// non-empty they are used instead of binding Listen (their names come
-	// from f.Name()). The Master owns them once New succeeds: Run closes them
-	// when it returns. They cannot be combined with BalanceReusePort.
+	// Activated are sockets received by systemd socket activation (their
+	// names, LISTEN_FDNAMES, come from f.Name()). Each is matched to the
+	// Listen entry of the same Name or, failing that, of the same address
+	// (a port 0 matches nothing), and used instead of binding it; a Listen
+	// entry that matches none is bound as usual, and an activated socket
+	// that matches no entry is used as well, after the Listen ones, with a
+	// warning in the log. The Master owns them once New succeeds: Run
+	// closes them when it returns. They cannot be combined with
+	// BalanceReusePort.
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
+	// JobAttempts is how many times Dispatch sends a job that keeps losing
+	// its worker (dies, hangs, disconnects) before it gives up. 0 means
+	// DefaultJobAttempts.
+	JobAttempts int
+	// JobQueue bounds the jobs outstanding on one worker; a worker at the
+	// bound gets none until it answers one. 0 means DefaultJobQueue.
+	JobQueue int
+	// MaxJobs bounds the jobs in flight in the whole cluster (Dispatch
+	// calls and workers' submissions). 0 means DefaultMaxJobs.
+	MaxJobs int
+	// JobsFailFast makes Dispatch return an error wrapping
+	// ErrJobQueueFull when a bound is reached, instead of waiting for room
+	// until its context is done.
+	JobsFailFast bool
+	// ConnQueue bounds, with BalanceRoundRobin and BalanceLeastConn, the
+	// connections handed to one worker that it has not yet acknowledged; a
+	// worker at the bound gets no more until it catches up. 0 means
+	// DefaultConnQueue; at most 4096.
+	ConnQueue int
 	// ListenOptions are used for every bound address; ReusePort is forced on
 	// with BalanceReusePort.
 	ListenOptions sockshare.ListenOptions
@@ -144,6 +168,18 @@ type Options struct {
 	// are the same writer), never from the loop: a writer that blocks or
 	// fails costs dropped output, counted and logged, not supervision.
 	Stdout, Stderr io.Writer
+	// ControlSocket, when set, is the path of the control socket Run serves
+	// (see [ControlSocketPath] for the usual place): its directory is made
+	// with mode 0700 if missing (0711 for /run/clusterd, which workers of
+	// another user pass through to their notify sockets), the socket gets
+	// mode 0600, and only root
+	// and the master's own uid may use it (SO_PEERCRED). It also makes the
+	// master keep the last DefaultLogLines lines of each slot's relayed
+	// output for the socket's logs command. "" means no control socket.
+	ControlSocket string
+	// Version is the version the control socket's status reports; "" means
+	// "(unknown)".
+	Version string
 	// PIDFile, when set, is written (atomically) with the master's pid when
 	// Run starts and removed when it returns.
 	PIDFile string
@@ -309,11 +345,29 @@ func normalize(opts Options) (*config, error) {
 		cpus := defaultWorkers()
 		c.Workers, c.workersFrom = cpus.n, cpus.source
 	}
-	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
+	if c.Balance < BalanceShared || c.Balance > BalanceLeastConn {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)
 	}
 	if c.Balance == BalanceReusePort && len(c.Activated) > 0 {
 		return nil, optErr("Balance", "balance reuseport cannot be used with socket activation: activated sockets are shared")
+	}
+	switch {
+	case c.ConnQueue < 0 || c.ConnQueue > 4096:
+		return nil, optErr("ConnQueue", "connection queue %d: want 0 to 4096", c.ConnQueue)
+	case c.ConnQueue == 0:
+		c.ConnQueue = DefaultConnQueue
+	}
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{{"JobAttempts", &c.JobAttempts, DefaultJobAttempts}, {"JobQueue", &c.JobQueue, DefaultJobQueue}, {"MaxJobs", &c.MaxJobs, DefaultMaxJobs}} {
+		switch {
+		case *f.v < 0:
+			return nil, optErr(f.name, "%s %d: must not be negative", f.name, *f.v)
+		case *f.v == 0:
+			*f.v = f.def
+		}
 	}
 	for i, f := range c.Activated {
 		if f == nil {
@@ -394,6 +448,16 @@ func normalize(opts Options) (*config, error) {
 			return nil, optErr("ExecWorker", "find own executable for exec-worker mode: %w", err)
 		}
 		c.ExecWorker = []string{exe, ExecWorkerArg}
+	}
+	if c.Version == "" {
+		c.Version = "(unknown)"
+	}
+	if c.ControlSocket != "" {
+		abs, err := filepath.Abs(c.ControlSocket)
+		if err != nil {
+			return nil, optErr("ControlSocket", "control socket %s: %w", c.ControlSocket, err)
+		}
+		c.ControlSocket = abs
 	}
 	if c.Contain {
 		exe, err := os.Executable()

@@ -18,14 +18,17 @@ func TestParseModes(t *testing.T) {
 		want string
 	}{
 		{"shared", "shared"}, {"reuseport", "reuseport"},
+		{"round-robin", "round-robin"}, {"least-conn", "least-conn"},
 	} {
 		b, err := ParseBalance(tc.in)
 		if err != nil || b.String() != tc.want {
 			t.Errorf("ParseBalance(%q) = %v, %v, want %s", tc.in, b, err, tc.want)
 		}
 	}
-	if _, err := ParseBalance("round-robin"); err == nil {
-		t.Error("ParseBalance(round-robin) = nil error, want one")
+	for _, bad := range []string{"roundrobin", "", "Shared"} {
+		if _, err := ParseBalance(bad); err == nil || !strings.Contains(err.Error(), "round-robin or least-conn") {
+			t.Errorf("ParseBalance(%q) = %v, want an error naming the modes", bad, err)
+		}
 	}
 	for _, s := range []string{"always", "on-failure", "never"} {
 		p, err := ParseRestartPolicy(s)

@@ -23,7 +23,8 @@ const maxBatch = 256 << 10
 type stream struct {
 	sink    *sink
 	prefix  string
-	tail    *tail // nil: not recorded
+	tail    *tail   // nil: not recorded
+	rec     *logTee // the log ring's recorder; nil: none
 	partial []byte
 	// batch holds the prefixed lines of one feed. Every stream of the
 	// relay shares one (one goroutine feeds them all), so a worker that
@@ -59,6 +60,9 @@ func (s *stream) keep(out []byte) {
 func (s *stream) feed(p []byte) {
 	if s.tail != nil {
 		s.tail.remember(s.partial, p)
+	}
+	if s.rec != nil {
+		s.rec.feed(p)
 	}
 	if s.prefix == "" {
 		s.sink.append(p)
@@ -118,6 +122,9 @@ func (s *stream) line(out, a, b []byte) []byte {
 // flush relays a pending partial line, ended with a newline: the pipe is
 // at its end.
 func (s *stream) flush() {
+	if s.rec != nil {
+		s.rec.flush()
+	}
 	if len(s.partial) == 0 {
 		return
 	}

@@ -97,14 +97,14 @@ func (o *outputs) takeTail(pid int) *tail {
 
 // relay takes ownership of fd, a pipe's read end (close-on-exec), and
 // copies what arrives to to: line by line with prefix, or untouched when
-// prefix is "". Lines are recorded in t unless it is nil. The stream it
-// returns is for retire; nil on error.
-func (o *outputs) relay(fd int, to *sink, prefix string, t *tail) (*stream, error) {
+// prefix is "". Lines are recorded in t, and in rec, unless they are nil.
+// The stream it returns is for retire; nil on error.
+func (o *outputs) relay(fd int, to *sink, prefix string, t *tail, rec *logTee) (*stream, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("output pipe: %w", os.NewSyscallError("fcntl", err))
 	}
-	s := &stream{sink: to, prefix: prefix, tail: t, batch: &o.batch}
+	s := &stream{sink: to, prefix: prefix, tail: t, rec: rec, batch: &o.batch}
 	o.mu.Lock()
 	o.streams[fd] = s
 	o.mu.Unlock()

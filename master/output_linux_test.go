@@ -26,7 +26,7 @@ func TestOutputsRelayPipes(t *testing.T) {
 		if i == 2 {
 			dst = o.stderr
 		}
-		if _, err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil); err != nil {
+		if _, err := o.relay(r, dst, "[w"+string(rune('0'+i))+"] ", nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		writers = append(writers, w)
@@ -73,7 +73,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := o.relay(r, o.stdout, "[w0] ", nil)
+	s, err := o.relay(r, o.stdout, "[w0] ", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone, err := o.relay(r1, o.stdout, "[w1] ", nil)
+	gone, err := o.relay(r1, o.stdout, "[w1] ", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.relay(r2, o.stdout, "[w2] ", nil); err != nil {
+	if _, err := o.relay(r2, o.stdout, "[w2] ", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	o.retire(gone)
@@ -129,7 +129,7 @@ func TestOutputsRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s3, err := o.relay(r3, o.stdout, "[w3] ", nil)
+	s3, err := o.relay(r3, o.stdout, "[w3] ", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestOutputsBlockedSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.relay(r, o.stdout, "[w0 pid 1] ", nil); err != nil {
+	if _, err := o.relay(r, o.stdout, "[w0 pid 1] ", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	const total = 16 << 20
@@ -193,7 +193,7 @@ func TestOutputsBlockedSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil); err != nil {
+	if _, err := o.relay(r2, o.stderr, "[w1 pid 2] ", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := unix.Write(w2, []byte("still relayed\n")); err != nil {

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -85,11 +86,18 @@ func (l *loop) becameReady(w *worker) {
 	if w.state != stateStarting || w.expected {
 		return
 	}
+	if l.cfg.Balance.overIPC() && !w.online {
+		// It cannot take connections before its hello: ready then.
+		w.readyPending = true
+		w.readyAt = time.Time{}
+		return
+	}
 	w.state = stateReady
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
 	w.readySince = time.Now()
 	took := w.readySince.Sub(w.started)
 	w.log.Info("worker ready", "duration", took.Round(time.Microsecond).String())
+	l.rerouted = true // it takes balanced connections from now on
 	s := w.slot
 	replacing := s.next == w
 	var old *worker
@@ -132,6 +140,21 @@ func (l *loop) checkAllReady() {
 
 func (l *loop) readyTimeout(w *worker) {
 	why := fmt.Sprintf("not ready after %v", l.cfg.ReadyTimeout)
+	if l.cfg.Balance.overIPC() && !w.online {
+		why = fmt.Sprintf("worker %d (pid %d) never spoke the clusterd IPC protocol within --ready-timeout %v, "+
+			"so it cannot take connections with --balance %s; run binaries that do not link the worker library "+
+			"with --balance shared or --balance reuseport", w.slot.id, w.pid, l.cfg.ReadyTimeout, l.cfg.Balance)
+		if !l.allReady && l.reload == nil && !l.stopping {
+			// At start-up this is the configuration, not a crash to retry.
+			w.log.Error("worker cannot take balanced connections", "error", why)
+			l.killWorker(w, false, why)
+			if l.result == nil {
+				l.result = errors.New(why)
+			}
+			l.beginStop(false)
+			return
+		}
+	}
 	if w.slot.next == w {
 		l.killWorker(w, true, why)
 		w.failed = true // stopped on purpose, but for failing

@@ -35,6 +35,16 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err := ls.bind(); err != nil {
 		return err
 	}
+	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
+	defer sd.close()
+	if max := fdStoreMax(os.LookupEnv); max != 0 {
+		files, names := ls.storable()
+		if n, err := sd.storeFDs(files, names, max); err != nil {
+			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
+		} else if n > 0 {
+			log.Info("listeners kept by the service manager", "stored", n)
+		}
+	}
 	m.addrs = ls.addrs
 	close(m.listening)
 	if len(m.addrs) == 0 {
@@ -69,8 +79,6 @@ func (m *Master) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
-	defer sd.close()
 	out, err := newOutputs(cfg.Stdout, cfg.Stderr, log.Named("output"))
 	if err != nil {
 		return err
@@ -84,34 +92,58 @@ func (m *Master) run(ctx context.Context) (err error) {
 		}
 	}()
 	defer out.wait()
+	var bal *balancer
+	if cfg.Balance.overIPC() {
+		bal = newBalancer(cfg.Balance, cfg.ConnQueue, cfg.HeartbeatInterval, log.Named("balance"))
+		// After the loop and the sessions (deferred before st.close): no
+		// worker is left to take what the master still holds.
+		defer bal.close()
+	}
 	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
+	st.logs, st.ipc = m.logs, &m.ipc
+	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
+	if cfg.ControlSocket != "" {
+		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
+		if lerr != nil {
+			return lerr
+		}
+		// Closed once the loop has ended (deferred after loopEnded below
+		// runs): a stop request is answered when every worker is reaped.
+		defer func() {
+			if cerr := ctl.close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+	}
 	// Deferred last, so they run first: the loop has ended, and goroutines
 	// still sending it events must give up before they are waited for.
 	defer r.loopEnded()
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
-		starter:  st,
-		sockets:  cs,
-		exits:    r.exits,
-		events:   events,
-		cluster:  cont,
-		output:   out.takeTail,
-		sdNotify: sd.notify,
-		memory:   newMemorySampler().sample,
-		oomKills: oomKillCount,
-		threads:  recordThreads,
-		ready:    func() { close(m.ready) },
-		jitter:   rand.Float64,
-		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
-		commands: m.cmds,
-		hub:      m.hub,
-		routes:   &m.routes,
-
+		starter:        st,
+		sockets:        cs,
+		exits:          r.exits,
+		events:         events,
+		cluster:        cont,
+		output:         out.takeTail,
+		sdNotify:       sd.notify,
+		memory:         newMemorySampler().sample,
+		oomKills:       oomKillCount,
+		threads:        recordThreads,
+		ready:          func() { close(m.ready) },
+		jitter:         rand.Float64,
+		watchdog:       watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands:       m.cmds,
+		hub:            m.hub,
+		routes:         &m.routes,
+		sdStatus:       sd.statusFunc(),
+		balance:        bal,
+		jobs:           m.jobs,
 		checkListeners: ls.check,
 	})
 	err = l.run(ctx)

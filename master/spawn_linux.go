@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -24,20 +25,25 @@ import (
 // open file description to blocking mode, and that description is shared
 // by the master and every worker holding the socket.
 type execStarter struct {
-	cfg     *config
-	log     hclog.Logger
-	argv    []string // ExecWorker prefix, "--", resolved command, its args
-	env     []string // base environment of every worker
-	devNull int      // stdin of workers; owned, closed by close
-	stdout  int      // raw fds for OutputRaw, or -1 to use pipes
-	stderr  int
-	out     *outputs
-	reaper  *reaper
-	contain *containment
-	events  chan<- workerEvent
-	cmds    chan<- command  // the loop's commands (listen requests)
-	done    <-chan struct{} // closed when the loop has ended
-	notify  *notifyDir      // nil: workers get no NOTIFY_SOCKET
+	cfg        *config
+	log        hclog.Logger
+	argv       []string // ExecWorker prefix, "--", resolved command, its args
+	env        []string // base environment of every worker
+	devNull    int      // stdin of workers; owned, closed by close
+	stdout     int      // raw fds for OutputRaw, or -1 to use pipes
+	stderr     int
+	out        *outputs
+	reaper     *reaper
+	contain    *containment
+	events     chan<- workerEvent
+	cmds       chan<- command  // the loop's commands (listen requests)
+	done       <-chan struct{} // closed when the loop has ended
+	notify     *notifyDir      // nil: workers get no NOTIFY_SOCKET
+	balance    *balancer       // balanced modes; nil otherwise
+	dispatcher *dispatcher
+	dispatch   func(ctx context.Context, job any, skip *jobTarget) (JobResult, error) // a worker's Submit
+	logs       *logRing                                                               // the last lines of output, for the control socket; nil: none
+	ipc        *ipcTotals                                                             // IPC counters; nil: none
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -291,7 +297,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 	if outR >= 0 {
 		unix.Close(outFD)
-		s, err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t)
+		s, err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t, st.tee(req.slot, pid, "stdout"))
 		if err != nil {
 			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
@@ -299,7 +305,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		s, err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t)
+		s, err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t, st.tee(req.slot, pid, "stderr"))
 		if err != nil {
 			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
 		}
@@ -327,10 +333,22 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		parent.Close()
 	} else {
 		p.conn = conn
+		if st.ipc != nil {
+			st.ipc.add(conn)
+		}
 		st.ipcWG.Add(1)
 		go st.serveIPC(p, req)
 	}
 	return pid, p, nil
+}
+
+// tee returns the log ring's recorder of a worker pipe, nil without a
+// ring.
+func (st *execStarter) tee(slot, pid int, stream string) *logTee {
+	if st.logs == nil {
+		return nil
+	}
+	return &logTee{ring: st.logs, slot: slot, pid: pid, stream: stream}
 }
 
 func (st *execStarter) relayPrefix(prefix string) string {

@@ -17,6 +17,7 @@ func (l *loop) drainWorker(w *worker, why string) {
 		return
 	}
 	w.state = stateDraining
+	l.rerouted = true // no more balanced connections
 	w.expected = true
 	w.why = why
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}

@@ -66,7 +66,6 @@ type targetAgg struct {
 	closeWait       int
 	reloads         int
 	kill            stat // ms
-	killMax         float64
 	killFailed      int
 	killProbes      int
 	killNotReplaced int
@@ -143,7 +142,6 @@ func aggregate(res compareResults) []targetAgg {
 					continue
 				}
 				kill = append(kill, ms)
-				a.killMax = max(a.killMax, ms)
 				a.killFailed += k.FailedProbes
 				a.killProbes += k.Probes
 			}
@@ -227,7 +225,7 @@ func writeTable(w io.Writer, res compareResults, agg []targetAgg) {
 			num(a.p50.med, "%.0f"), num(a.p99.med, "%.0f"))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| target | failed requests per round of reloads, keep-alive / close | all rounds, by class | CLOSE-WAIT at end | kill -9 → new worker serving, ms (max) | failed probes / probes | supervisor RSS idle → after load, MiB | PSS idle → after, MiB | supervisor CPU idle / under load, % of one CPU |")
+	fmt.Fprintln(w, "| target | failed requests per round of reloads, keep-alive / close | all rounds, by class | CLOSE-WAIT at end | kill -9 → new worker serving, ms | failed probes / probes | supervisor RSS idle → after load, MiB | PSS idle → after, MiB | supervisor CPU idle / under load, % of one CPU |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, a := range agg {
 		fails, classes, cw := "no reload", "—", "—"
@@ -238,7 +236,7 @@ func writeTable(w io.Writer, res compareResults, agg []targetAgg) {
 		}
 		kill, probes := "not restarted", "—"
 		if a.kill.n > 0 {
-			kill = fmt.Sprintf("%s (%s)", spread(a.kill, "%.1f"), num(a.killMax, "%.1f"))
+			kill = spread(a.kill, "%.1f")
 			probes = fmt.Sprintf("%d / %d", a.killFailed, a.killProbes)
 		}
 		if a.killNotReplaced > 0 {

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -78,7 +77,8 @@ func clusterdStdoutHelper(args []string) int {
 //	spew        slot 0: says ready, then writes about 100 MB/s of lines to
 //	            stdout and stderr together until SIGTERM
 //	notifyflood slot 0: floods $NOTIFY_SOCKET with junk and with READY=1 for
-//	            other pids, prints "flood done N", then says READY=1 itself
+//	            other pids, never waiting for room, prints "flood done sent=N
+//	            dropped=M", then says READY=1 itself
 //	            and waits; slot 1: opens $FAULT_FIFO (blocks until the test
 //	            opens it), then says READY=1 and waits
 //	ipcgarbage  slot 0, generation 1: writes a 64 KiB frame of garbage to its IPC fd;
@@ -200,33 +200,41 @@ func spew() int {
 	}
 }
 
-// sendNotify sends one datagram to $NOTIFY_SOCKET, with the sender's
-// credentials as the master wants them.
-func sendNotify(conn *net.UnixConn, addr *net.UnixAddr, msg []byte) error {
-	_, _, err := conn.WriteMsgUnix(msg, nil, addr)
-	return err
+// notifySender sends datagrams to $NOTIFY_SOCKET without ever blocking:
+// a flood that finds the socket full counts the datagram as dropped, as
+// a sender that must not stall would.
+type notifySender struct {
+	fd   int
+	addr *unix.SockaddrUnix
 }
 
-func notifyConn() (*net.UnixConn, *net.UnixAddr, error) {
+func newNotifySender() (*notifySender, error) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
-		return nil, nil, fmt.Errorf("no NOTIFY_SOCKET")
+		return nil, fmt.Errorf("no NOTIFY_SOCKET")
 	}
-	addr := &net.UnixAddr{Name: path, Net: "unixgram"}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Net: "unixgram"})
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, err
+		return nil, os.NewSyscallError("socket", err)
 	}
-	return conn, addr, nil
+	return &notifySender{fd: fd, addr: &unix.SockaddrUnix{Name: path}}, nil
 }
 
+// send reports whether the datagram was sent; flags MSG_DONTWAIT for the
+// flood, 0 for the datagram that must arrive.
+func (n *notifySender) send(msg []byte, flags int) error {
+	return unix.Sendto(n.fd, msg, flags, n.addr)
+}
+
+func (n *notifySender) close() { unix.Close(n.fd) }
+
 func notifyFlood() int {
-	conn, addr, err := notifyConn()
+	ns, err := newNotifySender()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hostile helper: %v\n", err)
 		return 1
 	}
-	defer conn.Close()
+	defer ns.close()
 	// Others: every other process of this test's cluster, and the master.
 	mark := os.Getenv("CLUSTERD_TEST_MARK")
 	var others []int
@@ -240,7 +248,7 @@ func notifyFlood() int {
 	for i := range junk {
 		junk[i] = byte(i*7 + 3)
 	}
-	sent := 0
+	sent, dropped := 0, 0
 	for i := range 20000 {
 		var msg []byte
 		switch i % 5 {
@@ -255,13 +263,14 @@ func notifyFlood() int {
 		case 4:
 			msg = []byte("=\n==\nREADY\nREADY=\nREADY=2\nWATCHDOG=trigger\nSTATUS=" + strings.Repeat("s", 4000))
 		}
-		// The socket buffer may be full: the flood counts what it sent.
-		if sendNotify(conn, addr, msg) == nil {
+		if ns.send(msg, unix.MSG_DONTWAIT) == nil {
 			sent++
+		} else {
+			dropped++ // the socket is full: a flood does not wait
 		}
 	}
-	fmt.Printf("flood done %d\n", sent)
-	if err := sendNotify(conn, addr, []byte("READY=1")); err != nil {
+	fmt.Printf("flood done sent=%d dropped=%d\n", sent, dropped)
+	if err := ns.send([]byte("READY=1"), 0); err != nil {
 		fmt.Fprintf(os.Stderr, "hostile helper: %v\n", err)
 		return 1
 	}
@@ -276,13 +285,13 @@ func notifyLate() int {
 	}
 	io.Copy(io.Discard, f) // until the test closes its end
 	f.Close()
-	conn, addr, err := notifyConn()
+	ns, err := newNotifySender()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hostile helper: %v\n", err)
 		return 1
 	}
-	defer conn.Close()
-	if err := sendNotify(conn, addr, []byte("READY=1")); err != nil {
+	defer ns.close()
+	if err := ns.send([]byte("READY=1"), 0); err != nil {
 		fmt.Fprintf(os.Stderr, "hostile helper: %v\n", err)
 		return 1
 	}

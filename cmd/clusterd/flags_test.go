@@ -347,3 +347,32 @@ func TestCompletion(t *testing.T) {
 		t.Errorf("clusterd completion bash = %d, output without __start_clusterd", code)
 	}
 }
+
+func TestParseScale(t *testing.T) {
+	for in, want := range map[string]string{"4": "4 false", "+2": "2 true", "-1": "-1 true"} {
+		req, err := parseScale(in)
+		if got := fmt.Sprint(req.N, " ", req.Relative); err != nil || got != want {
+			t.Errorf("parseScale(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"0", "+0", "-0", "x", "", "1.5", "-"} {
+		if req, err := parseScale(bad); !isUsage(err) {
+			t.Errorf("parseScale(%q) = %+v, %v; want a usage error", bad, req, err)
+		}
+	}
+}
+
+func TestScaleArgs(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"scale -2", "scale -- -2"},
+		{"scale --name web -2", "scale --name web -- -2"},
+		{"scale +2", "scale +2"},
+		{"scale -- -2", "scale -- -2"},
+		{"status -2", "status -2"},
+	}
+	for _, tc := range tests {
+		if got := strings.Join(scaleArgs(strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("scaleArgs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -64,10 +64,11 @@ func (e logEntry) int(k string) int {
 // cluster is a clusterd master run by a test: the test binary re-executed
 // as the real command, its workers the test binary as workerHelper.
 type cluster struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	pid  int
-	mark string // CLUSTERD_TEST_MARK of its workers, to find them in /proc
+	t          *testing.T
+	cmd        *exec.Cmd
+	pid        int
+	mark       string // CLUSTERD_TEST_MARK of its workers, to find them in /proc
+	runtimeDir string // its RUNTIME_DIRECTORY, where its control socket is
 
 	mu      sync.Mutex
 	logs    []logEntry
@@ -91,6 +92,11 @@ type clusterConfig struct {
 	env    []string   // added to the master's environment
 	stdout *os.File   // the master's stdout instead of a pipe the test reads
 	stderr *os.File   // the master's stderr likewise; its log is then not read
+
+	// launcher is a command that execs the master, the test binary's
+	// path and the master's argv appended (systemd-socket-activate ...);
+	// nil: none.
+	launcher []string
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -123,12 +129,16 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
+	argv := append(append([]string{exe}, cfg.prefix...), args...)
 	if cfg.shell {
-		c.cmd = exec.Command("/bin/sh", append(slices.Clip(cfg.prefix), args...)...)
-	} else {
-		c.cmd = exec.Command(exe, append(slices.Clip(cfg.prefix), args...)...)
+		argv = append(append([]string{"/bin/sh"}, cfg.prefix...), args...)
 	}
-	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd")
+	argv = append(slices.Clip(cfg.launcher), argv...)
+	c.cmd = exec.Command(argv[0], argv[1:]...)
+	// Each cluster's control socket in a directory of its own: parallel
+	// tests run the same worker command, so the same default name.
+	c.runtimeDir = t.TempDir()
+	c.cmd.Env = append(os.Environ(), helperEnv+"=clusterd", "RUNTIME_DIRECTORY="+c.runtimeDir)
 	c.cmd.Env = append(c.cmd.Env, cfg.env...)
 	c.cmd.ExtraFiles = cfg.extra
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -41,7 +41,7 @@ const (
 // printing a failure as one line `clusterd: <error>` to stderr.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand()
-	root.SetArgs(args)
+	root.SetArgs(scaleArgs(args))
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
@@ -52,6 +52,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return exitUsage
+	}
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		return ec.exitCode()
 	}
 	return exitError
 }
@@ -71,4 +75,10 @@ func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
 	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// isUsage reports whether err is a usage error.
+func isUsage(err error) bool {
+	var ue *usageError
+	return errors.As(err, &ue)
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -40,7 +41,24 @@ var helpers = map[string]func(args []string) int{
 	},
 	"worker": workerHelper,
 	"serial": serialHelper,
-	"crash":  func([]string) int { return 3 },
+	// "nobody" runs clusterd as the user nobody (uid 65534), to be refused
+	// by the control socket.
+	"nobody": func(args []string) int {
+		if err := syscall.Setgroups(nil); err != nil {
+			fmt.Fprintln(os.Stderr, "setgroups:", err)
+			return 1
+		}
+		if err := syscall.Setgid(65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setgid:", err)
+			return 1
+		}
+		if err := syscall.Setuid(65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setuid:", err)
+			return 1
+		}
+		return execute(context.Background(), args, os.Stdout, os.Stderr)
+	},
+	"crash": func([]string) int { return 3 },
 	// bind binds its own port, args[0], as a server not written for
 	// socket activation does, and fails as one does when it is taken.
 	"bind": func(args []string) int {
@@ -143,6 +161,7 @@ func workerHelper(args []string) int {
 	watchdog := fs.String("watchdog", "", "once: send WATCHDOG=1 once; keep: send it every WATCHDOG_USEC/4")
 	watchdogSlot := fs.Int("watchdog-slot", -1, "only the worker of this slot does -watchdog (-1: all)")
 	oomCgroup := fs.String("oom-cgroup", "", "once ready, join this memory cgroup (write cgroup.procs) and allocate until killed")
+	neverReadyGens := fs.String("never-ready-gens", "", "FIRST-LAST: never report ready when the generation is in the range")
 	say := fs.String("say", "", "print this line to stdout once ready")
 	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
 	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
@@ -169,7 +188,7 @@ func workerHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, "worker helper: no inherited listeners")
 		return 1
 	}
-	if !*neverReady {
+	if !*neverReady && !inRange(*neverReadyGens, gen) {
 		if err := worker.Ready(); err != nil {
 			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
 			return 1
@@ -224,11 +243,26 @@ func workerHelper(args []string) int {
 			os.Exit(3)
 		}
 	})
+	mux.HandleFunc("/print", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.URL.Query().Get("text"))
+		fmt.Fprintf(w, "pid=%d worker=%d gen=%d\n", os.Getpid(), id, gen)
+	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Printf("slow request started pid=%d\n", os.Getpid())
 		// The slow request is the behaviour under test, not a wait.
 		time.Sleep(2 * time.Second)
 		fmt.Fprintf(w, "slow done pid=%d\n", os.Getpid())
+	})
+	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
+		// A grandchild of the master that outlives its parent: sh starts a
+		// subshell blocked reading the fifo and exits, so the subshell is
+		// orphaned to the nearest subreaper (the master, or PID 1).
+		out, err := exec.Command("/bin/sh", "-c", `(read x < "$0") >/dev/null 2>&1 & echo $!`, r.URL.Query().Get("fifo")).Output()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "orphan=%s", out)
 	})
 	mux.HandleFunc("/fds", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "fds=%s\n", joinInts(startFDs))

@@ -13,7 +13,10 @@ that crash and replaces them all, one by one, on SIGHUP, without refusing a
 connection.
 
 Start a cluster with "clusterd run"; "clusterd run --help" lists its flags,
-their CLUSTERD_* environment variables and the signals the master acts on.`
+their CLUSTERD_* environment variables and the signals the master acts on.
+"clusterd status", "reload", "scale", "stop", "signal" and "logs" control a
+running cluster through its control socket; "clusterd ls" lists the clusters
+on this host.`
 
 // newRootCommand builds the whole command tree.
 func newRootCommand() *cobra.Command {
@@ -41,6 +44,13 @@ func newRootCommand() *cobra.Command {
 	})
 	root.AddCommand(
 		newRunCommand(),
+		newStatusCommand(),
+		newLsCommand(),
+		newReloadCommand(),
+		newScaleCommand(),
+		newStopCommand(),
+		newSignalCommand(),
+		newLogsCommand(),
 		newVersionCommand(),
 		newExecWorkerCommand(),
 	)

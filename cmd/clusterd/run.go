@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,10 @@ Listen addresses:
   The master removes the socket files it created when it stops (not those
   of sockets from systemd socket activation, nor a file that replaced its
   socket at the path).
+  Under systemd socket activation (LISTEN_FDS for clusterd itself), each
+  activated socket stands in for the --listen of the same NAME, or else of
+  the same address; a --listen with no match is bound, and an activated
+  socket with no --listen is served as well, with a warning.
 
 Each worker gets:
   LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES   its sockets, at fds 3, 4, ...
@@ -75,6 +80,7 @@ Signals to the master:
   TTIN, TTOU   one worker more, one worker fewer
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
+  USR1         reopen --log-file by its path (after logrotate moved it)
 
 Worker output (--output prefix):
   Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
@@ -91,6 +97,14 @@ Environment:
   over its variable. The repeatable flags take a comma-separated list
   (CLUSTERD_LISTEN=tcp://:80,tcp://:443). The master removes the variables it
   read from the environment its workers inherit.
+
+Control socket:
+  The master answers "clusterd status", "reload", "scale", "stop", "signal"
+  and "logs" on a unix socket: $RUNTIME_DIRECTORY/NAME.sock under systemd,
+  else /run/clusterd/NAME.sock as root, else $XDG_RUNTIME_DIR/clusterd/NAME.sock;
+  NAME is --name, by default the worker command's base name, and --control
+  PATH puts the socket elsewhere. Only root and the master's own user may use
+  it. --metrics ADDR serves Prometheus metrics at http://ADDR/metrics.
 
 Exit status: 0 after a graceful stop, 1 when the cluster failed (an address
 in use, a worker command that cannot start, restart intensity exceeded), 2 on
@@ -116,6 +130,7 @@ type runFlags struct {
 	workers       workersValue
 	listen        []string
 	balance       string
+	connQueue     int
 	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
@@ -136,6 +151,9 @@ type runFlags struct {
 	logLevel      string
 	logJSON       bool
 	pidFile       string
+	logFile       string
+	metrics       string
+	control       controlFlags
 
 	heartbeatInterval time.Duration
 	heartbeatTimeout  time.Duration
@@ -196,7 +214,8 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.scaleCooldown, "scale-cooldown", master.DefaultScaleCooldown, "with --workers MIN:MAX: no other change this long after one")
 	fs.StringVar(&f.memoryBudget, "memory-budget", "", "with --workers MIN:MAX: add no worker that would take the workers' memory past this (48M, 2G)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
-	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.IntVar(&f.connQueue, "conn-queue", master.DefaultConnQueue, "with --balance round-robin or least-conn: the most connections handed to one worker and not yet taken by it; a worker at the bound gets none until it catches up")
+	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers), reuseport (one SO_REUSEPORT socket per slot), or round-robin or least-conn (the master accepts and hands each connection to a worker over IPC; workers must use the clusterd worker library)")
 	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
@@ -225,6 +244,9 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "master log level: trace, debug, info, warn, error or off")
 	fs.BoolVar(&f.logJSON, "log-json", false, "write the master's log as JSON lines")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the master's pid to this file while it runs")
+	fs.StringVar(&f.logFile, "log-file", "", "append the master's log and the workers' output to this file instead of stderr and stdout; SIGUSR1 reopens it (after logrotate moved it)")
+	f.control.register(fs, true)
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -271,14 +293,40 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	opts.Contain = true
 	opts.Stdout = cmd.OutOrStdout()
 	opts.Stderr = cmd.ErrOrStderr()
-	logOut := newLogWriter(cmd.ErrOrStderr(), cmd.OutOrStdout())
+	logTo := cmd.ErrOrStderr()
+	var lf *logFile
+	if f.logFile != "" {
+		if lf, err = openLogFile(f.logFile); err != nil {
+			return err
+		}
+		defer lf.close() // after the log writer's close below: nothing writes any more
+		opts.Stdout, opts.Stderr, logTo = lf, lf, lf
+	}
+	logOut := newLogWriter(logTo, cmd.OutOrStdout())
 	defer logOut.close()
 	logger, err := f.logger(logOut)
 	if err != nil {
 		return err
 	}
 	opts.Logger = logger
+	opts.Version = version()
+	path, err := f.control.runPath(command)
+	switch {
+	case err == nil:
+		opts.ControlSocket = path
+	case isUsage(err):
+		return err
+	default:
+		// Only the default place is missing (no XDG_RUNTIME_DIR): the
+		// cluster runs, without a control socket.
+		logger.Warn("no control socket", "error", err)
+	}
 	surviveBrokenPipes()
+	// SIGUSR1 reopens the log file, here and not in the master's loop: the
+	// file is the CLI's. Without --log-file it is caught all the same, as
+	// its default action would kill the master.
+	stopReopen := reopenOnUSR1(lf, logger)
+	defer stopReopen()
 
 	// Under systemd socket activation the sockets come from LISTEN_FDS
 	// (checked against LISTEN_PID); the variables are removed so that the
@@ -307,14 +355,56 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 		}
 		return optionError(err)
 	}
+	if f.metrics != "" {
+		stop, addr, err := serveMetrics(f.metrics, m)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logger.Info("metrics listening", "addr", addr.String())
+	}
 	return m.Run(cmd.Context())
+}
+
+// reopenOnUSR1 reopens lf (nil: none) on every SIGUSR1 until the returned
+// function is called, which waits for the goroutine to end.
+func reopenOnUSR1(lf *logFile, log hclog.Logger) (stop func()) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, unix.SIGUSR1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-usr1:
+			}
+			if lf == nil {
+				log.Debug("no log file to reopen", "signal", "SIGUSR1")
+				continue
+			}
+			if err := lf.reopen(); err != nil {
+				log.Warn("log file not reopened", "error", err)
+				continue
+			}
+			log.Info("log file reopened", "path", lf.path)
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+		wg.Wait()
+	}
 }
 
 // masterSignals are the signals the CLI relays to the master's loop.
 func masterSignals() []os.Signal {
 	return []os.Signal{
 		unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT,
-		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2, unix.SIGWINCH,
 	}
 }
 
@@ -359,6 +449,12 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
+	}
+	if fs.Changed("conn-queue") {
+		if f.connQueue == 0 {
+			return o, usagef("--conn-queue must be at least 1, got 0")
+		}
+		o.ConnQueue = f.connQueue // master.New checks the range
 	}
 	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
@@ -440,7 +536,7 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 
 // optionFlags names the flag of each master.Options field the flags set.
 var optionFlags = map[string]string{
-	"Workers": "workers", "Listen": "listen", "Balance": "balance", "Restart": "restart",
+	"Workers": "workers", "Listen": "listen", "Balance": "balance", "ConnQueue": "conn-queue", "Restart": "restart",
 	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
@@ -451,6 +547,7 @@ var optionFlags = map[string]string{
 	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter", "DumpSignal": "dump-signal",
 	"MaxWorkers": "workers", "ScaleInterval": "scale-interval", "ScaleUpAfter": "scale-up-after",
 	"ScaleDownAfter": "scale-down-after", "ScaleCooldown": "scale-cooldown", "MemoryBudget": "memory-budget",
+	"ControlSocket": "control",
 }
 
 // optionError turns master.New's error for a field into a usage error
