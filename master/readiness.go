@@ -11,10 +11,11 @@ import (
 // ReadyTimeout is killed (aborting a reload it belonged to).
 
 // speaksNotify reports whether workers are expected to speak sd_notify and
-// so get a NOTIFY_SOCKET: only under ReadyNotify, as systemd sets it only
-// for Type=notify services. A server whose sd_notify client breaks on a
-// socket it did not ask for (seen with puma) never sees one otherwise.
-func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify }
+// so get a NOTIFY_SOCKET: only under ReadyNotify or with a Watchdog, as
+// systemd sets it only for Type=notify services or WatchdogSec=. A server
+// whose sd_notify client breaks on a socket it did not ask for (seen with
+// puma) never sees one otherwise.
+func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify || c.Watchdog > 0 }
 
 // execState is what the loop knows of a worker's execve.
 type execState int
@@ -111,7 +112,11 @@ func (l *loop) becameReady(w *worker) {
 	if replacing {
 		l.reloadReplaced(s, w, took)
 		if old != nil {
-			l.drainWorker(old, "replaced by reload")
+			why := "replaced by reload"
+			if old.retiring != "" {
+				why = old.retiring
+			}
+			l.drainWorker(old, why)
 		}
 		l.reloadStep()
 	}
@@ -155,6 +160,7 @@ func (l *loop) readyTimeout(w *worker) {
 		w.failed = true // stopped on purpose, but for failing
 		w.slot.next = nil
 		l.abortReload(w.slot, w.pid, why)
+		l.replacementFailed(w.slot)
 		return
 	}
 	w.log.Error("worker not ready", "timeout", l.cfg.ReadyTimeout.String())

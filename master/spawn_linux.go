@@ -249,6 +249,12 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		}
 		cleanup = append(cleanup, ns.close)
 		env = append(env, "NOTIFY_SOCKET="+ns.path)
+		if st.cfg.Watchdog > 0 {
+			// As systemd does for WatchdogSec=; WATCHDOG_PID is left unset
+			// (sd_watchdog_enabled then accepts any pid): the worker's pid
+			// is not known before the fork.
+			env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(st.cfg.Watchdog.Microseconds(), 10))
+		}
 	}
 
 	attr := &syscall.ProcAttr{

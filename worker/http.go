@@ -56,6 +56,17 @@ type HTTPServer struct {
 	drained func()
 }
 
+// Metrics that [HTTPServer.Serve] keeps and the master reads from the
+// heartbeat's stats.
+const (
+	// RequestsMetric counts the requests served (clusterd's --max-requests
+	// retires a worker after that many).
+	RequestsMetric = "http_requests"
+	// ConnectionsMetric is the gauge of open connections (clusterd names it
+	// when a worker's drain deadline passes).
+	ConnectionsMetric = "http_connections"
+)
+
 // ServeHTTP serves srv on lns until ctx is done or the master asks this
 // worker to drain ([Drain]), then drains it: see [HTTPServer.Serve].
 func ServeHTTP(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
@@ -91,7 +102,16 @@ func (s *HTTPServer) Serve(ctx context.Context, lns ...net.Listener) error {
 	if next == nil {
 		next = http.DefaultServeMux
 	}
+	// The master reads these: "requests" retires a worker after
+	// --max-requests, "connections" is named when a drain deadline passes.
+	// A program that made either name a metric of the other kind keeps it
+	// as its own (nil here).
+	requests, _ := self().metrics.counter(RequestsMetric)
+	open, _ := self().metrics.gauge(ConnectionsMetric)
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests != nil {
+			requests.Inc()
+		}
 		if tr.draining.Load() {
 			// Ends this keep-alive connection after the response: the
 			// client sends its next request to another worker.
@@ -101,6 +121,14 @@ func (s *HTTPServer) Serve(ctx context.Context, lns ...net.Listener) error {
 	})
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		if open != nil {
+			switch st {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		}
 		tr.set(c, st)
 		if prevState != nil {
 			prevState(c, st)

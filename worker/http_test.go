@@ -314,3 +314,50 @@ func TestServeHTTPClientCloseEndsDrain(t *testing.T) {
 		t.Errorf("Serve = %v, want nil", err)
 	}
 }
+
+// TestServeHTTPCountsRequestsAndConnections: the metrics the master reads
+// (--max-requests, the open connections named at a drain deadline).
+func TestServeHTTPCountsRequestsAndConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := Stats()[RequestsMetric]
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeHTTP(ctx, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "ok")
+		})}, ln)
+	}()
+	// A connection held open, then three requests on connections of their own.
+	held, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 3 {
+		resp, err := client.Get("http://" + ln.Addr().String() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if got := Stats()[RequestsMetric] - before; got != 3 {
+		t.Errorf("%s grew by %d, want 3", RequestsMetric, got)
+	}
+	// The held connection is open (the server has seen it: StateNew is set
+	// before the next accept, and three were accepted after it).
+	if got := Stats()[ConnectionsMetric]; got < 1 {
+		t.Errorf("%s = %d with a connection open, want at least 1", ConnectionsMetric, got)
+	}
+	held.Close()
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("ServeHTTP = %v, want nil", err)
+	}
+	if got := Stats()[ConnectionsMetric]; got != 0 {
+		t.Errorf("%s = %d after the drain, want 0", ConnectionsMetric, got)
+	}
+}
