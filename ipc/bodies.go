@@ -1,6 +1,10 @@
 package ipc
 
-import "time"
+import (
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
 
 // The bodies of the protocol's own message kinds. They encode as msgpack maps with
 // the lowercase keys of their tags, so that workers written in other languages can
@@ -54,10 +58,45 @@ type ListenRequest struct {
 }
 
 // ListenReply is the body of [KindListenReply]; the listening socket is the
-// message's only descriptor, owned by the receiver.
+// message's only descriptor, owned by the receiver, unless Balanced is set.
 type ListenReply struct {
 	// Addr is the address the socket is bound to (the chosen port for port 0).
 	Addr string `msgpack:"addr"`
+	// Balanced says that the master keeps the socket and balances its
+	// connections over the workers (--balance round-robin or least-conn): the
+	// reply carries no descriptor, and the address's accepted connections
+	// arrive as [KindConn] messages whose body is ID.
+	Balanced bool `msgpack:"balanced,omitempty"`
+	// ID names the balanced listener in [KindConn] messages (0..63).
+	ID int `msgpack:"id,omitempty"`
+}
+
+// ConnReport is the body of a [KindConn] message from a worker that carries
+// no descriptor: running totals since the worker started (never
+// differences), so a report that is lost or late is made good by the next.
+// A worker sends one whenever either changes (coalesced: one report may
+// cover many changes).
+type ConnReport struct {
+	// Received counts the connections the worker has received in KindConn
+	// messages, in the order the master sent them. The master closes its
+	// copy of a connection once Received covers it; until then a connection
+	// whose worker dies goes to another worker.
+	Received uint64 `msgpack:"received"`
+	// Closed counts the connections the worker is done with: closed by the
+	// program, or sent back to the master. Received minus Closed is what
+	// least-conn balancing counts as the worker's open connections.
+	Closed uint64 `msgpack:"closed"`
+}
+
+// Job is the body of [KindJob]: a unit of work from the master's Dispatch
+// (to a worker) or from a worker's Submit (to the master, as a request the
+// master answers when another worker has done the job).
+type Job struct {
+	// Attempt is 1 for the first delivery and counts up with every
+	// redelivery after the job lost its worker (0 in a worker's Submit).
+	Attempt int `msgpack:"attempt"`
+	// Body is the job itself, one msgpack value the application defines.
+	Body msgpack.RawMessage `msgpack:"body"`
 }
 
 // Stats is the body of [KindStats]: counters a worker reports, by name

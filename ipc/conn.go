@@ -55,7 +55,10 @@ type Conn struct {
 	wkick     chan struct{} // capacity 1
 	wqueued   int64         // bytes ever appended to wbuf
 	wwritten  int64         // bytes ever handed to the kernel
+	winflight int64         // bytes of the batch the writer is writing now
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
+	wfdFree   [][]int       // descriptor slices of written segments, for SendFDs to reuse
+	woob      []byte        // the writer's SCM_RIGHTS control buffer, reused
 
 	count counters
 
@@ -109,8 +112,79 @@ func (c *Conn) Counters() Counters {
 // segment is a run of buffered frames that starts with a frame carrying fds (the
 // writer's duplicates, closed once written).
 type segment struct {
-	start int
-	fds   []int
+	start  int
+	fds    []int
+	pooled bool // fds came from wfdFree (SendFDs) and go back to it
+}
+
+// maxFDFree bounds the descriptor slices kept for SendFDs.
+const maxFDFree = 64
+
+// ErrWouldBlock is returned by [Conn.SendFDs] when the message does not fit
+// in the write buffer now: the caller keeps its descriptors and may try
+// another connection or later.
+var ErrWouldBlock = errors.New("ipc: send would block")
+
+// fixints are the one-byte msgpack bodies 0..127 (positive fixints) that
+// SendFDs sends without encoding anything.
+var fixints = func() (b [128]byte) {
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}()
+
+// SendFDs queues one message of kind k whose body is the small integer tag
+// (0..127, a one-byte msgpack value) and whose descriptors are duplicates of
+// fds, and returns without waiting for the write. Unlike [Conn.Send] it never
+// blocks: when the write buffer has no room for the frame or its
+// descriptors, it returns [ErrWouldBlock] and queues nothing. It allocates
+// nothing once the connection has sent a few such messages (the duplicates'
+// slices are reused), which makes it the call for a hot path such as handing
+// accepted connections to a worker. The caller keeps fds open and owned by
+// it, as with Send; the duplicates are closed once written or when the
+// connection ends. Safe for concurrent use.
+func (c *Conn) SendFDs(k Kind, tag uint8, fds []int) error {
+	if !k.Valid() {
+		return fmt.Errorf("%w: send %s", ErrUnknownKind, k)
+	}
+	if tag > 127 {
+		return fmt.Errorf("ipc: send %s: tag %d is above 127", k, tag)
+	}
+	if len(fds) == 0 || len(fds) > c.opts.MaxFDs {
+		return fmt.Errorf("%w: send %s with %d, want 1 to %d", ErrTooManyFDs, k, len(fds), c.opts.MaxFDs)
+	}
+	e := envelope{kind: k, nfds: len(fds), body: fixints[tag : tag+1]}
+	frame := lengthSize + envelopeSize(&e)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		return c.failureFor("send " + k.String())
+	}
+	if len(c.wbuf) > 0 && (len(c.wbuf)+frame > c.opts.WriteBuffer || c.wfds+len(fds) > c.opts.QueueFDs) {
+		return ErrWouldBlock
+	}
+	var dups []int
+	if n := len(c.wfdFree); n > 0 {
+		dups, c.wfdFree = c.wfdFree[n-1][:0], c.wfdFree[:n-1]
+	}
+	dups, err := dupRawFDs(dups, fds)
+	if err != nil {
+		return fmt.Errorf("ipc: send %s: %w", k, err)
+	}
+	c.wsegs = append(c.wsegs, segment{start: len(c.wbuf), fds: dups, pooled: true})
+	c.wfds += len(dups)
+	c.wbuf = appendFrame(c.wbuf, &e)
+	c.wqueued += int64(frame)
+	c.count.sent.Add(1)
+	if c.wsleeping {
+		c.wsleeping = false
+		select {
+		case c.wkick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // NewConn returns a Conn over f, a connected unix stream socket such as either
@@ -340,15 +414,22 @@ func (c *Conn) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	target := c.wqueued
 	for c.wwritten < target {
-		if c.isDead() {
+		// A connection that failed while the writer still had these bytes
+		// in a sendmsg (the peer read them and closed at once) has not
+		// failed them: wait for that write's own result.
+		if c.isDead() && c.wwritten+c.winflight < target {
 			c.wmu.Unlock()
 			return c.failureFor("flush")
 		}
 		ch := c.flushedLocked()
+		dead := c.dead
+		if c.isDead() {
+			dead = nil // the writer closes ch when that write returns
+		}
 		c.wmu.Unlock()
 		select {
 		case <-ch:
-		case <-c.dead:
+		case <-dead:
 		case <-ctx.Done():
 			return fmt.Errorf("ipc: flush: %w", ctx.Err())
 		}
@@ -382,6 +463,7 @@ func (c *Conn) writeLoop() {
 		data, segs := c.wbuf, c.wsegs
 		c.wbuf, c.wsegs = c.wspare[:0], c.wsegSpare[:0]
 		c.wspare, c.wsegSpare = nil, nil
+		c.winflight = int64(len(data))
 		if c.wflushed != nil {
 			// Senders waiting for room can fill the emptied buffer while this
 			// batch is written.
@@ -393,13 +475,19 @@ func (c *Conn) writeLoop() {
 		nfds, err := c.writeBatch(data, segs)
 
 		c.wmu.Lock()
-		c.wwritten += int64(len(data))
+		c.winflight = 0
 		c.wfds -= nfds
 		if err == nil {
+			c.wwritten += int64(len(data))
 			c.count.sentBytes.Add(uint64(len(data)))
 		}
 		if cap(data) <= 2*c.opts.WriteBuffer {
 			c.wspare = data[:0]
+		}
+		for _, s := range segs {
+			if s.pooled && len(c.wfdFree) < maxFDFree {
+				c.wfdFree = append(c.wfdFree, s.fds[:0])
+			}
 		}
 		clear(segs)
 		c.wsegSpare = segs[:0]
@@ -436,7 +524,8 @@ func (c *Conn) writeBatch(data []byte, segs []segment) (nfds int, err error) {
 			end = segs[i+1].start
 		}
 		if err == nil {
-			write(data[s.start:end], sockshare.RightsControl(s.fds))
+			c.woob = appendRights(c.woob[:0], s.fds)
+			write(data[s.start:end], c.woob)
 			if err == nil {
 				c.count.sentFDs.Add(uint64(len(s.fds)))
 			}

@@ -73,6 +73,49 @@
 // reader waits for the peer, not while it waits for room in its own queue, and
 // a connection may stay idle between frames for any time.
 //
+// # Balanced connections: the hand-off
+//
+// Under --balance round-robin and least-conn the master keeps every listening
+// socket, accepts, and passes each connection to one worker. Every connection
+// has exactly one owner at every moment, and the owner is the one that closes
+// it:
+//
+//  1. The master accepts it and owns it. It picks a ready worker that asked
+//     for that listener (a [KindListenReply] with Balanced set, naming the
+//     listener's ID) and has fewer than its bound of unacknowledged
+//     connections, sends a duplicate in a [KindConn] message (body: the
+//     listener ID; up to 16 connections of one listener per message), and
+//     keeps its own descriptor in that worker's list of outstanding ones. The
+//     duplicate in flight is not an owner: if the worker dies, the kernel
+//     closes it with the worker's end of the socket, and the master's copy
+//     keeps the connection open.
+//  2. The worker's reader takes the descriptors from the message and queues
+//     them on the listener, or, when it has no such listener, the listener is
+//     closed or its queue is full, sends them straight back in a KindConn
+//     message with those descriptors. It counts as "received" each one it
+//     queued, and each one it gave back once the message carrying it is
+//     queued for sending, and reports its running totals ([ConnReport]:
+//     received, closed) in a KindConn message without descriptors.
+//  3. The master reads the report and closes its copies of the oldest
+//     outstanding connections up to Received: from then on the worker alone
+//     owns them, and closes each when the program is done with it (counted in
+//     Closed) or gives it back (a closing listener sends back what it had
+//     queued and waits, briefly, until that is written before the process
+//     may exit). A connection given back is the master's again, from step 1.
+//  4. When the worker's connection ends (it died, or was reaped) before a
+//     report covered a connection, the master hands its copy to another
+//     worker. The master keeps no copy longer than that: nothing stays half
+//     closed in the master, as with a Node cluster primary whose worker dies
+//     before it takes a connection.
+//
+// The totals are running counts, never differences, so a report that is lost
+// or late is made good by the next one. least-conn counts a worker's open
+// connections as handed minus Closed. The window where two processes hold a
+// descriptor is between the worker taking it and the master reading the
+// report; a worker killed inside it had the connection in hand, and its
+// client may see the connection fail (such connections are the only ones a
+// kill may break).
+//
 // # Pitfalls
 //
 // Replies to [Conn.Call] go straight to their callers, but they are read in

@@ -59,7 +59,15 @@ func TestFrameTimeoutTrickle(t *testing.T) {
 		errc <- err
 	}()
 	for i := 0; i < len(frame)-1; i++ {
-		sendRaw(t, raw, frame[i:i+1])
+		if _, err := raw.Write(frame[i : i+1]); err != nil {
+			// The Conn timed out and closed its end before this
+			// goroutine saw Recv's error (a loaded machine runs it
+			// late): the error tells what happened.
+			if err := <-errc; !errors.Is(err, ErrFrameTimeout) {
+				t.Fatalf("Recv after the peer closed = %v, want ErrFrameTimeout", err)
+			}
+			return
+		}
 		select {
 		case err := <-errc:
 			if !errors.Is(err, ErrFrameTimeout) {

@@ -34,8 +34,12 @@ const (
 	// KindListenReply answers a listen request with the listener attached as the
 	// message's only descriptor; body [ListenReply]. A failure is a [KindError].
 	KindListenReply Kind = 6
-	// KindConn carries one accepted connection as its descriptor (round-robin
-	// balancing); application body, usually none.
+	// KindConn carries accepted connections (--balance round-robin and
+	// least-conn). From the master: one or more connections as its
+	// descriptors, all of one balanced listener, whose id (see
+	// [ListenReply]) is the body. From a worker: without descriptors, a
+	// [ConnReport]; with descriptors, connections the worker gives back
+	// (of the listener its body names), which the master hands on.
 	KindConn Kind = 7
 	// KindUser is a one-way application message.
 	KindUser Kind = 8
@@ -44,9 +48,11 @@ const (
 	KindRequest Kind = 9
 	// KindResponse answers a KindRequest; application body.
 	KindResponse Kind = 10
-	// KindJob is a unit of work that the master spreads over workers; application
-	// body. The worker acknowledges it with a KindResult whose ReplyTo is the
-	// job's ID.
+	// KindJob is a unit of work that the master spreads over workers; body
+	// [Job]. The worker answers it with a KindResult (or a KindError) whose
+	// ReplyTo is the job's ID. A worker may send one to the master as a
+	// request (Submit): the master has another worker do it and answers
+	// with the KindResult.
 	KindJob Kind = 11
 	// KindResult acknowledges a job with its outcome; application body.
 	KindResult Kind = 12

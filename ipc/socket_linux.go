@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -229,6 +231,41 @@ func dupFiles(files []*os.File) ([]int, error) {
 }
 
 // closeRawFDs closes descriptors the package owns and gives up on.
+// dupRawFDs appends close-on-exec duplicates of fds to dst. On an error it
+// closes the duplicates it made and returns dst as it was.
+func dupRawFDs(dst, fds []int) ([]int, error) {
+	n := len(dst)
+	for _, fd := range fds {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			closeRawFDs(dst[n:])
+			return dst[:n], fmt.Errorf("dup descriptor %d: %w", fd, os.NewSyscallError("fcntl", err))
+		}
+		dst = append(dst, d)
+	}
+	return dst, nil
+}
+
+// appendRights appends to b an SCM_RIGHTS control message carrying fds (as
+// unix.UnixRights builds it, into a buffer the caller reuses).
+func appendRights(b []byte, fds []int) []byte {
+	if len(fds) == 0 {
+		return b
+	}
+	datalen := len(fds) * 4
+	start := len(b)
+	b = append(b, make([]byte, unix.CmsgSpace(datalen))...)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[start]))
+	h.Level = unix.SOL_SOCKET
+	h.Type = unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(datalen))
+	data := b[start+unix.CmsgLen(0):]
+	for i, fd := range fds {
+		binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
+	}
+	return b
+}
+
 func closeRawFDs(fds []int) {
 	for _, fd := range fds {
 		_ = unix.Close(fd) // a descriptor we drop; a close error has nobody to go to

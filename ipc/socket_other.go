@@ -35,6 +35,10 @@ func dupFiles(files []*os.File) ([]int, error) { return nil, errUnsupported }
 
 func closeRawFDs(fds []int) {}
 
+func dupRawFDs(dst, fds []int) ([]int, error) { return dst, errUnsupported }
+
+func appendRights(b []byte, fds []int) []byte { return b }
+
 func newFiles(fds []int) []*os.File { return nil }
 
 // Pair returns the two ends of a new connected unix stream socketpair. It is

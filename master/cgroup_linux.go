@@ -98,25 +98,6 @@ func cgroup2Mount() (mount, root string, err error) {
 	return "", "", errors.New("no cgroup2 hierarchy mounted")
 }
 
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // ownCgroup returns the calling process's cgroup v2 path ("0::/path").
 func ownCgroup() (string, error) {
 	b, err := os.ReadFile("/proc/self/cgroup")

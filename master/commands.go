@@ -121,6 +121,15 @@ type WorkerInfo struct {
 	// LastExit describes how the slot's previous worker ended, e.g.
 	// "exited with code 1"; empty for the slot's first worker.
 	LastExit string
+	// LastCause says in words why the slot's previous worker ended (see
+	// Event.Cause); empty for the slot's first worker.
+	LastCause string
+	// Hangs counts the slot's workers found hung (Options.HeartbeatTimeout,
+	// Options.Watchdog); they are not counted in Restarts.
+	Hangs int
+	// Memory is the resident memory of the worker's process group in
+	// bytes at the last sample (Options.MaxMemory), 0 if never sampled.
+	Memory int64
 	// Stats are the latest counters the worker reported (ipc KindStats),
 	// nil if none; LastHeartbeat is the time of its last heartbeat.
 	Stats         map[string]int64
@@ -421,6 +430,7 @@ func (c *workersCmd) apply(l *loop) {
 			Replacing: w.slot.next == w, Online: w.online,
 			Started: w.started, Ready: w.readySince,
 			Restarts: w.slot.restarts, LastExit: w.slot.lastExit,
+			LastCause: w.slot.lastCause, Hangs: w.slot.hangs, Memory: w.rss,
 			LastHeartbeat: w.heartbeat,
 		}
 		if w.stats != nil {

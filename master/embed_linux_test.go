@@ -39,14 +39,23 @@ type apiCluster struct {
 // initial worker is ready. The cleanup stops it and checks Run's result.
 func startAPI(t *testing.T, opts Options, env ...string) *apiCluster {
 	t.Helper()
-	usedHelpers.Store("api-worker", true)
+	helper := "api-worker"
+	var rest []string
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, envHelper+"="); ok {
+			helper = v // another helper than api-worker
+			continue
+		}
+		rest = append(rest, kv)
+	}
+	usedHelpers.Store(helper, true)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &apiCluster{t: t, msgs: make(chan apiMsg, 100000), logs: &syncBuffer{}, runErr: make(chan error, 1)}
 	opts.Command = []string{exe}
-	opts.Env = append([]string{envHelper + "=api-worker"}, env...)
+	opts.Env = append([]string{envHelper + "=" + helper}, rest...)
 	opts.Ready = ReadyMode{Kind: ReadyIPC}
 	if opts.KillTimeout == 0 {
 		opts.KillTimeout = 10 * time.Second

@@ -43,6 +43,10 @@ const (
 	// for at run time (worker.Listen); Addr is its address. Listeners the
 	// worker inherited at start raise no event.
 	EventListening
+	// EventHang: the worker was found hung (its heartbeats or watchdog
+	// keep-alives stopped); Reason says which. Its replacement starts
+	// next, and it is drained once that one is ready.
+	EventHang
 )
 
 func (k EventKind) String() string {
@@ -61,6 +65,8 @@ func (k EventKind) String() string {
 		return "reload"
 	case EventListening:
 		return "listening"
+	case EventHang:
+		return "hang"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -90,6 +96,10 @@ type Event struct {
 	// Reason says why the master stopped the worker (EventExit), e.g.
 	// "replaced by reload"; empty when it exited by itself.
 	Reason string
+	// Cause says in words why the worker ended (EventExit): "crashed: exit
+	// code 1", "killed by clusterd: memory limit: rss 52.0MiB over
+	// 48.0MiB", "killed by the kernel's OOM killer ...".
+	Cause string
 	// Err is why the IPC connection ended (EventDisconnect), nil for a
 	// plain close; or why a reload failed (EventReload), as Master.Reload
 	// returns it.

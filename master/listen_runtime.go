@@ -201,6 +201,10 @@ type listenReply struct {
 	f    *os.File // owned by the master; the session sends a copy
 	addr string   // its bound address
 	err  error    // a *listenError
+	// balanced: the master keeps f and hands out its connections, as
+	// listener id.
+	balanced bool
+	id       uint8
 }
 
 func (c *listenCmd) apply(l *loop) {
@@ -222,6 +226,14 @@ func (c *listenCmd) apply(l *loop) {
 	if a, err := sockshare.Addr(f); err == nil {
 		addr = a.String()
 	}
-	c.reply <- listenReply{f: f, addr: addr}
+	r := listenReply{f: f, addr: addr}
+	if l.balance != nil {
+		if r.id, err = l.balance.listenerID(f, addr); err != nil {
+			c.reply <- listenReply{err: err}
+			return
+		}
+		r.balanced = true
+	}
+	c.reply <- r
 	l.emit(EventListening, w, func(e *Event) { e.Addr = addr })
 }

@@ -57,6 +57,9 @@ type sockets interface {
 	// listen returns the socket for a worker's run-time listen request
 	// (owned by sockets), or a *listenError.
 	listen(slot, pid int, spec sockshare.Spec) (*os.File, error)
+	// acceptQueue sums the accept queues of the TCP listeners: connections
+	// waiting and the backlog limit; ok is false without a TCP listener.
+	acceptQueue() (queued, limit int, ok bool)
 }
 
 // exitEvent reports a reaped child.
@@ -81,11 +84,13 @@ const (
 
 // workerEvent is a message from or about a worker, attributed by pid.
 type workerEvent struct {
-	pid    int
-	kind   eventKind
-	source ReadyKind
-	err    error
-	stats  map[string]int64
+	pid       int
+	kind      eventKind
+	source    ReadyKind
+	err       error
+	stats     map[string]int64
+	target    *target    // evOnline in the balanced modes
+	jobTarget *jobTarget // evOnline
 }
 
 type workerState int
@@ -123,8 +128,21 @@ type worker struct {
 	readySince   time.Time // when it became ready
 	heartbeat    time.Time // its last IPC heartbeat
 	stats        map[string]int64
+
+	watchdogBy   time.Time  // Watchdog: hung without a WATCHDOG=1 by then; zero: not armed
+	retiring     string     // why it is being replaced (health); "": it is not
+	hung         bool       // it was found hung
+	rss          int64      // its process group's memory at the last sample
+	retireAfter  int64      // RetireRequests with its jitter; 0: never
+	killed       bool       // the master SIGKILLed it
+	deadline     bool       // its drain deadline (KillTimeout) passed
+	dumpSent     bool       // it was sent Options.DumpSignal before its SIGKILL
+	signalled    bool       // the master sent it its stop signal
 	exec         execState  // what is known of its execve
 	heldExit     *exitEvent // its exit, held until its exec outcome arrives
+	target       *target    // takes balanced connections; nil: not balanced or not online
+	jobTarget    *jobTarget // takes jobs once ready; nil: not online
+	readyPending bool       // ready by Options.Ready, waiting for its hello (balanced modes)
 }
 
 // slot is one numbered place for a worker, stable across restarts.
@@ -136,7 +154,9 @@ type slot struct {
 	backoff   backoff
 	removed   bool
 	restarts  int    // unplanned restarts
+	hangs     int    // workers found hung
 	lastExit  string // how its last worker ended
+	lastCause string // why, in words (exitCause)
 }
 
 // leftovers are the cluster's processes besides its workers: their
@@ -158,16 +178,21 @@ type loopDeps struct {
 	sockets  sockets
 	exits    <-chan exitEvent
 	events   <-chan workerEvent
-	cluster  leftovers                   // nil: the loop ends with its workers
-	output   func(pid int) *tail         // takes a worker's last output line; nil: none
-	sdNotify func(state string)          // the master's own sd_notify; never nil
-	sdStatus func(text string)           // sends sd_notify STATUS=text; nil: none
-	ready    func()                      // called once every initial worker is ready
-	jitter   func() float64              // in [0, 1)
-	watchdog time.Duration               // send WATCHDOG=1 this often; 0: never
-	commands <-chan command              // Master's methods, IPC sessions; nil: none
-	hub      *eventHub                   // where events go; nil: nowhere
-	routes   *atomic.Pointer[routeTable] // published for Send; nil: not published
+	cluster  leftovers                                // nil: the loop ends with its workers
+	sdNotify func(state string)                       // the master's own sd_notify; never nil
+	memory   func(pgids []int) (map[int]int64, error) // resident bytes of these process groups; nil: no sampling
+	oomKills func() (uint64, bool)                    // the system's OOM kill count; nil or !ok: unknown
+	threads  func(w *worker, why string)              // log what w's threads do, before a kill; nil: nothing
+	ready    func()                                   // called once every initial worker is ready
+	jitter   func() float64                           // in [0, 1)
+	watchdog time.Duration                            // send WATCHDOG=1 this often; 0: never
+	commands <-chan command                           // Master's methods, IPC sessions; nil: none
+	hub      *eventHub                                // where events go; nil: nowhere
+	routes   *atomic.Pointer[routeTable]              // published for Send; nil: not published
+	output   func(pid int) *tail                      // takes a worker's last output line; nil: none
+	sdStatus func(text string)                        // sends sd_notify STATUS=text; nil: none
+	balance  *balancer                                // BalanceRoundRobin, BalanceLeastConn; nil otherwise
+	jobs     *dispatcher                              // Dispatch; nil: none (loop tests)
 	// checkListeners heals the listeners and reports whether one was
 	// replaced (see watchListeners); nil: listeners are not watched.
 	checkListeners func(exited *worker, running []*worker) (replaced bool)
@@ -191,6 +216,10 @@ type loop struct {
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
+	sampleAt time.Time // next memory sample; zero: none
+	scaleAt  time.Time // next accept queue sample; zero: none
+	scaler   autoscaler
+	ooms     uint64    // oomKills at the last look
 	stopAt   time.Time // when the stop began
 	sweep    sweepState
 	rerouted bool      // a slot's serving online worker changed: publish routes
@@ -216,6 +245,9 @@ func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
 // restarts, on its own). It returns nil after a requested stop and the
 // reason otherwise.
 func (l *loop) run(ctx context.Context) error {
+	if l.cfg.workersFrom != "" {
+		l.log.Info("worker count from CPUs", "workers", l.cfg.Workers, "source", l.cfg.workersFrom)
+	}
 	for i := range l.cfg.Workers {
 		l.newSlot(i)
 	}
@@ -230,6 +262,15 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	if l.watchdog > 0 {
 		l.petAt = time.Now().Add(l.watchdog)
+	}
+	if l.autoscaling() {
+		l.scaleAt = time.Now().Add(l.cfg.ScaleInterval)
+	}
+	if l.cfg.MaxMemory > 0 && l.memory != nil {
+		l.sampleAt = time.Now().Add(l.cfg.SampleInterval)
+	}
+	if l.oomKills != nil {
+		l.ooms, _ = l.oomKills()
 	}
 	if l.checkListeners != nil {
 		l.checkAt = time.Now().Add(listenerCheckInterval)
@@ -325,6 +366,11 @@ func (l *loop) startWorker(s *slot) error {
 	if err != nil {
 		return fmt.Errorf("start worker %d: %w", s.id, err)
 	}
+	if l.cfg.Balance.overIPC() {
+		// The master keeps its listeners and hands out connections; a
+		// worker asks for an address with worker.Listen.
+		files, names = nil, nil
+	}
 	gen := l.gens[s.id] + 1
 	pid, p, err := l.starter.start(spawnRequest{slot: s.id, gen: gen, files: files, names: names})
 	if err != nil {
@@ -335,6 +381,9 @@ func (l *loop) startWorker(s *slot) error {
 	w := &worker{
 		slot: s, gen: gen, pid: pid, proc: p, state: stateStarting, started: now,
 		log: l.log.With("worker", s.id, "pid", pid, "generation", gen),
+	}
+	if l.cfg.RetireRequests > 0 {
+		w.retireAfter = l.cfg.RetireRequests + int64(l.jitter()*float64(l.cfg.RetireJitter+1))
 	}
 	l.byPID[pid] = w
 	if replace {
@@ -351,7 +400,10 @@ func (l *loop) startWorker(s *slot) error {
 	case ReadyExec:
 		if w.exec == execUntracked {
 			l.becameReady(w) // no exec outcome will come: running is all we know
-			return nil
+			if !w.readyPending {
+				return nil
+			}
+			// Balanced: ready at its hello, which must come in time.
 		}
 	case ReadyDelay:
 		w.readyAt = now.Add(l.cfg.Ready.Delay)
@@ -416,6 +468,15 @@ func (l *loop) onExit(e exitEvent) {
 	if w.why != "" {
 		kv = append(kv, "reason", w.why)
 	}
+	oom := false
+	if e.status.signal == syscall.SIGKILL && !w.killed && l.oomKills != nil {
+		if n, ok := l.oomKills(); ok {
+			oom = n > l.ooms
+			l.ooms = n
+		}
+	}
+	cause := l.exitCause(w, e.status, oom)
+	kv = append(kv, "cause", cause)
 	if w.expected {
 		w.log.Info("worker exited", kv...)
 	} else {
@@ -431,15 +492,18 @@ func (l *loop) onExit(e exitEvent) {
 		ev.ExitCode, ev.Signal, ev.Uptime = e.status.code, e.status.signal, uptime
 		ev.ExitedAfterDisconnect = w.expected && !w.failed
 		ev.Reason = w.why
+		ev.Cause = cause
 	})
 
 	s := w.slot
 	s.lastExit = e.status.String()
+	s.lastCause = cause
 	switch {
 	case s.next == w:
 		s.next = nil
 		if !w.expected {
 			l.abortReload(s, w.pid, e.status.String()+" before it was ready")
+			l.replacementFailed(s)
 		}
 	case s.cur == w:
 		s.cur = nil
@@ -474,6 +538,7 @@ func (l *loop) onEvent(e workerEvent) {
 		w.log.Debug("worker is stopping")
 	case evWatchdog:
 		w.log.Trace("watchdog")
+		l.onWatchdog(w, time.Now())
 	case evExec:
 		l.onExec(w, e.err)
 	case evProtocol:
@@ -486,9 +551,14 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
+		w.target, w.jobTarget = e.target, e.jobTarget
 		w.log.Debug("worker online")
 		l.rerouted = true
 		l.emit(EventOnline, w, nil)
+		if w.readyPending {
+			w.readyPending = false
+			l.becameReady(w)
+		}
 	case evDisconnect:
 		if !w.online || w.disconnected {
 			return
@@ -500,6 +570,7 @@ func (l *loop) onEvent(e workerEvent) {
 		w.heartbeat = time.Now()
 	case evStats:
 		w.stats = e.stats
+		l.checkRequests(w)
 	}
 }
 
@@ -515,7 +586,11 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(w.readyAt)
 		add(w.readyBy)
 		add(w.killAt)
+		add(l.hangDeadline(w))
+		add(watchdogDeadline(w))
 	}
+	add(l.sampleAt)
+	add(l.scaleAt)
 	for _, s := range l.slots {
 		add(s.restartAt)
 		add(l.crashLoopEnds(s))
@@ -534,6 +609,18 @@ func (l *loop) onTimers(now time.Time) {
 		l.sdNotify("WATCHDOG=1")
 		l.petAt = now.Add(l.watchdog)
 	}
+	if due(l.scaleAt, now) {
+		l.scaleAt = now.Add(l.cfg.ScaleInterval)
+		l.autoscale(now)
+	}
+	if due(l.sampleAt, now) {
+		l.sampleAt = now.Add(l.cfg.SampleInterval)
+		if rss, err := l.memory(l.workerPIDs()); err != nil {
+			l.log.Warn("memory sample failed", "error", err)
+		} else {
+			l.checkMemory(rss)
+		}
+	}
 	if due(l.checkAt, now) {
 		l.checkAt = now.Add(listenerCheckInterval)
 		l.watchListeners(nil)
@@ -542,11 +629,14 @@ func (l *loop) onTimers(now time.Time) {
 		if w.state == stateExited {
 			continue // reaped meanwhile
 		}
+		l.checkHealth(w, now)
+		if w.state == stateExited {
+			continue
+		}
 		switch {
 		case due(w.killAt, now):
 			w.killAt = time.Time{}
-			w.log.Warn("worker killed after kill timeout", "timeout", l.cfg.KillTimeout.String())
-			l.killWorker(w, true, w.why)
+			l.deadlinePassed(w, now)
 		case due(w.readyAt, now):
 			l.becameReady(w)
 		case due(w.readyBy, now):

@@ -79,7 +79,17 @@ func (s *fakeStarter) start(req spawnRequest) (int, process, error) {
 	return p.pid, p, nil
 }
 
-type fakeSockets struct{ dropped chan int }
+type fakeSockets struct {
+	dropped chan int
+	queue   func() (queued, limit int, ok bool) // nil: no TCP listener
+}
+
+func (s *fakeSockets) acceptQueue() (int, int, bool) {
+	if s.queue == nil {
+		return 0, 0, false
+	}
+	return s.queue()
+}
 
 func (s *fakeSockets) forSlot(int) ([]*os.File, []string, error) { return nil, nil, nil }
 func (s *fakeSockets) dropSlot(slot int)                         { s.dropped <- slot }
@@ -170,6 +180,13 @@ func startLoopDeps(t *testing.T, opts Options, watchdog time.Duration, cluster l
 // leftovers (nil: none).
 func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, setup ...func(*fakeStarter)) *harness {
 	t.Helper()
+	return startLoopWith(t, opts, watchdog, hub, cluster, nil, setup...)
+}
+
+// startLoopWith is startLoopHub with a hook that sets more of the loop's
+// dependencies (memory samples, the OOM kill count, thread records).
+func startLoopWith(t *testing.T, opts Options, watchdog time.Duration, hub *eventHub, cluster leftovers, deps func(*loopDeps), setup ...func(*fakeStarter)) *harness {
+	t.Helper()
 	if opts.Command == nil {
 		opts.Command = []string{"/bin/true"}
 	}
@@ -200,7 +217,7 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		f(h.st)
 	}
 	var once sync.Once
-	l := newLoop(cfg, cfg.Logger, loopDeps{
+	d := loopDeps{
 		starter:  h.st,
 		sockets:  h.socks,
 		exits:    h.exits,
@@ -214,7 +231,11 @@ func startLoopHub(t *testing.T, opts Options, watchdog time.Duration, hub *event
 		watchdog: watchdog,
 		commands: h.cmds,
 		hub:      h.hub,
-	})
+	}
+	if deps != nil {
+		deps(&d)
+	}
+	l := newLoop(cfg, cfg.Logger, d)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {

@@ -89,6 +89,7 @@ type Master struct {
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
 	logs      *logRing                   // with a control socket: the last lines of output
 	ipc       ipcTotals                  // IPC counters, for IPCStats
+	jobs      *dispatcher                // Dispatch
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -121,6 +122,7 @@ func New(opts Options) (*Master, error) {
 		loopEnded: make(chan struct{}),
 		done:      make(chan struct{}),
 		hub:       newEventHub(),
+		jobs:      newDispatcher(cfg),
 	}, nil
 }
 

@@ -41,12 +41,26 @@ func (l *loop) publishRoutes() {
 	}
 	l.rerouted = false
 	t := make(routeTable, len(l.slots))
+	var targets []*target
+	var jobTargets []*jobTarget
 	for _, s := range l.slots {
 		if w := s.cur; w != nil && w.online && !w.disconnected && w.state != stateExited {
 			t[s.id] = route{ref: WorkerRef{Slot: s.id, PID: w.pid, Generation: w.gen}, proc: w.proc}
+			if w.target != nil && w.state == stateReady {
+				targets = append(targets, w.target)
+			}
+			if w.jobTarget != nil && w.state == stateReady {
+				jobTargets = append(jobTargets, w.jobTarget)
+			}
 		}
 	}
 	l.routes.Store(&t)
+	if l.balance != nil {
+		l.balance.publish(targets)
+	}
+	if l.jobs != nil {
+		l.jobs.publish(jobTargets)
+	}
 }
 
 // route returns slot's serving online worker.

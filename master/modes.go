@@ -21,18 +21,34 @@ const (
 	// socket belongs to the slot: a replacement worker inherits it, so its
 	// accept backlog survives restarts and reloads. Unix sockets stay shared.
 	BalanceReusePort
+	// BalanceRoundRobin keeps every listening socket in the master, which
+	// accepts and hands each connection to the next ready worker in turn,
+	// over IPC (ipc KindConn, SCM_RIGHTS). Workers must link the worker
+	// library (worker.Listen); other binaries cannot take connections.
+	BalanceRoundRobin
+	// BalanceLeastConn is BalanceRoundRobin, but each connection goes to the
+	// ready worker with the fewest open connections it was handed.
+	BalanceLeastConn
 )
 
-// ParseBalance parses "shared" or "reuseport".
+// ParseBalance parses "shared", "reuseport", "round-robin" or "least-conn".
 func ParseBalance(s string) (Balance, error) {
 	switch s {
 	case "shared":
 		return BalanceShared, nil
 	case "reuseport":
 		return BalanceReusePort, nil
+	case "round-robin":
+		return BalanceRoundRobin, nil
+	case "least-conn":
+		return BalanceLeastConn, nil
 	}
-	return 0, fmt.Errorf("parse balance %q: want shared or reuseport", s)
+	return 0, fmt.Errorf("parse balance %q: want shared, reuseport, round-robin or least-conn", s)
 }
+
+// overIPC reports whether the master accepts and hands connections to
+// workers over IPC.
+func (b Balance) overIPC() bool { return b == BalanceRoundRobin || b == BalanceLeastConn }
 
 // String returns the name ParseBalance accepts.
 func (b Balance) String() string {
@@ -41,6 +57,10 @@ func (b Balance) String() string {
 		return "shared"
 	case BalanceReusePort:
 		return "reuseport"
+	case BalanceRoundRobin:
+		return "round-robin"
+	case BalanceLeastConn:
+		return "least-conn"
 	}
 	return "Balance(" + strconv.Itoa(int(b)) + ")"
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +34,22 @@ const (
 	// DefaultMaxRequests is how many requests of one worker the master
 	// handles at a time when Options.MaxRequests is 0.
 	DefaultMaxRequests = 64
+	// DefaultHeartbeatTimeouts is how many heartbeat intervals a library
+	// worker may stay silent before it counts as hung, when
+	// Options.HeartbeatTimeout is 0.
+	DefaultHeartbeatTimeouts = 10
+	// DefaultSampleInterval is how often worker memory is sampled when
+	// Options.MaxMemory is set and Options.SampleInterval is 0.
+	DefaultSampleInterval = 5 * time.Second
+	// DefaultDumpWait is how long a worker sent Options.DumpSignal has to
+	// write its dump before the SIGKILL, when Options.DumpWait is 0.
+	DefaultDumpWait = time.Second
+	// Autoscaling defaults, for zero Options.ScaleInterval, ScaleUpAfter,
+	// ScaleDownAfter and ScaleCooldown.
+	DefaultScaleInterval  = time.Second
+	DefaultScaleUpAfter   = 3 * time.Second
+	DefaultScaleDownAfter = 30 * time.Second
+	DefaultScaleCooldown  = 10 * time.Second
 )
 
 // Options configure a [Master]. The zero value of each field is documented;
@@ -49,8 +64,33 @@ type Options struct {
 	Env []string
 	// Dir is the workers' working directory; "" means the master's.
 	Dir string
-	// Workers is the number of slots; 0 means runtime.NumCPU(), negative is an error.
+	// Workers is the number of slots (the least, with MaxWorkers); negative
+	// is an error. 0 means the
+	// CPUs the master may use: those of its affinity mask, lowered to its
+	// cgroup's CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us/cfs_period_us)
+	// rounded up, as Go's GOMAXPROCS default counts them; Run logs which.
 	Workers int
+	// MaxWorkers, when above Workers, turns on autoscaling between Workers
+	// and MaxWorkers from the listeners' accept queues (see ScaleInterval).
+	// 0 (or Workers): a fixed count, and no sampling at all.
+	MaxWorkers int
+	// ScaleInterval is how often the accept queues are sampled while
+	// autoscaling; 0 means DefaultScaleInterval.
+	ScaleInterval time.Duration
+	// ScaleUpAfter: a queue non-empty at every sample for this long adds a
+	// worker. 0 means DefaultScaleUpAfter.
+	ScaleUpAfter time.Duration
+	// ScaleDownAfter: an empty queue at every sample for this long (and
+	// library workers with few open connections) retires one. 0 means
+	// DefaultScaleDownAfter; it must not be shorter than ScaleUpAfter.
+	ScaleDownAfter time.Duration
+	// ScaleCooldown is the quiet time after each change. 0 means
+	// DefaultScaleCooldown.
+	ScaleCooldown time.Duration
+	// MemoryBudget, when positive, stops autoscaling from adding a worker
+	// when the workers' memory (sampled as for MaxMemory) plus one more of
+	// their average size would exceed it. 0: no budget.
+	MemoryBudget int64
 	// Listen are the addresses the master binds before starting workers.
 	// Empty is allowed (workers then open their own sockets).
 	Listen []sockshare.Spec
@@ -66,6 +106,25 @@ type Options struct {
 	Activated []*os.File
 	// Balance says how connections are spread; zero is BalanceShared.
 	Balance Balance
+	// JobAttempts is how many times Dispatch sends a job that keeps losing
+	// its worker (dies, hangs, disconnects) before it gives up. 0 means
+	// DefaultJobAttempts.
+	JobAttempts int
+	// JobQueue bounds the jobs outstanding on one worker; a worker at the
+	// bound gets none until it answers one. 0 means DefaultJobQueue.
+	JobQueue int
+	// MaxJobs bounds the jobs in flight in the whole cluster (Dispatch
+	// calls and workers' submissions). 0 means DefaultMaxJobs.
+	MaxJobs int
+	// JobsFailFast makes Dispatch return an error wrapping
+	// ErrJobQueueFull when a bound is reached, instead of waiting for room
+	// until its context is done.
+	JobsFailFast bool
+	// ConnQueue bounds, with BalanceRoundRobin and BalanceLeastConn, the
+	// connections handed to one worker that it has not yet acknowledged; a
+	// worker at the bound gets no more until it catches up. 0 means
+	// DefaultConnQueue; at most 4096.
+	ConnQueue int
 	// ListenOptions are used for every bound address; ReusePort is forced on
 	// with BalanceReusePort.
 	ListenOptions sockshare.ListenOptions
@@ -148,6 +207,49 @@ type Options struct {
 	// their stats), as the master's IPC hello tells them. 0 means
 	// DefaultHeartbeatInterval; negative asks for none.
 	HeartbeatInterval time.Duration
+	// HeartbeatTimeout: a worker that heartbeats (a library worker, from its
+	// first heartbeat on, which the library sends right after its hello)
+	// and then stays silent this long is hung. It is logged, counted as a
+	// hang of its slot, and replaced: the replacement starts and becomes
+	// ready first, then the hung worker is drained (and SIGKILLed at
+	// KillTimeout). Workers that never heartbeat are not watched. 0 means
+	// DefaultHeartbeatTimeouts heartbeat intervals; negative turns it off.
+	// It must be longer than HeartbeatInterval.
+	HeartbeatTimeout time.Duration
+	// Watchdog, when positive, asks every worker for sd_notify keep-alives,
+	// as systemd's WatchdogSec= asks of a service: WATCHDOG_USEC is set in
+	// its environment (with NOTIFY_SOCKET), and a worker that sent
+	// WATCHDOG=1 once must send it again within Watchdog, or it is hung and
+	// replaced as for HeartbeatTimeout. 0: no watchdog.
+	Watchdog time.Duration
+	// MaxMemory, when positive, is the most memory (in bytes) a worker may
+	// use: the resident set of its whole process group, read from /proc
+	// every SampleInterval. A worker over it is replaced gracefully: its
+	// replacement starts and becomes ready first, then it drains within
+	// KillTimeout. 0: no limit, and no sampling.
+	MaxMemory int64
+	// SampleInterval is how often worker memory is sampled for MaxMemory.
+	// 0 means DefaultSampleInterval.
+	SampleInterval time.Duration
+	// DumpSignal, when set, is sent to a worker whose drain deadline
+	// (KillTimeout) passed — a hung one among them — before its SIGKILL:
+	// SIGQUIT makes a Go program write every goroutine's stack to its
+	// stderr, which the master relays. The master waits DumpWait for it
+	// (or the worker's exit) and then SIGKILLs. Either way, the state of
+	// each of its threads (/proc/PID/task/*/{status,wchan,syscall}) is
+	// logged first. 0: no dump signal.
+	DumpSignal syscall.Signal
+	// DumpWait is how long the master waits after DumpSignal before the
+	// SIGKILL. 0 means DefaultDumpWait.
+	DumpWait time.Duration
+	// RetireRequests, when positive, retires a library worker gracefully
+	// (replacement ready first, then drained) once the "http_requests" counter
+	// of its stats reaches RetireRequests plus a random extra in
+	// [0, RetireJitter], drawn per worker so that workers started together
+	// do not retire together (gunicorn's max_requests and
+	// max_requests_jitter). 0: never.
+	RetireRequests, RetireJitter int64
+
 	// OnMessage, when set, receives every one-way message (ipc KindUser) a
 	// worker sends, in the order that worker sent them. It is called from
 	// the worker's IPC session goroutine, one message at a time per worker
@@ -198,9 +300,10 @@ type Options struct {
 // config is the validated copy of Options the master runs with.
 type config struct {
 	Options
-	path       string              // resolved Command[0]
-	guardian   string              // with Contain: the executable run in guardian mode
-	credential *syscall.Credential // nil: keep the master's
+	path        string              // resolved Command[0]
+	guardian    string              // with Contain: the executable run in guardian mode
+	credential  *syscall.Credential // nil: keep the master's
+	workersFrom string              // where the default Workers came from; "": given
 }
 
 // normalize validates opts and applies defaults to a copy.
@@ -239,13 +342,32 @@ func normalize(opts Options) (*config, error) {
 	case c.Workers < 0:
 		return nil, optErr("Workers", "workers %d: must not be negative", c.Workers)
 	case c.Workers == 0:
-		c.Workers = runtime.NumCPU()
+		cpus := defaultWorkers()
+		c.Workers, c.workersFrom = cpus.n, cpus.source
 	}
-	if c.Balance != BalanceShared && c.Balance != BalanceReusePort {
+	if c.Balance < BalanceShared || c.Balance > BalanceLeastConn {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)
 	}
 	if c.Balance == BalanceReusePort && len(c.Activated) > 0 {
 		return nil, optErr("Balance", "balance reuseport cannot be used with socket activation: activated sockets are shared")
+	}
+	switch {
+	case c.ConnQueue < 0 || c.ConnQueue > 4096:
+		return nil, optErr("ConnQueue", "connection queue %d: want 0 to 4096", c.ConnQueue)
+	case c.ConnQueue == 0:
+		c.ConnQueue = DefaultConnQueue
+	}
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{{"JobAttempts", &c.JobAttempts, DefaultJobAttempts}, {"JobQueue", &c.JobQueue, DefaultJobQueue}, {"MaxJobs", &c.MaxJobs, DefaultMaxJobs}} {
+		switch {
+		case *f.v < 0:
+			return nil, optErr(f.name, "%s %d: must not be negative", f.name, *f.v)
+		case *f.v == 0:
+			*f.v = f.def
+		}
 	}
 	for i, f := range c.Activated {
 		if f == nil {
@@ -373,6 +495,80 @@ func normalize(opts Options) (*config, error) {
 		return nil, optErr("MaxRequests", "max requests %d: must not be negative", c.MaxRequests)
 	case c.MaxRequests == 0:
 		c.MaxRequests = DefaultMaxRequests
+	}
+	switch {
+	case c.HeartbeatTimeout < 0 || c.HeartbeatInterval == 0:
+		if c.HeartbeatTimeout > 0 {
+			return nil, optErr("HeartbeatTimeout", "heartbeat timeout %v: workers are asked for no heartbeats", c.HeartbeatTimeout)
+		}
+		c.HeartbeatTimeout = 0
+	case c.HeartbeatTimeout == 0:
+		c.HeartbeatTimeout = DefaultHeartbeatTimeouts * c.HeartbeatInterval
+	case c.HeartbeatTimeout <= c.HeartbeatInterval:
+		return nil, optErr("HeartbeatTimeout", "heartbeat timeout %v: must be longer than the heartbeat interval %v", c.HeartbeatTimeout, c.HeartbeatInterval)
+	}
+	switch {
+	case c.Watchdog < 0:
+		return nil, optErr("Watchdog", "watchdog %v: must not be negative", c.Watchdog)
+	case c.Watchdog > 0 && c.Watchdog < time.Millisecond:
+		return nil, optErr("Watchdog", "watchdog %v: below WATCHDOG_USEC's useful resolution of 1ms", c.Watchdog)
+	}
+	switch {
+	case c.MaxMemory < 0:
+		return nil, optErr("MaxMemory", "max memory %d: must not be negative", c.MaxMemory)
+	case c.SampleInterval < 0:
+		return nil, optErr("SampleInterval", "sample interval %v: must not be negative", c.SampleInterval)
+	case c.SampleInterval > 0 && c.SampleInterval < 10*time.Millisecond:
+		return nil, optErr("SampleInterval", "sample interval %v: below 10ms", c.SampleInterval)
+	case c.SampleInterval == 0:
+		c.SampleInterval = DefaultSampleInterval
+	}
+	switch {
+	case c.MaxWorkers < 0:
+		return nil, optErr("MaxWorkers", "max workers %d: must not be negative", c.MaxWorkers)
+	case c.MaxWorkers > 0 && c.MaxWorkers < c.Workers:
+		return nil, optErr("MaxWorkers", "max workers %d is below workers %d", c.MaxWorkers, c.Workers)
+	case c.MemoryBudget < 0:
+		return nil, optErr("MemoryBudget", "memory budget %d: must not be negative", c.MemoryBudget)
+	}
+	for _, d := range []struct {
+		field, name string
+		v           *time.Duration
+		def         time.Duration
+	}{
+		{"ScaleInterval", "scale interval", &c.ScaleInterval, DefaultScaleInterval},
+		{"ScaleUpAfter", "scale up after", &c.ScaleUpAfter, DefaultScaleUpAfter},
+		{"ScaleDownAfter", "scale down after", &c.ScaleDownAfter, DefaultScaleDownAfter},
+		{"ScaleCooldown", "scale cooldown", &c.ScaleCooldown, DefaultScaleCooldown},
+	} {
+		if *d.v < 0 {
+			return nil, optErr(d.field, "%s %v: must not be negative", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.ScaleInterval < 10*time.Millisecond {
+		return nil, optErr("ScaleInterval", "scale interval %v: below 10ms", c.ScaleInterval)
+	}
+	if c.ScaleDownAfter < c.ScaleUpAfter {
+		return nil, optErr("ScaleDownAfter", "scale down after %v is shorter than scale up after %v: the count would flap", c.ScaleDownAfter, c.ScaleUpAfter)
+	}
+	switch {
+	case c.DumpSignal < 0 || c.DumpSignal > 64:
+		return nil, optErr("DumpSignal", "dump signal %d: not a signal", int(c.DumpSignal))
+	case c.DumpWait < 0:
+		return nil, optErr("DumpWait", "dump wait %v: must not be negative", c.DumpWait)
+	case c.DumpWait == 0:
+		c.DumpWait = DefaultDumpWait
+	}
+	switch {
+	case c.RetireRequests < 0:
+		return nil, optErr("RetireRequests", "max requests %d: must not be negative", c.RetireRequests)
+	case c.RetireJitter < 0:
+		return nil, optErr("RetireJitter", "max requests jitter %d: must not be negative", c.RetireJitter)
+	case c.RetireJitter > 0 && c.RetireRequests == 0:
+		return nil, optErr("RetireJitter", "max requests jitter %d: needs max requests", c.RetireJitter)
 	}
 	switch {
 	case c.MaxListeners == 0:

@@ -18,14 +18,17 @@ func TestParseModes(t *testing.T) {
 		want string
 	}{
 		{"shared", "shared"}, {"reuseport", "reuseport"},
+		{"round-robin", "round-robin"}, {"least-conn", "least-conn"},
 	} {
 		b, err := ParseBalance(tc.in)
 		if err != nil || b.String() != tc.want {
 			t.Errorf("ParseBalance(%q) = %v, %v, want %s", tc.in, b, err, tc.want)
 		}
 	}
-	if _, err := ParseBalance("round-robin"); err == nil {
-		t.Error("ParseBalance(round-robin) = nil error, want one")
+	for _, bad := range []string{"roundrobin", "", "Shared"} {
+		if _, err := ParseBalance(bad); err == nil || !strings.Contains(err.Error(), "round-robin or least-conn") {
+			t.Errorf("ParseBalance(%q) = %v, want an error naming the modes", bad, err)
+		}
 	}
 	for _, s := range []string{"always", "on-failure", "never"} {
 		p, err := ParseRestartPolicy(s)
@@ -142,6 +145,9 @@ func TestNewErrors(t *testing.T) {
 		"delay without duration": "Ready", "unknown user": "User", "unknown group": "Group",
 		"reuseport with activation": "Balance", "negative batch": "ReloadBatch",
 		"negative max requests": "MaxRequests", "heartbeat too fine": "HeartbeatInterval",
+		"heartbeat timeout too short": "HeartbeatTimeout", "heartbeat timeout without heartbeats": "HeartbeatTimeout",
+		"negative watchdog": "Watchdog", "negative max memory": "MaxMemory", "sample too fine": "SampleInterval",
+		"negative retire": "RetireRequests", "jitter alone": "RetireJitter",
 	}
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain")
@@ -177,6 +183,13 @@ func TestNewErrors(t *testing.T) {
 		{"negative batch", Options{Command: []string{"true"}, ReloadBatch: -2}, "reload batch -2", nil},
 		{"negative max requests", Options{Command: []string{"true"}, MaxRequests: -1}, "max requests -1", nil},
 		{"heartbeat too fine", Options{Command: []string{"true"}, HeartbeatInterval: time.Microsecond}, "heartbeat interval 1µs", nil},
+		{"heartbeat timeout too short", Options{Command: []string{"true"}, HeartbeatTimeout: time.Second}, "must be longer than the heartbeat interval 1s", nil},
+		{"heartbeat timeout without heartbeats", Options{Command: []string{"true"}, HeartbeatInterval: -1, HeartbeatTimeout: time.Second}, "asked for no heartbeats", nil},
+		{"negative watchdog", Options{Command: []string{"true"}, Watchdog: -time.Second}, "watchdog -1s", nil},
+		{"negative max memory", Options{Command: []string{"true"}, MaxMemory: -1}, "max memory -1", nil},
+		{"sample too fine", Options{Command: []string{"true"}, SampleInterval: time.Millisecond}, "sample interval 1ms: below 10ms", nil},
+		{"negative retire", Options{Command: []string{"true"}, RetireRequests: -1}, "max requests -1", nil},
+		{"jitter alone", Options{Command: []string{"true"}, RetireJitter: 10}, "needs max requests", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.opts)

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -10,10 +11,11 @@ import (
 // ReadyTimeout is killed (aborting a reload it belonged to).
 
 // speaksNotify reports whether workers are expected to speak sd_notify and
-// so get a NOTIFY_SOCKET: only under ReadyNotify, as systemd sets it only
-// for Type=notify services. A server whose sd_notify client breaks on a
-// socket it did not ask for (seen with puma) never sees one otherwise.
-func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify }
+// so get a NOTIFY_SOCKET: only under ReadyNotify or with a Watchdog, as
+// systemd sets it only for Type=notify services or WatchdogSec=. A server
+// whose sd_notify client breaks on a socket it did not ask for (seen with
+// puma) never sees one otherwise.
+func (c *config) speaksNotify() bool { return c.Ready.Kind == ReadyNotify || c.Watchdog > 0 }
 
 // execState is what the loop knows of a worker's execve.
 type execState int
@@ -84,11 +86,18 @@ func (l *loop) becameReady(w *worker) {
 	if w.state != stateStarting || w.expected {
 		return
 	}
+	if l.cfg.Balance.overIPC() && !w.online {
+		// It cannot take connections before its hello: ready then.
+		w.readyPending = true
+		w.readyAt = time.Time{}
+		return
+	}
 	w.state = stateReady
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
 	w.readySince = time.Now()
 	took := w.readySince.Sub(w.started)
 	w.log.Info("worker ready", "duration", took.Round(time.Microsecond).String())
+	l.rerouted = true // it takes balanced connections from now on
 	s := w.slot
 	replacing := s.next == w
 	var old *worker
@@ -103,7 +112,11 @@ func (l *loop) becameReady(w *worker) {
 	if replacing {
 		l.reloadReplaced(s, w, took)
 		if old != nil {
-			l.drainWorker(old, "replaced by reload")
+			why := "replaced by reload"
+			if old.retiring != "" {
+				why = old.retiring
+			}
+			l.drainWorker(old, why)
 		}
 		l.reloadStep()
 	}
@@ -127,11 +140,27 @@ func (l *loop) checkAllReady() {
 
 func (l *loop) readyTimeout(w *worker) {
 	why := fmt.Sprintf("not ready after %v", l.cfg.ReadyTimeout)
+	if l.cfg.Balance.overIPC() && !w.online {
+		why = fmt.Sprintf("worker %d (pid %d) never spoke the clusterd IPC protocol within --ready-timeout %v, "+
+			"so it cannot take connections with --balance %s; run binaries that do not link the worker library "+
+			"with --balance shared or --balance reuseport", w.slot.id, w.pid, l.cfg.ReadyTimeout, l.cfg.Balance)
+		if !l.allReady && l.reload == nil && !l.stopping {
+			// At start-up this is the configuration, not a crash to retry.
+			w.log.Error("worker cannot take balanced connections", "error", why)
+			l.killWorker(w, false, why)
+			if l.result == nil {
+				l.result = errors.New(why)
+			}
+			l.beginStop(false)
+			return
+		}
+	}
 	if w.slot.next == w {
 		l.killWorker(w, true, why)
 		w.failed = true // stopped on purpose, but for failing
 		w.slot.next = nil
 		l.abortReload(w.slot, w.pid, why)
+		l.replacementFailed(w.slot)
 		return
 	}
 	w.log.Error("worker not ready", "timeout", l.cfg.ReadyTimeout.String())

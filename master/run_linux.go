@@ -92,11 +92,19 @@ func (m *Master) run(ctx context.Context) (err error) {
 		}
 	}()
 	defer out.wait()
+	var bal *balancer
+	if cfg.Balance.overIPC() {
+		bal = newBalancer(cfg.Balance, cfg.ConnQueue, cfg.HeartbeatInterval, log.Named("balance"))
+		// After the loop and the sessions (deferred before st.close): no
+		// worker is left to take what the master still holds.
+		defer bal.close()
+	}
 	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
 		return err
 	}
 	st.logs, st.ipc = m.logs, &m.ipc
+	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
 	if cfg.ControlSocket != "" {
 		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
@@ -117,21 +125,25 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer closeDone()
 
 	l := newLoop(cfg, log, loopDeps{
-		starter:  st,
-		sockets:  cs,
-		exits:    r.exits,
-		events:   events,
-		cluster:  cont,
-		output:   out.takeTail,
-		sdNotify: sd.notify,
-		sdStatus: sd.statusFunc(),
-		ready:    func() { close(m.ready) },
-		jitter:   rand.Float64,
-		watchdog: watchdogInterval(os.LookupEnv, os.Getpid()),
-		commands: m.cmds,
-		hub:      m.hub,
-		routes:   &m.routes,
-
+		starter:        st,
+		sockets:        cs,
+		exits:          r.exits,
+		events:         events,
+		cluster:        cont,
+		output:         out.takeTail,
+		sdNotify:       sd.notify,
+		memory:         newMemorySampler().sample,
+		oomKills:       oomKillCount,
+		threads:        recordThreads,
+		ready:          func() { close(m.ready) },
+		jitter:         rand.Float64,
+		watchdog:       watchdogInterval(os.LookupEnv, os.Getpid()),
+		commands:       m.cmds,
+		hub:            m.hub,
+		routes:         &m.routes,
+		sdStatus:       sd.statusFunc(),
+		balance:        bal,
+		jobs:           m.jobs,
 		checkListeners: ls.check,
 	})
 	err = l.run(ctx)

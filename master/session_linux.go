@@ -60,14 +60,23 @@ func (p *execProcess) release() {
 		// Children that left the worker's process group may still hold
 		// the pipes' write ends: stop waiting for their EOF.
 		p.out.retire(p.streams...)
-		if p.conn != nil {
-			p.conn.Close() // unblocks serveIPC; the conn is of no further use
+		if c := p.conn; c != nil {
+			// The worker was reaped, but what it sent last may still be
+			// unread: connections it gave back (balanced modes) and answers
+			// to jobs. The session reads to the end of the stream, which
+			// the kernel closed with the process; the close after a grace
+			// unblocks it should a descendant still hold the worker's end.
+			time.AfterFunc(releaseGrace, func() { c.Close() })
 		}
 		if p.notify != nil {
 			p.notify.close() // unblocks its reader and removes the file
 		}
 	})
 }
+
+// releaseGrace is how long the session of a reaped worker may go on
+// reading what the worker sent before it died.
+const releaseGrace = 500 * time.Millisecond
 
 // drain sends an ipc drain message. The loop calls it only for a worker
 // that said hello (best effort: the stop signal is sent as well).
@@ -109,6 +118,8 @@ type session struct {
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup // running HandleRequest calls
 	slots    chan struct{}  // one token per running request
+	target   *target        // balanced modes: the worker as a taker of connections
+	jobs     *jobTarget     // the worker as a taker of jobs
 }
 
 // serveIPC runs the session: the hello, then the worker's messages until
@@ -149,7 +160,15 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	}
 	s.log.Debug("ipc hello", "version", peer.Version)
 	p.said.Store(true)
-	st.post(workerEvent{pid: p.pid, kind: evOnline})
+	if st.balance != nil {
+		s.target = st.balance.newTarget(req.slot, p.pid, p.conn)
+		// Once the session is over, connections the worker did not
+		// acknowledge go to the others (its duplicates died with it).
+		defer s.target.retire()
+	}
+	s.jobs = st.dispatcher.newTarget(s.from, p.conn)
+	defer s.jobs.retire() // its outstanding jobs go to other workers
+	st.post(workerEvent{pid: p.pid, kind: evOnline, target: s.target, jobTarget: s.jobs})
 	err = s.serve()
 	if quietIPCError(err) {
 		err = nil
@@ -162,14 +181,18 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
 	lim := newIPCLimiter(s.log, s.p.done)
+	paced := true
 	for {
 		m, err := s.p.conn.Recv()
 		if err != nil {
 			return err
 		}
-		if !lim.admit(len(m.FDs)) {
-			_ = m.CloseFDs()
-			return nil // released while paced
+		if paced && !lim.admit(len(m.FDs)) {
+			// Released while paced: the worker is gone, and what is left
+			// to read is what it sent before it died (the stream ended with
+			// the process). It is read at once, to its end: connections it
+			// gave back must reach another worker, not be dropped.
+			paced = false
 		}
 		if err := s.handle(m); err != nil {
 			return err
@@ -186,7 +209,24 @@ func (s *session) handle(m *ipc.Message) error {
 		s.st.post(workerEvent{pid: s.p.pid, kind: evReady, source: ReadyIPC})
 	case ipc.KindHeartbeat:
 		_ = m.CloseFDs()
+		now := time.Now().UnixNano()
+		if s.target != nil {
+			s.target.beat.Store(now)
+		}
+		s.jobs.beat.Store(now)
 		s.st.post(workerEvent{pid: s.p.pid, kind: evHeartbeat})
+	case ipc.KindConn:
+		return s.conns(m)
+	case ipc.KindResult, ipc.KindError:
+		_ = m.CloseFDs()
+		if m.ReplyTo&jobIDBit != 0 {
+			s.jobs.answer(m.ReplyTo, m)
+		} else if s.log.IsTrace() {
+			s.log.Trace("ipc message ignored", "kind", m.Kind.String())
+		}
+	case ipc.KindJob:
+		_ = m.CloseFDs()
+		return s.submit(m)
 	case ipc.KindStats:
 		_ = m.CloseFDs()
 		var st ipc.Stats
@@ -256,6 +296,43 @@ func (s *session) request(m *ipc.Message) error {
 	return nil
 }
 
+// submit has another worker do a job this worker submitted (worker.Submit),
+// on a goroutine of its own after a free request slot, and answers with
+// the result.
+func (s *session) submit(m *ipc.Message) error {
+	var job ipc.Job
+	if err := m.Decode(&job); err != nil {
+		return s.replyError(m, ipc.CodeBadRequest, err.Error())
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.p.conn.Done():
+		return s.p.conn.Err()
+	}
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		defer func() { <-s.slots }()
+		res, err := s.st.dispatch(s.ctx, job.Body, s.jobs)
+		if err != nil {
+			code := ipc.CodeInternal
+			var re *ipc.RemoteError
+			switch {
+			case errors.As(err, &re) && re.Code != "":
+				code = re.Code
+			case errors.Is(err, ErrJobQueueFull):
+				code = ipc.CodeLimit
+			case errors.Is(err, ErrJobOrphaned):
+				code = ipc.CodeGone
+			}
+			_ = s.replyError(m, code, err.Error()) // a failed send means the worker is gone
+			return
+		}
+		_ = s.p.conn.Send(&ipc.Message{Kind: ipc.KindResult, ReplyTo: m.ID, Body: res.Body})
+	}()
+	return nil
+}
+
 func (s *session) replyError(m *ipc.Message, code, text string) error {
 	r, err := m.Reply(ipc.KindError, ipc.Error{Code: code, Text: text})
 	if err != nil {
@@ -304,17 +381,64 @@ func (s *session) listen(m *ipc.Message) error {
 		return s.replyError(m, code, r.err.Error())
 	}
 	addr := r.addr
-	reply, err := m.Reply(ipc.KindListenReply, ipc.ListenReply{Addr: addr})
+	body := ipc.ListenReply{Addr: addr}
+	if r.balanced {
+		body.Balanced, body.ID = true, int(r.id)
+	}
+	reply, err := m.Reply(ipc.KindListenReply, body)
 	if err != nil {
 		return err
 	}
-	reply.FDs = []*os.File{r.f} // Send sends a duplicate; the master keeps its own
-	s.log.Debug("listener handed out", "addr", addr)
+	if !r.balanced {
+		reply.FDs = []*os.File{r.f} // Send sends a duplicate; the master keeps its own
+	}
+	s.log.Debug("listener handed out", "addr", addr, "balanced", r.balanced)
 	err = s.p.conn.Send(reply)
+	if err == nil && r.balanced && s.target != nil {
+		// From now on the worker gets this listener's connections; the
+		// reply goes first on the stream.
+		s.target.listens.Or(1 << r.id)
+		s.st.balance.kick()
+	}
 	if quietIPCError(err) {
 		return nil
 	}
 	return err
+}
+
+// conns reads a worker's KindConn: without descriptors a report of its
+// running totals, with descriptors connections it gives back, which go to
+// the other workers.
+func (s *session) conns(m *ipc.Message) error {
+	if s.target == nil {
+		_ = m.CloseFDs()
+		return fmt.Errorf("%w: conn message from a worker while connections are not balanced", ipc.ErrProtocol)
+	}
+	if len(m.FDs) == 0 {
+		var r ipc.ConnReport
+		if err := m.Decode(&r); err != nil {
+			return err
+		}
+		s.target.report(r)
+		return nil
+	}
+	var lid int
+	if err := m.Decode(&lid); err != nil || lid < 0 || lid >= maxBalanced {
+		_ = m.CloseFDs()
+		return fmt.Errorf("%w: connections given back with listener id %v", ipc.ErrProtocol, m.Body)
+	}
+	for i, f := range m.FDs {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		_ = f.Close() // the duplicate (or nothing, on error) is what is kept
+		m.FDs[i] = nil
+		if err != nil {
+			s.log.Warn("connection given back lost", "error", os.NewSyscallError("fcntl", err))
+			continue
+		}
+		s.st.balance.route(uint8(lid), fd, s.target)
+	}
+	m.FDs = nil
+	return nil
 }
 
 // quietIPCError reports errors that only mean the connection ended.

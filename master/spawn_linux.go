@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -24,22 +25,25 @@ import (
 // open file description to blocking mode, and that description is shared
 // by the master and every worker holding the socket.
 type execStarter struct {
-	cfg     *config
-	log     hclog.Logger
-	argv    []string // ExecWorker prefix, "--", resolved command, its args
-	env     []string // base environment of every worker
-	devNull int      // stdin of workers; owned, closed by close
-	stdout  int      // raw fds for OutputRaw, or -1 to use pipes
-	stderr  int
-	out     *outputs
-	reaper  *reaper
-	contain *containment
-	events  chan<- workerEvent
-	cmds    chan<- command  // the loop's commands (listen requests)
-	done    <-chan struct{} // closed when the loop has ended
-	notify  *notifyDir      // nil: workers get no NOTIFY_SOCKET
-	logs    *logRing        // the last lines of output, for the control socket; nil: none
-	ipc     *ipcTotals      // IPC counters; nil: none
+	cfg        *config
+	log        hclog.Logger
+	argv       []string // ExecWorker prefix, "--", resolved command, its args
+	env        []string // base environment of every worker
+	devNull    int      // stdin of workers; owned, closed by close
+	stdout     int      // raw fds for OutputRaw, or -1 to use pipes
+	stderr     int
+	out        *outputs
+	reaper     *reaper
+	contain    *containment
+	events     chan<- workerEvent
+	cmds       chan<- command  // the loop's commands (listen requests)
+	done       <-chan struct{} // closed when the loop has ended
+	notify     *notifyDir      // nil: workers get no NOTIFY_SOCKET
+	balance    *balancer       // balanced modes; nil otherwise
+	dispatcher *dispatcher
+	dispatch   func(ctx context.Context, job any, skip *jobTarget) (JobResult, error) // a worker's Submit
+	logs       *logRing                                                               // the last lines of output, for the control socket; nil: none
+	ipc        *ipcTotals                                                             // IPC counters; nil: none
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
@@ -245,6 +249,12 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 		}
 		cleanup = append(cleanup, ns.close)
 		env = append(env, "NOTIFY_SOCKET="+ns.path)
+		if st.cfg.Watchdog > 0 {
+			// As systemd does for WatchdogSec=; WATCHDOG_PID is left unset
+			// (sd_watchdog_enabled then accepts any pid): the worker's pid
+			// is not known before the fork.
+			env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(st.cfg.Watchdog.Microseconds(), 10))
+		}
 	}
 
 	attr := &syscall.ProcAttr{

@@ -17,6 +17,7 @@ func (l *loop) drainWorker(w *worker, why string) {
 		return
 	}
 	w.state = stateDraining
+	l.rerouted = true // no more balanced connections
 	w.expected = true
 	w.why = why
 	w.readyAt, w.readyBy = time.Time{}, time.Time{}
@@ -25,9 +26,39 @@ func (l *loop) drainWorker(w *worker, why string) {
 	if w.online {
 		w.proc.drain(l.cfg.KillTimeout)
 	}
+	w.signalled = true
 	if err := w.proc.signal(l.cfg.StopSignal); err != nil {
 		w.log.Debug("stop signal not delivered", "error", err)
 	}
+}
+
+// deadlinePassed ends a draining worker whose KillTimeout passed: it
+// records what its threads are doing, sends Options.DumpSignal (for a Go
+// worker, SIGQUIT writes every goroutine's stack to its stderr, which is
+// relayed) and waits DumpWait for it, then SIGKILLs it.
+func (l *loop) deadlinePassed(w *worker, now time.Time) {
+	if !w.deadline {
+		w.deadline = true
+		if l.threads != nil {
+			l.threads(w, "drain deadline passed")
+		}
+		if l.cfg.DumpSignal != 0 {
+			w.log.Warn("asking worker for a dump before the kill", "signal", signalName(l.cfg.DumpSignal),
+				"wait", l.cfg.DumpWait.String())
+			w.dumpSent = true
+			if err := w.proc.signal(l.cfg.DumpSignal); err != nil {
+				w.log.Debug("dump signal not delivered", "error", err)
+			}
+			w.killAt = now.Add(l.cfg.DumpWait)
+			return
+		}
+	}
+	kv := []any{"timeout", l.cfg.KillTimeout.String()}
+	if n, ok := w.stats[ConnectionsStat]; ok {
+		kv = append(kv, "connections", n)
+	}
+	w.log.Warn("worker killed after kill timeout", kv...)
+	l.killWorker(w, true, w.why)
 }
 
 // killWorker SIGKILLs a worker's process group. expected says whether its
@@ -44,6 +75,7 @@ func (l *loop) killWorker(w *worker, expected bool, why string) {
 		w.why = why
 	}
 	w.readyAt, w.readyBy, w.killAt = time.Time{}, time.Time{}, time.Time{}
+	w.killed = true
 	if err := w.proc.signal(syscall.SIGKILL); err != nil {
 		w.log.Debug("kill not delivered", "error", err)
 	}

@@ -45,9 +45,14 @@
 //     other workers (the socket itself stays open in the master and in them);
 //  2. keeps serving every connection it has accepted, answering each request
 //     with "Connection: close" so keep-alive clients move elsewhere;
-//  3. waits until no connection has a request pending or in progress and the
-//     idle ones have had a short grace to send one;
-//  4. only then calls Shutdown, bounded by the drain deadline.
+//  3. leaves open every connection without a request until its client sends
+//     one (answered the same way), closes it, or lets it idle for a grace
+//     counted from its last response: closing an idle keep-alive connection
+//     races with a client reusing it at that instant, and a POST lost that
+//     way is not retried. Just before it closes one, the drain checks that
+//     no byte of a request has reached it;
+//  4. calls Shutdown once no connection is left, bounded by the drain
+//     deadline.
 //
 // # Process-wide state
 //

@@ -146,8 +146,14 @@ func TestShutdownAloneDropsRequest(t *testing.T) {
 	}
 	accepted := make(chan struct{}, 1)
 	srv := &http.Server{Handler: okHandler, ConnState: func(c net.Conn, st http.ConnState) {
+		// Only the first connection is awaited. The probes below may be
+		// accepted too, before Shutdown closes the listener (a loaded
+		// machine runs Shutdown late): a blocking send would stall Serve.
 		if st == http.StateNew {
-			accepted <- struct{}{}
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
 		}
 	}}
 	served := make(chan error, 1)
@@ -273,5 +279,85 @@ func TestServeHTTPArguments(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Error("Serve without a server left its listener open")
+	}
+}
+
+// A keep-alive connection that is idle when the drain starts stays open
+// while the client may still reuse it: its next request is answered, with
+// "Connection: close", however late it comes within the grace.
+func TestServeHTTPAnswersLateRequestOnIdleConnection(t *testing.T) {
+	ht := startHTTP(t, okHandler, HTTPServer{IdleGrace: time.Hour, DrainTimeout: 2 * time.Hour})
+	c := ht.dial()
+	if resp := c.get(t, "/"); resp.Close {
+		t.Fatalf("GET before drain has Connection: close")
+	}
+	ht.drain()
+	resp := c.get(t, "/")
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("GET on a connection idle at the drain = %d, close %v; want 200 with Connection: close", resp.StatusCode, resp.Close)
+	}
+	c.expectEOF(t)
+	if err := ht.wait(); err != nil {
+		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+// A client that closes its idle connection ends the drain: nothing waits
+// for the grace.
+func TestServeHTTPClientCloseEndsDrain(t *testing.T) {
+	ht := startHTTP(t, okHandler, HTTPServer{IdleGrace: time.Hour, DrainTimeout: 2 * time.Hour})
+	c := ht.dial()
+	c.get(t, "/")
+	ht.drain()
+	c.Close()
+	if err := ht.wait(); err != nil {
+		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+// TestServeHTTPCountsRequestsAndConnections: the metrics the master reads
+// (--max-requests, the open connections named at a drain deadline).
+func TestServeHTTPCountsRequestsAndConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := Stats()[RequestsMetric]
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeHTTP(ctx, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "ok")
+		})}, ln)
+	}()
+	// A connection held open, then three requests on connections of their own.
+	held, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 3 {
+		resp, err := client.Get("http://" + ln.Addr().String() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if got := Stats()[RequestsMetric] - before; got != 3 {
+		t.Errorf("%s grew by %d, want 3", RequestsMetric, got)
+	}
+	// The held connection is open (the server has seen it: StateNew is set
+	// before the next accept, and three were accepted after it).
+	if got := Stats()[ConnectionsMetric]; got < 1 {
+		t.Errorf("%s = %d with a connection open, want at least 1", ConnectionsMetric, got)
+	}
+	held.Close()
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("ServeHTTP = %v, want nil", err)
+	}
+	if got := Stats()[ConnectionsMetric]; got != 0 {
+		t.Errorf("%s = %d after the drain, want 0", ConnectionsMetric, got)
 	}
 }

@@ -89,7 +89,7 @@ func (p *process) listen(ctx context.Context, network, addr string) (net.Listene
 		var lc net.ListenConfig
 		return lc.Listen(ctx, network, addr)
 	}
-	return askMaster(ctx, conn, spec)
+	return p.askMaster(ctx, conn, spec)
 }
 
 // usable reports why inherited socket s cannot be the listener Listen was
@@ -198,7 +198,7 @@ func addrMatcher(ctx context.Context, spec sockshare.Spec) (func(net.Addr) bool,
 
 // askMaster sends a listen request for spec and returns the socket of the
 // master's reply.
-func askMaster(ctx context.Context, conn *ipc.Conn, spec sockshare.Spec) (net.Listener, error) {
+func (p *process) askMaster(ctx context.Context, conn *ipc.Conn, spec sockshare.Spec) (net.Listener, error) {
 	m, err := ipc.NewMessage(ipc.KindListenRequest, ipc.ListenRequest{Addr: spec.String()})
 	if err != nil {
 		return nil, err
@@ -208,6 +208,22 @@ func askMaster(ctx context.Context, conn *ipc.Conn, spec sockshare.Spec) (net.Li
 		return nil, fmt.Errorf("ask the master: %w", err)
 	}
 	defer r.CloseFDs() // Sockets makes its own descriptor
+	if r.Kind == ipc.KindListenReply && len(r.FDs) == 0 {
+		var body ipc.ListenReply
+		if err := r.Decode(&body); err != nil {
+			return nil, err
+		}
+		if body.Balanced {
+			if body.ID < 0 || body.ID >= 64 {
+				return nil, fmt.Errorf("%w: balanced listener id %d from the master", ipc.ErrProtocol, body.ID)
+			}
+			a, err := balancedAddr(spec.Network, body.Addr)
+			if err != nil {
+				return nil, err
+			}
+			return p.handoff.listener(body.ID, a), nil
+		}
+	}
 	if r.Kind != ipc.KindListenReply || len(r.FDs) != 1 {
 		return nil, fmt.Errorf("%w: master answered a listen request with a %s message with %d descriptors, want a listen reply with 1",
 			ipc.ErrProtocol, r.Kind, len(r.FDs))

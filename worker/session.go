@@ -56,8 +56,12 @@ func (p *process) readSession(conn *ipc.Conn) {
 			// nobody to report it to but the master, which is gone.
 			return
 		}
-		// No message this package hands over keeps descriptors (listen
-		// replies go to their Call, not here).
+		if m.Kind == ipc.KindConn {
+			p.handoff.receive(conn, m) // takes the descriptors
+			continue
+		}
+		// No other message this package hands over keeps descriptors
+		// (listen replies go to their Call, not here).
 		_ = m.CloseFDs()
 		switch m.Kind {
 		case ipc.KindDrain:
@@ -73,6 +77,21 @@ func (p *process) readSession(conn *ipc.Conn) {
 			// not take its messages, the session reads no more, and the
 			// master's sends wait in the socket buffers.
 			p.msgs <- Message{body: m.Body}
+		case ipc.KindJob:
+			p.mu.Lock()
+			h := p.jobHandler
+			p.mu.Unlock()
+			if h == nil {
+				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no job handler (worker.HandleJobs)"})
+				continue
+			}
+			sem <- struct{}{}
+			handlers.Add(1)
+			go func() {
+				defer handlers.Done()
+				defer func() { <-sem }()
+				runJob(ctx, conn, h, m)
+			}()
 		case ipc.KindRequest:
 			p.mu.Lock()
 			h := p.handler
@@ -96,9 +115,14 @@ func (p *process) readSession(conn *ipc.Conn) {
 // reply answers the request req with v, or with err as a [ipc.KindError]. A
 // failure to send means the connection is gone: nobody is left to tell.
 func reply(conn *ipc.Conn, req *ipc.Message, v any, err error) {
+	replyKind(conn, req, ipc.KindResponse, v, err)
+}
+
+// replyKind is reply with a reply of kind k when there is no error.
+func replyKind(conn *ipc.Conn, req *ipc.Message, k ipc.Kind, v any, err error) {
 	var r *ipc.Message
 	if err == nil {
-		if r, err = req.Reply(ipc.KindResponse, v); err != nil {
+		if r, err = req.Reply(k, v); err != nil {
 			err = fmt.Errorf("worker: encode reply: %w", err)
 		}
 	}

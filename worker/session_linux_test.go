@@ -421,8 +421,11 @@ func TestHeartbeats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hb1.Seq == 0 || hb2.Seq != hb1.Seq+1 {
-		t.Errorf("heartbeats %d then %d, want consecutive numbers from 1", hb1.Seq, hb2.Seq)
+	// NextHeartbeat returns the latest beat once a new one has come: at a
+	// 5ms interval a loaded machine lets the test miss some (seen: 1 then
+	// 3), so the numbers must grow from 1 on, not follow each other.
+	if hb1.Seq == 0 || hb2.Seq <= hb1.Seq {
+		t.Errorf("heartbeats %d then %d, want increasing numbers from 1", hb1.Seq, hb2.Seq)
 	}
 	if stats["requests"] != 5 || stats["open_conns"] != 2 || len(stats) != 2 {
 		t.Errorf("stats with heartbeat %d = %v, want requests 5, open_conns 2", hb2.Seq, stats)

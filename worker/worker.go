@@ -29,6 +29,7 @@ type process struct {
 	inheritedErr   error              // why they could not be
 	deadline       time.Time          // drain deadline sent by the master, if any
 	handler        Handler            // answers the master's requests; nil: unsupported
+	jobHandler     JobHandler         // does the master's jobs; nil: unsupported
 
 	// connMu guards the IPC connection. It is held across the hello
 	// exchange, so it is not mu: a drain signal must not wait for that.
@@ -48,10 +49,13 @@ type process struct {
 	msgsClosed sync.Once
 
 	metrics metrics
+
+	handoff handoff // balanced listeners
 }
 
 func newProcess(lookup func(string) (string, bool)) *process {
-	return &process{lookup: lookup, drain: make(chan struct{}), msgs: make(chan Message, messageBuffer)}
+	return &process{lookup: lookup, drain: make(chan struct{}), msgs: make(chan Message, messageBuffer),
+		handoff: handoff{kick: make(chan struct{}, 1)}}
 }
 
 // IsWorker reports whether the process runs under clusterd with an IPC

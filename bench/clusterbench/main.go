@@ -38,6 +38,8 @@ type config struct {
 	crashes   int           // kill -9 rounds for crash-to-ready
 	big       int           // workers of the large RSS run
 	idle      time.Duration // idle window for the CPU measurement
+	window    time.Duration // window of the sampling CPU measurement
+	step      time.Duration // autoscale load step
 	scenarios string
 
 	// compare
@@ -62,6 +64,9 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serialWorkerArg {
+		os.Exit(serialWorker(os.Args[2:]))
+	}
 	var c config
 	flag.StringVar(&c.bin, "bin", "bench/bin", "folder with the clusterd and hello binaries")
 	flag.DurationVar(&c.duration, "d", 10*time.Second, "length of each throughput run")
@@ -71,7 +76,7 @@ func main() {
 	flag.IntVar(&c.crashes, "crashes", 30, "kill -9 rounds for the crash-to-ready time")
 	flag.IntVar(&c.big, "big", 256, "workers in the large master-RSS run")
 	flag.DurationVar(&c.idle, "idle", 10*time.Second, "idle window for the master CPU measurement")
-	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle", "comma-separated scenarios (compare is run by bench/compare.sh)")
+	flag.StringVar(&c.scenarios, "run", "throughput,reload,crash,rss,idle,sampling,autoscale", "comma-separated scenarios (compare is run by bench/compare.sh)")
 	flag.StringVar(&c.src, "src", ".", "compare: the repository root")
 	flag.StringVar(&c.node, "node", "node", "compare: the node binary")
 	flag.StringVar(&c.pm2, "pm2", "", "compare: the pm2 binary (empty: no PM2 target)")
@@ -86,6 +91,8 @@ func main() {
 	flag.DurationVar(&c.soakFor, "soak", 10*time.Minute, "soak: how long it runs (bench/soak.sh)")
 	flag.StringVar(&c.in, "in", "bench/results/compare.json", "charts: the results of a compare run")
 	flag.StringVar(&c.chartsDir, "charts-dir", "docs", "charts: where the PNG charts go (the table goes to stdout)")
+	flag.DurationVar(&c.window, "window", 30*time.Second, "window of the sampling CPU measurement")
+	flag.DurationVar(&c.step, "step", 10*time.Second, "length of the autoscale load step")
 	flag.Parse()
 	if c.scenarios == "charts" {
 		// Drawing needs none of the binaries.
@@ -135,6 +142,10 @@ func run(c config) error {
 			err = masterRSS(c)
 		case "idle":
 			err = idleCPU(c)
+		case "sampling":
+			err = samplingCPU(c)
+		case "autoscale":
+			err = autoscaleReaction(c)
 		case "compare":
 			err = compare(c)
 		case "soak":

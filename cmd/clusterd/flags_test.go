@@ -66,6 +66,13 @@ func TestRunFlagDefaults(t *testing.T) {
 		KillTimeout:   master.DefaultKillTimeout,
 		ReloadBatch:   master.DefaultReloadBatch,
 		StopSignal:    unix.SIGTERM,
+
+		HeartbeatInterval: master.DefaultHeartbeatInterval,
+		SampleInterval:    master.DefaultSampleInterval,
+		ScaleInterval:     master.DefaultScaleInterval,
+		ScaleUpAfter:      master.DefaultScaleUpAfter,
+		ScaleDownAfter:    master.DefaultScaleDownAfter,
+		ScaleCooldown:     master.DefaultScaleCooldown,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("options from no flags = %+v, want %+v", got, want)
@@ -74,7 +81,8 @@ func TestRunFlagDefaults(t *testing.T) {
 
 func TestRunFlagsToOptions(t *testing.T) {
 	args := []string{
-		"-w", "3",
+		"-w", "3:8", "--scale-interval", "100ms", "--scale-up-after", "1s", "--scale-down-after", "5s",
+		"--scale-cooldown", "2s", "--memory-budget", "1G",
 		"--listen", "web=tcp://127.0.0.1:0", "--listen", "unix:///tmp/x.sock",
 		"--balance", "reuseport", "--tcp-nodelay=false", "--restart", "on-failure",
 		"--min-uptime", "2s", "--backoff-min", "10ms", "--backoff-max", "1s",
@@ -84,6 +92,8 @@ func TestRunFlagsToOptions(t *testing.T) {
 		"--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp",
 		"--user", "nobody", "--group", "nogroup", "--output", "raw",
 		"--pid-file", "/run/c.pid",
+		"--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s", "--watchdog", "2s",
+		"--max-memory", "48M", "--sample-interval", "1s", "--max-requests", "1000", "--max-requests-jitter", "50",
 	}
 	got, err := parseRun(t, args, nil)
 	if err != nil {
@@ -93,6 +103,9 @@ func TestRunFlagsToOptions(t *testing.T) {
 	sock, _ := sockshare.ParseSpec("unix:///tmp/x.sock")
 	want := master.Options{
 		Workers:       3,
+		MaxWorkers:    8,
+		ScaleInterval: 100 * time.Millisecond, ScaleUpAfter: time.Second, ScaleDownAfter: 5 * time.Second,
+		ScaleCooldown: 2 * time.Second, MemoryBudget: 1 << 30,
 		Listen:        []sockshare.Spec{web, sock},
 		Balance:       master.BalanceReusePort,
 		ListenOptions: sockshare.ListenOptions{TCPDelay: true},
@@ -113,6 +126,14 @@ func TestRunFlagsToOptions(t *testing.T) {
 		Group:         "nogroup",
 		Output:        master.OutputRaw,
 		PIDFile:       "/run/c.pid",
+
+		HeartbeatInterval: 200 * time.Millisecond,
+		HeartbeatTimeout:  3 * time.Second,
+		Watchdog:          2 * time.Second,
+		MaxMemory:         48 << 20,
+		SampleInterval:    time.Second,
+		RetireRequests:    1000,
+		RetireJitter:      50,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("options from %q =\n%+v, want\n%+v", args, got, want)
@@ -181,6 +202,13 @@ func TestRunFlagErrors(t *testing.T) {
 		{"reload batch zero", []string{"--reload-batch", "0"}, nil, "--reload-batch"},
 		{"bad stop signal", []string{"--stop-signal", "SIGNOPE"}, nil, "--stop-signal"},
 		{"bad output", []string{"--output", "tee"}, nil, "--output"},
+		{"workers bad range env", nil, map[string]string{"CLUSTERD_WORKERS": "4:2"}, "MAX 2 is below MIN 4"},
+		{"zero scale interval", []string{"--scale-interval", "0s"}, nil, "--scale-interval must be positive"},
+		{"bad memory budget", []string{"--memory-budget", "x"}, nil, "--memory-budget"},
+		{"bad max memory", []string{"--max-memory", "lots"}, nil, `--max-memory: size "lots"`},
+		{"zero sample interval", []string{"--sample-interval", "0s"}, nil, "--sample-interval must be positive"},
+		{"zero heartbeat interval", []string{"--heartbeat-interval", "0s"}, nil, "--heartbeat-interval must be positive"},
+		{"negative heartbeat timeout", []string{"--heartbeat-timeout", "-1s"}, nil, "--heartbeat-timeout must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,6 +267,9 @@ func TestUsageExitCodes(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"missing command", []string{"run", "--listen", "127.0.0.1:0"}, "missing worker command"},
 		{"workers zero", []string{"run", "-w", "0", "--", "true"}, "--workers must be at least 1"},
+		{"workers bad range", []string{"run", "-w", "4:2", "--", "true"}, "MAX 2 is below MIN 4"},
+		{"workers zero min", []string{"run", "--workers", "0:2", "--", "true"}, "MIN must be at least 1"},
+		{"workers range not numbers", []string{"run", "--workers", "a:b", "--", "true"}, "want a number N or a range MIN:MAX"},
 		// Checked by master.New, named by the CLI.
 		{"workers negative", []string{"run", "-w", "-2", "--", "true"}, "--workers: workers -2: must not be negative"},
 		{"negative kill timeout", []string{"run", "--kill-timeout", "-1s", "--", "true"}, "--kill-timeout: kill timeout -1s: must not be negative"},

@@ -87,6 +87,7 @@ type clusterConfig struct {
 	command    []string // instead of helper: the worker command itself
 
 	prefix []string   // argv before "run" (e.g. exec-worker -- <exe>)
+	shell  bool       // run /bin/sh with prefix (e.g. -c SCRIPT ARG0 <exe>), not the test binary
 	extra  []*os.File // the master's fds 3, 4, ...
 	env    []string   // added to the master's environment
 	stdout *os.File   // the master's stdout instead of a pipe the test reads
@@ -129,6 +130,9 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, cfg.workerArgs...)
 	}
 	argv := append(append([]string{exe}, cfg.prefix...), args...)
+	if cfg.shell {
+		argv = append(append([]string{"/bin/sh"}, cfg.prefix...), args...)
+	}
 	argv = append(slices.Clip(cfg.launcher), argv...)
 	c.cmd = exec.Command(argv[0], argv[1:]...)
 	// Each cluster's control socket in a directory of its own: parallel

@@ -5,11 +5,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +40,7 @@ var helpers = map[string]func(args []string) int{
 		return execute(context.Background(), args, os.Stdout, os.Stderr)
 	},
 	"worker": workerHelper,
+	"serial": serialHelper,
 	// "nobody" runs clusterd as the user nobody (uid 65534), to be refused
 	// by the control socket.
 	"nobody": func(args []string) int {
@@ -154,6 +157,10 @@ func workerHelper(args []string) int {
 	crashAfter := fs.Int("crash-after", 0, "exit with code 3 after answering this many requests (0: never)")
 	exitGens := fs.String("exit-gens", "", "FIRST-LAST: exit 0 right after ready when the generation is in the range")
 	failGens := fs.String("fail-gens", "", "FIRST-LAST: exit 1 at once, before touching any inherited fd, when the generation is in the range")
+	grow := fs.Int("grow", 0, "once ready, allocate (and touch) this many MiB every 20ms, for ever")
+	watchdog := fs.String("watchdog", "", "once: send WATCHDOG=1 once; keep: send it every WATCHDOG_USEC/4")
+	watchdogSlot := fs.Int("watchdog-slot", -1, "only the worker of this slot does -watchdog (-1: all)")
+	oomCgroup := fs.String("oom-cgroup", "", "once ready, join this memory cgroup (write cgroup.procs) and allocate until killed")
 	neverReadyGens := fs.String("never-ready-gens", "", "FIRST-LAST: never report ready when the generation is in the range")
 	say := fs.String("say", "", "print this line to stdout once ready")
 	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
@@ -189,6 +196,24 @@ func workerHelper(args []string) int {
 	}
 	if inRange(*exitGens, gen) {
 		return 0
+	}
+	if *grow > 0 {
+		go growMemory(*grow, 20*time.Millisecond)
+	}
+	if *watchdog != "" && (*watchdogSlot < 0 || *watchdogSlot == id) {
+		if err := sendWatchdog(*watchdog == "keep"); err != nil {
+			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+			return 1
+		}
+	}
+	if *oomCgroup != "" {
+		procs := filepath.Join(*oomCgroup, "cgroup.procs")
+		if err := os.WriteFile(procs, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "worker helper: %v\n", err)
+			return 1
+		}
+		fmt.Printf("joined memory cgroup pid=%d\n", os.Getpid())
+		growMemory(16, 0) // until the kernel's OOM killer ends it
 	}
 	if *say != "" {
 		fmt.Println(*say)
@@ -268,6 +293,104 @@ func workerHelper(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// held keeps growMemory's allocations reachable.
+var held [][]byte
+
+// growMemory allocates mib MiB, touching every page, every step, for ever.
+func growMemory(mib int, step time.Duration) {
+	for {
+		b := make([]byte, mib<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		held = append(held, b)
+		if step > 0 {
+			time.Sleep(step) // the pace of the growth under test
+		}
+	}
+}
+
+// sendWatchdog sends WATCHDOG=1 on NOTIFY_SOCKET once, or (keep) from a
+// goroutine every quarter of WATCHDOG_USEC for ever.
+func sendWatchdog(keep bool) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if addr == "" || err != nil || usec <= 0 {
+		return fmt.Errorf("watchdog: NOTIFY_SOCKET=%q WATCHDOG_USEC=%q", addr, os.Getenv("WATCHDOG_USEC"))
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	if _, err := c.Write([]byte("WATCHDOG=1")); err != nil {
+		c.Close()
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	if !keep {
+		return c.Close()
+	}
+	go func() {
+		t := time.NewTicker(time.Duration(usec) * time.Microsecond / 4)
+		for range t.C {
+			if _, err := c.Write([]byte("WATCHDOG=1")); err != nil {
+				fmt.Fprintf(os.Stderr, "worker helper: watchdog: %v\n", err)
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// serialHelper is a server that handles one connection at a time and
+// takes -d (default 20ms) per request, like a single-threaded server: it
+// accepts the next connection only when done with the last, so the load it
+// cannot take waits in the kernel's accept queue, where the master sees it.
+// Every answer is "pid=P ...", with Connection: close.
+func serialHelper(args []string) int {
+	fs := flag.NewFlagSet("serial", flag.ContinueOnError)
+	d := fs.Duration("d", 20*time.Millisecond, "time per request")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	lns, err := worker.Listeners()
+	if err != nil || len(lns) == 0 {
+		fmt.Fprintf(os.Stderr, "serial helper: listeners: %v (%d)\n", err, len(lns))
+		return 1
+	}
+	ln := lns[0]
+	worker.DrainOnSignal(syscall.SIGTERM)
+	if err := worker.Ready(); err != nil {
+		fmt.Fprintf(os.Stderr, "serial helper: %v\n", err)
+		return 1
+	}
+	go func() {
+		<-worker.Drain()
+		// Stop accepting: what waits in the shared queue goes to the others.
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 0 // closed by the drain
+		}
+		serveOne(c, *d)
+	}
+}
+
+// serveOne answers the one request of c after d.
+func serveOne(c net.Conn, d time.Duration) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := http.ReadRequest(bufio.NewReader(c))
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, req.Body)
+	time.Sleep(d) // the request's cost, the behaviour under test
+	body := fmt.Sprintf("pid=%d serial\n", os.Getpid())
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
 }
 
 // inRange reports whether n is within "FIRST-LAST".

@@ -127,9 +127,10 @@ const runExample = `  # Four workers of ./server sharing port 8080; reload them 
 
 // runFlags holds the values of run's flags.
 type runFlags struct {
-	workers       int
+	workers       workersValue
 	listen        []string
 	balance       string
+	connQueue     int
 	tcpNoDelay    bool
 	restart       string
 	minUptime     time.Duration
@@ -153,13 +154,68 @@ type runFlags struct {
 	logFile       string
 	metrics       string
 	control       controlFlags
+
+	heartbeatInterval time.Duration
+	heartbeatTimeout  time.Duration
+	watchdog          time.Duration
+	maxMemory         string
+	sampleInterval    time.Duration
+	maxRequests       int64
+	maxRequestsJitter int64
+	dumpSignal        string
+	scaleInterval     time.Duration
+	scaleUpAfter      time.Duration
+	scaleDownAfter    time.Duration
+	scaleCooldown     time.Duration
+	memoryBudget      string
+}
+
+// workersValue is --workers: N, or MIN:MAX to autoscale.
+type workersValue struct{ min, max int }
+
+func (v *workersValue) String() string {
+	if v.max > 0 {
+		return strconv.Itoa(v.min) + ":" + strconv.Itoa(v.max)
+	}
+	return strconv.Itoa(v.min)
+}
+
+func (v *workersValue) Type() string { return "N|MIN:MAX" }
+
+func (v *workersValue) Set(s string) error {
+	lo, hi, isRange := strings.Cut(s, ":")
+	n, err := strconv.Atoi(lo)
+	if err != nil {
+		return fmt.Errorf("%q: want a number N or a range MIN:MAX", s)
+	}
+	if !isRange {
+		*v = workersValue{min: n}
+		return nil
+	}
+	m, err := strconv.Atoi(hi)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q: want a number N or a range MIN:MAX", s)
+	case n < 1:
+		return fmt.Errorf("%q: MIN must be at least 1", s)
+	case m < n:
+		return fmt.Errorf("%q: MAX %d is below MIN %d", s, m, n)
+	}
+	*v = workersValue{min: n, max: m}
+	return nil
 }
 
 // register defines the flags on fs, with master's defaults.
 func (f *runFlags) register(fs *pflag.FlagSet) {
-	fs.IntVarP(&f.workers, "workers", "w", 0, "number of worker processes (default: the number of CPUs)")
+	fs.VarP(&f.workers, "workers", "w", "number of worker processes, or MIN:MAX to autoscale between them from the accept queues (default: the CPUs of the CPU quota and affinity mask)")
+	fs.DurationVar(&f.scaleInterval, "scale-interval", master.DefaultScaleInterval, "with --workers MIN:MAX: how often the listeners' accept queues are sampled")
+	fs.DurationVar(&f.scaleUpAfter, "scale-up-after", master.DefaultScaleUpAfter, "with --workers MIN:MAX: add a worker when the accept queue stayed non-empty this long")
+	fs.DurationVar(&f.scaleDownAfter, "scale-down-after", master.DefaultScaleDownAfter, "with --workers MIN:MAX: retire a worker when the accept queue stayed empty this long")
+	fs.DurationVar(&f.scaleCooldown, "scale-cooldown", master.DefaultScaleCooldown, "with --workers MIN:MAX: no other change this long after one")
+	fs.StringVar(&f.memoryBudget, "memory-budget", "", "with --workers MIN:MAX: add no worker that would take the workers' memory past this (48M, 2G)")
 	fs.StringArrayVar(&f.listen, "listen", nil, "address to bind and share with the workers, [NAME=]tcp://HOST:PORT, unix:///PATH, ... (repeatable)")
-	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.IntVar(&f.connQueue, "conn-queue", master.DefaultConnQueue, "with --balance round-robin or least-conn: the most connections handed to one worker and not yet taken by it; a worker at the bound gets none until it catches up")
+	fs.StringVar(&f.balance, "balance", master.BalanceShared.String(), "how connections are spread: shared (one socket for all workers), reuseport (one SO_REUSEPORT socket per slot), or round-robin or least-conn (the master accepts and hands each connection to a worker over IPC; workers must use the clusterd worker library)")
 	fs.BoolVar(&f.tcpNoDelay, "tcp-nodelay", true, "set TCP_NODELAY on the TCP listeners, which accepted connections inherit (--tcp-nodelay=false leaves Nagle's algorithm on)")
 	fs.StringVar(&f.restart, "restart", master.RestartAlways.String(), "which worker exits are restarted: always, on-failure or never")
 	fs.DurationVar(&f.minUptime, "min-uptime", master.DefaultMinUptime, "a worker up this long is restarted at once and resets its slot's backoff")
@@ -172,6 +228,14 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.killTimeout, "kill-timeout", master.DefaultKillTimeout, "how long a draining worker has between its stop signal and SIGKILL")
 	fs.IntVar(&f.reloadBatch, "reload-batch", master.DefaultReloadBatch, "how many workers a rolling reload replaces at a time")
 	fs.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that tells a worker to drain, by name (TERM, SIGINT) or number")
+	fs.DurationVar(&f.heartbeatInterval, "heartbeat-interval", master.DefaultHeartbeatInterval, "how often library workers heartbeat and report their stats")
+	fs.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", master.DefaultHeartbeatTimeouts*master.DefaultHeartbeatInterval, "a library worker silent this long is hung and replaced (default: 10 heartbeat intervals; 0: off)")
+	fs.DurationVar(&f.watchdog, "watchdog", 0, "a worker that sent WATCHDOG=1 on NOTIFY_SOCKET must send it again within this, or it is hung and replaced; WATCHDOG_USEC is set for it (0: off)")
+	fs.StringVar(&f.maxMemory, "max-memory", "", "replace a worker, gracefully, once its process group's resident memory exceeds this: 48M, 512MiB, 1G (default: no limit)")
+	fs.DurationVar(&f.sampleInterval, "sample-interval", master.DefaultSampleInterval, "how often worker memory is sampled for --max-memory")
+	fs.Int64Var(&f.maxRequests, "max-requests", 0, "retire a library worker, gracefully, after it served this many requests (0: never)")
+	fs.Int64Var(&f.maxRequestsJitter, "max-requests-jitter", 0, "add a random 0..N to --max-requests per worker, so that workers do not retire together")
+	fs.StringVar(&f.dumpSignal, "dump-signal", "", "send this signal (e.g. SIGQUIT, for a Go goroutine dump on stderr) to a worker whose drain deadline passed, and wait a moment before the SIGKILL")
 	fs.StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the workers' environment (repeatable)")
 	fs.StringVar(&f.cwd, "cwd", "", "working directory of the workers (default: the master's)")
 	fs.StringVar(&f.user, "user", "", "run the workers as this user, by name or uid (the master keeps its own to bind privileged ports)")
@@ -352,10 +416,27 @@ func masterSignals() []os.Signal {
 func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	var o master.Options
 	var err error
-	if fs.Changed("workers") && f.workers == 0 {
+	if fs.Changed("workers") && f.workers.min == 0 {
 		return o, usagef("--workers must be at least 1, got 0")
 	}
-	o.Workers = f.workers
+	o.Workers, o.MaxWorkers = f.workers.min, f.workers.max
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"scale-interval", f.scaleInterval}, {"scale-up-after", f.scaleUpAfter},
+		{"scale-down-after", f.scaleDownAfter}, {"scale-cooldown", f.scaleCooldown},
+	} {
+		if d.v <= 0 {
+			return o, usagef("--%s must be positive, got %v", d.name, d.v)
+		}
+	}
+	o.ScaleInterval, o.ScaleUpAfter, o.ScaleDownAfter, o.ScaleCooldown = f.scaleInterval, f.scaleUpAfter, f.scaleDownAfter, f.scaleCooldown
+	if f.memoryBudget != "" {
+		if o.MemoryBudget, err = master.ParseSize(f.memoryBudget); err != nil {
+			return o, usagef("--memory-budget: %w", err)
+		}
+	}
 	for _, s := range f.listen {
 		if strings.TrimSpace(s) == "" {
 			return o, usagef("--listen %q: empty address", s)
@@ -368,6 +449,12 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 	}
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
+	}
+	if fs.Changed("conn-queue") {
+		if f.connQueue == 0 {
+			return o, usagef("--conn-queue must be at least 1, got 0")
+		}
+		o.ConnQueue = f.connQueue // master.New checks the range
 	}
 	o.ListenOptions.TCPDelay = !f.tcpNoDelay
 	if o.Restart, err = master.ParseRestartPolicy(f.restart); err != nil {
@@ -414,17 +501,53 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		return o, usagef("--output: %w", err)
 	}
 	o.PIDFile = f.pidFile
+	if f.heartbeatInterval <= 0 {
+		return o, usagef("--heartbeat-interval must be positive, got %v", f.heartbeatInterval)
+	}
+	o.HeartbeatInterval = f.heartbeatInterval
+	switch {
+	case !fs.Changed("heartbeat-timeout"):
+		// 0: master's default, ten intervals of --heartbeat-interval.
+	case f.heartbeatTimeout == 0:
+		o.HeartbeatTimeout = -1
+	case f.heartbeatTimeout < 0:
+		return o, usagef("--heartbeat-timeout must not be negative, got %v (0: off)", f.heartbeatTimeout)
+	default:
+		o.HeartbeatTimeout = f.heartbeatTimeout
+	}
+	o.Watchdog = f.watchdog
+	if f.maxMemory != "" {
+		if o.MaxMemory, err = master.ParseSize(f.maxMemory); err != nil {
+			return o, usagef("--max-memory: %w", err)
+		}
+	}
+	if f.sampleInterval <= 0 {
+		return o, usagef("--sample-interval must be positive, got %v", f.sampleInterval)
+	}
+	o.SampleInterval = f.sampleInterval
+	o.RetireRequests, o.RetireJitter = f.maxRequests, f.maxRequestsJitter
+	if f.dumpSignal != "" {
+		if o.DumpSignal, err = parseSignal(f.dumpSignal); err != nil {
+			return o, usagef("--dump-signal: %w", err)
+		}
+	}
 	return o, nil
 }
 
 // optionFlags names the flag of each master.Options field the flags set.
 var optionFlags = map[string]string{
-	"Workers": "workers", "Listen": "listen", "Balance": "balance", "Restart": "restart",
+	"Workers": "workers", "Listen": "listen", "Balance": "balance", "ConnQueue": "conn-queue", "Restart": "restart",
 	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
 	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
-	"Output": "output", "PIDFile": "pid-file", "ControlSocket": "control",
+	"Output": "output", "PIDFile": "pid-file",
+	"HeartbeatInterval": "heartbeat-interval", "HeartbeatTimeout": "heartbeat-timeout", "Watchdog": "watchdog",
+	"MaxMemory": "max-memory", "SampleInterval": "sample-interval",
+	"RetireRequests": "max-requests", "RetireJitter": "max-requests-jitter", "DumpSignal": "dump-signal",
+	"MaxWorkers": "workers", "ScaleInterval": "scale-interval", "ScaleUpAfter": "scale-up-after",
+	"ScaleDownAfter": "scale-down-after", "ScaleCooldown": "scale-cooldown", "MemoryBudget": "memory-budget",
+	"ControlSocket": "control",
 }
 
 // optionError turns master.New's error for a field into a usage error

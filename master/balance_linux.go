@@ -1,0 +1,203 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/clusterd/clusterd/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// The accept side of balancing: one goroutine per balanced listener
+// accepts in batches (accept4 until EAGAIN, or a batch is full, per
+// wake-up of the runtime poller) and hands each batch out, several
+// descriptors per message where several go to one worker. Nothing on this
+// path allocates per connection.
+
+// acceptBatch is the most connections accepted before they are handed out.
+const acceptBatch = 64
+
+// Accept error back-off: the first wait after an error like EMFILE, and
+// the longest.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// accepter accepts on one listener.
+type accepter struct {
+	b    *balancer
+	id   uint8
+	addr string
+	f    *os.File // a non-blocking duplicate of the listener, owned
+}
+
+// startAccepter starts accepting on listener f (which stays owned by the
+// caller; the accepter works on a duplicate of its own).
+func (b *balancer) startAccepter(f *os.File, id uint8, addr string) (*accepter, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("balance %s: %w", addr, err)
+	}
+	var dup int
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		derr = err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("balance %s: %w", addr, os.NewSyscallError("fcntl", derr))
+	}
+	// The listener is the master's alone in these modes (workers never get
+	// it), so switching its open file description to non-blocking mode
+	// affects nobody else; os.NewFile then registers it with the poller.
+	if err := unix.SetNonblock(dup, true); err != nil {
+		closeFD(dup)
+		return nil, fmt.Errorf("balance %s: %w", addr, os.NewSyscallError("fcntl", err))
+	}
+	a := &accepter{b: b, id: id, addr: addr, f: os.NewFile(uintptr(dup), addr)}
+	b.wg.Add(1)
+	go a.run()
+	b.log.Info("balancing connections", "addr", addr, "balance", b.mode.String())
+	return a, nil
+}
+
+// shutdown unblocks run (which then returns); called after b.stop closed.
+func (a *accepter) shutdown() {
+	_ = a.f.Close() // interrupts the poller wait; nothing to report at the end
+}
+
+func (a *accepter) run() {
+	defer a.b.wg.Done()
+	rc, err := a.f.SyscallConn()
+	if err != nil {
+		a.b.log.Error("balancing stopped", "addr", a.addr, "error", err)
+		return
+	}
+	var (
+		batch   [acceptBatch]int
+		picks   [acceptBatch]*target
+		group   [acceptBatch]int
+		n       int
+		aerr    error
+		backoff time.Duration
+		burst   int // accept errors since the last success
+	)
+	accept := func(fd uintptr) bool {
+		for n < acceptBatch {
+			nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+			switch errno {
+			case 0:
+				batch[n] = int(nfd)
+				n++
+				continue
+			case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+				continue // that connection is gone; accept the next
+			case unix.EAGAIN:
+				// Drained: hand out what came, or wait for the poller.
+				return n > 0
+			}
+			aerr = errno
+			return true
+		}
+		return true
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		// Connections nobody could take go first; while they wait, accept
+		// no more (the kernel's backlog holds the rest).
+		for !a.b.retryHeld() {
+			timer.Reset(10 * time.Millisecond)
+			select {
+			case <-a.b.stop:
+				return
+			case <-a.b.wake:
+			case <-timer.C:
+			}
+			timer.Stop()
+		}
+		n, aerr = 0, nil
+		rerr := rc.Read(accept)
+		if n > 0 {
+			burst, backoff = 0, 0
+			a.handOut(batch[:n], picks[:n], group[:0])
+		}
+		if rerr != nil {
+			select {
+			case <-a.b.stop:
+			default:
+				a.b.log.Error("balancing stopped", "addr", a.addr, "error", rerr)
+			}
+			return
+		}
+		if aerr == nil {
+			continue
+		}
+		var errno syscall.Errno
+		if !errors.As(aerr, &errno) || !temporaryAccept(errno) {
+			a.b.log.Error("balancing stopped", "addr", a.addr, "error", os.NewSyscallError("accept4", aerr))
+			return
+		}
+		// EMFILE and the like: the pending connection stays queued and the
+		// socket stays readable, so wait before trying again. Logged once
+		// per burst.
+		if burst == 0 {
+			a.b.log.Warn("accept failed; backing off", "addr", a.addr, "error", os.NewSyscallError("accept4", aerr))
+		}
+		burst++
+		backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+		timer.Reset(backoff)
+		select {
+		case <-a.b.stop:
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+// temporaryAccept reports accept errors that the master outlives.
+func temporaryAccept(errno syscall.Errno) bool {
+	switch errno {
+	case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EPERM:
+		return true
+	}
+	return false
+}
+
+// handOut gives each of fds to a worker, grouping the ones that go to the
+// same worker into one message; picks and group are scratch space of
+// len(fds) and cap(fds).
+func (a *accepter) handOut(fds []int, picks []*target, group []int) {
+	b := a.b
+	now := time.Now().UnixNano()
+	for i, fd := range fds {
+		if picks[i] = b.pick(a.id, now, nil); picks[i] == nil {
+			b.hold(heldConn{fd: fd, lid: a.id}) // nobody can take it now
+		}
+	}
+	for i := 0; i < len(picks); {
+		t := picks[i]
+		if t == nil {
+			i++
+			continue
+		}
+		group = group[:0]
+		for j := i; j < len(picks) && len(group) < ipc.DefaultMaxFDs; j++ {
+			if picks[j] == t {
+				group = append(group, fds[j])
+				picks[j] = nil
+			}
+		}
+		if !t.hand(a.id, group) {
+			for _, fd := range group {
+				b.route(a.id, fd, t)
+			}
+		}
+	}
+}
