@@ -243,18 +243,30 @@ func (s *controlServer) serve(uc *net.UnixConn) {
 		s.log.Debug("control handshake", "pid", cred.Pid, "uid", cred.Uid, "error", err)
 		return
 	}
-	if !allowed {
-		s.fail(conn, 0, ipc.CodeForbidden, fmt.Sprintf("uid %d may not control this cluster (only root and uid %d)", cred.Uid, s.uid))
-		return
-	}
 	// The request follows the hello at once; a server that closes does
 	// not wait for it.
 	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
-	msg, err := conn.Recv()
+	var msg *ipc.Message
+	if allowed {
+		msg, err = conn.Recv()
+	} else {
+		// A refused client is answered only once its request is in: an
+		// answer sent (and the connection closed) before the client wrote
+		// its request would meet that write with EPIPE, and the client
+		// would see a broken pipe instead of the refusal. The wait is
+		// bounded as the hello's was.
+		late := time.AfterFunc(controlHandshakeTimeout, func() { conn.Close() })
+		msg, err = conn.Recv()
+		late.Stop()
+	}
 	if !stop() || err != nil {
 		return
 	}
 	_ = msg.CloseFDs() // no request carries descriptors
+	if !allowed {
+		s.fail(conn, msg.ID, ipc.CodeForbidden, fmt.Sprintf("uid %d may not control this cluster (only root and uid %d)", cred.Uid, s.uid))
+		return
+	}
 	if msg.Kind != ipc.KindRequest {
 		s.fail(conn, msg.ID, ipc.CodeBadRequest, fmt.Sprintf("want a request, got %s", msg.Kind))
 		return
