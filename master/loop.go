@@ -155,8 +155,9 @@ type slot struct {
 	removed   bool
 	restarts  int    // unplanned restarts
 	hangs     int    // workers found hung
-	lastExit  string // how its last worker ended
+	lastExit  string // how its newest exited worker ended
 	lastCause string // why, in words (exitCause)
+	lastGen   int    // the generation lastExit describes
 }
 
 // leftovers are the cluster's processes besides its workers: their
@@ -496,8 +497,11 @@ func (l *loop) onExit(e exitEvent) {
 	})
 
 	s := w.slot
-	s.lastExit = e.status.String()
-	s.lastCause = cause
+	if w.gen > s.lastGen {
+		// A worker drained by a reload may exit after a newer one of its
+		// slot; the slot's last exit is the newest generation's.
+		s.lastExit, s.lastCause, s.lastGen = e.status.String(), cause, w.gen
+	}
 	switch {
 	case s.next == w:
 		s.next = nil
