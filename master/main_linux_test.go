@@ -361,6 +361,10 @@ func helperWorker() int {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			return 2
 		}
+		if m == "escape-stubborn" && !termIgnored(cmd.Process.Pid) {
+			fmt.Fprintln(os.Stderr, "worker: escaped process never ignored SIGTERM")
+			return 2
+		}
 		fmt.Printf("escaped: %d\n", cmd.Process.Pid) // never waited for: it outlives the worker
 	}
 	term := make(chan os.Signal, 1)
@@ -561,4 +565,27 @@ func sayReady(notify bool) error {
 	}
 	workerConn = conn
 	return conn.Send(&ipc.Message{Kind: ipc.KindReady})
+}
+
+// termIgnored waits (10 s at most) until process pid ignores SIGTERM, as
+// /proc/PID/status's SigIgn mask shows: a stop signal sent before its shell
+// ran the trap would end it, and the test would count one stubborn process
+// too few.
+func termIgnored(pid int) bool {
+	for range 10000 {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			return false
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+				mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+				if err == nil && mask&(1<<(uint(syscall.SIGTERM)-1)) != 0 {
+					return true
+				}
+			}
+		}
+		time.Sleep(time.Millisecond) // polling /proc: the helper has no other event to wait on
+	}
+	return false
 }
