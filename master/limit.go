@@ -1,6 +1,7 @@
 package master
 
 import (
+	"math"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -11,6 +12,8 @@ import (
 // depth); these bound CPU: a worker sending 0.8 M messages/s, or 16
 // descriptors with each, would otherwise keep the master's reader busy on
 // most of a CPU.
+//
+// They are the defaults of Options.IPCMessageRate and Options.IPCFDRate.
 const (
 	// IPCMessageRate is the number of IPC messages per second the master
 	// reads from one worker, with bursts of as many again.
@@ -35,6 +38,8 @@ const (
 type ipcLimiter struct {
 	log       hclog.Logger // carries worker, pid, generation
 	msgs, fds bucket
+	msgLimit  int  // msgs' rate, for the log; 0: unlimited
+	fdLimit   int  // fds' rate, for the log; 0: unlimited
 	flooding  bool // a burst was logged and has not ended
 	now       func() time.Time
 	// wait sleeps for d and reports whether reading should go on (false:
@@ -49,13 +54,17 @@ type bucket struct {
 	last        time.Time
 }
 
-func newIPCLimiter(log hclog.Logger, done <-chan struct{}) *ipcLimiter {
+// newIPCLimiter paces one worker at msgRate messages and fdRate
+// descriptors a second; a rate of 0 is no limit.
+func newIPCLimiter(log hclog.Logger, done <-chan struct{}, msgRate, fdRate int) *ipcLimiter {
 	now := time.Now()
 	return &ipcLimiter{
-		log:  log,
-		msgs: bucket{rate: IPCMessageRate, burst: IPCMessageRate, tokens: IPCMessageRate, last: now},
-		fds:  bucket{rate: IPCFDRate, burst: IPCFDRate, tokens: IPCFDRate, last: now},
-		now:  time.Now,
+		log:      log,
+		msgs:     newBucket(msgRate, now),
+		fds:      newBucket(fdRate, now),
+		msgLimit: msgRate,
+		fdLimit:  fdRate,
+		now:      time.Now,
 		wait: func(d time.Duration) bool {
 			t := time.NewTimer(d)
 			defer t.Stop()
@@ -67,6 +76,16 @@ func newIPCLimiter(log hclog.Logger, done <-chan struct{}) *ipcLimiter {
 			}
 		},
 	}
+}
+
+// newBucket is a bucket of rate tokens a second holding as many; rate 0 is
+// a bucket that never runs out.
+func newBucket(rate int, now time.Time) bucket {
+	r := float64(rate)
+	if rate <= 0 {
+		r = math.Inf(1)
+	}
+	return bucket{rate: r, burst: r, tokens: r, last: now}
 }
 
 // take refills b up to now and takes n tokens. It returns how long to wait
@@ -91,12 +110,12 @@ func (b *bucket) take(n float64, now time.Time) (wait time.Duration, wasFull boo
 func (lim *ipcLimiter) admit(nfds int) bool {
 	now := lim.now()
 	wait, full := lim.msgs.take(1, now)
-	what, limit := "messages", IPCMessageRate
+	what, limit := "messages", lim.msgLimit
 	if nfds > 0 {
 		w, f := lim.fds.take(float64(nfds), now)
 		full = full && f
 		if w > wait {
-			wait, what, limit = w, "descriptors", IPCFDRate
+			wait, what, limit = w, "descriptors", lim.fdLimit
 		}
 	}
 	if wait == 0 {

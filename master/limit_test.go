@@ -16,7 +16,7 @@ func fakeLimiter(t *testing.T) (*ipcLimiter, *syncBuffer, *time.Duration, *time.
 	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug})
 	clock := time.Unix(1000, 0)
 	var waited time.Duration
-	lim := newIPCLimiter(log, nil)
+	lim := newIPCLimiter(log, nil, IPCMessageRate, IPCFDRate)
 	lim.msgs.last, lim.fds.last = clock, clock
 	lim.now = func() time.Time { return clock }
 	lim.wait = func(d time.Duration) bool {
@@ -94,7 +94,7 @@ func TestIPCLimiterDescriptors(t *testing.T) {
 
 func TestIPCLimiterReleased(t *testing.T) {
 	done := make(chan struct{})
-	lim := newIPCLimiter(hclog.NewNullLogger(), done)
+	lim := newIPCLimiter(hclog.NewNullLogger(), done, IPCMessageRate, IPCFDRate)
 	close(done)
 	ok := true
 	for i := 0; i < 2*IPCMessageRate && ok; i++ {

@@ -271,6 +271,13 @@ type Options struct {
 	// MaxRequests bounds the requests of one worker handled at a time. 0
 	// means DefaultMaxRequests.
 	MaxRequests int
+	// IPCMessageRate and IPCFDRate pace what the master reads from one
+	// worker: messages and received descriptors per second, with bursts of
+	// as many again; past them the worker's sends block (and one line is
+	// logged per burst). 0 means the constants IPCMessageRate (20,000) and
+	// IPCFDRate (2,000); negative means no limit, for programs whose
+	// workers send more (the master then spends what they send).
+	IPCMessageRate, IPCFDRate int
 	// MaxListeners bounds the run-time listeners (worker.Listen of an
 	// address the master does not have yet) of the whole cluster; a request
 	// past it is answered ipc.CodeLimit, and a worker that keeps asking
@@ -495,6 +502,17 @@ func normalize(opts Options) (*config, error) {
 		return nil, optErr("MaxRequests", "max requests %d: must not be negative", c.MaxRequests)
 	case c.MaxRequests == 0:
 		c.MaxRequests = DefaultMaxRequests
+	}
+	for _, r := range []struct {
+		v   *int
+		def int
+	}{{&c.IPCMessageRate, IPCMessageRate}, {&c.IPCFDRate, IPCFDRate}} {
+		switch {
+		case *r.v == 0:
+			*r.v = r.def
+		case *r.v < 0:
+			*r.v = 0 // the limiter's "no limit"
+		}
 	}
 	switch {
 	case c.HeartbeatTimeout < 0 || c.HeartbeatInterval == 0:

@@ -180,7 +180,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
-	lim := newIPCLimiter(s.log, s.p.done)
+	lim := newIPCLimiter(s.log, s.p.done, s.st.cfg.IPCMessageRate, s.st.cfg.IPCFDRate)
 	paced := true
 	for {
 		m, err := s.p.conn.Recv()
