@@ -80,6 +80,8 @@ type ControlWorker struct {
 	Ready      time.Time `msgpack:"ready"`
 	Restarts   int       `msgpack:"restarts"`
 	LastExit   string    `msgpack:"last_exit"`
+	// LastCause says in words why the slot's previous worker ended.
+	LastCause string `msgpack:"last_cause,omitempty"`
 	// RSS is the resident set in bytes, from /proc/PID/statm; -1 if unknown.
 	RSS int64 `msgpack:"rss"`
 	// CPU is the CPU use in percent of one core: since the previous status

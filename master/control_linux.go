@@ -400,7 +400,7 @@ func (s *controlServer) status() *ControlStatusReply {
 		cw := ControlWorker{
 			Slot: w.Slot, PID: w.PID, State: string(w.State), Generation: w.Generation,
 			Replacing: w.Replacing, Online: w.Online, Started: w.Started, Ready: w.Ready,
-			Restarts: w.Restarts, LastExit: w.LastExit, RSS: -1, CPU: -1,
+			Restarts: w.Restarts, LastExit: w.LastExit, LastCause: w.LastCause, RSS: -1, CPU: -1,
 		}
 		seen[w.PID] = true
 		if rss, err := readRSS(w.PID); err == nil {

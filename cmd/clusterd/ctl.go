@@ -63,6 +63,7 @@ type workerStatus struct {
 	RSSBytes      int64   `json:"rss_bytes"`
 	CPUPercent    float64 `json:"cpu_percent"`
 	LastExit      string  `json:"last_exit"`
+	LastCause     string  `json:"last_cause"`
 }
 
 func writeStatusJSON(w io.Writer, st master.ControlStatusReply, now time.Time) error {
@@ -77,7 +78,7 @@ func writeStatusJSON(w io.Writer, st master.ControlStatusReply, now time.Time) e
 			Slot: cw.Slot, PID: cw.PID, State: cw.State, Generation: cw.Generation,
 			Replacing: cw.Replacing, Online: cw.Online,
 			UptimeSeconds: now.Sub(cw.Started).Seconds(), Restarts: cw.Restarts,
-			RSSBytes: cw.RSS, CPUPercent: cw.CPU, LastExit: cw.LastExit,
+			RSSBytes: cw.RSS, CPUPercent: cw.CPU, LastExit: cw.LastExit, LastCause: cw.LastCause,
 		})
 	}
 	enc := json.NewEncoder(w)
@@ -101,6 +102,9 @@ func writeStatusTable(w io.Writer, st master.ControlStatusReply, now time.Time) 
 			cpu = strconv.FormatFloat(cw.CPU, 'f', 1, 64) + "%"
 		}
 		last := cw.LastExit
+		if cw.LastCause != "" {
+			last = cw.LastCause
+		}
 		if last == "" {
 			last = "-"
 		}
