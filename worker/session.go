@@ -41,6 +41,17 @@ func (p *process) readSession(conn *ipc.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var handlers sync.WaitGroup
 	sem := make(chan struct{}, MaxConcurrentRequests)
+	// handle runs f on a goroutine of its own, at most MaxConcurrentRequests
+	// at a time (reading waits for a free one: back-pressure on the master).
+	handle := func(f func()) {
+		sem <- struct{}{}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			defer func() { <-sem }()
+			f()
+		}()
+	}
 	defer func() {
 		// The connection is gone: running handlers have nobody to answer.
 		cancel()
@@ -85,13 +96,7 @@ func (p *process) readSession(conn *ipc.Conn) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no job handler (worker.HandleJobs)"})
 				continue
 			}
-			sem <- struct{}{}
-			handlers.Add(1)
-			go func() {
-				defer handlers.Done()
-				defer func() { <-sem }()
-				runJob(ctx, conn, h, m)
-			}()
+			handle(func() { runJob(ctx, conn, h, m) })
 		case ipc.KindRequest:
 			p.mu.Lock()
 			h := p.handler
@@ -100,14 +105,10 @@ func (p *process) readSession(conn *ipc.Conn) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no request handler (worker.Handle)"})
 				continue
 			}
-			sem <- struct{}{}
-			handlers.Add(1)
-			go func() {
-				defer handlers.Done()
-				defer func() { <-sem }()
+			handle(func() {
 				v, err := h(ctx, Message{body: m.Body})
 				reply(conn, m, v, err)
-			}()
+			})
 		}
 	}
 }
