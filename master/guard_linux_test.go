@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -568,38 +567,11 @@ func TestInProcessActivatedUnixKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := sockshare.Listen(spec, sockshare.ListenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	named := os.NewFile(uintptr(dupFD(t, f)), "web")
-	f.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	usedHelpers.Store("worker", true)
-	m, err := New(Options{
-		Command: []string{exe}, Env: []string{envHelper + "=worker"}, Workers: 1,
-		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC},
-		Stdout: io.Discard, Stderr: io.Discard,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	select {
-	case <-m.Ready():
-	case err := <-done:
-		t.Fatalf("Run = %v", err)
-	}
+	_, _, stop := runActivated(t, spec)
 	if err := getUnix(path, "/"); err != nil {
 		t.Errorf("request to the activated unix socket: %v", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("Run = %v", err)
 	}
 	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {

@@ -1253,18 +1253,36 @@ func TestInProcessActivated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m, named, stop := runActivated(t, spec)
+	addr := m.Addrs()[0].String()
+	if _, err := get(addr, "/"); err != nil {
+		t.Errorf("request to the activated socket: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := named.Close(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("activated socket after Run: Close = %v, want it closed by Run", err)
+	}
+}
+
+// runActivated runs an in-process master of one worker helper on a socket
+// bound for spec and handed over as socket activation would ("web"), and
+// waits until it is ready. stop cancels Run and returns its result.
+func runActivated(t *testing.T, spec sockshare.Spec) (m *Master, named *os.File, stop func() error) {
+	t.Helper()
 	f, err := sockshare.Listen(spec, sockshare.ListenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	named := os.NewFile(uintptr(dupFD(t, f)), "web")
+	named = os.NewFile(uintptr(dupFD(t, f)), "web")
 	f.Close()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	usedHelpers.Store("worker", true)
-	m, err := New(Options{
+	m, err = New(Options{
 		Command: []string{exe}, Env: []string{envHelper + "=worker"}, Workers: 1,
 		Activated: []*os.File{named}, Ready: ReadyMode{Kind: ReadyIPC},
 		Stdout: io.Discard, Stderr: io.Discard,
@@ -1280,16 +1298,9 @@ func TestInProcessActivated(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Run = %v", err)
 	}
-	addr := m.Addrs()[0].String()
-	if _, err := get(addr, "/"); err != nil {
-		t.Errorf("request to the activated socket: %v", err)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run = %v", err)
-	}
-	if err := named.Close(); !errors.Is(err, os.ErrClosed) {
-		t.Errorf("activated socket after Run: Close = %v, want it closed by Run", err)
+	return m, named, func() error {
+		cancel()
+		return <-done
 	}
 }
 
