@@ -68,18 +68,7 @@ func helperAPIWorker() int {
 		fmt.Fprintln(os.Stderr, "api-worker:", err)
 		return 2
 	}
-	env, ok, err := ipc.ParseEnv(os.LookupEnv)
-	if err != nil || !ok {
-		return fail(fmt.Errorf("no ipc environment (%v)", err))
-	}
-	unix.CloseOnExec(env.IPCFD)
-	conn, err := ipc.NewConn(os.NewFile(uintptr(env.IPCFD), "ipc"), ipc.Options{})
-	if err != nil {
-		return fail(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	hello, err := conn.Handshake(ctx, ipc.Hello{PID: os.Getpid(), WorkerID: env.WorkerID, Generation: env.Generation})
+	conn, env, hello, err := dialMaster()
 	if err != nil {
 		return fail(err)
 	}
@@ -299,4 +288,27 @@ func holdsInode(pid int, inode string) bool {
 		}
 	}
 	return false
+}
+
+// dialMaster is what a test worker speaking ipc directly does first: it
+// adopts its inherited IPC end (CLUSTERD_IPC_FD, made close-on-exec) and
+// says hello, within 30s.
+func dialMaster() (*ipc.Conn, ipc.Env, ipc.Hello, error) {
+	env, ok, err := ipc.ParseEnv(os.LookupEnv)
+	if err != nil || !ok {
+		return nil, env, ipc.Hello{}, fmt.Errorf("no ipc environment (%v)", err)
+	}
+	unix.CloseOnExec(env.IPCFD)
+	conn, err := ipc.NewConn(os.NewFile(uintptr(env.IPCFD), "ipc"), ipc.Options{})
+	if err != nil {
+		return nil, env, ipc.Hello{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hello, err := conn.Handshake(ctx, ipc.Hello{PID: os.Getpid(), WorkerID: env.WorkerID, Generation: env.Generation})
+	if err != nil {
+		conn.Close()
+		return nil, env, ipc.Hello{}, err
+	}
+	return conn, env, hello, nil
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/clusterd/clusterd/ipc"
-	"golang.org/x/sys/unix"
 )
 
 // Tests of Dispatch with real worker processes: job-worker helpers speak
@@ -40,18 +39,7 @@ func helperJobWorker() int {
 		fmt.Fprintln(os.Stderr, "job-worker:", err)
 		return 2
 	}
-	env, ok, err := ipc.ParseEnv(os.LookupEnv)
-	if err != nil || !ok {
-		return fail(fmt.Errorf("no ipc environment (%v)", err))
-	}
-	unix.CloseOnExec(env.IPCFD)
-	conn, err := ipc.NewConn(os.NewFile(uintptr(env.IPCFD), "ipc"), ipc.Options{})
-	if err != nil {
-		return fail(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	hello, err := conn.Handshake(ctx, ipc.Hello{PID: os.Getpid(), WorkerID: env.WorkerID, Generation: env.Generation})
+	conn, _, hello, err := dialMaster()
 	if err != nil {
 		return fail(err)
 	}
