@@ -184,20 +184,33 @@ func TestShutdownAloneDropsRequest(t *testing.T) {
 	}
 }
 
+// A keep-alive connection that is idle when the drain starts stays open
+// while the client may still reuse it: its next request is answered, with
+// "Connection: close", at once or however late it comes within the grace.
 func TestServeHTTPKeepAliveGetsConnectionClose(t *testing.T) {
-	ht := startHTTP(t, okHandler, HTTPServer{})
-	c := ht.dial()
-	if resp := c.get(t, "/"); resp.Close {
-		t.Fatalf("GET before drain has Connection: close")
-	}
-	ht.drain()
-	resp := c.get(t, "/")
-	if resp.StatusCode != http.StatusOK || !resp.Close {
-		t.Errorf("keep-alive GET during drain = %d, close %v; want 200 with Connection: close", resp.StatusCode, resp.Close)
-	}
-	c.expectEOF(t)
-	if err := ht.wait(); err != nil {
-		t.Errorf("Serve = %v, want nil", err)
+	for _, tc := range []struct {
+		name string
+		opts HTTPServer
+	}{
+		{"defaults", HTTPServer{}},
+		{"late request within an hour's grace", HTTPServer{IdleGrace: time.Hour, DrainTimeout: 2 * time.Hour}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ht := startHTTP(t, okHandler, tc.opts)
+			c := ht.dial()
+			if resp := c.get(t, "/"); resp.Close {
+				t.Fatalf("GET before drain has Connection: close")
+			}
+			ht.drain()
+			resp := c.get(t, "/")
+			if resp.StatusCode != http.StatusOK || !resp.Close {
+				t.Errorf("keep-alive GET during drain = %d, close %v; want 200 with Connection: close", resp.StatusCode, resp.Close)
+			}
+			c.expectEOF(t)
+			if err := ht.wait(); err != nil {
+				t.Errorf("Serve = %v, want nil", err)
+			}
+		})
 	}
 }
 
@@ -279,26 +292,6 @@ func TestServeHTTPArguments(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Error("Serve without a server left its listener open")
-	}
-}
-
-// A keep-alive connection that is idle when the drain starts stays open
-// while the client may still reuse it: its next request is answered, with
-// "Connection: close", however late it comes within the grace.
-func TestServeHTTPAnswersLateRequestOnIdleConnection(t *testing.T) {
-	ht := startHTTP(t, okHandler, HTTPServer{IdleGrace: time.Hour, DrainTimeout: 2 * time.Hour})
-	c := ht.dial()
-	if resp := c.get(t, "/"); resp.Close {
-		t.Fatalf("GET before drain has Connection: close")
-	}
-	ht.drain()
-	resp := c.get(t, "/")
-	if resp.StatusCode != http.StatusOK || !resp.Close {
-		t.Errorf("GET on a connection idle at the drain = %d, close %v; want 200 with Connection: close", resp.StatusCode, resp.Close)
-	}
-	c.expectEOF(t)
-	if err := ht.wait(); err != nil {
-		t.Errorf("Serve = %v, want nil", err)
 	}
 }
 
