@@ -27,6 +27,24 @@ type Hello struct {
 	// should send a [KindHeartbeat] (with its [Stats] as a [KindStats] where it
 	// has any); 0 asks for none. Workers leave it 0.
 	HeartbeatMS int64 `msgpack:"heartbeat_ms,omitempty"`
+	// Listeners, in the master's hello under --balance round-robin and
+	// least-conn, are the master's own listeners (its --listen addresses and
+	// activated sockets), in their order. A worker inherits no socket in
+	// those modes; it asks for each of these with a [KindListenRequest] to
+	// take its connections. Empty in the other modes, where the worker
+	// inherits the sockets themselves, and in a worker's hello.
+	Listeners []Listener `msgpack:"listeners,omitempty"`
+}
+
+// Listener is one of the master's listeners, as its [Hello] names it.
+type Listener struct {
+	// Name is the listener's name as LISTEN_FDNAMES would carry it to a
+	// worker that inherited the socket ("unknown" when it has none).
+	Name string `msgpack:"name"`
+	// Addr is the socket's bound address as a listen address
+	// ("tcp://127.0.0.1:8080", "unix:///run/app.sock"), the Addr of a
+	// [ListenRequest] for it.
+	Addr string `msgpack:"addr"`
 }
 
 // Ready is the body of [KindReady]. It may be empty: the message itself is the news.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -159,15 +160,16 @@ func TestHandshake(t *testing.T) {
 			}
 			got <- h
 		}()
-		h, err := a.Handshake(t.Context(), Hello{PID: 1, WorkerID: -1})
+		lns := []Listener{{Name: "web", Addr: "tcp://127.0.0.1:8080"}, {Name: "unknown", Addr: "unix:///run/app.sock"}}
+		h, err := a.Handshake(t.Context(), Hello{PID: 1, WorkerID: -1, Listeners: lns})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := (Hello{Version: Version, PID: 2, WorkerID: 3, Generation: 4}); h != want {
+		if want := (Hello{Version: Version, PID: 2, WorkerID: 3, Generation: 4}); !reflect.DeepEqual(h, want) {
 			t.Fatalf("Handshake() = %+v, want %+v", h, want)
 		}
-		if want := (Hello{Version: Version, PID: 1, WorkerID: -1}); <-got != want {
-			t.Fatalf("peer's Handshake() = %+v, want %+v", h, want)
+		if want, peer := (Hello{Version: Version, PID: 1, WorkerID: -1, Listeners: lns}), <-got; !reflect.DeepEqual(peer, want) {
+			t.Fatalf("peer's Handshake() = %+v, want %+v", peer, want)
 		}
 	})
 	t.Run("version", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/sockshare"
 	"github.com/hashicorp/go-hclog"
 )
@@ -147,6 +148,26 @@ func (ls *listeners) adopt(f *os.File, spec sockshare.Spec, name string) {
 	ls.names = append(ls.names, name)
 	ls.perTCP = append(ls.perTCP, false)
 	ls.adopted = append(ls.adopted, true)
+}
+
+// announced lists the listeners for a worker's hello under the balanced
+// modes (ipc.Hello.Listeners), in their order: the names LISTEN_FDNAMES
+// would carry in the other modes, and the bound addresses, which the
+// worker's listen requests name them by.
+func (ls *listeners) announced() []ipc.Listener {
+	out := make([]ipc.Listener, len(ls.specs))
+	for i, spec := range ls.specs {
+		a := ls.addrs[i]
+		network := spec.Network
+		if network == "" { // an activated socket no Listen entry names
+			network = a.Network()
+		}
+		out[i] = ipc.Listener{
+			Name: sockshare.FDName(ls.names[i]),
+			Addr: sockshare.Spec{Network: network, Address: a.String()}.String(),
+		}
+	}
+	return out
 }
 
 // matchActivated pairs Listen entries with activated sockets: match[i] is

@@ -105,6 +105,9 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	st.logs, st.ipc = m.logs, &m.ipc
 	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
+	if bal != nil {
+		st.announced = ls.announced()
+	}
 	defer st.close()
 	if cfg.ControlSocket != "" {
 		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))

@@ -144,6 +144,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	local := ipc.Hello{
 		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
 		HeartbeatMS: st.cfg.HeartbeatInterval.Milliseconds(),
+		Listeners:   st.announced,
 	}
 	peer, err := p.conn.Handshake(context.Background(), local)
 	if err != nil {

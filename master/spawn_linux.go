@@ -40,6 +40,7 @@ type execStarter struct {
 	done       <-chan struct{} // closed when the loop has ended
 	notify     *notifyDir      // nil: workers get no NOTIFY_SOCKET
 	balance    *balancer       // balanced modes; nil otherwise
+	announced  []ipc.Listener  // balanced modes: the listeners each hello names
 	dispatcher *dispatcher
 	dispatch   func(ctx context.Context, job any, skip *jobTarget) (JobResult, error) // a worker's Submit
 	logs       *logRing                                                               // the last lines of output, for the control socket; nil: none

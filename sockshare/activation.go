@@ -53,12 +53,19 @@ func ListenEnv(names []string) []string {
 		if i > 0 {
 			b.WriteByte(':')
 		}
-		if name == "" || strings.IndexByte(name, ':') >= 0 {
-			name = UnknownFDName
-		}
-		b.WriteString(name)
+		b.WriteString(FDName(name))
 	}
 	return []string{EnvListenFDs + "=" + strconv.Itoa(len(names)), b.String()}
+}
+
+// FDName returns name as it travels in LISTEN_FDNAMES, and so as the child
+// reads it: name itself, or [UnknownFDName] for one that cannot travel
+// (empty, or containing ':').
+func FDName(name string) string {
+	if name == "" || strings.IndexByte(name, ':') >= 0 {
+		return UnknownFDName
+	}
+	return name
 }
 
 // StripListenEnv returns env (a list of "KEY=value") without the LISTEN_PID,

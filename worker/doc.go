@@ -15,6 +15,10 @@
 //     filled);
 //   - NOTIFY_SOCKET, when the master supervises readiness with sd_notify.
 //
+// Under --balance round-robin and least-conn it inherits no socket: the
+// master accepts, and [Listeners] (or [Listen]) returns balanced listeners
+// whose connections the master hands over the IPC connection.
+//
 // None of this is required: a program that uses this package also runs on
 // its own (no LISTEN_FDS: [Listeners] returns nothing and the program binds
 // its own address) or under systemd socket activation alone.

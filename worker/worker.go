@@ -37,6 +37,9 @@ type process struct {
 	conn     *ipc.Conn // IPC connection to the master, once opened
 	connDone bool      // the IPC connection has been attempted
 	connErr  error     // why it could not be opened
+	// announced are the master's listeners its hello named (balanced
+	// modes only), for Sockets.
+	announced []ipc.Listener
 
 	drain     chan struct{} // closed once when the worker must drain
 	drainOnce sync.Once
