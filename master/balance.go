@@ -101,6 +101,7 @@ type target struct {
 	closed  atomic.Uint64 // closed by the worker, as it last reported
 	beat    atomic.Int64  // time of the last heartbeat (UnixNano)
 	out     atomic.Int32  // outstanding: len of the ring, for lock-free picks
+	counts  *slotCounts   // the slot's totals (SlotStats); nil: none
 
 	mu    sync.Mutex
 	ring  []heldConn // outstanding connections, oldest first, from head
@@ -201,6 +202,7 @@ func (t *target) hand(lid uint8, fds []int) bool {
 	t.out.Store(int32(t.n))
 	t.handed.Add(uint64(len(fds)))
 	t.b.handed.Add(uint64(len(fds)))
+	t.counts.handed(len(fds))
 	return true
 }
 

@@ -102,6 +102,8 @@ type jobTarget struct {
 	beat atomic.Int64 // last heartbeat, UnixNano
 	n    atomic.Int32 // outstanding
 	gone atomic.Bool  // retired: pick skips it until the loop publishes again
+	// counts are the slot's totals (SlotStats); nil: none.
+	counts *slotCounts
 
 	mu      sync.Mutex
 	pending map[uint64]chan jobAnswer
@@ -292,14 +294,17 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		}
 		if !a.gone {
 			if a.m.Kind == ipc.KindError {
+				t.counts.job(jobFailed)
 				var e ipc.Error
 				if err := a.m.Decode(&e); err != nil {
 					return JobResult{}, fmt.Errorf("dispatch: answer of worker %d: %w", t.ref.Slot, err)
 				}
 				return JobResult{}, fmt.Errorf("dispatch: worker %d (pid %d): %w", t.ref.Slot, t.ref.PID, &ipc.RemoteError{Code: e.Code, Text: e.Text})
 			}
+			t.counts.job(jobCompleted)
 			return JobResult{Body: a.m.Body, Attempts: attempt, Worker: t.ref}, nil
 		}
+		t.counts.job(jobLost)
 		lastGone = t.ref
 		if attempt >= d.attempts {
 			return JobResult{}, fmt.Errorf("dispatch: job lost its worker %d times, the most Options.JobAttempts allows (last worker %d, pid %d): %w",

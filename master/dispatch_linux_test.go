@@ -183,6 +183,14 @@ func TestDispatchJobThatAlwaysCrashesItsWorker(t *testing.T) {
 			t.Fatalf("job %d after the crashing one = %+v, %v", n, a, err)
 		}
 	}
+	// Each attempt of the crashing job was lost with its worker.
+	var lost, completed, failed uint64
+	for _, s := range c.m.SlotStats() {
+		lost, completed, failed = lost+s.JobsLost, completed+s.JobsCompleted, failed+s.JobsFailed
+	}
+	if lost != 3 || completed != 20 || failed != 0 {
+		t.Errorf("SlotStats: %d jobs lost, %d completed, %d failed; want 3, 20 and 0", lost, completed, failed)
+	}
 }
 
 func TestDispatchFailFastWithNoRoom(t *testing.T) {

@@ -89,6 +89,7 @@ type Master struct {
 	routes    atomic.Pointer[routeTable] // slots' online workers, for Send
 	logs      *logRing                   // with a control socket: the last lines of output
 	ipc       ipcTotals                  // IPC counters, for IPCStats
+	slots     slotTotals                 // per-slot counters, for SlotStats
 	jobs      *dispatcher                // Dispatch
 }
 

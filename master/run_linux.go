@@ -103,7 +103,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	st.logs, st.ipc = m.logs, &m.ipc
+	st.logs, st.ipc, st.slots = m.logs, &m.ipc, &m.slots
 	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	if bal != nil {
 		st.announced = ls.announced()

@@ -163,11 +163,13 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	p.said.Store(true)
 	if st.balance != nil {
 		s.target = st.balance.newTarget(req.slot, p.pid, p.conn)
+		s.target.counts = st.slots.slot(req.slot)
 		// Once the session is over, connections the worker did not
 		// acknowledge go to the others (its duplicates died with it).
 		defer s.target.retire()
 	}
 	s.jobs = st.dispatcher.newTarget(s.from, p.conn)
+	s.jobs.counts = st.slots.slot(req.slot)
 	defer s.jobs.retire() // its outstanding jobs go to other workers
 	st.post(workerEvent{pid: p.pid, kind: evOnline, target: s.target, jobTarget: s.jobs})
 	err = s.serve()

@@ -45,6 +45,7 @@ type execStarter struct {
 	dispatch   func(ctx context.Context, job any, skip *jobTarget) (JobResult, error) // a worker's Submit
 	logs       *logRing                                                               // the last lines of output, for the control socket; nil: none
 	ipc        *ipcTotals                                                             // IPC counters; nil: none
+	slots      *slotTotals                                                            // per-slot counters
 
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -19,8 +20,9 @@ import (
 // Prometheus metrics (--metrics ADDR). They are a thin adapter over the
 // master's public API: the loop's events, read on a subscriber goroutine
 // of their own, and snapshots that never wait for the loop (the worker
-// table as the subscriber last fetched it, IPC totals, /proc). A scrape
-// reads these and nothing else, so it costs the supervisor nothing.
+// table as the subscriber last fetched it, IPC and per-slot totals,
+// /proc). A scrape reads these and nothing else, so it costs the
+// supervisor nothing.
 
 // workerStates are the label values of clusterd_workers.
 var workerStates = []master.WorkerState{master.WorkerStarting, master.WorkerReady, master.WorkerDraining}
@@ -87,6 +89,11 @@ var (
 	workersDesc = prometheus.NewDesc("clusterd_workers", "Live worker processes, by state (a slot being reloaded has two).", []string{"state"}, nil)
 	ipcDesc     = prometheus.NewDesc("clusterd_ipc_messages_total", "IPC messages between the master and its workers, by direction.", []string{"direction"}, nil)
 	protoDesc   = prometheus.NewDesc("clusterd_ipc_protocol_errors_total", "Worker IPC connections ended by a protocol error.", nil, nil)
+	handedDesc  = prometheus.NewDesc("clusterd_handed_off_connections_total",
+		"Connections the master accepted and handed to a slot's workers (--balance round-robin, least-conn), by slot.", []string{"slot"}, nil)
+	jobsDesc = prometheus.NewDesc("clusterd_jobs_total",
+		"Job attempts sent to a slot's workers, by slot and outcome: completed (a result), failed (the worker's error), lost (the worker died, hung or disconnected first; the job is redelivered).",
+		[]string{"slot", "outcome"}, nil)
 )
 
 // Describe and Collect make metrics the collector of the snapshots.
@@ -94,6 +101,8 @@ func (x *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- workersDesc
 	ch <- ipcDesc
 	ch <- protoDesc
+	ch <- handedDesc
+	ch <- jobsDesc
 }
 
 func (x *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -106,6 +115,13 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ipcDesc, prometheus.CounterValue, float64(st.Sent), "sent")
 	ch <- prometheus.MustNewConstMetric(ipcDesc, prometheus.CounterValue, float64(st.Received), "received")
 	ch <- prometheus.MustNewConstMetric(protoDesc, prometheus.CounterValue, float64(st.ProtocolErrors))
+	for _, s := range x.m.SlotStats() {
+		slot := strconv.Itoa(s.Slot)
+		ch <- prometheus.MustNewConstMetric(handedDesc, prometheus.CounterValue, float64(s.HandedOff), slot)
+		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.CounterValue, float64(s.JobsCompleted), slot, "completed")
+		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.CounterValue, float64(s.JobsFailed), slot, "failed")
+		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.CounterValue, float64(s.JobsLost), slot, "lost")
+	}
 }
 
 // watch applies the events of sub until it is closed (Run ended).
