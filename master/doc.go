@@ -264,7 +264,10 @@
 // port, to the service manager's fd store (FDSTORE=1, FDNAME= the Listen
 // name). After a crash, kill -9 or restart systemd passes them back in
 // LISTEN_FDS, and they are matched to Listen like activated sockets: the
-// listening sockets and their accept queues outlive every master.
+// listening sockets and their accept queues outlive every master. A stored
+// listener that stopped listening and was healed is stored again
+// (FDSTOREREMOVE=1 of its name, then FDSTORE=1), so the store never hands
+// back a dead socket.
 //
 // # Limits on a worker's IPC
 //

@@ -3,6 +3,7 @@ package master
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,16 @@ import (
 // the manager holds them already (a .socket unit's, or the store's own
 // from the last run), and a second copy would come back as a second
 // listener.
+//
+// A stored listener that check (watch_linux.go) heals is put back: systemd
+// drops a stored socket on EPOLLHUP, which a TCP listener that was shut
+// down reports, so even one made to listen again in place may be gone from
+// the store; and one replaced by a new socket must not come back as the
+// dead one. The master removes the fds of the listener's FDNAME
+// (FDSTOREREMOVE=1) and stores the live sockets of that name again
+// (FDSTORE=1; unnamed ones share systemd's name "stored", so all of them).
+// An activated listener is not: the master cannot tell a socket unit's
+// from the store's, and the socket unit's stays the manager's to replace.
 
 // fdStoreMax reads whether the service manager takes fds: systemd ≥ 254
 // sets FDSTORE to FileDescriptorStoreMax= (0 or unset there means no);
@@ -44,9 +55,27 @@ func fdStoreMax(lookup func(string) (string, bool)) int {
 	return n
 }
 
+// storedName is what systemd calls an fd stored without FDNAME=.
+const storedName = "stored"
+
 // storable lists the listeners to store: their files (owned by ls) and
 // FDNAME= values ("" for none: systemd names them "stored").
 func (ls *listeners) storable() (files []*os.File, names []string) {
+	for _, e := range ls.storableEntries() {
+		files = append(files, ls.shared[e.i])
+		names = append(names, e.name)
+	}
+	return files, names
+}
+
+// storeEntry is a listener to store: its index in ls and FDNAME= value.
+type storeEntry struct {
+	i    int
+	name string
+}
+
+func (ls *listeners) storableEntries() []storeEntry {
+	var out []storeEntry
 	for i, spec := range ls.specs {
 		if ls.perTCP[i] || ls.adopted[i] || ls.shared[i] == nil {
 			continue
@@ -59,10 +88,56 @@ func (ls *listeners) storable() (files []*os.File, names []string) {
 		if named {
 			name = spec.Name
 		}
-		files = append(files, ls.shared[i])
-		names = append(names, name)
+		out = append(out, storeEntry{i, name})
 	}
-	return files, names
+	return out
+}
+
+// store offers the storable listeners to the service manager, at most max
+// (-1: all), and sets ls.restore to put those it sent back once healed.
+// It returns how many were sent.
+func (ls *listeners) store(s *sdNotifier, max int) (int, error) {
+	entries := ls.storableEntries()
+	files, names := ls.storable()
+	n, err := s.storeFDs(files, names, max)
+	if n > 0 {
+		sent := entries[:n]
+		ls.restore = func(i int) { ls.restoreFDs(s, sent, i) }
+	}
+	return n, err
+}
+
+// restoreFDs puts healed listener i back in the store, if it is among
+// those stored: FDSTOREREMOVE=1 of its FDNAME, then FDSTORE=1 of the
+// current socket of every stored listener of that name.
+func (ls *listeners) restoreFDs(s *sdNotifier, stored []storeEntry, i int) {
+	k := slices.IndexFunc(stored, func(e storeEntry) bool { return e.i == i })
+	if k < 0 {
+		return
+	}
+	name := stored[k].name
+	var files []*os.File
+	var names []string
+	for _, e := range stored {
+		if e.name == name {
+			files = append(files, ls.shared[e.i])
+			names = append(names, e.name)
+		}
+	}
+	remove := name
+	if remove == "" {
+		remove = storedName
+	}
+	kv := []any{"addr", ls.addrs[i].String(), "name", ls.names[i]}
+	err := s.removeFDs(remove)
+	if err == nil {
+		_, err = s.storeFDs(files, names, -1)
+	}
+	if err != nil {
+		ls.log.Warn("healed listener not kept by the service manager", append(kv, "error", err)...)
+		return
+	}
+	ls.log.Info("healed listener kept by the service manager again", append(kv, "stored", len(files))...)
 }
 
 // storeFDs hands the files to the service manager, one datagram per file
@@ -92,6 +167,18 @@ func (s *sdNotifier) storeFDs(files []*os.File, names []string, max int) (int, e
 		sent++
 	}
 	return sent, nil
+}
+
+// removeFDs removes the fds named name from the service manager's store
+// (FDSTOREREMOVE=1). Removing a name the store does not hold is no error.
+func (s *sdNotifier) removeFDs(name string) error {
+	if s.conn == nil {
+		return nil
+	}
+	if _, err := s.conn.Write([]byte("FDSTOREREMOVE=1\nFDNAME=" + name)); err != nil {
+		return fmt.Errorf("fd store: remove %s: %w", name, err)
+	}
+	return nil
 }
 
 // sendRights sends one datagram with ancillary data on the connected

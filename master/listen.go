@@ -41,6 +41,9 @@ type listeners struct {
 	broken  map[*os.File]bool
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
+	// restore puts shared listener i back in the service manager's fd
+	// store once check healed it (fdstore_linux.go); nil: none stored.
+	restore func(i int)
 }
 
 func newListeners(cfg *config, log hclog.Logger) *listeners {

@@ -38,8 +38,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
 	if max := fdStoreMax(os.LookupEnv); max != 0 {
-		files, names := ls.storable()
-		if n, err := sd.storeFDs(files, names, max); err != nil {
+		if n, err := ls.store(sd, max); err != nil {
 			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
 		} else if n > 0 {
 			log.Info("listeners kept by the service manager", "stored", n)

@@ -75,6 +75,9 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 	err = relisten(f, ls.addrs[i], ls.backlog(), isUnix)
 	if err == nil {
 		ls.log.Warn("listener stopped listening; listening again", kv...)
+		if slot < 0 && ls.restore != nil {
+			ls.restore(i)
+		}
 		return false
 	}
 	nf, rerr := ls.replace(i, slot)
@@ -96,6 +99,9 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		ls.log.Warn("close replaced listener", "addr", ls.addrs[i].String(), "error", cerr)
 	}
 	ls.log.Warn("listener stopped listening; replaced by a new socket", append(kv, "reason", err.Error())...)
+	if slot < 0 && ls.restore != nil {
+		ls.restore(i)
+	}
 	return true
 }
 

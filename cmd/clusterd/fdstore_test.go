@@ -20,10 +20,12 @@ import (
 
 // fdStore is a stand-in for systemd's side of the fd store: the NOTIFY_SOCKET
 // of the service, keeping the fds that arrive with FDSTORE=1 by their
-// FDNAME=, as systemd does for FileDescriptorStoreMax=.
+// FDNAME=, as systemd does for FileDescriptorStoreMax=, and reporting the
+// names that FDSTOREREMOVE=1 removes.
 type fdStore struct {
-	path   string
-	stored chan storedFD
+	path    string
+	stored  chan storedFD
+	removed chan string
 }
 
 type storedFD struct {
@@ -38,7 +40,7 @@ func newFDStore(t *testing.T) *fdStore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &fdStore{path: path, stored: make(chan storedFD, 64)}
+	s := &fdStore{path: path, stored: make(chan storedFD, 64), removed: make(chan string, 64)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -58,17 +60,20 @@ func newFDStore(t *testing.T) *fdStore {
 					}
 				}
 			}
-			if !strings.Contains("\n"+msg+"\n", "\nFDSTORE=1\n") {
-				for _, fd := range fds {
-					unix.Close(fd) // systemd too drops fds sent without FDSTORE=1
-				}
-				continue
-			}
 			name := "stored" // systemd's name for an fd sent without FDNAME=
 			for _, line := range strings.Split(msg, "\n") {
 				if v, ok := strings.CutPrefix(line, "FDNAME="); ok {
 					name = v
 				}
+			}
+			if !strings.Contains("\n"+msg+"\n", "\nFDSTORE=1\n") {
+				for _, fd := range fds {
+					unix.Close(fd) // systemd too drops fds sent without FDSTORE=1
+				}
+				if strings.Contains("\n"+msg+"\n", "\nFDSTOREREMOVE=1\n") {
+					s.removed <- name
+				}
+				continue
 			}
 			for _, fd := range fds {
 				s.stored <- storedFD{name: name, f: os.NewFile(uintptr(fd), name)}
@@ -271,6 +276,79 @@ func TestFDStoreSurvivesKill9(t *testing.T) {
 		again.f.Close()
 		t.Errorf("fd %q stored again by the new master", again.name)
 	default:
+	}
+	c2.signal(syscall.SIGTERM)
+	if code, last := c2.wait(); code != 0 {
+		t.Fatalf("clusterd exited %d (%s), want 0", code, last)
+	}
+}
+
+// TestFDStoreKeepsHealedListener: when the master heals a stored listener
+// that stopped listening, it stores it again (FDSTOREREMOVE=1 of its name,
+// then FDSTORE=1), so a master started after a kill -9 gets a socket that
+// listens. The test shuts the socket down through the copy the stand-in
+// holds, which is the same socket the master and its workers hold.
+func TestFDStoreKeepsHealedListener(t *testing.T) {
+	store := newFDStore(t)
+	flags := []string{"--listen", "web=tcp://127.0.0.1:0", "-w", "2", "--ready", "ipc"}
+	c1 := startCluster(t, clusterConfig{flags: flags, env: []string{"NOTIFY_SOCKET=" + store.path}})
+	first := store.next(t)
+	addr, _ := c1.waitStarted()
+	cursor := c1.logLen()
+	rc, err := first.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_RD) }); err != nil || serr != nil {
+		t.Fatalf("shutdown the stored socket: %v, %v", err, serr)
+	}
+	// The workers' accept fails; the master heals the socket at their exit.
+	c1.waitLog(cursor, "listener stopped listening; listening again", "name", "web")
+	c1.waitLog(cursor, "healed listener kept by the service manager again", "name", "web")
+	select {
+	case name := <-store.removed:
+		if name != "web" {
+			t.Errorf("FDSTOREREMOVE of %q, want web", name)
+		}
+	case <-time.After(failAfter(t)):
+		t.Fatal("the master did not remove the healed listener's old fd from the store")
+	}
+	again := store.next(t)
+	if again.name != "web" {
+		t.Errorf("stored again as %q, want web", again.name)
+	}
+	var v int
+	if rc, err = again.f.SyscallConn(); err == nil {
+		err = rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN) })
+	}
+	if err == nil {
+		err = serr
+	}
+	if err != nil || v != 1 {
+		t.Errorf("the fd stored again: SO_ACCEPTCONN %d, %v; want a listening socket", v, err)
+	}
+	if err := syscall.Kill(c1.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c1.wait()
+
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := startCluster(t, clusterConfig{
+		flags:  flags,
+		prefix: []string{master.ExecWorkerArg, "--", exe},
+		extra:  []*os.File{again.f},
+		env:    []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web", "NOTIFY_SOCKET=" + store.path},
+	})
+	if addr2, _ := c2.waitStarted(); addr2 != addr {
+		t.Errorf("the new master listens on %s, want the stored socket's %s", addr2, addr)
+	}
+	get(t, "http://"+addr+"/")
+	if n := c2.countLogs(0, "listener stopped listening; listening again"); n != 0 {
+		t.Errorf("the new master had to heal the socket it got from the store")
 	}
 	c2.signal(syscall.SIGTERM)
 	if code, last := c2.wait(); code != 0 {
