@@ -353,3 +353,48 @@ func TestUnitFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestUnitReloadCommand: the units' ExecReload= is `clusterd reload
+// --wait` on the control socket their ExecStart= opens, and it reports the
+// outcome: run against a live cluster (its control socket in place of the
+// unit's path), it exits 0 once the reload completed and 3 when it was
+// aborted, so `systemctl reload` fails then.
+func TestUnitReloadCommand(t *testing.T) {
+	var reload []string
+	for _, unit := range []string{"clusterd@.service", "clusterd-example.service"} {
+		start := strings.Fields(unitValue(t, unit, "ExecStart"))
+		args := strings.Fields(unitValue(t, unit, "ExecReload"))
+		if len(args) < 2 || args[0] != "/usr/local/bin/clusterd" || args[1] != "reload" || !slices.Contains(args, "--wait") {
+			t.Fatalf("%s: ExecReload=%s, want /usr/local/bin/clusterd reload --wait ...", unit, strings.Join(args, " "))
+		}
+		i, j := slices.Index(args, "--control"), slices.Index(start, "--control")
+		if i < 0 || j < 0 || i+1 >= len(args) || j+1 >= len(start) || args[i+1] != start[j+1] {
+			t.Errorf("%s: ExecReload= and ExecStart= do not name the same --control socket: %q, %q", unit, args, start)
+		}
+		reload = args[1:]
+	}
+	withControl := func(path string) []string {
+		out := slices.Clone(reload)
+		out[slices.Index(out, "--control")+1] = path
+		return out
+	}
+	for _, tc := range []struct {
+		name       string
+		workerArgs []string
+		code       int
+		out        string
+	}{
+		{"completed", nil, 0, "reload completed: 2 workers replaced"},
+		{"aborted", []string{"-fail-gens", "2-99"}, exitReloadAborted, "exited with code 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := startCluster(t, clusterConfig{flags: []string{listenAny, "-w", "2", "--ready", "ipc"}, workerArgs: tc.workerArgs})
+			c.waitStarted()
+			code, out, errs := client(t.Context(), withControl(c.controlPath())...)
+			if code != tc.code || !strings.Contains(out, tc.out) {
+				t.Errorf("ExecReload %q: exit %d, %q, %q; want exit %d and %q", reload, code, out, errs, tc.code, tc.out)
+			}
+		})
+	}
+}
