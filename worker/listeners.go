@@ -28,11 +28,12 @@ var ErrListenersTaken = errors.New("worker: inherited listeners already taken")
 //
 // The result is empty, with a nil error, when the process inherited no
 // sockets and its master has none to balance (it was not started by
-// clusterd or systemd): the caller then binds its own address. The caller owns the listeners and closes them; each is a
-// close-on-exec duplicate, and the inherited fds themselves are closed and
-// LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES are removed from the environment,
-// so the program's own children do not see them. The sockets are taken
-// once: a second call returns [ErrListenersTaken].
+// clusterd or systemd): the caller then binds its own address. The caller
+// owns the listeners and closes them; each is a close-on-exec duplicate,
+// and the inherited fds themselves are closed and LISTEN_FDS, LISTEN_PID
+// and LISTEN_FDNAMES are removed from the environment, so the program's
+// own children do not see them. The sockets are taken once: a second call
+// returns [ErrListenersTaken].
 //
 // The inherited sockets keep their non-blocking mode: they share their open
 // file description, and with it O_NONBLOCK, with the master and every other
