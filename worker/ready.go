@@ -111,7 +111,7 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 		conn.Close() // the handshake error is the one to report
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
 	}
-	p.startSession(conn, peer)
+	p.startSession(conn, local, peer)
 	return conn, nil
 }
 
