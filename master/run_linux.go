@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"time"
 )
 
 // supported reports whether the master can run here: on Linux, always.
@@ -18,6 +19,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer loopEnded() // when Run fails before the loop
 	defer m.hub.close()
 	cfg, log := m.cfg, m.log
+	// An upgrade of the previous image under this pid left its state.
+	up, err := takeUpgradeState()
+	if err != nil {
+		return err
+	}
+	files := upgradeFiles{}
 	ls := newListeners(cfg, log)
 	cs := newClusterSockets(ls)
 	defer func() {
@@ -32,12 +39,18 @@ func (m *Master) run(ctx context.Context) (err error) {
 		}
 		defer removePIDFile(cfg.PIDFile, log)
 	}
-	if err := ls.bind(); err != nil {
+	if up != nil {
+		if err := ls.restore(up.Listeners, files); err != nil {
+			return err
+		}
+		cs.restore(up, files)
+	} else if err := ls.bind(); err != nil {
 		return err
 	}
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
-	if max := fdStoreMax(os.LookupEnv); max != 0 {
+	// After an upgrade the service manager holds these sockets already.
+	if max := fdStoreMax(os.LookupEnv); max != 0 && up == nil {
 		files, names := ls.storable()
 		if n, err := sd.storeFDs(files, names, max); err != nil {
 			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
@@ -59,7 +72,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	defer r.stop()
 	// Before any worker: the guardian must know of every one.
-	cont, err := newContainment(cfg, r, log)
+	var cont *containment
+	if up != nil {
+		cont, err = restoreContainment(cfg, r, up, log)
+	} else {
+		cont, err = newContainment(cfg, r, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -70,7 +88,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer closeDone()
 	var nd *notifyDir
 	if cfg.speaksNotify() {
-		if nd, err = newNotifyDir(cfg.credential); err != nil {
+		if up != nil && up.NotifyDir != "" {
+			nd, err = adoptNotifyDir(up.NotifyDir, cfg.credential)
+		} else {
+			nd, err = newNotifyDir(cfg.credential)
+		}
+		if err != nil {
 			return err
 		}
 		defer func() {
@@ -106,6 +129,14 @@ func (m *Master) run(ctx context.Context) (err error) {
 	st.logs, st.ipc = m.logs, &m.ipc
 	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
+	u := &upgrader{
+		m: m, cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st,
+		cmds: m.cmds, done: done, started: time.Now(),
+	}
+	if up != nil {
+		u.started, u.upgrades = time.Unix(0, up.Started), up.Upgrades
+	}
+	m.started, m.upgrades = u.started, u.upgrades
 	if cfg.ControlSocket != "" {
 		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
 		if lerr != nil {
@@ -145,6 +176,9 @@ func (m *Master) run(ctx context.Context) (err error) {
 		balance:        bal,
 		jobs:           m.jobs,
 		checkListeners: ls.check,
+		upgrader:       u,
+		adopt:          up,
+		adoptFiles:     files,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)
