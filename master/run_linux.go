@@ -121,6 +121,11 @@ func (m *Master) run(ctx context.Context) (err error) {
 		// After the loop and the sessions (deferred before st.close): no
 		// worker is left to take what the master still holds.
 		defer bal.close()
+		if up != nil {
+			if err := bal.restore(up, files); err != nil {
+				return err
+			}
+		}
 	}
 	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
@@ -130,7 +135,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	st.balance, st.dispatcher, st.dispatch = bal, m.jobs, m.dispatch
 	defer st.close()
 	u := &upgrader{
-		m: m, cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st,
+		m: m, cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st, balance: bal,
 		cmds: m.cmds, done: done, started: time.Now(),
 	}
 	if up != nil {

@@ -108,6 +108,14 @@ type upgradeState struct {
 	Groups    []int            `msgpack:"groups"`
 	NotifyDir string           `msgpack:"notify_dir"`
 	FDs       []int            `msgpack:"fds"` // every descriptor that crosses
+	// Balanced are the listeners the balanced modes accept on, with their
+	// ids (the workers' balanced listeners know them by id).
+	Balanced []upgradeBalanced `msgpack:"balanced"`
+}
+
+type upgradeBalanced struct {
+	FD int   `msgpack:"fd"`
+	ID uint8 `msgpack:"id"`
 }
 
 type upgradeSlot struct {
@@ -132,6 +140,12 @@ type upgradeWorker struct {
 	Notify      int    `msgpack:"notify"` // -1: none
 	NotifyPath  string `msgpack:"notify_path"`
 	RetireAfter int64  `msgpack:"retire_after"`
+	// Balanced modes: the listener ids the worker asked for and its
+	// connection totals.
+	Listens uint64 `msgpack:"listens"`
+	Handed  uint64 `msgpack:"handed"`
+	Closed  uint64 `msgpack:"closed"`
+	Acked   uint64 `msgpack:"acked"`
 }
 
 type upgradeListeners struct {
@@ -230,6 +244,14 @@ func (s *upgradeState) validate() error {
 			if err := known("worker "+strconv.Itoa(sl.ID), fd); err != nil {
 				return err
 			}
+		}
+	}
+	for _, b := range s.Balanced {
+		if b.FD < 0 {
+			return fmt.Errorf("balanced listener %d: no descriptor", b.ID)
+		}
+		if err := known("balanced listener", b.FD); err != nil {
+			return err
 		}
 	}
 	if s.Guardian.PID != 0 {

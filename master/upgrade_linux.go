@@ -37,16 +37,17 @@ const (
 // upgrader is what an upgrade needs besides the loop: the resources that
 // cross the exec and the starter whose locked thread execs.
 type upgrader struct {
-	m    *Master
-	cfg  *config
-	log  hclog.Logger
-	ls   *listeners
-	cs   *clusterSockets
-	cont *containment
-	nd   *notifyDir
-	st   *execStarter
-	cmds chan<- command
-	done <-chan struct{}
+	m       *Master
+	cfg     *config
+	log     hclog.Logger
+	ls      *listeners
+	cs      *clusterSockets
+	cont    *containment
+	nd      *notifyDir
+	st      *execStarter
+	balance *balancer // balanced modes; nil otherwise
+	cmds    chan<- command
+	done    <-chan struct{}
 	// started is the master's first start (kept across upgrades), and
 	// upgrades how many this master has been through.
 	started  time.Time
@@ -62,6 +63,10 @@ type upgradeStep struct {
 	err    error
 }
 
+// upgradeSettleTimeout bounds the wait, in the balanced modes, for the
+// workers to take every connection the master accepted.
+const upgradeSettleTimeout = 2 * time.Second
+
 func (c *upgradeCmd) apply(l *loop) {
 	u := l.upgrader
 	switch {
@@ -70,10 +75,6 @@ func (c *upgradeCmd) apply(l *loop) {
 		return
 	case l.upgrading != nil:
 		c.answer(l, ErrUpgradeInProgress)
-		return
-	case l.cfg.Balance.overIPC():
-		c.answer(l, fmt.Errorf("%w with --balance %s (the master holds connections it has not handed off yet): use shared or reuseport, or a reload",
-			ErrUpgradeUnsupported, l.cfg.Balance))
 		return
 	}
 	if err := l.steady(); err != nil {
@@ -141,6 +142,13 @@ func (s *upgradeStep) apply(l *loop) {
 	if s.err != nil {
 		u.resume(s.paused)
 		s.c.answer(l, s.err)
+		return
+	}
+	if l.balance != nil && !l.balance.settled() {
+		// A worker given connections since the pause cannot say it took
+		// them: never carry the master's copies across the exec.
+		u.resume(s.paused)
+		s.c.answer(l, &UpgradeError{Step: "pause", Err: errors.New("connections were handed out during the pause")})
 		return
 	}
 	// The cluster may have changed while the check ran: a worker exited,
@@ -257,6 +265,12 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 	if u.nd != nil {
 		st.NotifyDir = u.nd.path
 	}
+	if b := l.balance; b != nil {
+		for f, id := range b.ids {
+			st.Balanced = append(st.Balanced, upgradeBalanced{FD: fd(f), ID: id})
+		}
+		slices.SortFunc(st.Balanced, func(a, b upgradeBalanced) int { return int(a.ID) - int(b.ID) })
+	}
 	var procs []*execProcess
 	for _, s := range l.slots {
 		us := upgradeSlot{ID: s.id, Restarts: s.restarts, Hangs: s.hangs, LastExit: s.lastExit, LastCause: s.lastCause, LastGen: s.lastGen}
@@ -269,6 +283,10 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 				PID: w.pid, Gen: w.gen, Started: w.started.UnixNano(), ReadySince: w.readySince.UnixNano(),
 				Online: w.online, IPC: -1, Stdout: raw(p.outR), Stderr: raw(p.errR), Notify: -1,
 				RetireAfter: w.retireAfter,
+			}
+			if t := w.target; t != nil {
+				c := t.counts()
+				uw.Listens, uw.Handed, uw.Closed, uw.Acked = c.listens, c.handed, c.closed, c.acked
 			}
 			if p.conn != nil {
 				n, err := p.conn.FD()
@@ -307,6 +325,10 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 func (u *upgrader) prepare(c *upgradeCmd, st *upgradeState, procs []*execProcess) {
 	step := &upgradeStep{c: c, st: st}
 	step.err = u.check(st)
+	if step.err == nil && u.balance != nil {
+		u.balance.pauseAccepting()
+		step.err = u.settle()
+	}
 	if step.err == nil {
 		step.paused, step.err = u.pause(procs)
 	}
@@ -392,6 +414,20 @@ func (u *upgrader) check(st *upgradeState) error {
 	return nil
 }
 
+// settle waits, in the balanced modes with accepting paused, until the
+// workers have taken every connection the master accepted.
+func (u *upgrader) settle() error {
+	deadline := time.Now().Add(upgradeSettleTimeout)
+	for !u.balance.settled() {
+		if time.Now().After(deadline) {
+			return &UpgradeError{Step: "pause", Err: fmt.Errorf(
+				"the workers did not take the connections handed to them within %v", upgradeSettleTimeout)}
+		}
+		time.Sleep(time.Millisecond) // acknowledgements come within a heartbeat at worst
+	}
+	return nil
+}
+
 // pause asks every worker that said hello to hold its sends, and waits for
 // their answers. It returns the workers it asked (to resume on failure).
 func (u *upgrader) pause(procs []*execProcess) ([]*execProcess, error) {
@@ -433,6 +469,9 @@ func (u *upgrader) pause(procs []*execProcess) ([]*execProcess, error) {
 // resume ends the pause of workers after a failed upgrade: the master's
 // hello, with the same Boot, releases what they held.
 func (u *upgrader) resume(procs []*execProcess) {
+	if u.balance != nil {
+		u.balance.resumeAccepting()
+	}
 	if len(procs) == 0 {
 		return
 	}
@@ -655,6 +694,32 @@ func (cs *clusterSockets) restore(st *upgradeState, files upgradeFiles) {
 		byFD[first] = rl
 		cs.byKey[ur.Key] = rl
 	}
+}
+
+// restore starts the balanced modes' accepters on the listeners of an
+// upgrade's state, with their ids, and keeps the workers' totals for
+// their targets.
+func (b *balancer) restore(st *upgradeState, files upgradeFiles) error {
+	b.counts = make(map[int]targetCounts)
+	for _, sl := range st.Slots {
+		if w := sl.Worker; w != nil {
+			b.counts[w.PID] = targetCounts{listens: w.Listens, handed: w.Handed, closed: w.Closed, acked: w.Acked}
+		}
+	}
+	for _, ub := range st.Balanced {
+		f := files.file(ub.FD, "balanced")
+		addr := f.Name()
+		if a, err := sockshare.Addr(f); err == nil {
+			addr = a.String()
+		}
+		a, err := b.startAccepter(f, ub.ID, addr)
+		if err != nil {
+			return err
+		}
+		b.ids[f] = ub.ID
+		b.acc = append(b.acc, a)
+	}
+	return nil
 }
 
 // restoreContainment takes the cluster's cgroup, guardian and process

@@ -64,26 +64,32 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
 		flags      []string
+		helper     string
 		workerArgs []string
 	}{
 		// Its IPC stream pauses at a frame boundary and resumes with
 		// the new image.
-		{"library-worker", []string{"--ready", "ipc"}, nil},
+		{"library-worker", []string{"--ready", "ipc"}, "", nil},
 		// A server that never speaks the protocol.
-		{"unmodified-binary", []string{"--ready", "listening"}, []string{"-no-ipc"}},
+		{"unmodified-binary", []string{"--ready", "listening"}, "", []string{"-no-ipc"}},
+		// The master accepts: it stops accepting and lets the workers
+		// take what it handed out before the exec, and the new image
+		// accepts on the same sockets with the same listener ids.
+		{"round-robin", []string{"--ready", "ipc", "--balance", "round-robin"}, "balanced", nil},
+		{"least-conn", []string{"--ready", "ipc", "--balance", "least-conn"}, "balanced", nil},
 	} {
-		t.Run(tt.name, func(t *testing.T) { testUpgradeUnderLoad(t, tt.flags, tt.workerArgs) })
+		t.Run(tt.name, func(t *testing.T) { testUpgradeUnderLoad(t, tt.flags, tt.helper, tt.workerArgs) })
 	}
 }
 
-func testUpgradeUnderLoad(t *testing.T, flags, workerArgs []string) {
+func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArgs []string) {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "clusterd")
 	installBinary(t, self, bin)
-	c := startCluster(t, clusterConfig{exe: bin, flags: append([]string{listenAny, "-w", "2"}, flags...), workerArgs: workerArgs})
+	c := startCluster(t, clusterConfig{exe: bin, flags: append([]string{listenAny, "-w", "2"}, flags...), helper: helper, workerArgs: workerArgs})
 	addr, workers := c.waitStarted()
 	slices.Sort(workers)
 	l := startLoad(t, "http://"+addr+"/", 16, false)
