@@ -34,6 +34,17 @@ type Hello struct {
 	// take its connections. Empty in the other modes, where the worker
 	// inherits the sockets themselves, and in a worker's hello.
 	Listeners []Listener `msgpack:"listeners,omitempty"`
+	// Boot, in the master's hello, tells one image of the master from the next
+	// (the time it started, in nanoseconds): a master that upgraded in place
+	// keeps its pid but says hello with another Boot.
+	Boot int64 `msgpack:"boot,omitempty"`
+	// Pause, in a hello the master sends after the handshake, asks the worker to
+	// hold everything it would send until the master's next hello: the master is
+	// about to replace its own image (see [Conn.Hold]). The worker answers with
+	// its hello, Paused set, as the last frame before the hold.
+	Pause bool `msgpack:"pause,omitempty"`
+	// Paused marks the worker's answer to a Pause.
+	Paused bool `msgpack:"paused,omitempty"`
 }
 
 // Listener is one of the master's listeners, as its [Hello] names it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,7 +38,7 @@ type Conn struct {
 
 	// Pending calls by request id; the reader hands each matching reply over.
 	callMu sync.Mutex
-	calls  map[uint64]chan *Message
+	calls  map[uint64]*pendingCall
 
 	in inbox
 
@@ -59,6 +60,15 @@ type Conn struct {
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 	wfdFree   [][]int       // descriptor slices of written segments, for SendFDs to reuse
 	woob      []byte        // the writer's SCM_RIGHTS control buffer, reused
+
+	// Hold (see [Conn.Hold]): while held, Send appends to hbuf, which the writer
+	// never takes, and Resume moves it to wbuf.
+	held    bool
+	hbuf    []byte
+	hsegs   []segment
+	hfds    int
+	resumed chan struct{} // closed by Resume; made by Hold
+	onHeld  func()        // tests: called (c.wmu held) when a frame is held
 
 	count counters
 
@@ -107,6 +117,13 @@ func (c *Conn) Counters() Counters {
 		Writes:        c.count.writes.Load(),
 		Reads:         c.count.reads.Load(),
 	}
+}
+
+// pendingCall is a call waiting for its reply.
+type pendingCall struct {
+	ch     chan *Message
+	req    *Message // the request, kept for Resume to send again
+	queued bool     // its frame went to the write buffer (not held)
 }
 
 // segment is a run of buffered frames that starts with a frame carrying fds (the
@@ -212,7 +229,7 @@ func NewConn(f *os.File, opts Options) (*Conn, error) {
 		opts:  opts,
 		sock:  sock,
 		dead:  make(chan struct{}),
-		calls: make(map[uint64]chan *Message),
+		calls: make(map[uint64]*pendingCall),
 		wkick: make(chan struct{}, 1),
 	}
 	c.setReadDeadline = sock.setReadDeadline
@@ -330,38 +347,33 @@ func (c *Conn) Send(m *Message) error {
 	if m == nil {
 		return errors.New("ipc: send: nil message")
 	}
-	return c.send(m, m.ID)
+	return c.send(m, m.ID, false)
 }
 
-func (c *Conn) send(m *Message, id uint64) error {
-	if !m.Kind.Valid() {
-		return fmt.Errorf("%w: send %s", ErrUnknownKind, m.Kind)
+func (c *Conn) send(m *Message, id uint64, call bool) error {
+	e, fds, frame, err := c.prepare(m, id)
+	if err != nil {
+		return err
 	}
-	if len(m.FDs) > c.opts.MaxFDs {
-		return fmt.Errorf("%w: send %s with %d, limit %d", ErrTooManyFDs, m.Kind, len(m.FDs), c.opts.MaxFDs)
-	}
-	if err := checkBody(m.Body); err != nil {
-		return fmt.Errorf("%w (send %s body)", err, m.Kind)
-	}
-	e := envelope{kind: m.Kind, id: id, replyTo: m.ReplyTo, nfds: len(m.FDs), body: m.Body}
-	size := envelopeSize(&e)
-	if size > c.opts.MaxFrameSize {
-		return fmt.Errorf("%w: send %s of %d bytes, limit %d", ErrFrameTooLarge, m.Kind, size, c.opts.MaxFrameSize)
-	}
-	var fds []int
-	if len(m.FDs) > 0 {
-		var err error
-		if fds, err = dupFiles(m.FDs); err != nil {
-			return fmt.Errorf("ipc: send %s: %w", m.Kind, err)
-		}
-	}
-	frame := lengthSize + size
 	c.wmu.Lock()
 	for {
 		if c.isDead() {
 			c.wmu.Unlock()
 			closeRawFDs(fds)
 			return c.failureFor("send " + m.Kind.String())
+		}
+		if c.held {
+			if len(c.hbuf) == 0 || (len(c.hbuf)+frame <= c.opts.WriteBuffer && c.hfds+len(fds) <= c.opts.QueueFDs) {
+				break
+			}
+			ch := c.resumed
+			c.wmu.Unlock()
+			select {
+			case <-ch:
+			case <-c.dead:
+			}
+			c.wmu.Lock()
+			continue
 		}
 		if len(c.wbuf) == 0 || (len(c.wbuf)+frame <= c.opts.WriteBuffer && c.wfds+len(fds) <= c.opts.QueueFDs) {
 			break
@@ -374,13 +386,71 @@ func (c *Conn) send(m *Message, id uint64) error {
 		}
 		c.wmu.Lock()
 	}
+	if c.held {
+		if len(fds) > 0 {
+			c.hsegs = append(c.hsegs, segment{start: len(c.hbuf), fds: fds})
+			c.hfds += len(fds)
+		}
+		c.hbuf = appendFrame(c.hbuf, &e)
+		if c.onHeld != nil {
+			c.onHeld()
+		}
+	} else {
+		c.queueLocked(&e, fds, frame)
+		if call {
+			c.callMu.Lock()
+			if p := c.calls[id]; p != nil {
+				p.queued = true
+			}
+			c.callMu.Unlock()
+		}
+	}
+	c.count.sent.Add(1)
+	c.wmu.Unlock()
+	return nil
+}
+
+// prepare checks m against the limits and duplicates its descriptors; it
+// returns the frame's envelope, the duplicates and the frame's size.
+func (c *Conn) prepare(m *Message, id uint64) (envelope, []int, int, error) {
+	if !m.Kind.Valid() {
+		return envelope{}, nil, 0, fmt.Errorf("%w: send %s", ErrUnknownKind, m.Kind)
+	}
+	if len(m.FDs) > c.opts.MaxFDs {
+		return envelope{}, nil, 0, fmt.Errorf("%w: send %s with %d, limit %d", ErrTooManyFDs, m.Kind, len(m.FDs), c.opts.MaxFDs)
+	}
+	if err := checkBody(m.Body); err != nil {
+		return envelope{}, nil, 0, fmt.Errorf("%w (send %s body)", err, m.Kind)
+	}
+	e := envelope{kind: m.Kind, id: id, replyTo: m.ReplyTo, nfds: len(m.FDs), body: m.Body}
+	size := envelopeSize(&e)
+	if size > c.opts.MaxFrameSize {
+		return envelope{}, nil, 0, fmt.Errorf("%w: send %s of %d bytes, limit %d", ErrFrameTooLarge, m.Kind, size, c.opts.MaxFrameSize)
+	}
+	var fds []int
+	if len(m.FDs) > 0 {
+		var err error
+		if fds, err = dupFiles(m.FDs); err != nil {
+			return envelope{}, nil, 0, fmt.Errorf("ipc: send %s: %w", m.Kind, err)
+		}
+	}
+	return e, fds, lengthSize + size, nil
+}
+
+// queueLocked appends a frame to the write buffer and wakes the writer.
+// c.wmu is held.
+func (c *Conn) queueLocked(e *envelope, fds []int, frame int) {
 	if len(fds) > 0 {
 		c.wsegs = append(c.wsegs, segment{start: len(c.wbuf), fds: fds})
 		c.wfds += len(fds)
 	}
-	c.wbuf = appendFrame(c.wbuf, &e)
+	c.wbuf = appendFrame(c.wbuf, e)
 	c.wqueued += int64(frame)
-	c.count.sent.Add(1)
+	c.kickLocked()
+}
+
+// kickLocked wakes the writer if it sleeps. c.wmu is held.
+func (c *Conn) kickLocked() {
 	if c.wsleeping {
 		c.wsleeping = false
 		select {
@@ -388,7 +458,109 @@ func (c *Conn) send(m *Message, id uint64) error {
 		default:
 		}
 	}
-	c.wmu.Unlock()
+}
+
+// ErrHeld is returned by [Conn.Hold] on a connection already held.
+var ErrHeld = errors.New("ipc: connection already held")
+
+// Hold queues last (nil: nothing) as the last frame the writer writes, and
+// from then on keeps every message sent in memory, unwritten, until
+// [Conn.Resume]: the stream then ends at a frame boundary that both ends
+// know of, which is what a master replacing its own image needs (the
+// socket crosses the exec; the queues do not). Senders block, as they do
+// on a full write buffer, once Options.WriteBuffer bytes are held. Reading
+// goes on. Use [Conn.Flush] to wait until last is written.
+func (c *Conn) Hold(last *Message) error {
+	var (
+		e     envelope
+		fds   []int
+		frame int
+	)
+	if last != nil {
+		var err error
+		if e, fds, frame, err = c.prepare(last, last.ID); err != nil {
+			return err
+		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		closeRawFDs(fds)
+		return c.failureFor("hold")
+	}
+	if c.held {
+		closeRawFDs(fds)
+		return ErrHeld
+	}
+	if last != nil {
+		c.queueLocked(&e, fds, frame)
+		c.count.sent.Add(1)
+	}
+	c.held = true
+	c.resumed = make(chan struct{})
+	return nil
+}
+
+// Resume ends a [Conn.Hold]: it queues first (nil: nothing), then, with
+// resend, again every pending [Conn.Call] whose request was written before
+// the hold (the peer that will answer may be a new image that never read
+// it), then what was sent while held, in order. On a connection not held
+// it queues first only.
+func (c *Conn) Resume(first *Message, resend bool) error {
+	var (
+		e     envelope
+		fds   []int
+		frame int
+	)
+	if first != nil {
+		var err error
+		if e, fds, frame, err = c.prepare(first, first.ID); err != nil {
+			return err
+		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isDead() {
+		closeRawFDs(fds)
+		return c.failureFor("resume")
+	}
+	if first != nil {
+		c.queueLocked(&e, fds, frame)
+		c.count.sent.Add(1)
+	}
+	if !c.held {
+		return nil
+	}
+	if resend {
+		c.callMu.Lock()
+		ids := make([]uint64, 0, len(c.calls))
+		for id, p := range c.calls {
+			if p.queued {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			e, fds, frame, err := c.prepare(c.calls[id].req, id)
+			if err != nil {
+				continue // it passed these checks when first sent
+			}
+			c.queueLocked(&e, fds, frame)
+		}
+		c.callMu.Unlock()
+	}
+	base := len(c.wbuf)
+	for _, sg := range c.hsegs {
+		sg.start += base
+		c.wsegs = append(c.wsegs, sg)
+	}
+	c.wfds += c.hfds
+	c.wbuf = append(c.wbuf, c.hbuf...)
+	c.wqueued += int64(len(c.hbuf))
+	c.hbuf, c.hsegs, c.hfds = nil, nil, 0
+	c.held = false
+	close(c.resumed)
+	c.kickLocked()
 	return nil
 }
 
@@ -551,6 +723,10 @@ func (c *Conn) dropWrites() {
 	}
 	c.wsegs = nil
 	c.wbuf = nil
+	for _, s := range c.hsegs {
+		closeRawFDs(s.fds)
+	}
+	c.hsegs, c.hbuf, c.hfds = nil, nil, 0
 	if c.wflushed != nil {
 		close(c.wflushed)
 		c.wflushed = nil
@@ -597,9 +773,9 @@ func (c *Conn) Call(ctx context.Context, m *Message) (*Message, error) {
 	id := c.nextID.Add(1)
 	ch := make(chan *Message, 1)
 	c.callMu.Lock()
-	c.calls[id] = ch
+	c.calls[id] = &pendingCall{ch: ch, req: m}
 	c.callMu.Unlock()
-	if err := c.send(m, id); err != nil {
+	if err := c.send(m, id, true); err != nil {
 		c.forget(id)
 		return nil, err
 	}
@@ -831,15 +1007,27 @@ func (c *Conn) readFrames(read func(p, oob []byte) (int, []int, error), deliver 
 func (c *Conn) deliver(m *Message) error {
 	if m.ReplyTo != 0 {
 		c.callMu.Lock()
-		ch, ok := c.calls[m.ReplyTo]
+		p, ok := c.calls[m.ReplyTo]
 		if ok {
 			delete(c.calls, m.ReplyTo)
 		}
 		c.callMu.Unlock()
 		if ok {
-			ch <- m
+			p.ch <- m
 			return nil
 		}
 	}
 	return c.in.push(m, c.dead)
+}
+
+// FD returns the descriptor number of the connection's socket without
+// changing its mode, for a program that must keep the socket across an
+// exec of its own image (clear its close-on-exec flag and build a new Conn
+// on it there). The number is valid while the Conn is open.
+func (c *Conn) FD() (int, error) {
+	fd, err := c.sock.fd()
+	if err != nil {
+		return -1, fmt.Errorf("ipc: fd: %w", err)
+	}
+	return fd, nil
 }

@@ -293,3 +293,12 @@ func Pair() (parent, child *os.File, err error) {
 	}
 	return os.NewFile(uintptr(fds[0]), "ipc parent"), os.NewFile(uintptr(fds[1]), "ipc child"), nil
 }
+
+// fd returns the socket's descriptor number, leaving its mode as it is.
+func (s *socket) fd() (int, error) {
+	fd := -1
+	if err := s.rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}

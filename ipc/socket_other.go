@@ -47,3 +47,5 @@ func newFiles(fds []int) []*os.File { return nil }
 func Pair() (parent, child *os.File, err error) {
 	return nil, nil, fmt.Errorf("ipc: pair: %w", errUnsupported)
 }
+
+func (s *socket) fd() (int, error) { return -1, errUnsupported }

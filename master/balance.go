@@ -68,7 +68,21 @@ type balancer struct {
 
 	stop chan struct{} // closed by close: accepters return
 	wg   sync.WaitGroup
-	acc  []*accepter // for close; appended by the loop only
+
+	// An upgrade stops the accepters so that no connection is in the
+	// master's hands at the exec (upgrade_linux.go): an accepter takes gate
+	// for reading from accept4 to the end of the hand-off, and accepts
+	// nothing while acceptPaused is set; resumed is closed to let it go on.
+	gate         sync.RWMutex
+	acceptPaused atomic.Bool
+	resumedMu    sync.Mutex
+	resumed      chan struct{}
+
+	// carried are the connection totals of workers taken over from a
+	// previous image, by pid, for their new targets (written before the
+	// sessions start, read-only after).
+	carried map[int]targetCounts
+	acc     []*accepter // for close; appended by the loop only
 
 	closeOnce sync.Once
 }
@@ -111,11 +125,90 @@ type target struct {
 	dead  bool
 }
 
+// targetCounts are what an upgrade carries of a target.
+type targetCounts struct {
+	listens, handed, closed, acked uint64
+}
+
 // newTarget returns the target of a worker that said hello.
 func (b *balancer) newTarget(slot, pid int, conn *ipc.Conn) *target {
 	t := &target{b: b, slot: slot, pid: pid, conn: conn, ring: make([]heldConn, b.queue)}
 	t.beat.Store(time.Now().UnixNano())
+	if c, ok := b.carried[pid]; ok {
+		// Taken over from the previous image: its listeners and totals go
+		// on (a worker's reports carry running totals).
+		t.listens.Store(c.listens)
+		t.handed.Store(c.handed)
+		t.closed.Store(c.closed)
+		t.acked = c.acked
+	}
 	return t
+}
+
+// upgradeCounts returns what an upgrade carries of t.
+func (t *target) upgradeCounts() targetCounts {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return targetCounts{listens: t.listens.Load(), handed: t.handed.Load(), closed: t.closed.Load(), acked: t.acked}
+}
+
+// pauseAccepting stops the accepters once the batches they are handing
+// out are handed out; resumeAccepting lets them go on.
+func (b *balancer) pauseAccepting() {
+	b.resumedMu.Lock()
+	if b.resumed == nil {
+		b.resumed = make(chan struct{})
+	}
+	b.resumedMu.Unlock()
+	b.acceptPaused.Store(true)
+	b.gate.Lock() // waits for the batches in progress
+	b.gate.Unlock()
+}
+
+func (b *balancer) resumeAccepting() {
+	b.acceptPaused.Store(false)
+	b.resumedMu.Lock()
+	if b.resumed != nil {
+		close(b.resumed)
+		b.resumed = nil
+	}
+	b.resumedMu.Unlock()
+}
+
+// awaitResume blocks an accepter while accepting is paused; false when
+// the balancer is closing.
+func (b *balancer) awaitResume() bool {
+	b.resumedMu.Lock()
+	ch := b.resumed
+	b.resumedMu.Unlock()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-ch:
+		return true
+	case <-b.stop:
+		return false
+	}
+}
+
+// settled reports whether the master holds no connection: none waiting
+// for a worker, none handed out and not yet received.
+func (b *balancer) settled() bool {
+	b.heldMu.Lock()
+	held := len(b.held)
+	b.heldMu.Unlock()
+	if held > 0 {
+		return false
+	}
+	if ts := b.targets.Load(); ts != nil {
+		for _, t := range *ts {
+			if t.out.Load() > 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // publish makes ts (never modified afterwards) the workers that take

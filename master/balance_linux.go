@@ -85,9 +85,23 @@ func (a *accepter) run() {
 		n       int
 		aerr    error
 		backoff time.Duration
-		burst   int // accept errors since the last success
+		burst   int  // accept errors since the last success
+		locked  bool // accept holds the balancer's gate for reading
 	)
+	// accept holds the balancer's gate for reading from its first accept4
+	// to the end of the batch's hand-off (the loop below releases it), and
+	// never while it waits for the poller: an upgrade's pauseAccepting
+	// waits for the batches in hand only.
 	accept := func(fd uintptr) bool {
+		if !locked {
+			a.b.gate.RLock()
+			locked = true
+		}
+		if a.b.acceptPaused.Load() && n == 0 {
+			a.b.gate.RUnlock()
+			locked = false
+			return true // an upgrade: accept nothing, the backlog holds them
+		}
 		for n < acceptBatch {
 			nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 			switch errno {
@@ -99,7 +113,12 @@ func (a *accepter) run() {
 				continue // that connection is gone; accept the next
 			case unix.EAGAIN:
 				// Drained: hand out what came, or wait for the poller.
-				return n > 0
+				if n == 0 {
+					a.b.gate.RUnlock()
+					locked = false
+					return false
+				}
+				return true
 			}
 			aerr = errno
 			return true
@@ -122,11 +141,20 @@ func (a *accepter) run() {
 			}
 			timer.Stop()
 		}
-		n, aerr = 0, nil
+		n, aerr, locked = 0, nil, false
 		rerr := rc.Read(accept)
 		if n > 0 {
 			burst, backoff = 0, 0
 			a.handOut(batch[:n], picks[:n], group[:0])
+		}
+		if locked {
+			a.b.gate.RUnlock()
+		}
+		if a.b.acceptPaused.Load() && rerr == nil && aerr == nil {
+			if !a.b.awaitResume() {
+				return
+			}
+			continue
 		}
 		if rerr != nil {
 			select {

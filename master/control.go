@@ -27,6 +27,11 @@ const (
 	ControlStop   = "stop"   // answer: empty, once every worker is reaped
 	ControlSignal = "signal" // answer: ControlSignalReply
 	ControlLogs   = "logs"   // progress: log lines; answer (without Follow): empty
+	// ControlUpgrade replaces the master's image in place (SIGUSR2). With
+	// Wait the answer is an error, or none: the connection ends with the
+	// exec, and the client asks the new image's status. Without it the
+	// answer (empty) comes once the upgrade began.
+	ControlUpgrade = "upgrade"
 )
 
 // Error codes of the control socket (the Code of an [ipc.Error]), besides
@@ -36,6 +41,11 @@ const (
 	CodeReloadAborted    = "reload_aborted"
 	CodeStopping         = "stopping"
 	CodeNoWorker         = "no_worker"
+	// CodeUpgradeFailed: the upgrade did not happen (unsupported, cluster
+	// not steady, binary missing or failing its check, exec failed); the
+	// old image keeps serving.
+	CodeUpgradeFailed     = "upgrade_failed"
+	CodeUpgradeInProgress = "upgrade_in_progress"
 )
 
 // ControlRequest is the body of a control client's request.
@@ -66,6 +76,10 @@ type ControlStatusReply struct {
 	Name      string          `msgpack:"name"`
 	Listeners []string        `msgpack:"listeners"`
 	Workers   []ControlWorker `msgpack:"workers"`
+	// Upgrades counts the master's in-place upgrades; Exe is the binary it
+	// runs now (/proc/self/exe).
+	Upgrades int    `msgpack:"upgrades"`
+	Exe      string `msgpack:"exe"`
 }
 
 // ControlWorker is one live worker in a [ControlStatusReply].

@@ -97,7 +97,7 @@ func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, er
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &controlServer{
-		m: m, log: log, path: path, ln: ln, started: time.Now(), uid: os.Getuid(),
+		m: m, log: log, path: path, ln: ln, started: m.started, uid: os.Getuid(),
 		ctx: ctx, cancel: cancel,
 		conns: make(map[*net.UnixConn]struct{}), cpu: make(map[int]cpuSample),
 	}
@@ -362,8 +362,30 @@ func (s *controlServer) handle(x *exchange, req ControlRequest) (any, string, er
 	case ControlLogs:
 		s.logs(x, req)
 		return &struct{}{}, "", nil // with Follow: the master is stopping
+	case ControlUpgrade:
+		return s.upgrade(req.Wait)
 	}
 	return nil, ipc.CodeBadRequest, fmt.Errorf("unknown control operation %q", req.Op)
+}
+
+// upgrade runs an in-place upgrade. With wait, success is the exec, which
+// ends the connection; without it, the answer comes once the loop took
+// the request and the outcome is logged.
+func (s *controlServer) upgrade(wait bool) (any, string, error) {
+	if !wait {
+		if err := s.m.do(s.ctx, &upgradeCmd{}); err != nil {
+			return nil, commandCode(err), err
+		}
+		return &struct{}{}, "", nil
+	}
+	err := s.m.Upgrade(s.ctx)
+	switch {
+	case errors.Is(err, ErrUpgradeInProgress):
+		return nil, CodeUpgradeInProgress, err
+	case errors.Is(err, ErrNotRunning), errors.Is(err, ErrStopping):
+		return nil, CodeStopping, err
+	}
+	return nil, CodeUpgradeFailed, fmt.Errorf("%w; the old binary keeps serving", err)
 }
 
 // commandCode is the control error code of a command method's error.
@@ -384,9 +406,12 @@ func commandCode(err error) string {
 
 func (s *controlServer) status() *ControlStatusReply {
 	r := &ControlStatusReply{
-		PID: os.Getpid(), Started: s.started, Version: s.m.cfg.Version,
+		PID: os.Getpid(), Started: s.started, Version: s.m.cfg.Version, Upgrades: s.m.upgrades,
 		Name:    strings.TrimSuffix(filepath.Base(s.path), ".sock"),
 		Workers: []ControlWorker{},
+	}
+	if exe, err := os.Readlink("/proc/self/exe"); err == nil {
+		r.Exe = exe
 	}
 	for _, a := range s.m.Addrs() {
 		r.Listeners = append(r.Listeners, a.Network()+"://"+a.String())

@@ -46,7 +46,12 @@
 //     SyscallConn().Control.
 //   - Pdeathsig fires when the thread that forked the child exits, not the
 //     process: every worker is forked by one goroutine locked to its OS
-//     thread for the whole of Run.
+//     thread for the whole of Run. An execve kills every thread but the
+//     one that calls it, so a master that can upgrade in place
+//     (Options.UpgradeArgs) gives its workers no Pdeathsig: after one
+//     upgrade its workers have two parent threads, and no exec keeps both.
+//     Options.Contain, which upgrades require, covers a dead master
+//     instead (the guardian).
 //   - With Options.Subreaper (cmd/clusterd sets it) the master is a child
 //     subreaper (PR_SET_CHILD_SUBREAPER) and may be PID 1, so orphaned
 //     grandchildren become its children. One reaper goroutine owns every

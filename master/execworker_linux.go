@@ -53,6 +53,10 @@ func ExecWorker(args []string) error {
 // exec-worker step; it is removed before the worker command runs.
 const envExecFD = "CLUSTERD_EXEC_FD"
 
+// envNoPdeath, set for the exec-worker step, keeps the worker free of a
+// parent-death signal (a master that can upgrade in place: see doc.go).
+const envNoPdeath = "CLUSTERD_EXEC_NO_PDEATH"
+
 // execReportFD takes the exec-outcome fd from the environment (-1: none)
 // and removes the variable, so the worker command never sees it.
 func execReportFD() int {
@@ -86,7 +90,14 @@ func writeExecErrno(fd int, err error) {
 
 func execWorker(args []string) error {
 	ppid := os.Getppid()
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+	_, noPdeath := os.LookupEnv(envNoPdeath)
+	os.Unsetenv(envNoPdeath)
+	if noPdeath {
+		// A master that can upgrade in place (see doc.go).
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, 0, 0, 0, 0); err != nil {
+			return fmt.Errorf("exec-worker: clear parent-death signal: %w", os.NewSyscallError("prctl", err))
+		}
+	} else if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return fmt.Errorf("exec-worker: set parent-death signal: %w", os.NewSyscallError("prctl", err))
 	}
 	// The forked thread's own signal covers a master that died before this

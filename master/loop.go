@@ -197,6 +197,12 @@ type loopDeps struct {
 	// checkListeners heals the listeners and reports whether one was
 	// replaced (see watchListeners); nil: listeners are not watched.
 	checkListeners func(exited *worker, running []*worker) (replaced bool)
+	// upgrader replaces the master's image (Options.UpgradeArgs); nil:
+	// never. adopt, when not nil, is the state a previous image left: the
+	// loop takes its workers instead of starting new ones.
+	upgrader   *upgrader
+	adopt      *upgradeState
+	adoptFiles upgradeFiles
 }
 
 type loop struct {
@@ -227,6 +233,9 @@ type loop struct {
 	termAt   time.Time // the TERM or INT that began a stop; zero: none
 	checkAt  time.Time // next periodic listener check
 	status   string    // the last STATUS= sent
+	// upgrading is the upgrade being prepared (upgrade_linux.go); nil:
+	// none.
+	upgrading *upgradeCmd
 }
 
 func newLoop(cfg *config, log hclog.Logger, deps loopDeps) *loop {
@@ -249,10 +258,18 @@ func (l *loop) run(ctx context.Context) error {
 	if l.cfg.workersFrom != "" {
 		l.log.Info("worker count from CPUs", "workers", l.cfg.Workers, "source", l.cfg.workersFrom)
 	}
-	for i := range l.cfg.Workers {
-		l.newSlot(i)
+	if l.adopt != nil {
+		l.adoptSlots(l.adopt, l.adoptFiles)
+		l.adopt, l.adoptFiles = nil, nil
+	} else {
+		for i := range l.cfg.Workers {
+			l.newSlot(i)
+		}
 	}
 	for _, s := range l.slots {
+		if s.cur != nil {
+			continue // taken over from the previous image
+		}
 		if err := l.startWorker(s); err != nil {
 			// The first start failing is a configuration problem, not a
 			// crash to retry: stop what already runs and report it.

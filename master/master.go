@@ -63,6 +63,8 @@ func DispatchExecWorker() {
 		err := ExecWorker(os.Args[2:])
 		fmt.Fprintln(os.Stderr, "clusterd:", err)
 		os.Exit(ExecWorkerExitCode)
+	case UpgradeCheckArg:
+		runUpgradeCheck()
 	case GuardianArg:
 		if err := Guardian(); err != nil {
 			fmt.Fprintln(os.Stderr, "clusterd:", err)
@@ -91,6 +93,11 @@ type Master struct {
 	ipc       ipcTotals                  // IPC counters, for IPCStats
 	slots     slotTotals                 // per-slot counters, for SlotStats
 	jobs      *dispatcher                // Dispatch
+	// started is the master's first start, kept across in-place upgrades,
+	// and upgrades how many it has been through (written before the loop
+	// starts).
+	started  time.Time
+	upgrades int
 }
 
 // New validates opts and returns a Master that has not started anything
@@ -164,7 +171,8 @@ func (m *Master) Addrs() []net.Addr {
 // of Options.Signals (HUP rolling reload, TERM/INT graceful stop and a
 // second one, 1s or more after the first, to stop at once, QUIT immediate
 // stop, TTIN/TTOU one worker more or fewer, WINCH stop the workers until the
-// next HUP) and on the command methods ([Master.Reload], [Master.Scale],
+// next HUP, USR2 upgrade in place with Options.UpgradeArgs) and on the
+// command methods ([Master.Reload], [Master.Scale],
 // [Master.Stop], [Master.Signal], ...), which other goroutines may call
 // while it runs. Cancelling ctx is a
 // graceful stop.

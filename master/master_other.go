@@ -27,3 +27,18 @@ func ExecWorker(args []string) error { return fmt.Errorf("exec-worker: %w", errU
 // Guardian is the guardian mode of Options.Contain; off Linux it returns an
 // error wrapping [errors.ErrUnsupported].
 func Guardian() error { return fmt.Errorf("guardian: %w", errUnsupported) }
+
+// upgrader is the in-place upgrade's state; off Linux there is none.
+type upgrader struct{ st *execStarter }
+
+type execStarter struct{}
+
+type upgradeFiles map[int]any
+
+func (c *upgradeCmd) apply(l *loop) {
+	if c.reply != nil {
+		c.reply <- ErrUpgradeUnsupported
+	}
+}
+
+func (l *loop) adoptSlots(st *upgradeState, files upgradeFiles) {}

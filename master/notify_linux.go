@@ -107,6 +107,23 @@ func newNotifyDir(cred *syscall.Credential) (*notifyDir, error) {
 	return d, nil
 }
 
+// adoptNotifyDir takes the runtime directory of the previous image of
+// this master (an upgrade), with the owner newNotifyDir would give it.
+func adoptNotifyDir(dir string, cred *syscall.Credential) (*notifyDir, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("runtime directory of the previous image: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("runtime directory of the previous image %s: not a directory", dir)
+	}
+	d := &notifyDir{path: dir, uid: -1, gid: -1}
+	if cred != nil && (int(cred.Uid) != os.Geteuid() || int(cred.Gid) != os.Getegid()) {
+		d.uid, d.gid = int(cred.Uid), int(cred.Gid)
+	}
+	return d, nil
+}
+
 func (d *notifyDir) socketPath(slot, gen int) string {
 	return filepath.Join(d.path, "notify-"+strconv.Itoa(slot)+"."+strconv.Itoa(gen))
 }

@@ -302,6 +302,18 @@ type Options struct {
 	// die with the master by their parent-death signal, their children
 	// only when the master stops them. cmd/clusterd sets it.
 	Contain bool
+	// UpgradeArgs, when not empty, lets the master replace its own image
+	// under the same pid ([Master.Upgrade], SIGUSR2 in Options.Signals):
+	// UpgradeArgs[0] is the executable (looked up again at every upgrade,
+	// so a file replaced at that path is the new binary) and the rest its
+	// arguments, which must build the same Options again in the new image;
+	// UpgradeEnv is its environment (nil: the master's own). The program
+	// must call [DispatchExecWorker] first thing in main, and set Contain:
+	// such a master gives its workers no parent-death signal (an exec
+	// would fire it), and the guardian ends the cluster if the master
+	// dies. See upgrade.go.
+	UpgradeArgs []string
+	UpgradeEnv  []string
 }
 
 // config is the validated copy of Options the master runs with.
@@ -465,6 +477,12 @@ func normalize(opts Options) (*config, error) {
 			return nil, optErr("ControlSocket", "control socket %s: %w", c.ControlSocket, err)
 		}
 		c.ControlSocket = abs
+	}
+	if len(c.UpgradeArgs) > 0 && !c.Contain {
+		return nil, optErr("UpgradeArgs", "in-place upgrades need Contain (the guardian ends the workers of a dead master)")
+	}
+	if len(c.UpgradeArgs) > 0 && c.UpgradeArgs[0] == "" {
+		return nil, optErr("UpgradeArgs", "no executable")
 	}
 	if c.Contain {
 		exe, err := os.Executable()

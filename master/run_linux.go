@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"time"
 )
 
 // supported reports whether the master can run here: on Linux, always.
@@ -18,6 +19,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer loopEnded() // when Run fails before the loop
 	defer m.hub.close()
 	cfg, log := m.cfg, m.log
+	// An upgrade of the previous image under this pid left its state.
+	up, err := takeUpgradeState()
+	if err != nil {
+		return err
+	}
+	files := upgradeFiles{}
 	ls := newListeners(cfg, log)
 	cs := newClusterSockets(ls)
 	defer func() {
@@ -32,11 +39,19 @@ func (m *Master) run(ctx context.Context) (err error) {
 		}
 		defer removePIDFile(cfg.PIDFile, log)
 	}
-	if err := ls.bind(); err != nil {
+	if up != nil {
+		if err := ls.fromUpgrade(up.Listeners, files); err != nil {
+			return err
+		}
+		cs.restore(up, files)
+	} else if err := ls.bind(); err != nil {
 		return err
 	}
 	sd := newSDNotifier(os.Getenv("NOTIFY_SOCKET"), log.Named("notify"))
 	defer sd.close()
+	// After an upgrade these sockets are stored already: systemd keeps one
+	// of each (it removes duplicates), and storing them again lets a
+	// healed listener be stored anew.
 	if max := fdStoreMax(os.LookupEnv); max != 0 {
 		if n, err := ls.store(sd, max); err != nil {
 			log.Warn("listeners not all kept by the service manager", "stored", n, "error", err)
@@ -58,7 +73,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	defer r.stop()
 	// Before any worker: the guardian must know of every one.
-	cont, err := newContainment(cfg, r, log)
+	var cont *containment
+	if up != nil {
+		cont, err = restoreContainment(cfg, r, up, log)
+	} else {
+		cont, err = newContainment(cfg, r, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -69,7 +89,12 @@ func (m *Master) run(ctx context.Context) (err error) {
 	defer closeDone()
 	var nd *notifyDir
 	if cfg.speaksNotify() {
-		if nd, err = newNotifyDir(cfg.credential); err != nil {
+		if up != nil && up.NotifyDir != "" {
+			nd, err = adoptNotifyDir(up.NotifyDir, cfg.credential)
+		} else {
+			nd, err = newNotifyDir(cfg.credential)
+		}
+		if err != nil {
 			return err
 		}
 		defer func() {
@@ -97,6 +122,11 @@ func (m *Master) run(ctx context.Context) (err error) {
 		// After the loop and the sessions (deferred before st.close): no
 		// worker is left to take what the master still holds.
 		defer bal.close()
+		if up != nil {
+			if err := bal.restore(up, files); err != nil {
+				return err
+			}
+		}
 	}
 	st, err := newExecStarter(cfg, log, nd, out, r, cont, events, m.cmds, done)
 	if err != nil {
@@ -108,6 +138,14 @@ func (m *Master) run(ctx context.Context) (err error) {
 		st.announced = ls.announced()
 	}
 	defer st.close()
+	u := &upgrader{
+		m: m, cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st, balance: bal,
+		cmds: m.cmds, done: done, started: time.Now(),
+	}
+	if up != nil {
+		u.started, u.upgrades = time.Unix(0, up.Started), up.Upgrades
+	}
+	m.started, m.upgrades = u.started, u.upgrades
 	if cfg.ControlSocket != "" {
 		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
 		if lerr != nil {
@@ -147,6 +185,9 @@ func (m *Master) run(ctx context.Context) (err error) {
 		balance:        bal,
 		jobs:           m.jobs,
 		checkListeners: ls.check,
+		upgrader:       u,
+		adopt:          up,
+		adoptFiles:     files,
 	})
 	err = l.run(ctx)
 	m.routes.Store(nil)

@@ -32,8 +32,12 @@ type execProcess struct {
 	done   chan struct{} // closed by release: ends the notify reader
 	once   sync.Once
 	out    *outputs
-	// streams are its stdout and stderr pipes (nil entries: not relayed).
-	streams []*stream
+	// streams are its stdout and stderr pipes (nil entries: not relayed),
+	// outR and errR their read ends (-1: none), for an upgrade.
+	streams    []*stream
+	outR, errR int
+	// pausedAck gets a value when the worker answers an upgrade's pause.
+	pausedAck chan struct{}
 	// said is set once the worker's hello arrived. The loop learns it from
 	// evOnline; the listening probe reads it only to stop probing a worker
 	// that will report its readiness over IPC.
@@ -141,12 +145,7 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 			st.ipc.end(p.conn)
 		}
 	}()
-	local := ipc.Hello{
-		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
-		HeartbeatMS: st.cfg.HeartbeatInterval.Milliseconds(),
-		Listeners:   st.announced,
-	}
-	peer, err := p.conn.Handshake(context.Background(), local)
+	peer, err := p.conn.Handshake(context.Background(), st.masterHello())
 	if err != nil {
 		if !quietIPCError(err) {
 			st.post(workerEvent{pid: p.pid, kind: evProtocol, err: fmt.Errorf("ipc hello: %w", err)})
@@ -181,6 +180,15 @@ func (st *execStarter) serveIPC(p *execProcess, req spawnRequest) {
 	st.post(workerEvent{pid: p.pid, kind: evDisconnect, err: err})
 }
 
+// masterHello is the master's hello to its workers.
+func (st *execStarter) masterHello() ipc.Hello {
+	return ipc.Hello{
+		Version: ipc.Version, PID: os.Getpid(), WorkerID: -1,
+		HeartbeatMS: st.cfg.HeartbeatInterval.Milliseconds(), Boot: st.boot,
+		Listeners: st.announced,
+	}
+}
+
 // serve reads messages until the connection fails, and returns why.
 func (s *session) serve() error {
 	lim := newIPCLimiter(s.log, s.p.done, s.st.cfg.IPCMessageRate, s.st.cfg.IPCFDRate)
@@ -207,6 +215,20 @@ func (s *session) serve() error {
 // session.
 func (s *session) handle(m *ipc.Message) error {
 	switch m.Kind {
+	case ipc.KindHello:
+		// After the handshake, a worker says hello only to answer the
+		// master's: Paused for an upgrade's pause, or after a resume.
+		_ = m.CloseFDs()
+		var h ipc.Hello
+		if err := m.Decode(&h); err != nil {
+			return err
+		}
+		if h.Paused {
+			select {
+			case s.p.pausedAck <- struct{}{}:
+			default:
+			}
+		}
 	case ipc.KindReady:
 		_ = m.CloseFDs()
 		s.st.post(workerEvent{pid: s.p.pid, kind: evReady, source: ReadyIPC})

@@ -38,6 +38,8 @@ func (l *loop) onSignal(sig os.Signal) {
 		c = &stopCmd{force: l.stopping, sig: s}
 	case syscall.SIGQUIT:
 		c = &stopCmd{force: true, sig: s}
+	case syscall.SIGUSR2:
+		c = &upgradeCmd{} // no reply: the outcome is logged
 	case syscall.SIGTTIN:
 		c = &scaleCmd{delta: 1}
 	case syscall.SIGTTOU:

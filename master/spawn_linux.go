@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/clusterd/clusterd/ipc"
 	"github.com/clusterd/clusterd/sockshare"
@@ -47,6 +48,7 @@ type execStarter struct {
 	ipc        *ipcTotals                                                             // IPC counters; nil: none
 	slots      *slotTotals                                                            // per-slot counters
 
+	boot    int64 // this image's start, the Boot of its hellos
 	jobs    chan spawnJob
 	spawnWG sync.WaitGroup
 	ipcWG   sync.WaitGroup
@@ -57,6 +59,7 @@ var _ starter = (*execStarter)(nil)
 type spawnJob struct {
 	argv  []string
 	attr  *syscall.ProcAttr
+	exec  func() error // not nil: run this (the upgrade's execve) instead of a fork
 	reply chan spawnResult
 }
 
@@ -69,7 +72,7 @@ type spawnResult struct {
 // values of them are dropped first.
 var protocolEnv = []string{
 	"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=",
-	"EINHORN_FD_", "EINHORN_SOCK_", envExecFD + "=", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
+	"EINHORN_FD_", "EINHORN_SOCK_", envExecFD + "=", envNoPdeath + "=", ipc.EnvIPCFD + "=", ipc.EnvWorkerID + "=", ipc.EnvWorkerGen + "=",
 }
 
 func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outputs, r *reaper,
@@ -78,6 +81,7 @@ func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outpu
 		cfg: cfg, log: log, out: out, reaper: r, contain: cont, events: events, cmds: cmds, done: done, notify: notify,
 		stdout: -1, stderr: -1, devNull: -1,
 		jobs: make(chan spawnJob),
+		boot: time.Now().UnixNano(),
 	}
 	st.argv = append(append(append([]string(nil), cfg.ExecWorker...), "--", cfg.path), cfg.Command[1:]...)
 	// Options.Env overrides inherited variables: with duplicate keys most
@@ -141,6 +145,10 @@ func (st *execStarter) spawner() {
 	// Never unlocked: when Run ends (every worker reaped) the goroutine
 	// returns and the runtime ends its thread with it.
 	for job := range st.jobs {
+		if job.exec != nil {
+			job.reply <- spawnResult{err: job.exec()}
+			continue
+		}
 		pid, err := syscall.ForkExec(job.argv[0], job.argv, job.attr)
 		job.reply <- spawnResult{pid: pid, err: err}
 	}
@@ -244,6 +252,9 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	}
 	env = append(env, ipc.Env{IPCFD: 3 + n, WorkerID: req.slot, Generation: req.gen}.Environ()...)
 	env = append(env, envExecFD+"="+strconv.Itoa(execFD))
+	if len(st.cfg.UpgradeArgs) > 0 {
+		env = append(env, envNoPdeath+"=1")
+	}
 	var ns *notifySocket
 	if st.notify != nil {
 		if ns, err = st.notify.listen(req.slot, req.gen); err != nil {
@@ -269,6 +280,11 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 			Credential: st.cfg.credential,
 		},
 	}
+	if len(st.cfg.UpgradeArgs) > 0 {
+		// See doc.go: the guardian, not the parent-death signal, ends
+		// the workers of a master that dies.
+		attr.Sys.Pdeathsig = 0
+	}
 	reply := make(chan spawnResult, 1)
 	st.contain.forkAttr(attr.Sys)
 	st.jobs <- spawnJob{argv: st.argv, attr: attr, reply: reply}
@@ -292,7 +308,7 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	child.Close()
 	unix.Close(execW)
 	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
-	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns, out: st.out}
+	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns, out: st.out, outR: outR, errR: errR, pausedAck: make(chan struct{}, 1)}
 	var t *tail
 	if outR >= 0 || errR >= 0 {
 		t = st.out.newTail(pid)

@@ -112,7 +112,7 @@ func (p *process) openIPCLocked() (*ipc.Conn, error) {
 		return nil, fmt.Errorf("worker: ipc hello with master: %w", err)
 	}
 	p.announced = peer.Listeners
-	p.startSession(conn, peer)
+	p.startSession(conn, local, peer)
 	return conn, nil
 }
 

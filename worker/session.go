@@ -27,9 +27,10 @@ const MaxConcurrentRequests = 256
 // reading, and the master's sends wait.
 const messageBuffer = 256
 
-// startSession starts the session's goroutines on an open connection.
-func (p *process) startSession(conn *ipc.Conn, master ipc.Hello) {
-	go p.readSession(conn)
+// startSession starts the session's goroutines on an open connection;
+// local is the worker's hello, master the master's.
+func (p *process) startSession(conn *ipc.Conn, local, master ipc.Hello) {
+	go p.readSession(conn, local, master.Boot)
 	if master.HeartbeatMS > 0 {
 		go p.heartbeat(conn, time.Duration(master.HeartbeatMS)*time.Millisecond)
 	}
@@ -37,7 +38,7 @@ func (p *process) startSession(conn *ipc.Conn, master ipc.Hello) {
 
 // readSession reads the master's messages until the connection ends. It is
 // the connection's only reader, and the only sender on p.msgs.
-func (p *process) readSession(conn *ipc.Conn) {
+func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var handlers sync.WaitGroup
 	sem := make(chan struct{}, MaxConcurrentRequests)
@@ -75,6 +76,8 @@ func (p *process) readSession(conn *ipc.Conn) {
 		// (listen replies go to their Call, not here).
 		_ = m.CloseFDs()
 		switch m.Kind {
+		case ipc.KindHello:
+			boot = p.masterHello(conn, m, local, boot)
 		case ipc.KindDrain:
 			var d ipc.Drain
 			// A drain with an unreadable body is still a drain, without
@@ -111,6 +114,34 @@ func (p *process) readSession(conn *ipc.Conn) {
 			})
 		}
 	}
+}
+
+// masterHello answers a hello the master sends after the handshake; boot
+// is the Boot of the master's last hello, and the one of this hello is
+// returned. A hello with Pause comes before the master replaces its own
+// image under the same pid (an in-place upgrade): the worker answers with
+// its hello marked Paused, the last frame it writes, and holds what it
+// sends from then on. The next hello, from the new image or from the old
+// one that gave up its upgrade, is answered with the worker's hello, and
+// the held messages follow; when it comes from a new image (another Boot),
+// the requests the old one had read but not answered are sent again.
+func (p *process) masterHello(conn *ipc.Conn, m *ipc.Message, local ipc.Hello, boot int64) int64 {
+	var h ipc.Hello
+	if err := m.Decode(&h); err != nil {
+		return boot // not a hello this worker can act on
+	}
+	if h.Pause {
+		paused := local
+		paused.Paused = true
+		if r, err := ipc.NewMessage(ipc.KindHello, &paused); err == nil {
+			_ = conn.Hold(r) // fails only on a dead connection or a second pause
+		}
+		return boot
+	}
+	if r, err := ipc.NewMessage(ipc.KindHello, &local); err == nil {
+		_ = conn.Resume(r, h.Boot != boot)
+	}
+	return h.Boot
 }
 
 // reply answers the request req with v, or with err as a [ipc.KindError]. A

@@ -30,7 +30,15 @@ const (
 	exitReloadInProgress = 4 // reload: another reload is running
 	exitNoMaster         = 5 // no master answers at the control socket
 	exitPermission       = 6 // the control socket refused this user
+	// exitUpgradeFailed: upgrade did not happen; the old binary serves.
+	exitUpgradeFailed = 3
+	// exitUpgradeInProgress: another upgrade is being prepared.
+	exitUpgradeInProgress = 4
 )
+
+// errNoAnswer: the master closed the connection before it answered (it
+// exited, or execed for an upgrade).
+var errNoAnswer = errors.New("closed the connection before it answered")
 
 // exitCoder is an error that carries its own exit status.
 type exitCoder interface {
@@ -192,7 +200,7 @@ func (c *controlClient) do(ctx context.Context, req master.ControlRequest, reply
 				return fmt.Errorf("control socket %s: %w", c.path, sendErr)
 			}
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("the master at %s closed the connection before it answered", c.path)
+				return fmt.Errorf("the master at %s %w", c.path, errNoAnswer)
 			}
 			return fmt.Errorf("control socket %s: %w", c.path, err)
 		}
@@ -236,6 +244,10 @@ func remoteError(e ipc.Error) error {
 		return &controlError{exitReloadInProgress, err}
 	case master.CodeReloadAborted:
 		return &controlError{exitReloadAborted, err}
+	case master.CodeUpgradeFailed:
+		return &controlError{exitUpgradeFailed, err}
+	case master.CodeUpgradeInProgress:
+		return &controlError{exitUpgradeInProgress, err}
 	case ipc.CodeBadRequest:
 		return &usageError{err}
 	}

@@ -97,6 +97,9 @@ type clusterConfig struct {
 	// path and the master's argv appended (systemd-socket-activate ...);
 	// nil: none.
 	launcher []string
+	// exe is the master's binary, a copy of the test binary (an upgrade
+	// test replaces it); "": the test binary itself.
+	exe string
 }
 
 // startCluster starts `clusterd run --log-json FLAGS -- <test binary> ARGS`.
@@ -129,7 +132,11 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		args = append(args, "--env", helperEnv+"="+helper, "--", exe)
 		args = append(args, cfg.workerArgs...)
 	}
-	argv := append(append([]string{exe}, cfg.prefix...), args...)
+	master := exe
+	if cfg.exe != "" {
+		master = cfg.exe
+	}
+	argv := append(append([]string{master}, cfg.prefix...), args...)
 	if cfg.shell {
 		argv = append(append([]string{"/bin/sh"}, cfg.prefix...), args...)
 	}

@@ -18,6 +18,25 @@ import (
 	"github.com/clusterd/clusterd/master"
 )
 
+// startArgs and startEnv are the program's arguments, binary and
+// environment as it started (before run removes the CLUSTERD_* variables
+// it read): an in-place upgrade execs the new binary with them, so that it
+// builds the same options.
+var (
+	startArgs = os.Args
+	startEnv  = os.Environ()
+	startExe  = executable()
+)
+
+// executable is the path of the running binary, or "" when unknown.
+func executable() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return exe
+}
+
 func main() {
 	// A worker is started as `clusterd exec-worker -- COMMAND...`: it must
 	// reach execve as fast as possible, without building the command tree.

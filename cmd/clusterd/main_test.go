@@ -163,10 +163,14 @@ func workerHelper(args []string) int {
 	oomCgroup := fs.String("oom-cgroup", "", "once ready, join this memory cgroup (write cgroup.procs) and allocate until killed")
 	neverReadyGens := fs.String("never-ready-gens", "", "FIRST-LAST: never report ready when the generation is in the range")
 	say := fs.String("say", "", "print this line to stdout once ready")
+	noIPC := fs.Bool("no-ipc", false, "ignore the IPC connection, as a binary that does not link package worker")
 	spew := fs.Int("spew", 0, "write this many bytes of 64-byte lines to stdout once ready, then say so on stderr")
 	spewGens := fs.String("spew-gens", "1-1", "FIRST-LAST: the generations that -spew")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *noIPC {
+		os.Unsetenv(ipc.EnvIPCFD)
 	}
 	gen := worker.Generation()
 	if inRange(*failGens, gen) {

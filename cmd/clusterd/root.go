@@ -47,6 +47,7 @@ func newRootCommand() *cobra.Command {
 		newStatusCommand(),
 		newLsCommand(),
 		newReloadCommand(),
+		newUpgradeCommand(),
 		newScaleCommand(),
 		newStopCommand(),
 		newSignalCommand(),

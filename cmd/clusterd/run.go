@@ -81,6 +81,11 @@ Signals to the master:
   WINCH        stop every worker, keep the master and its sockets; HUP brings
                them back
   USR1         reopen --log-file by its path (after logrotate moved it)
+  USR2         upgrade in place: exec the binary at clusterd's path (replace
+               the file with the new version first) under the same pid, keeping
+               the workers, sockets and IPC; the new binary is checked first,
+               and on any failure the old one keeps running (clusterd upgrade
+               --wait reports which)
 
 Worker output (--output prefix):
   Each line is relayed with a [w3 pid 1234] prefix to the master's stdout or
@@ -347,6 +352,12 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	// The CLI is the cluster's main process (and may be PID 1): it reaps
 	// orphaned grandchildren too, and runs no other children of its own.
 	opts.Subreaper = true
+	// SIGUSR2 and `clusterd upgrade` exec the binary at the same path
+	// (replaced by the new version) under the same pid.
+	if startExe != "" && len(startArgs) > 0 {
+		opts.UpgradeArgs = append([]string{startExe}, startArgs[1:]...)
+		opts.UpgradeEnv = startEnv
+	}
 
 	m, err := master.New(opts)
 	if err != nil {
