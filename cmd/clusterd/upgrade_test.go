@@ -161,3 +161,40 @@ func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArg
 		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
 	}
 }
+
+// TestUpgradeRefusedWhileReloading: an upgrade needs every worker ready and
+// nothing else under way; it says so and changes nothing. Without --wait
+// the command returns once the master took the request.
+func TestUpgradeRefusedWhileReloading(t *testing.T) {
+	t.Parallel()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "clusterd")
+	installBinary(t, self, bin)
+	c := startCluster(t, clusterConfig{
+		exe:        bin,
+		flags:      []string{listenAny, "-w", "1", "--ready", "ipc", "--ready-timeout", "1h"},
+		workerArgs: []string{"-never-ready-gens", "2-99"},
+	})
+	_, pids := c.waitStarted()
+	from := c.logLen()
+	c.signal(syscall.SIGHUP)
+	c.waitLog(from, "worker started", "generation", 2) // never ready: the reload runs
+	code, _, errs := c.ctl("upgrade", "--wait")
+	if code != exitUpgradeFailed || !strings.Contains(errs, "cluster not steady: a reload is running") {
+		t.Fatalf("upgrade during a reload: exit %d, %q; want %d and why", code, errs, exitUpgradeFailed)
+	}
+	code, out, errs := c.ctl("upgrade")
+	if code != 0 || !strings.Contains(out, "upgrade started") {
+		t.Fatalf("upgrade without --wait: exit %d, %q %q", code, out, errs)
+	}
+	c.waitLog(from, "upgrade failed: the old binary keeps running", "error", "master: cluster not steady: a reload is running")
+	if st := c.status(); st.Master.PID != c.pid || !slices.Contains(workerPIDs(st), pids[0]) {
+		t.Fatalf("after refused upgrades: master %d workers %v, want %d with %d", st.Master.PID, workerPIDs(st), c.pid, pids[0])
+	}
+	if n := c.countLogs(0, "upgrade: exec"); n != 0 {
+		t.Errorf("%d upgrades went as far as the exec", n)
+	}
+}
