@@ -314,6 +314,11 @@ type Options struct {
 	// dies. See upgrade.go.
 	UpgradeArgs []string
 	UpgradeEnv  []string
+	// BeforeExec, when set, is called right before an upgrade's exec, on
+	// the loop's goroutine, to write out what the program buffers (a log
+	// writer's queue): the exec drops it. It should return within a few
+	// hundred milliseconds.
+	BeforeExec func()
 }
 
 // config is the validated copy of Options the master runs with.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -73,6 +74,15 @@ func newOutputs(stdout, stderr io.Writer, log hclog.Logger) (*outputs, error) {
 	}
 	go o.run()
 	return o, nil
+}
+
+// flush waits, at most until deadline, for the sinks to write what they
+// hold (before an upgrade's exec, which would drop it).
+func (o *outputs) flush(deadline time.Time) {
+	o.stdout.flush(deadline)
+	if o.stderr != o.stdout {
+		o.stderr.flush(deadline)
+	}
 }
 
 // newTail returns the tail of worker pid, to pass to relay for its

@@ -51,6 +51,7 @@ type sink struct {
 	closing   bool
 	abandoned bool   // close returned: a late Write's outcome is not logged
 	progress  uint64 // Write calls completed
+	taken     uint64 // buffers the writer took (progress lags while one is written)
 	// Output not written since the last report, by cause.
 	blocked, failed counter
 	// Totals for the life of the sink.
@@ -139,6 +140,9 @@ func (s *sink) writeQueued() bool {
 	out := s.buf
 	s.buf = s.spare[:0]
 	s.spare = nil
+	if len(out) > 0 {
+		s.taken++
+	}
 	s.mu.Unlock()
 	if len(out) == 0 {
 		return false
@@ -194,6 +198,23 @@ func (s *sink) wrote(out []byte, n int, err error) {
 // returns keeps it, and the writer, forever; nothing else waits for it).
 // It then reports the output that was never written. Called once, after
 // the relay stopped appending.
+// flush waits, at most until deadline, until everything appended so far
+// is written (an upgrade's exec would drop it), and reports whether it is.
+func (s *sink) flush(deadline time.Time) bool {
+	for {
+		s.mu.Lock()
+		done := len(s.buf) == 0 && s.progress == s.taken
+		s.mu.Unlock()
+		if done {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (s *sink) close() {
 	s.mu.Lock()
 	s.closing = true

@@ -32,6 +32,9 @@ const (
 	// upgradeFlushTimeout bounds the wait for what the master queued to a
 	// worker before the exec.
 	upgradeFlushTimeout = time.Second
+	// upgradeOutputFlush bounds the wait for relayed output to be written
+	// before the exec.
+	upgradeOutputFlush = 200 * time.Millisecond
 )
 
 // upgrader is what an upgrade needs besides the loop: the resources that
@@ -543,6 +546,12 @@ func (u *upgrader) exec(st *upgradeState, procs []*execProcess) error {
 		unix.Close(mfd)
 		undo()
 		return &UpgradeError{Step: "exec", Err: err}
+	}
+	// What the workers printed and the master logged up to here: the exec
+	// would drop what is still queued.
+	u.st.out.flush(time.Now().Add(upgradeOutputFlush))
+	if u.cfg.BeforeExec != nil {
+		u.cfg.BeforeExec()
 	}
 	argv := slices.Clone(u.cfg.UpgradeArgs)
 	err = u.st.execImage(argv[0], argv, upgradeEnv(u.cfg, mfd))

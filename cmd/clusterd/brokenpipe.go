@@ -50,6 +50,7 @@ type logWriter struct {
 	mu       sync.Mutex
 	closed   bool
 	progress int // lines handled by the writer goroutine
+	sent     int // lines queued by Write
 	failed   bool
 	lost     int // lines stderr refused (write errors)
 	skipped  int // lines dropped since the last report: the queue was full
@@ -73,6 +74,7 @@ func (l *logWriter) Write(p []byte) (int, error) {
 	}
 	select {
 	case l.lines <- append([]byte(nil), p...): // hclog reuses its buffer
+		l.sent++
 	default:
 		l.skipped++
 	}
@@ -104,6 +106,25 @@ func (l *logWriter) run() {
 			// Best effort: if stdout is gone as well, nobody can be told.
 			_, _ = fmt.Fprintf(l.alt, "clusterd: the master's log cannot be written to stderr (%v); its lines are dropped from now on\n", err)
 		}
+	}
+}
+
+// flush waits, at most for timeout, until every line queued so far is
+// written (the master calls it before an upgrade's exec, which would drop
+// the queue).
+func (l *logWriter) flush(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	l.mu.Lock()
+	target := l.sent
+	l.mu.Unlock()
+	for {
+		l.mu.Lock()
+		done := l.progress >= target
+		l.mu.Unlock()
+		if done || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

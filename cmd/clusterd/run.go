@@ -357,6 +357,7 @@ func runCluster(cmd *cobra.Command, f *runFlags, command []string) error {
 	if startExe != "" && len(startArgs) > 0 {
 		opts.UpgradeArgs = append([]string{startExe}, startArgs[1:]...)
 		opts.UpgradeEnv = startEnv
+		opts.BeforeExec = func() { logOut.flush(200 * time.Millisecond) }
 	}
 
 	m, err := master.New(opts)

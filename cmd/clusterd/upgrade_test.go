@@ -153,6 +153,10 @@ func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArg
 		check(tc.name + " binary")
 	}
 	l.check(t)
+	// The old image's last lines are written before its exec, not dropped.
+	if n := c.countLogs(0, "upgrade: exec"); n != 6 {
+		t.Errorf("%d \"upgrade: exec\" lines in the log, want one per upgrade, 6", n)
+	}
 	if n := c.countLogs(0, "worker exited"); n != 0 {
 		t.Errorf("%d workers exited across the upgrades, want none", n)
 	}
