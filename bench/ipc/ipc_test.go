@@ -294,10 +294,12 @@ func (c *cluster) result(b *testing.B) result {
 
 // nodeFigure is what node_ipc.js prints for one mode.
 type nodeFigure struct {
-	PerSec    float64 `json:"per_s"`
-	CPUPerJob float64 `json:"cpu_us_per_job"` // node_dispatch.js
-	P50       float64 `json:"p50_ns"`
-	P99       float64 `json:"p99_ns"`
+	PerSec float64 `json:"per_s"`
+	// node_dispatch.js: CPU time per job of the primary and of the workers
+	PrimaryCPU float64 `json:"primary_cpu_us_per_job"`
+	WorkersCPU float64 `json:"workers_cpu_us_per_job"`
+	P50        float64 `json:"p50_ns"`
+	P99        float64 `json:"p99_ns"`
 }
 
 // nodeCount is how many messages, requests or jobs the Node scripts
@@ -484,7 +486,7 @@ func BenchmarkDispatch(b *testing.B) {
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			errs := make(chan error, dispatchWorkers*dispatchWindow)
-			cpu0 := clusterCPU(b, c.m)
+			self0, workers0 := clusterCPU(b, c.m)
 			start := time.Now()
 			for range dispatchWorkers * dispatchWindow {
 				wg.Go(func() {
@@ -510,21 +512,21 @@ func BenchmarkDispatch(b *testing.B) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
-			cpu := clusterCPU(b, c.m) - cpu0
+			self1, workers1 := clusterCPU(b, c.m)
 			close(errs)
 			if err := <-errs; err != nil {
 				b.Fatal(err)
 			}
 			rate := float64(b.N) / elapsed.Seconds()
 			b.ReportMetric(rate, "jobs/s")
-			cpuPerJob := float64(cpu.Microseconds()) / float64(b.N)
-			b.ReportMetric(cpuPerJob, "cpu-us/job")
+			perJob := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+			b.ReportMetric(perJob(self1-self0), "master-cpu-us/job")
+			b.ReportMetric(perJob(workers1-workers0), "workers-cpu-us/job")
 			if lastRound(elapsed) {
 				f := reportNode(b, []string{"node_dispatch.js", fmt.Sprint(size.pad), fmt.Sprint(nodeCount),
 					fmt.Sprint(dispatchWorkers), fmt.Sprint(dispatchWindow)}, rate, "jobs/s", false)
-				if f.CPUPerJob > 0 {
-					b.ReportMetric(f.CPUPerJob, "node-cpu-us/job")
-				}
+				b.ReportMetric(f.PrimaryCPU, "node-primary-cpu-us/job")
+				b.ReportMetric(f.WorkersCPU, "node-workers-cpu-us/job")
 			}
 		})
 	}
@@ -534,32 +536,36 @@ func BenchmarkDispatch(b *testing.B) {
 // the benchmark's callers) and by m's workers, from /proc/PID/stat (utime
 // and stime, in the clock ticks of 10 ms that Linux reports there), as
 // node_dispatch.js measures Node's processes.
-func clusterCPU(b *testing.B, m *master.Master) time.Duration {
+func clusterCPU(b *testing.B, m *master.Master) (self, workers time.Duration) {
 	b.Helper()
-	pids := []string{"self"}
+	self = processCPU(b, "self")
 	for _, w := range m.Workers() {
-		pids = append(pids, fmt.Sprint(w.PID))
+		workers += processCPU(b, fmt.Sprint(w.PID))
+	}
+	return self, workers
+}
+
+// processCPU is the CPU time process pid ("self" for this one) has used.
+func processCPU(b *testing.B, pid string) time.Duration {
+	b.Helper()
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name, in parentheses, may hold spaces; utime and stime
+	// are the 12th and 13th fields after it.
+	_, rest, ok := strings.Cut(string(stat), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		b.Fatalf("/proc/%s/stat: cannot read %q", pid, stat)
 	}
 	var ticks int64
-	for _, pid := range pids {
-		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			b.Fatal(err)
+			b.Fatalf("/proc/%s/stat: %v", pid, err)
 		}
-		// The command name, in parentheses, may hold spaces; utime and
-		// stime are the 12th and 13th fields after it.
-		_, rest, ok := strings.Cut(string(stat), ") ")
-		f := strings.Fields(rest)
-		if !ok || len(f) < 13 {
-			b.Fatalf("/proc/%s/stat: cannot read %q", pid, stat)
-		}
-		for _, s := range f[11:13] {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				b.Fatalf("/proc/%s/stat: %v", pid, err)
-			}
-			ticks += n
-		}
+		ticks += n
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
