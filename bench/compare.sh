@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The reproducible comparison of docs/BENCHMARKS.md: the same 2-worker HTTP
 # server as one process, under a bare launcher (the floor), under clusterd
-# (shared, reuseport, the library worker, a Node server on fd 3), Node's
+# (shared, reuseport, the library worker on the shared socket and with
+# --balance round-robin and least-conn, a Node server on fd 3), Node's
 # cluster module (round-robin and SCHED_NONE), PM2's cluster mode and
 # gunicorn, interleaved round by round. Run from anywhere, as root (it
 # installs what is missing: Debian's wrk, gunicorn and nodejs, and PM2 from
 # npm into bench/.pm2-prefix with its own PM2_HOME):
 #   bench/compare.sh                      # 3 rounds, about 13 minutes on 2 cores
 #   bench/compare.sh -rounds 1 -d 2s      # a short run; flags go to clusterbench
+#   bench/compare.sh -only 'cd hello,cd rr,cd least-conn' -rounds 1 -d 2s
 # Results: bench/results/compare.json and compare.md (the table), and the
 # charts docs/compare-*.png. Everything runs on 127.0.0.1; every process it
 # starts is stopped by pid, also when it is interrupted.
