@@ -5,7 +5,9 @@
 # cluster serves two wrk runs one after the other: keep-alive connections,
 # then a new connection per request ("Connection: close"). Each row gives
 # the rate, max/min of the requests per worker (1.00 is even; "inf" when a
-# worker got none) and the counts. Figures in docs/BENCHMARKS.md.
+# worker got none), the counts, and the connections each worker held one
+# second into the run (ss -p: with keep-alive, the balancer's decision;
+# with close, a snapshot). Figures in docs/BENCHMARKS.md.
 #   bench/fairness.sh [WORKER COUNTS] [DURATION] [CONNECTIONS]
 #   bench/fairness.sh "2 4" 3s 64
 set -euo pipefail
@@ -23,29 +25,49 @@ if ! command -v wrk >/dev/null; then
 fi
 go build -o bench/bin/ ./cmd/clusterd ./examples/hello
 port=19431
-wait_port() {
-  for _ in $(seq 200); do
-    if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then return 0; fi
+# Each master's log stays in bench/results/fairness/WORKERS-MODE.log.
+logs=bench/results/fairness
+mkdir -p "$logs"
+out=$(mktemp)
+trap 'rm -f "$out" "$out.ss"' EXIT
+# wait_ready waits for the master's "all workers ready": the port answers
+# as soon as the first worker asked for it, and keep-alive connections
+# opened then would all go to the workers ready at that moment.
+wait_ready() {
+  for _ in $(seq 600); do
+    if grep -q 'all workers ready' "$log"; then return 0; fi
     sleep 0.05
   done
-  echo "fairness.sh: nothing listens on $port" >&2
+  echo "fairness.sh: the workers on $port were not ready within 30s:" >&2
+  cat "$log" >&2
   return 1
 }
-run_wrk() { # workers, then wrk's extra arguments; prints "rate ratio counts"
+run_wrk() { # workers, then wrk's extra arguments; prints the row's last columns
   local workers=$1; shift
-  FAIR_WORKERS=$workers wrk -t 2 -c "$conns" -d "$dur" -s bench/fairness.lua "$@" "http://127.0.0.1:$port/" |
-    awk '/^Requests\/sec/ {rps = $2}
-         /^pid / {c = c (c == "" ? "" : " / ") $4}
-         /^workers / {ratio = $12; if ($14 != 0) c = c " (" $14 " unparsed)"}
-         END {printf "%s | %s | %s", rps, ratio, c}'
+  FAIR_WORKERS=$workers wrk -t 2 -c "$conns" -d "$dur" -s bench/fairness.lua "$@" "http://127.0.0.1:$port/" >"$out" &
+  local wrk=$!
+  # One second in, the connections each worker holds (ss -p names the
+  # process of every socket): with keep-alive, what the balancer decided.
+  sleep 1
+  ss -tnpH state established "( sport = :$port )" | grep -o 'pid=[0-9]*' >"$out.ss" || true
+  wait "$wrk"
+  awk 'FNR == NR && /^Requests\/sec/ {rps = $2}
+       FNR == NR && /^pid / {pids[++n] = $2; c = c (c == "" ? "" : " / ") $4}
+       FNR == NR && /^workers / {ratio = $12; if ($14 != 0) c = c " (" $14 " unparsed)"}
+       FNR != NR {sub("pid=", ""); held[$0]++}
+       END {
+         for (i = 1; i <= n; i++) h = h (i > 1 ? " / " : "") held[pids[i]] + 0
+         printf "%s | %s | %s | %s", rps, ratio, c, h
+       }' "$out" "$out.ss"
 }
-echo "| workers | mode | connections | req/s | max/min | requests per worker |"
-echo "|---|---|---|---|---|---|"
+echo "| workers | mode | connections | req/s | max/min | requests per worker | connections held, 1 s in |"
+echo "|---|---|---|---|---|---|---|"
 for w in $counts; do
   for mode in shared reuseport round-robin least-conn; do
-    bench/bin/clusterd run -w "$w" --ready ipc --balance "$mode" -- bench/bin/hello -addr "127.0.0.1:$port" >/dev/null 2>&1 &
+    log=$logs/$w-$mode.log
+    bench/bin/clusterd run -w "$w" --ready ipc --balance "$mode" -- bench/bin/hello -addr "127.0.0.1:$port" >"$log" 2>&1 &
     pid=$!
-    wait_port
+    wait_ready
     echo "| $w | $mode | keep-alive | $(run_wrk "$w") |"
     echo "| $w | $mode | close | $(run_wrk "$w" -H 'Connection: close') |"
     kill -TERM "$pid"
