@@ -9,7 +9,6 @@
 # npm into bench/.pm2-prefix with its own PM2_HOME):
 #   bench/compare.sh                      # 3 rounds, about 13 minutes on 2 cores
 #   bench/compare.sh -rounds 1 -d 2s      # a short run; flags go to clusterbench
-#   bench/compare.sh -only 'cd hello,cd rr,cd least-conn' -rounds 1 -d 2s
 # Results: bench/results/compare.json and compare.md (the table), and the
 # charts docs/compare-*.png. Everything runs on 127.0.0.1; every process it
 # starts is stopped by pid, also when it is interrupted.

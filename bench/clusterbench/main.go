@@ -239,25 +239,18 @@ func startCluster(c config, workers int, extra ...string) (*cluster, error) {
 	return startClusterCmd(c, workers, flags, []string{filepath.Join(c.bin, "hello")})
 }
 
-// startClusterCmd runs command under clusterd with workers workers, the
-// master listening on a free port (--listen) and the given flags of
-// `clusterd run`, and waits until all workers are ready.
+// startClusterCmd runs command under clusterd with workers workers and the
+// given flags of `clusterd run`, and waits until all workers are ready.
 func startClusterCmd(c config, workers int, flags, command []string) (*cluster, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	return startClusterAt(c, addr, workers, append([]string{"--listen", "tcp://" + addr}, flags...), command)
-}
-
-// startClusterAt is startClusterCmd for a command that serves addr itself
-// (its flags open no socket): the cluster's address is addr.
-func startClusterAt(c config, addr string, workers int, flags, command []string) (*cluster, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"run", "-w", strconv.Itoa(workers),
+	args := append([]string{"run", "--listen", "tcp://" + addr, "-w", strconv.Itoa(workers),
 		"--log-json", "--output", "raw", "--max-restarts", "-1"}, flags...)
 	args = append(args, "--")
 	args = append(args, command...)

@@ -177,17 +177,11 @@ func clusterdHello(c config, workers int) (*running, error) {
 	return clusterRunning(cl), nil
 }
 
-// clusterdBalanced runs examples/hello with the master accepting and
-// handing connections over IPC: hello asks for its address with
-// worker.Listen (-addr), which is what these modes balance.
+// clusterdBalanced is clusterdHello with the master accepting on the
+// --listen socket and handing each connection to a worker over IPC.
 func clusterdBalanced(balance string) func(config, int) (*running, error) {
 	return func(c config, workers int) (*running, error) {
-		addr, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		cl, err := startClusterAt(c, addr, workers, []string{"--balance", balance, "--ready", "ipc"},
-			[]string{filepath.Join(c.bin, "hello"), "-addr", addr})
+		cl, err := startCluster(c, workers, "--balance", balance)
 		if err != nil {
 			return nil, err
 		}
