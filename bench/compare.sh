@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reproducible comparison of docs/BENCHMARKS.md: the same 2-worker HTTP
 # server as one process, under a bare launcher (the floor), under clusterd
-# (shared, reuseport, the library worker, a Node server on fd 3), Node's
+# (shared, reuseport, the library worker on the shared socket and with
+# --balance round-robin and least-conn, a Node server on fd 3), Node's
 # cluster module (round-robin and SCHED_NONE), PM2's cluster mode and
 # gunicorn, interleaved round by round. Run from anywhere, as root (it
 # installs what is missing: Debian's wrk, gunicorn and nodejs, and PM2 from

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,11 +22,14 @@ import (
 func init() { registerHelper("job-worker", helperJobWorker) }
 
 // jobBody is a test job: N is echoed back with the attempt and the pid;
-// Crash makes the worker exit 3 without answering.
+// Crash makes the worker exit 3 without answering; Stop makes it stop
+// itself (SIGSTOP) on the job's first attempt, so that it neither answers
+// nor sends heartbeats until it is continued.
 type jobBody struct {
 	N     int  `msgpack:"n"`
 	Crash bool `msgpack:"crash"`
 	Hold  bool `msgpack:"hold"` // never answered
+	Stop  bool `msgpack:"stop"`
 }
 
 type jobAnswerBody struct {
@@ -82,6 +86,10 @@ func helperJobWorker() int {
 			}
 			if b.Hold {
 				continue
+			}
+			if b.Stop && j.Attempt == 1 {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+				continue // continued: the job went to another worker meanwhile
 			}
 			r, err := m.Reply(ipc.KindResult, jobAnswerBody{N: b.N, Attempt: j.Attempt, PID: os.Getpid()})
 			if err != nil {
@@ -160,6 +168,50 @@ func TestDispatchSurvivesKilledWorkers(t *testing.T) {
 		}
 	}
 	t.Logf("%d jobs, %d redelivered after the kills", jobs, c.m.Redeliveries())
+}
+
+// A worker that holds a job and stops sending heartbeats (it is stopped)
+// loses the job to the other worker once it counts as hung, without being
+// killed (HeartbeatTimeout is far off).
+func TestDispatchRedeliversJobOfHungWorker(t *testing.T) {
+	c := startJobCluster(t, Options{Workers: 2, HeartbeatTimeout: time.Hour})
+	t.Cleanup(func() {
+		// Runs before the cluster's own cleanup stops it.
+		for _, w := range c.m.Workers() {
+			_ = syscall.Kill(w.PID, syscall.SIGCONT)
+		}
+	})
+	pids := func() []int {
+		var ps []int
+		for _, w := range c.m.Workers() {
+			ps = append(ps, w.PID)
+		}
+		slices.Sort(ps)
+		return ps
+	}
+	before := pids()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := c.m.Dispatch(ctx, jobBody{N: 7, Stop: true})
+	var a jobAnswerBody
+	if err == nil {
+		err = res.Decode(&a)
+	}
+	if err != nil {
+		t.Fatalf("Dispatch of a job whose worker stops = %v", err)
+	}
+	if a.N != 7 || a.Attempt != 2 || res.Attempts != 2 {
+		t.Errorf("answer %+v after %d attempts, want job 7 answered on attempt 2", a, res.Attempts)
+	}
+	if after := pids(); !slices.Equal(after, before) {
+		t.Errorf("workers %v after the job, %v before: want the hung one left alone", after, before)
+	}
+	if !slices.Contains(before, a.PID) {
+		t.Errorf("answered by pid %d, not one of the workers %v", a.PID, before)
+	}
+	if got := c.m.Redeliveries(); got != 1 {
+		t.Errorf("%d redeliveries, want 1", got)
+	}
 }
 
 func TestDispatchJobThatAlwaysCrashesItsWorker(t *testing.T) {

@@ -59,6 +59,8 @@ func compareTargets() []target {
 		{name: "clusterd shared + Go server", short: "cd shared", start: clusterdGo("shared")},
 		{name: "clusterd reuseport + Go server", short: "cd reuseport", start: clusterdGo("reuseport")},
 		{name: "clusterd + examples/hello (library worker)", short: "cd hello", start: clusterdHello},
+		{name: "clusterd --balance round-robin + examples/hello", short: "cd rr", start: clusterdBalanced("round-robin")},
+		{name: "clusterd --balance least-conn + examples/hello", short: "cd least-conn", start: clusterdBalanced("least-conn")},
 		{name: "clusterd + Node server on fd 3", short: "cd node", start: clusterdNode},
 		{name: "Node cluster, round-robin", short: "node rr", start: nodeCluster("rr")},
 		{name: "Node cluster, SCHED_NONE", short: "node none", start: nodeCluster("none")},
@@ -173,6 +175,18 @@ func clusterdHello(c config, workers int) (*running, error) {
 		return nil, err
 	}
 	return clusterRunning(cl), nil
+}
+
+// clusterdBalanced is clusterdHello with the master accepting on the
+// --listen socket and handing each connection to a worker over IPC.
+func clusterdBalanced(balance string) func(config, int) (*running, error) {
+	return func(c config, workers int) (*running, error) {
+		cl, err := startCluster(c, workers, "--balance", balance)
+		if err != nil {
+			return nil, err
+		}
+		return clusterRunning(cl), nil
+	}
 }
 
 func clusterdNode(c config, workers int) (*running, error) {

@@ -1,8 +1,9 @@
 // Package ipcbench measures clusterd's master↔worker messaging through the
-// public APIs of both ends (master.Master.Send, Request and OnMessage in
-// this process; worker.Send, Messages, Request and Handle in a worker it
-// supervises), beside Node.js's cluster IPC (node_ipc.js) and a bare
-// socketpair ping-pong in the same run. docs/BENCHMARKS.md has the figures:
+// public APIs of both ends (master.Master.Send, Request, Dispatch and
+// OnMessage in this process; worker.Send, Messages, Request, Handle and
+// HandleJobs in the workers it supervises), beside Node.js's cluster IPC
+// (node_ipc.js, node_dispatch.js) and a bare socketpair ping-pong in the
+// same run. docs/BENCHMARKS.md has the figures:
 //
 //	go test -run '^$' -bench . -benchtime 2s ./bench/ipc
 package ipcbench
@@ -15,7 +16,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +61,11 @@ type payload struct {
 
 var pad = string(make([]byte, 48))
 
+// jobDone is a worker's answer to a job of BenchmarkDispatch.
+type jobDone struct {
+	Seq int `msgpack:"seq"`
+}
+
 // command tells the worker what to do next.
 type command struct {
 	Op      string `msgpack:"op"` // "send", "count" or "request"
@@ -73,12 +82,35 @@ type result struct {
 	Err   string `msgpack:"err,omitempty"`
 }
 
+// workerProfileEnv, set to a path prefix, has every bench worker write a
+// CPU profile of its whole life to PREFIX.PID, as -cpuprofile does for the
+// master in the test process:
+//
+//	CLUSTERD_BENCH_WORKER_CPUPROFILE=/tmp/worker.prof go test -run '^$' \
+//		-bench Dispatch -cpuprofile /tmp/master.prof ./bench/ipc
+const workerProfileEnv = "CLUSTERD_BENCH_WORKER_CPUPROFILE"
+
 // benchWorker is the worker: it runs the commands the master sends.
 func benchWorker() int {
+	if prefix := os.Getenv(workerProfileEnv); prefix != "" {
+		stop, err := startProfile(fmt.Sprintf("%s.%d", prefix, os.Getpid()))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stop()
+	}
 	worker.DrainOnSignal(syscall.SIGTERM)
 	msgs := worker.Messages()
 	worker.Handle(func(ctx context.Context, req worker.Message) (any, error) {
 		return req.Raw(), nil // the request itself, as the reply
+	})
+	worker.HandleJobs(func(ctx context.Context, j worker.Job) (any, error) {
+		var p payload
+		if err := j.Decode(&p); err != nil {
+			return nil, err
+		}
+		return jobDone{Seq: p.Seq}, nil
 	})
 	if err := worker.Ready(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -129,6 +161,24 @@ func benchWorker() int {
 	}
 }
 
+// startProfile starts a CPU profile written to path; stop ends it.
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}, nil
+}
+
 // requests makes n requests to the master from callers goroutines and
 // measures them.
 func requests(n, callers int) result {
@@ -164,7 +214,7 @@ func requests(n, callers int) result {
 	return r
 }
 
-// cluster is a master with one bench worker, and what the worker sent.
+// cluster is a master with bench workers, and what they sent.
 type cluster struct {
 	m       *master.Master
 	counted atomic.Int64  // messages counted by OnMessage since the last reset
@@ -173,7 +223,7 @@ type cluster struct {
 	results chan result
 }
 
-func startCluster(b *testing.B) *cluster {
+func startCluster(b *testing.B, workers int) *cluster {
 	b.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -183,7 +233,7 @@ func startCluster(b *testing.B) *cluster {
 	m, err := master.New(master.Options{
 		Command: []string{exe},
 		Env:     []string{helperEnv + "=worker"},
-		Workers: 1,
+		Workers: workers,
 		Ready:   master.ReadyMode{Kind: master.ReadyIPC},
 		Stdout:  io.Discard,
 		Stderr:  os.Stderr,
@@ -245,31 +295,43 @@ func (c *cluster) result(b *testing.B) result {
 // nodeFigure is what node_ipc.js prints for one mode.
 type nodeFigure struct {
 	PerSec float64 `json:"per_s"`
-	P50    float64 `json:"p50_ns"`
-	P99    float64 `json:"p99_ns"`
+	// node_dispatch.js: CPU time per job of the primary and of the workers
+	PrimaryCPU float64 `json:"primary_cpu_us_per_job"`
+	WorkersCPU float64 `json:"workers_cpu_us_per_job"`
+	P50        float64 `json:"p50_ns"`
+	P99        float64 `json:"p99_ns"`
 }
 
-// nodeCount is how many messages or requests node_ipc.js measures.
+// nodeCount is how many messages, requests or jobs the Node scripts
+// measure.
 const nodeCount = 100000
 
-// reportNode measures Node's figure for mode right after ours, once per
+// nodeIPC is the node_ipc.js command line for mode.
+func nodeIPC(mode string) []string {
+	return []string{"node_ipc.js", mode, fmt.Sprint(nodeCount)}
+}
+
+// reportNode measures Node's figure right after ours, once per
 // sub-benchmark (in its last round, see lastRound), with the timer
-// stopped, and reports it beside ours: rate is ours, unit its unit.
-func reportNode(b *testing.B, mode string, rate float64, unit string, latency bool) {
+// stopped, and reports it beside ours: node is the script and its
+// arguments, rate is ours, unit its unit.
+func reportNode(b *testing.B, node []string, rate float64, unit string, latency bool) nodeFigure {
 	b.StopTimer()
 	defer b.StartTimer()
 	path, err := exec.LookPath("node")
 	if err != nil {
 		b.Logf("no Node.js figures: %v", err)
-		return
+		return nodeFigure{}
 	}
-	out, err := exec.Command(path, "node_ipc.js", mode, fmt.Sprint(nodeCount)).Output()
+	cmd := exec.Command(path, node...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
 	var f nodeFigure
 	if err == nil {
 		err = json.Unmarshal(out, &f)
 	}
 	if err != nil {
-		b.Fatalf("node_ipc.js %s: %v", mode, err)
+		b.Fatalf("node %s: %v", strings.Join(node, " "), err)
 	}
 	b.ReportMetric(f.PerSec, "node-"+unit)
 	b.ReportMetric(rate/f.PerSec, "x-node")
@@ -277,6 +339,7 @@ func reportNode(b *testing.B, mode string, rate float64, unit string, latency bo
 		b.ReportMetric(f.P50, "node-p50-ns")
 		b.ReportMetric(f.P99, "node-p99-ns")
 	}
+	return f
 }
 
 // lastRound reports whether a round of a benchmark that took elapsed is
@@ -298,7 +361,7 @@ func lastRound(elapsed time.Duration) bool {
 // BenchmarkMessages sends b.N user messages each way through the public
 // APIs and reports the rate, beside Node's cluster messages.
 func BenchmarkMessages(b *testing.B) {
-	c := startCluster(b)
+	c := startCluster(b, 1)
 	b.Run("to-worker", func(b *testing.B) {
 		start := time.Now()
 		msg := command{Op: "count", N: b.N}
@@ -315,7 +378,7 @@ func BenchmarkMessages(b *testing.B) {
 		rate := float64(b.N) / elapsed.Seconds()
 		b.ReportMetric(rate, "msgs/s")
 		if lastRound(elapsed) {
-			reportNode(b, "to-worker", rate, "msgs/s", false)
+			reportNode(b, nodeIPC("to-worker"), rate, "msgs/s", false)
 		}
 	})
 	b.Run("to-master", func(b *testing.B) {
@@ -331,7 +394,7 @@ func BenchmarkMessages(b *testing.B) {
 		rate := float64(b.N) / elapsed.Seconds()
 		b.ReportMetric(rate, "msgs/s")
 		if lastRound(elapsed) {
-			reportNode(b, "to-primary", rate, "msgs/s", false)
+			reportNode(b, nodeIPC("to-primary"), rate, "msgs/s", false)
 		}
 	})
 }
@@ -342,7 +405,7 @@ func BenchmarkMessages(b *testing.B) {
 // single-caller run reports the median round trip beside Node's and beside a
 // bare socketpair ping-pong with another process.
 func BenchmarkRequest(b *testing.B) {
-	c := startCluster(b)
+	c := startCluster(b, 1)
 	raw := rawPingPong(b)
 	for _, callers := range []int{1, 64} {
 		b.Run(fmt.Sprintf("to-worker/callers=%d", callers), func(b *testing.B) {
@@ -382,7 +445,7 @@ func BenchmarkRequest(b *testing.B) {
 				b.ReportMetric(float64(raw), "raw-p50-ns")
 			}
 			if lastRound(elapsed) {
-				reportNode(b, fmt.Sprintf("request-%d", callers), rate, "req/s", true)
+				reportNode(b, nodeIPC(fmt.Sprintf("request-%d", callers)), rate, "req/s", true)
 			}
 		})
 		b.Run(fmt.Sprintf("to-master/callers=%d", callers), func(b *testing.B) {
@@ -396,6 +459,115 @@ func BenchmarkRequest(b *testing.B) {
 			b.ReportMetric(float64(r.P99), "p99-ns")
 		})
 	}
+}
+
+// Dispatch: jobs spread over dispatchWorkers workers, dispatchWindow
+// outstanding per worker (master.DefaultJobQueue), as Node programs spread
+// them with worker.send.
+const (
+	dispatchWorkers = 2
+	dispatchWindow  = 256
+)
+
+// BenchmarkDispatch runs b.N jobs through Master.Dispatch, with jobs of
+// about 64 bytes and of 4 KiB of msgpack (a payload's pad of 48 and 4079
+// bytes), that the workers decode and answer at once with the job's
+// number, which the caller checks. Node's figure (node_dispatch.js) is a
+// cluster primary doing the same with worker.send: the same workers,
+// window, pads and answers.
+func BenchmarkDispatch(b *testing.B) {
+	c := startCluster(b, dispatchWorkers)
+	for _, size := range []struct {
+		name string
+		pad  int
+	}{{"64B", 48}, {"4KiB", 4079}} {
+		b.Run("body="+size.name, func(b *testing.B) {
+			pad := strings.Repeat("x", size.pad)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, dispatchWorkers*dispatchWindow)
+			self0, workers0 := clusterCPU(b, c.m)
+			start := time.Now()
+			for range dispatchWorkers * dispatchWindow {
+				wg.Go(func() {
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= b.N {
+							return
+						}
+						res, err := c.m.Dispatch(context.Background(), payload{Seq: i, Pad: pad})
+						var d jobDone
+						if err == nil {
+							err = res.Decode(&d)
+						}
+						if err == nil && d.Seq != i {
+							err = fmt.Errorf("job %d: answer for job %d", i, d.Seq)
+						}
+						if err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			self1, workers1 := clusterCPU(b, c.m)
+			close(errs)
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+			rate := float64(b.N) / elapsed.Seconds()
+			b.ReportMetric(rate, "jobs/s")
+			perJob := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+			b.ReportMetric(perJob(self1-self0), "master-cpu-us/job")
+			b.ReportMetric(perJob(workers1-workers0), "workers-cpu-us/job")
+			if lastRound(elapsed) {
+				f := reportNode(b, []string{"node_dispatch.js", fmt.Sprint(size.pad), fmt.Sprint(nodeCount),
+					fmt.Sprint(dispatchWorkers), fmt.Sprint(dispatchWindow)}, rate, "jobs/s", false)
+				b.ReportMetric(f.PrimaryCPU, "node-primary-cpu-us/job")
+				b.ReportMetric(f.WorkersCPU, "node-workers-cpu-us/job")
+			}
+		})
+	}
+}
+
+// clusterCPU is the CPU time used so far by this process (the master and
+// the benchmark's callers) and by m's workers, from /proc/PID/stat (utime
+// and stime, in the clock ticks of 10 ms that Linux reports there), as
+// node_dispatch.js measures Node's processes.
+func clusterCPU(b *testing.B, m *master.Master) (self, workers time.Duration) {
+	b.Helper()
+	self = processCPU(b, "self")
+	for _, w := range m.Workers() {
+		workers += processCPU(b, fmt.Sprint(w.PID))
+	}
+	return self, workers
+}
+
+// processCPU is the CPU time process pid ("self" for this one) has used.
+func processCPU(b *testing.B, pid string) time.Duration {
+	b.Helper()
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name, in parentheses, may hold spaces; utime and stime
+	// are the 12th and 13th fields after it.
+	_, rest, ok := strings.Cut(string(stat), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		b.Fatalf("/proc/%s/stat: cannot read %q", pid, stat)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%s/stat: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // rawPingPongs is how many round trips rawPingPong measures.
