@@ -67,16 +67,9 @@ func (r *reaper) startOwned(fork func() (int, error)) (int, <-chan exitStatus, e
 		r.mu.Unlock()
 		return 0, nil, err
 	}
-	ch := make(chan exitStatus, 1)
-	r.owned[pid] = ch
-	if !r.all {
-		r.pids[pid] = struct{}{}
-	}
+	ch := r.ownLocked(pid)
 	r.mu.Unlock()
-	select {
-	case r.poke <- struct{}{}:
-	default:
-	}
+	r.kick()
 	return pid, ch, nil
 }
 
@@ -90,6 +83,25 @@ func (r *reaper) notifyReaped(f func(pids []int)) {
 
 // watch registers a pid to wait for (needed only without Options.Subreaper, where
 // a child that exited before it was registered is found by the poke).
+// ownLocked registers pid's exit to go to the returned channel; r.mu is
+// held.
+func (r *reaper) ownLocked(pid int) <-chan exitStatus {
+	ch := make(chan exitStatus, 1)
+	r.owned[pid] = ch
+	if !r.all {
+		r.pids[pid] = struct{}{}
+	}
+	return ch
+}
+
+// kick has the reaper look for exits now.
+func (r *reaper) kick() {
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+}
+
 func (r *reaper) watch(pid int) {
 	if r.all {
 		return
@@ -97,10 +109,7 @@ func (r *reaper) watch(pid int) {
 	r.mu.Lock()
 	r.pids[pid] = struct{}{}
 	r.mu.Unlock()
-	select {
-	case r.poke <- struct{}{}:
-	default:
-	}
+	r.kick()
 }
 
 func (r *reaper) run() {

@@ -799,16 +799,9 @@ func (r *reaper) adoptOwned(pid int) (<-chan exitStatus, error) {
 		return nil, err
 	}
 	r.mu.Lock()
-	ch := make(chan exitStatus, 1)
-	r.owned[pid] = ch
-	if !r.all {
-		r.pids[pid] = struct{}{}
-	}
+	ch := r.ownLocked(pid)
 	r.mu.Unlock()
-	select {
-	case r.poke <- struct{}{}:
-	default:
-	}
+	r.kick()
 	return ch, nil
 }
 
