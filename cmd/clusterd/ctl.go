@@ -46,6 +46,8 @@ type statusJSON struct {
 		Version       string  `json:"version"`
 		Started       string  `json:"started"`
 		UptimeSeconds float64 `json:"uptime_seconds"`
+		Upgrades      int     `json:"upgrades"`
+		Exe           string  `json:"exe"`
 	} `json:"master"`
 	Listeners []string       `json:"listeners"`
 	Workers   []workerStatus `json:"workers"`
@@ -71,6 +73,7 @@ func writeStatusJSON(w io.Writer, st master.ControlStatusReply, now time.Time) e
 	doc.Master.PID, doc.Master.Name, doc.Master.Version = st.PID, st.Name, st.Version
 	doc.Master.Started = st.Started.UTC().Format(time.RFC3339Nano)
 	doc.Master.UptimeSeconds = now.Sub(st.Started).Seconds()
+	doc.Master.Upgrades, doc.Master.Exe = st.Upgrades, st.Exe
 	doc.Listeners = append([]string{}, st.Listeners...)
 	doc.Workers = []workerStatus{}
 	for _, cw := range st.Workers {
@@ -118,8 +121,12 @@ func writeStatusTable(w io.Writer, st master.ControlStatusReply, now time.Time) 
 	if len(st.Listeners) > 0 {
 		listeners = strings.Join(st.Listeners, ", ")
 	}
-	_, err := fmt.Fprintf(w, "listeners: %s\nmaster: %s pid %d, up %s, version %s\n",
-		listeners, st.Name, st.PID, formatUptime(now.Sub(st.Started)), st.Version)
+	upgraded := ""
+	if st.Upgrades > 0 {
+		upgraded = fmt.Sprintf(", upgraded in place %d times", st.Upgrades)
+	}
+	_, err := fmt.Fprintf(w, "listeners: %s\nmaster: %s pid %d, up %s, version %s%s\n",
+		listeners, st.Name, st.PID, formatUptime(now.Sub(st.Started)), st.Version, upgraded)
 	return err
 }
 

@@ -130,6 +130,9 @@ func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArg
 	c.signal(syscall.SIGUSR2)
 	c.waitLog(cursor, "upgraded in place", "upgrades", 6)
 	check("SIGUSR2")
+	if st := c.status(); st.Master.Upgrades != 6 || st.Master.Exe != bin {
+		t.Errorf("status after 6 upgrades: upgrades %d, exe %q; want 6, %q", st.Master.Upgrades, st.Master.Exe, bin)
+	}
 
 	// A binary that fails its check, one that answers its check with
 	// anything but the line for the state it got, and a missing one:
