@@ -535,7 +535,9 @@ func (l *load) do(client *http.Client, url string) {
 			err = fmt.Errorf("status %d", resp.StatusCode)
 		}
 		if err == nil {
-			if !strings.HasPrefix(string(body), "pid=") {
+			// The test helpers answer "pid=..."; the Python example
+			// worker "hello from python pid ...".
+			if !strings.HasPrefix(string(body), "pid=") && !strings.HasPrefix(string(body), "hello from python pid ") {
 				err = fmt.Errorf("answer %q", body)
 			} else {
 				l.ok.Add(1)
@@ -557,6 +559,19 @@ func (l *load) do(client *http.Client, url string) {
 		l.errors = append(l.errors, err.Error())
 	}
 	l.mu.Unlock()
+}
+
+// waitServed waits until n requests have succeeded, or fails the test
+// after failAfter.
+func (l *load) waitServed(t *testing.T, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(failAfter(t))
+	for l.ok.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("load: %d requests served, want %d; failed %d, first errors %q", l.ok.Load(), n, l.failed.Load(), l.errors)
+		}
+		time.Sleep(time.Millisecond) // the clients count as they go; nothing else to wait on
+	}
 }
 
 // halt stops the clients and waits for them; idempotent.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -50,6 +52,17 @@ func installScript(t *testing.T, path, script string) {
 	}
 }
 
+// freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // inode returns the inode of the file at path (following links).
 func inode(t *testing.T, path string) uint64 {
 	t.Helper()
@@ -66,30 +79,56 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		flags      []string
 		helper     string
 		workerArgs []string
+		command    []string // instead of a helper
 	}{
 		// Its IPC stream pauses at a frame boundary and resumes with
 		// the new image.
-		{"library-worker", []string{"--ready", "ipc"}, "", nil},
+		{"library-worker", []string{"--ready", "ipc"}, "", nil, nil},
 		// A server that never speaks the protocol.
-		{"unmodified-binary", []string{"--ready", "listening"}, "", []string{"-no-ipc"}},
+		{"unmodified-binary", []string{"--ready", "listening"}, "", []string{"-no-ipc"}, nil},
+		// The protocol spoken from docs/PROTOCOL.md alone, pause included.
+		{"python-worker", []string{"--ready", "ipc"}, "", nil,
+			[]string{"python3", "../../examples/pyclient/worker.py", "ADDR"}},
 		// The master accepts: it stops accepting and lets the workers
 		// take what it handed out before the exec, and the new image
 		// accepts on the same sockets with the same listener ids.
-		{"round-robin", []string{"--ready", "ipc", "--balance", "round-robin"}, "balanced", nil},
-		{"least-conn", []string{"--ready", "ipc", "--balance", "least-conn"}, "balanced", nil},
+		{"round-robin", []string{"--ready", "ipc", "--balance", "round-robin"}, "balanced", nil, nil},
+		{"least-conn", []string{"--ready", "ipc", "--balance", "least-conn"}, "balanced", nil, nil},
 	} {
-		t.Run(tt.name, func(t *testing.T) { testUpgradeUnderLoad(t, tt.flags, tt.helper, tt.workerArgs) })
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.command != nil {
+				if _, err := exec.LookPath(tt.command[0]); err != nil {
+					if os.Getenv("CI") != "" {
+						t.Fatalf("%s not installed: .ci/run installs it", tt.command[0])
+					}
+					t.Skipf("%s not installed (CI installs it)", tt.command[0])
+				}
+			}
+			listen := listenAny
+			command := slices.Clone(tt.command)
+			if i := slices.Index(command, "ADDR"); i >= 0 {
+				// The worker asks the master for the address it listens
+				// on, by its port.
+				addr := "tcp://" + freeAddr(t)
+				listen, command[i] = "--listen="+addr, addr
+			}
+			testUpgradeUnderLoad(t, clusterConfig{
+				flags: append([]string{listen, "-w", "2"}, tt.flags...), helper: tt.helper,
+				workerArgs: tt.workerArgs, command: command,
+			})
+		})
 	}
 }
 
-func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArgs []string) {
+func testUpgradeUnderLoad(t *testing.T, cfg clusterConfig) {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "clusterd")
 	installBinary(t, self, bin)
-	c := startCluster(t, clusterConfig{exe: bin, flags: append([]string{listenAny, "-w", "2"}, flags...), helper: helper, workerArgs: workerArgs})
+	cfg.exe = bin
+	c := startCluster(t, cfg)
 	addr, workers := c.waitStarted()
 	slices.Sort(workers)
 	l := startLoad(t, "http://"+addr+"/", 16, false)
@@ -122,7 +161,7 @@ func testUpgradeUnderLoad(t *testing.T, flags []string, helper string, workerArg
 			t.Fatalf("upgrade %d: /proc/%d/exe is inode %d, the installed binary %d", i+1, c.pid, got, want)
 		}
 		check("upgrade " + strconv.Itoa(i+1))
-		c.waitFor("a request served after the upgrade", func() bool { return l.ok.Load() > served })
+		l.waitServed(t, served+1)
 	}
 
 	// SIGUSR2 does the same, reporting in the log.

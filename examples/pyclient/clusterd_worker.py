@@ -219,6 +219,9 @@ class Conn:
         self.next_id = 0
         self.pending = []  # messages read while waiting for a reply
         self.master = None
+        self.hello = None  # this worker's hello, sent again for pause and resume
+        self.held = None  # frames queued while the master upgrades (a list), or None
+        self.unanswered = None  # the frame of the request call() waits for
 
     @classmethod
     def from_env(cls):
@@ -238,7 +241,32 @@ class Conn:
         env += pack(body)
         if len(env) > MAX_FRAME:
             raise ValueError("frame of %d bytes is above the limit %d" % (len(env), MAX_FRAME))
-        self.sock.sendall(struct.pack(">I", len(env)) + env)
+        frame = struct.pack(">I", len(env)) + env
+        if self.held is not None:
+            self.held.append(frame)  # paused: the master is replacing its image
+        else:
+            self.sock.sendall(frame)
+        return frame
+
+    def master_hello(self, m):
+        """Acts on a hello the master sends after the handshake
+        (docs/PROTOCOL.md 4a): with pause, answer with this worker's hello
+        marked paused and hold every later frame; otherwise answer with the
+        hello and send what was held, after the unanswered request when the
+        hello comes from a new image of the master (another boot)."""
+        body = m.body if isinstance(m.body, dict) else {}
+        if body.get("pause"):
+            if self.held is None:
+                self.send(HELLO, dict(self.hello, paused=True))
+                self.held = []
+            return
+        held, self.held = self.held or [], None
+        self.send(HELLO, self.hello)
+        if body.get("boot") != self.master.get("boot") and self.unanswered is not None:
+            self.sock.sendall(self.unanswered)
+        for frame in held:
+            self.sock.sendall(frame)
+        self.master = body
 
     def _fill(self):
         data, anc, flags, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * (MAX_FDS + 1)))
@@ -284,8 +312,8 @@ class Conn:
         return self._read()
 
     def handshake(self, worker_id, generation):
-        self.send(HELLO, {"version": VERSION, "pid": os.getpid(),
-                          "worker_id": worker_id, "generation": generation})
+        self.hello = {"version": VERSION, "pid": os.getpid(), "worker_id": worker_id, "generation": generation}
+        self.send(HELLO, self.hello)
         m = self._read()
         if m.kind != HELLO:
             raise ProtocolError("first message is kind %d, want a hello" % m.kind)
@@ -299,10 +327,16 @@ class Conn:
         it wait for recv, in order."""
         self.next_id += 1
         id = self.next_id
-        self.send(kind, body, id=id)
+        frame = self.send(kind, body, id=id)
+        if self.held is None:
+            self.unanswered = frame
         while True:
             m = self._read()
+            if m.kind == HELLO and m.reply_to == 0:
+                self.master_hello(m)
+                continue
             if m.reply_to == id:
+                self.unanswered = None
                 if m.kind == ERROR:
                     for fd in m.fds:
                         os.close(fd)

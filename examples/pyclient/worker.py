@@ -88,6 +88,9 @@ def main():
             return 0  # the master is gone
         for fd in m.fds:
             os.close(fd)  # nothing here keeps descriptors
+        if m.kind == cw.HELLO:
+            conn.master_hello(m)  # the master pauses or resumes us (an upgrade)
+            continue
         if m.kind == cw.DRAIN:
             print("pyclient: draining until %s" % m.body.get("deadline"), flush=True)
             return 0
