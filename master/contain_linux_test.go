@@ -412,13 +412,16 @@ func TestGuardianKillsWhatItWasTold(t *testing.T) {
 // A crash loop whose workers each leave an escaped process behind: when
 // the restart intensity stops the cluster, the master sweeps them (here
 // found as orphans reparented to it, without a cgroup) before it exits.
+// The escaped processes clear their environment: otherwise the kill of an
+// exited worker's descendants (orphans_linux.go) may end them first, each
+// soon after its worker, and whether any is left for the sweep is a race.
 func TestRealIntensityStopEndsEscaped(t *testing.T) {
 	t.Parallel()
 	m := startMaster(t, masterConfig{
 		Workers: 1, Listen: []string{"tcp://127.0.0.1:0"},
 		// The pid is printed from inside the new session, so the process
 		// has escaped the worker's group before the worker exits.
-		Command:    []string{"/bin/sh", "-c", `p=$(setsid -f sh -c 'echo $$; exec sleep 300 >/dev/null 2>&1'); echo "bg: $p"; exit 1`},
+		Command:    []string{"/bin/sh", "-c", `p=$(setsid -f env -i /bin/sh -c 'echo $$; exec /bin/sleep 300 >/dev/null 2>&1'); echo "bg: $p"; exit 1`},
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 80 * time.Millisecond, MaxRestarts: 2, Window: time.Minute,
 	}, "GORACE=atexit_sleep_ms=0")
 	if code := m.wait(); code != 3 {
@@ -427,6 +430,9 @@ func TestRealIntensityStopEndsEscaped(t *testing.T) {
 	m.first("restart intensity exceeded")
 	pids := m.stdoutPIDs("bg: ", 3)
 	killAtCleanup(t, pids)
+	if w := m.first("waiting for processes left by workers"); field(w, "processes") != len(pids) {
+		t.Errorf("%v: want the sweep to find the %d escaped processes", w, len(pids))
+	}
 	if g := m.first("processes left by workers are gone"); field(g, "killed") != 0 {
 		t.Errorf("%v: want the escaped processes ended by the stop signal, none killed", g)
 	}

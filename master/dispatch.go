@@ -101,10 +101,10 @@ func newDispatcher(cfg *config) *dispatcher {
 type jobTarget struct {
 	d    *dispatcher
 	ref  WorkerRef
-	conn *ipc.Conn
-	beat atomic.Int64 // last heartbeat, UnixNano
-	n    atomic.Int32 // outstanding
-	gone atomic.Bool  // retired: pick skips it until the loop publishes again
+	send func(*ipc.Message) error // the worker's connection's Send
+	beat atomic.Int64             // last heartbeat, UnixNano
+	n    atomic.Int32             // outstanding
+	gone atomic.Bool              // retired: pick skips it until the loop publishes again
 	// counts are the slot's totals (SlotStats); nil: none.
 	counts *slotCounts
 
@@ -123,7 +123,7 @@ type jobAnswer struct {
 // newTarget returns the jobTarget of a worker that said hello; the session
 // retires it when the connection ends.
 func (d *dispatcher) newTarget(ref WorkerRef, conn *ipc.Conn) *jobTarget {
-	t := &jobTarget{d: d, ref: ref, conn: conn, pending: make(map[uint64]chan jobAnswer), stop: make(chan struct{})}
+	t := &jobTarget{d: d, ref: ref, send: conn.Send, pending: make(map[uint64]chan jobAnswer), stop: make(chan struct{})}
 	t.beat.Store(time.Now().UnixNano())
 	if d.heartbeat > 0 {
 		go t.watch()
@@ -212,7 +212,9 @@ func (d *dispatcher) pick(skip *jobTarget) *jobTarget {
 	return best
 }
 
-// start registers job id on t and sends it; false when t is gone.
+// start registers job id on t and sends it; false when t is gone. ch
+// gets at most one value, whatever start returns: when the send fails
+// because the worker died, retire may have sent gone on ch already.
 func (t *jobTarget) start(id uint64, m *ipc.Message, ch chan jobAnswer) bool {
 	t.mu.Lock()
 	if t.dead {
@@ -222,7 +224,7 @@ func (t *jobTarget) start(id uint64, m *ipc.Message, ch chan jobAnswer) bool {
 	t.pending[id] = ch
 	t.n.Add(1)
 	t.mu.Unlock()
-	if err := t.conn.Send(m); err != nil {
+	if err := t.send(m); err != nil {
 		t.forget(id)
 		return false
 	}
@@ -314,13 +316,17 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		}
 	}
 	defer func() { <-d.inFlight }()
-	ch := make(chan jobAnswer, 1)
 	var lastGone WorkerRef
 	for attempt := 1; ; {
 		t, err := d.wait(ctx, skip)
 		if err != nil {
 			return JobResult{}, err
 		}
+		// A channel per send: a send that failed as its worker died may
+		// leave a gone on its channel, which must not answer the next
+		// send (and then fill the channel, so that a later answer or
+		// retire blocks its session for good).
+		ch := make(chan jobAnswer, 1)
 		jb, err := ipc.Encode(ipc.Job{Attempt: attempt, Body: body})
 		if err != nil {
 			return JobResult{}, fmt.Errorf("dispatch: %w", err)

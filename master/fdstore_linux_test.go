@@ -165,7 +165,7 @@ func TestHealedListenerStoredAgain(t *testing.T) {
 
 	// In place: the same socket, stored again under its name.
 	web := ls.shared[0]
-	if err := breakListener(socketOf{f: web}, false); err != nil {
+	if _, err := breakListener(socketOf{f: web}, false); err != nil {
 		t.Fatal(err)
 	}
 	if replaced := ls.check(nil, nil); replaced {
@@ -183,7 +183,7 @@ func TestHealedListenerStoredAgain(t *testing.T) {
 	// one that never broke and the new one.
 	old := ls.shared[2]
 	oldIno := fileInode(t, old)
-	if err := breakListener(socketOf{f: old}, false); err != nil {
+	if _, err := breakListener(socketOf{f: old}, false); err != nil {
 		t.Fatal(err)
 	}
 	if replaced := ls.check(nil, nil); !replaced {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -52,7 +53,8 @@ func guardCommand(t testing.TB, name, mode string) []string {
 //
 //	shutdown  GET /shutdown calls shutdown(SHUT_RD) on the listener
 //	hijack    the same, then connect(2)s the listener to another socket,
-//	          so that it can never listen again
+//	          so that it can never listen again (or, where the kernel
+//	          refuses that, binds it to another port: breakListener)
 func helperGuardWorker() int {
 	mode := os.Getenv(envGuardMode)
 	term := make(chan os.Signal, 1)
@@ -77,11 +79,12 @@ func helperGuardWorker() int {
 			http.Error(w, "not this worker", http.StatusConflict)
 			return
 		}
-		if err := breakListener(ln, mode == "hijack"); err != nil {
+		how, err := breakListener(ln, mode == "hijack")
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		fmt.Fprintf(w, "%d %s shut down\n", os.Getpid(), id)
+		fmt.Fprintf(w, "%d %s %s\n", os.Getpid(), id, how)
 	})
 	var active sync.WaitGroup
 	srv := &http.Server{Handler: mux, ConnState: func(c net.Conn, s http.ConnState) {
@@ -117,24 +120,30 @@ func helperGuardWorker() int {
 }
 
 // breakListener shuts the listening socket down under every worker; with
-// hijack it also connects it somewhere, which makes it a client socket.
-func breakListener(ln net.Listener, hijack bool) error {
+// hijack it also connects it somewhere, which makes it a client socket that
+// can never listen again. Linux 6.18 refuses (EINVAL) to connect a socket
+// that listened; there the socket, whose port the shutdown released (it
+// was bound to port 0), is bound to another port instead, where a listen
+// in place would serve: the master must replace it all the same. how says
+// which was done.
+func breakListener(ln net.Listener, hijack bool) (how string, err error) {
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
-		return errors.New("listener has no descriptor")
+		return "", errors.New("listener has no descriptor")
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return err
+		return "", err
 	}
 	var opErr error
 	var target net.Listener
 	if hijack {
 		if target, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			return err
+			return "", err
 		}
 		defer target.Close()
 	}
+	how = "shut down"
 	err = rc.Control(func(fd uintptr) {
 		if opErr = unix.Shutdown(int(fd), unix.SHUT_RD); opErr != nil || !hijack {
 			return
@@ -142,14 +151,20 @@ func breakListener(ln net.Listener, hijack bool) error {
 		a := target.Addr().(*net.TCPAddr)
 		sa := &unix.SockaddrInet4{Port: a.Port}
 		copy(sa.Addr[:], a.IP.To4())
-		if err := unix.Connect(int(fd), sa); err != nil && err != unix.EINPROGRESS {
-			opErr = fmt.Errorf("connect: %w", err)
+		how = "connected"
+		err := unix.Connect(int(fd), sa)
+		if err == unix.EINVAL {
+			how = "bound elsewhere"
+			err = unix.Bind(int(fd), &unix.SockaddrInet4{Addr: sa.Addr})
+		}
+		if err != nil && err != unix.EINPROGRESS {
+			opErr = fmt.Errorf("%s: %w", how, err)
 		}
 	})
 	if err != nil {
-		return err
+		return "", err
 	}
-	return opErr
+	return how, opErr
 }
 
 // freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
@@ -270,23 +285,27 @@ func TestRealListenerHijackReplaced(t *testing.T) {
 			addr := m.addr()
 			m.next("all workers ready")
 			// With reuseport, only slot 0's socket is hijacked.
+			var who string
 			for i := 0; ; i++ {
 				resp, err := client.Get("http://" + addr + "/shutdown?worker=0")
 				if err != nil {
 					t.Fatal(err)
 				}
+				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
+				who = strings.TrimSpace(string(b))
 				if resp.StatusCode == 200 {
 					break
 				}
 				if resp.StatusCode != http.StatusConflict || i > 1000 {
-					t.Fatalf("shutdown: %s", resp.Status)
+					t.Fatalf("shutdown: %s %s", resp.Status, who)
 				}
 			}
 			r := m.first("listener stopped listening; replaced by a new socket")
 			if r["worker"] == nil || r["pid"] == nil {
 				t.Errorf("replace log %v does not name the worker and pid", r)
 			}
+			t.Logf("listener %s; replaced: %v", who, r["reason"])
 			if balance == "reuseport" && field(r, "worker") != 0 {
 				t.Errorf("replace log names worker %v, want slot 0", r["worker"])
 			}

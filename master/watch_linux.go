@@ -22,7 +22,10 @@ import (
 //     tells the two cases apart), and listen(2) restores the socket for
 //     every holder as well. Neither needs a worker restart.
 //   - A socket that a worker then also connect(2)ed is a client socket:
-//     listen(2) fails with EINVAL. So does everything on a unix listener
+//     listen(2) fails with EINVAL. (Linux 6.18 refuses connect(2) on a
+//     socket that listened, with EINVAL.) A released socket that a worker
+//     bound to another address would listen there: it is not restored
+//     either. So does everything on a unix listener
 //     after shutdown(SHUT_RD): it keeps SO_ACCEPTCONN 1 but refuses every
 //     connection, and poll(2) reports POLLRDHUP. Such a socket is replaced by
 //     a new one on the same address, and the workers that hold the old one
@@ -218,15 +221,29 @@ func relisten(f *os.File, addr net.Addr, backlog int, isUnix bool) error {
 	if err != nil {
 		return err
 	}
+	var bindErr error
+	err = rc.Control(func(fd uintptr) { bindErr = unix.Bind(int(fd), sa) })
+	if err != nil {
+		return err
+	}
+	switch {
+	case bindErr == unix.EINVAL:
+		// The socket is bound already: to addr (an explicit port stays
+		// bound), which is what we want, or, when a worker bound the
+		// released socket since, somewhere else, where listen would serve.
+		got, err := sockshare.Addr(f)
+		if err != nil {
+			return err
+		}
+		if ga, ok := got.(*net.TCPAddr); !ok || ga.Port != ta.Port || !ga.IP.Equal(ta.IP) {
+			return fmt.Errorf("%w: it is bound to %s now", errCannotRelisten, got)
+		}
+	case bindErr != nil:
+		// EADDRINUSE: someone took the port.
+		return fmt.Errorf("%w: %w", errCannotRelisten, os.NewSyscallError("bind", bindErr))
+	}
 	var opErr error
 	err = rc.Control(func(fd uintptr) {
-		// EINVAL: the port is still bound (an explicit port), which is what
-		// we want; anything else (EADDRINUSE: someone took the port) means
-		// listen would pick a port of its own, so the socket is replaced.
-		if err := unix.Bind(int(fd), sa); err != nil && err != unix.EINVAL {
-			opErr = fmt.Errorf("%w: %w", errCannotRelisten, os.NewSyscallError("bind", err))
-			return
-		}
 		if err := unix.Listen(int(fd), backlog); err != nil {
 			opErr = fmt.Errorf("%w: %w", errCannotRelisten, os.NewSyscallError("listen", err))
 		}

@@ -87,7 +87,9 @@ func ServeHTTP(ctx context.Context, srv *http.Server, lns ...net.Listener) error
 // Serve owns the listeners and closes them. It returns nil after a complete
 // drain; an error wrapping [context.DeadlineExceeded] when the deadline cut
 // requests short (the remaining connections are closed); or the error of a
-// listener that failed while serving.
+// listener that failed while serving. Once it returns, the
+// [ConnectionsMetric] gauge counts none of its connections, even one whose
+// handler outlived the deadline.
 func (s *HTTPServer) Serve(ctx context.Context, lns ...net.Listener) error {
 	if s.Server == nil {
 		closeAll(lns)
@@ -107,7 +109,7 @@ func (s *HTTPServer) Serve(ctx context.Context, lns ...net.Listener) error {
 	// A program that made either name a metric of the other kind keeps it
 	// as its own (nil here).
 	requests, _ := self().metrics.counter(RequestsMetric)
-	open, _ := self().metrics.gauge(ConnectionsMetric)
+	tr.open, _ = self().metrics.gauge(ConnectionsMetric)
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if requests != nil {
 			requests.Inc()
@@ -121,19 +123,15 @@ func (s *HTTPServer) Serve(ctx context.Context, lns ...net.Listener) error {
 	})
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		if open != nil {
-			switch st {
-			case http.StateNew:
-				open.Add(1)
-			case http.StateClosed, http.StateHijacked:
-				open.Add(-1)
-			}
-		}
 		tr.set(c, st)
 		if prevState != nil {
 			prevState(c, st)
 		}
 	}
+
+	// Whatever the way out, Serve counts no connection once it returns:
+	// the metric is settled for the master to read.
+	defer tr.uncountAll()
 
 	serveErrs := make(chan error, len(lns))
 	var serving sync.WaitGroup
@@ -211,8 +209,9 @@ func closeAll(lns []net.Listener) {
 // connections: each connection has its own entry, found in a sync.Map.
 type connTracker struct {
 	draining atomic.Bool
+	open     *Gauge // the connections metric: nil when not counted
 
-	conns sync.Map // net.Conn -> *connEntry
+	conns sync.Map // net.Conn -> *connEntry; each one counted in open
 
 	changed chan struct{} // gets a token after a change while draining (capacity 1)
 }
@@ -251,8 +250,11 @@ func (t *connTracker) set(c net.Conn, st http.ConnState) {
 			e.quiet = time.Now()
 		}
 		t.conns.Store(c, e)
+		if t.open != nil {
+			t.open.Add(1)
+		}
 	case http.StateClosed, http.StateHijacked:
-		t.conns.Delete(c)
+		t.uncount(c)
 	default:
 		v, ok := t.conns.Load(c)
 		if !ok {
@@ -274,6 +276,24 @@ func (t *connTracker) set(c net.Conn, st http.ConnState) {
 		default:
 		}
 	}
+}
+
+// uncount forgets c, once: net/http reporting it closed or uncountAll.
+func (t *connTracker) uncount(c net.Conn) {
+	if _, ok := t.conns.LoadAndDelete(c); ok && t.open != nil {
+		t.open.Add(-1)
+	}
+}
+
+// uncountAll forgets every connection, as Serve returns. What is left was
+// closed by the deadline (srv.Close) but not yet reported closed: net/http
+// reports that from each connection's goroutine, which may still run its
+// handler.
+func (t *connTracker) uncountAll() {
+	t.conns.Range(func(k, _ any) bool {
+		t.uncount(k.(net.Conn))
+		return true
+	})
 }
 
 // drain returns once no connection is left, or at deadline. It closes a

@@ -268,6 +268,7 @@ func TestServeHTTPDeadline(t *testing.T) {
 		close(started)
 		<-release
 	})
+	before := Stats()[ConnectionsMetric]
 	ht := startHTTP(t, h, HTTPServer{DrainTimeout: 50 * time.Millisecond})
 	c := ht.dial()
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -276,6 +277,11 @@ func TestServeHTTPDeadline(t *testing.T) {
 	err := ht.wait()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Serve with a request past the deadline = %v, want context.DeadlineExceeded", err)
+	}
+	// The deadline closed the connection; its handler still runs, but
+	// Serve no longer counts it once it has returned.
+	if got := Stats()[ConnectionsMetric] - before; got != 0 {
+		t.Errorf("%s grew by %d once Serve returned past the deadline, want 0", ConnectionsMetric, got)
 	}
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // helperEnv makes the re-executed test binary run jobs' main.
@@ -24,6 +27,11 @@ func TestMain(m *testing.M) {
 
 var lastLine = regexp.MustCompile(`^jobs=(\d+) completed=(\d+) failed=(\d+) duplicates=(\d+) rate=(\d+) jobs/s$`)
 
+// jobsTimeout bounds one run of the program (a run with -chaos takes
+// seconds), so that a run that never ends fails its test with the
+// program's goroutines instead of using up the whole test binary's timeout.
+const jobsTimeout = 3 * time.Minute
+
 // runJobs runs the program with args and returns its exit code, its stdout
 // lines and the numbers of its last line.
 func runJobs(t *testing.T, args ...string) (code int, lines []string, nums []int) {
@@ -32,13 +40,31 @@ func runJobs(t *testing.T, args ...string) (code int, lines []string, nums []int
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, args...)
+	limit := jobsTimeout
+	if dl, ok := t.Deadline(); ok && time.Until(dl)/2 < limit {
+		limit = time.Until(dl) / 2 // time left to report
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(), helperEnv+"=jobs")
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Past the limit: SIGQUIT, so that Go prints every goroutine of the
+	// master on its stderr, then SIGKILL should it not exit. Its workers die
+	// with it (parent-death signal).
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 10 * time.Second
 	err = cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
+	if cmd.Process != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // anything left in its group
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("jobs %q still running after %v: killed (SIGQUIT)\nstdout:\n%s\nstderr:\n%s", args, limit, out.String(), errOut.String())
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatal(err)

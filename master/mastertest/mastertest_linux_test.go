@@ -147,6 +147,12 @@ func TestCluster(t *testing.T) {
 			t.Errorf("second reload replaced pid %d of the first generation", s.OldPID)
 		}
 	}
+	// Reload returns once the old workers were told to drain; until one
+	// has acted on it (closed its listener) it may still accept on the
+	// shared socket. Once they have exited, only the new ones can answer.
+	for _, s := range res.Slots {
+		c.WaitEvent(1, func(e master.Event) bool { return e.Kind == master.EventExit && e.PID == s.OldPID })
+	}
 	pid, _, gen = answer(t, c.Addr())
 	if _, old := readyPIDs[pid]; old || gen != 3 {
 		t.Errorf("after two reloads, answer from pid %d generation %d, want a new worker of generation 3", pid, gen)
