@@ -78,6 +78,9 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		if slot < 0 && ls.restore != nil {
 			ls.restore(i)
 		}
+		if ls.healed != nil {
+			ls.healed(f, f)
+		}
 		return false
 	}
 	nf, rerr := ls.replace(i, slot)
@@ -94,6 +97,9 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		ls.shared[i] = nf
 	} else {
 		ls.slots[slot][i] = nf
+	}
+	if ls.healed != nil {
+		ls.healed(f, nf)
 	}
 	if cerr := f.Close(); cerr != nil {
 		ls.log.Warn("close replaced listener", "addr", ls.addrs[i].String(), "error", cerr)

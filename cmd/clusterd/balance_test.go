@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/clusterd/clusterd/worker"
+	"golang.org/x/sys/unix"
 )
 
 // Real-process tests of --balance round-robin and least-conn: the master
@@ -23,11 +26,12 @@ import (
 
 func init() { helpers["balanced"] = balancedHelper }
 
-// balancedHelper serves HTTP on worker.Listen of -addr:
+// balancedHelper serves HTTP on worker.Listen of -addr (on -network):
 //
 //	GET /  "pid=P worker=W", after -hold when the worker is -hold-worker
 func balancedHelper(args []string) int {
 	fs := flag.NewFlagSet("balanced", flag.ContinueOnError)
+	network := fs.String("network", "tcp", "network of -addr")
 	addr := fs.String("addr", "127.0.0.1:0", "address to ask the master for")
 	holdWorker := fs.Int("hold-worker", -1, "the slot whose requests take -hold")
 	hold := fs.Duration("hold", 0, "how long -hold-worker holds each request")
@@ -36,7 +40,7 @@ func balancedHelper(args []string) int {
 	}
 	id, _ := worker.ID()
 	worker.DrainOnSignal(syscall.SIGTERM)
-	ln, err := worker.Listen(context.Background(), "tcp", *addr)
+	ln, err := worker.Listen(context.Background(), *network, *addr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "balanced helper: %v\n", err)
 		return 1
@@ -65,6 +69,11 @@ func balancedHelper(args []string) int {
 func spread(t *testing.T, url string, n, conc int) (perWorker map[string]int, failed int, firstErr error) {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: failAfter(t)}
+	return spreadWith(client, url, n, conc)
+}
+
+// spreadWith is spread with the given client.
+func spreadWith(client *http.Client, url string, n, conc int) (perWorker map[string]int, failed int, firstErr error) {
 	var (
 		mu   sync.Mutex
 		next atomic.Int64
@@ -388,5 +397,124 @@ func TestBalancedSkipsWorkerThatStopsReading(t *testing.T) {
 	c.signal(syscall.SIGTERM)
 	if code, last := c.wait(); code != 0 {
 		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+	}
+}
+
+// stealListener returns a copy (pidfd_getfd) of the socket of process pid,
+// the master, that listens on the address match accepts: in the balanced
+// modes no worker holds it, so a test breaks it from outside, as an
+// operator's tool could.
+func stealListener(t *testing.T, pid int, match func(unix.Sockaddr) bool) int {
+	t.Helper()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err != nil || !strings.HasPrefix(link, "socket:") {
+			continue
+		}
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err != nil {
+			continue // closed since
+		}
+		sa, err := unix.Getsockname(fd)
+		acc, aerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+		if err == nil && aerr == nil && acc == 1 && match(sa) {
+			return fd
+		}
+		unix.Close(fd)
+	}
+	t.Fatalf("master pid %d has no socket listening on that address", pid)
+	return -1
+}
+
+// A static listener that stops listening is healed by the master: a TCP
+// socket shut down listens again in place; a unix one cannot, and is
+// replaced by a new socket on the same path. The master's accepter follows
+// it in both cases, without restarting the workers (they hold no listener
+// in these modes), and keeps no descriptor of the old socket.
+func TestBalancedListenerHeals(t *testing.T) {
+	for _, tc := range []struct {
+		name, network string
+		log           string
+	}{
+		{"tcp-in-place", "tcp", "listener stopped listening; listening again"},
+		{"unix-replaced", "unix", "listener stopped listening; replaced by a new socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			listen, args := listenAny, []string(nil)
+			path := t.TempDir() + "/web.sock"
+			if tc.network == "unix" {
+				listen, args = "--listen=unix://"+path, []string{"-network", "unix", "-addr", path}
+			}
+			c := startCluster(t, clusterConfig{
+				flags:      []string{listen, "-w", "2", "--ready", "ipc", "--balance", "round-robin"},
+				helper:     "balanced",
+				workerArgs: args,
+			})
+			addr, _ := c.waitStarted()
+			url := "http://" + addr + "/"
+			tr := &http.Transport{DisableKeepAlives: true}
+			match := func(sa unix.Sockaddr) bool {
+				in4, ok := sa.(*unix.SockaddrInet4)
+				return ok && fmt.Sprintf("127.0.0.1:%d", in4.Port) == addr
+			}
+			if tc.network == "unix" {
+				url = "http://web/"
+				tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", path)
+				}
+				match = func(sa unix.Sockaddr) bool {
+					un, ok := sa.(*unix.SockaddrUnix)
+					return ok && un.Name == path
+				}
+			}
+			client := &http.Client{Transport: tr, Timeout: failAfter(t)}
+			if _, failed, err := spreadWith(client, url, 20, 2); failed > 0 {
+				t.Fatalf("%d requests failed before the listener broke; first: %v", failed, err)
+			}
+			pids := currentPIDs(c)
+			baseline := countFDs(t, c.pid)
+			fd := stealListener(t, c.pid, match)
+			cursor := c.logLen()
+			err := unix.Shutdown(fd, unix.SHUT_RD)
+			unix.Close(fd) // the master's copies keep the socket
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The periodic check finds it (no worker exits in these modes).
+			c.waitLog(cursor, tc.log, "addr", addr)
+			per, failed, err := spreadWith(client, url, 200, 4)
+			t.Logf("after the heal: %v, %d failed", per, failed)
+			if failed > 0 {
+				t.Errorf("%d of 200 requests failed after the heal; first: %v", failed, err)
+			}
+			if len(per) != 2 {
+				t.Errorf("answers came from %d workers, want 2: %v", len(per), per)
+			}
+			if n := c.countLogs(cursor, "restarting workers onto a replaced listener"); n != 0 {
+				t.Errorf("workers restarted for a healed listener (%d times); they hold none", n)
+			}
+			if after := currentPIDs(c); fmt.Sprint(after) != fmt.Sprint(pids) {
+				t.Errorf("workers %v after the heal, %v before; want the same", after, pids)
+			}
+			waitFDs(t, c.pid, baseline)
+			c.signal(syscall.SIGTERM)
+			if code, last := c.wait(); code != 0 {
+				t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+			}
+		})
 	}
 }
