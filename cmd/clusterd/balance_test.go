@@ -518,3 +518,97 @@ func TestBalancedListenerHeals(t *testing.T) {
 		})
 	}
 }
+
+// lowestFreeFD returns the lowest descriptor number process pid has not
+// open: the number its next open or accept would get.
+func lowestFreeFD(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := map[int]bool{}
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			open[n] = true
+		}
+	}
+	n := 0
+	for open[n] {
+		n++
+	}
+	return n
+}
+
+// When the master runs out of descriptors, accept fails (EMFILE) with the
+// connection still queued: the master says so once for the whole burst,
+// backs off rather than spinning on the readable socket, keeps running, and
+// serves the queued connections once descriptors are there again. The
+// limit is the real one, lowered on the running master with prlimit(2).
+func TestBalancedAcceptErrorsBackOff(t *testing.T) {
+	c, addr := balancedCluster(t, "round-robin", 2)
+	url := "http://" + addr + "/"
+	baseline := countFDs(t, c.pid)
+	if _, failed, err := spread(t, url, 20, 2); failed > 0 {
+		t.Fatalf("%d requests failed before the limit; first: %v", failed, err)
+	}
+	// The master's copies of those connections are closed: no descriptor
+	// it frees from here on could let one accept through.
+	waitFDs(t, c.pid, baseline)
+	var saved unix.Rlimit
+	if err := unix.Prlimit(c.pid, unix.RLIMIT_NOFILE, nil, &saved); err != nil {
+		t.Fatal(err)
+	}
+	restore := sync.OnceFunc(func() {
+		if err := unix.Prlimit(c.pid, unix.RLIMIT_NOFILE, &saved, nil); err != nil {
+			t.Errorf("restore the master's RLIMIT_NOFILE: %v", err)
+		}
+	})
+	t.Cleanup(restore)
+	low := uint64(lowestFreeFD(t, c.pid))
+	cursor := c.logLen()
+	if err := unix.Prlimit(c.pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: low, Max: saved.Max}, nil); err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	type result struct {
+		per    map[string]int
+		failed int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		per, failed, err := spread(t, url, n, 8)
+		done <- result{per, failed, err}
+	}()
+	_, warned := c.waitLog(cursor, "accept failed; backing off", "addr", addr)
+	t.Logf("while the master could open no descriptor: %s", warned.str("error"))
+	if !strings.Contains(warned.str("error"), "too many open files") {
+		t.Errorf("accept error %q, want EMFILE's", warned.str("error"))
+	}
+	restore()
+	r := <-done
+	t.Logf("%d requests, %d failed, answered by %v", n, r.failed, r.per)
+	if r.failed > 0 {
+		t.Errorf("%d of %d requests failed; first: %v", r.failed, n, r.err)
+	}
+	_, again := c.waitLog(cursor, "accepting again", "addr", addr)
+	failedAccepts := again.int("failed_accepts")
+	warnedAt, _ := time.Parse(time.RFC3339Nano, warned.str("@timestamp"))
+	againAt, _ := time.Parse(time.RFC3339Nano, again.str("@timestamp"))
+	window := againAt.Sub(warnedAt)
+	t.Logf("%d failed accepts in %v", failedAccepts, window)
+	if k := c.countLogs(cursor, "accept failed; backing off"); k != 1 {
+		t.Errorf("%d accept failures logged, want 1 for the burst", k)
+	}
+	// The back-off doubles from 5 ms to 1 s: some ten tries, then one a
+	// second. An accepter that retried at once would fail thousands of
+	// times.
+	if limit := 10 + 2*int(window/time.Second); failedAccepts < 1 || failedAccepts > limit {
+		t.Errorf("%d failed accepts in %v, want 1 to %d", failedAccepts, window, limit)
+	}
+	c.signal(syscall.SIGTERM)
+	if code, last := c.wait(); code != 0 {
+		t.Errorf("clusterd after TERM exited %d (%s), want 0", code, last)
+	}
+}
