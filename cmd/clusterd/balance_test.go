@@ -273,15 +273,27 @@ func TestBalancedWorkerKilledDuringHandOff(t *testing.T) {
 }
 
 func TestBalancedReloadUnderLoad(t *testing.T) {
-	for _, balance := range []string{"round-robin", "least-conn"} {
-		t.Run(balance, func(t *testing.T) {
+	for _, tc := range []struct {
+		balance   string
+		keepAlive bool
+	}{
+		{"round-robin", false}, {"least-conn", false},
+		// Clients that reuse their connections: the old workers end them
+		// with "Connection: close" after a request, or close them idle.
+		{"round-robin", true}, {"least-conn", true},
+	} {
+		name := tc.balance
+		if tc.keepAlive {
+			name += "-keep-alive"
+		}
+		t.Run(name, func(t *testing.T) {
 			c := startCluster(t, clusterConfig{
-				flags:  []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s", "--balance", balance},
+				flags:  []string{listenAny, "-w", "2", "--ready", "ipc", "--kill-timeout", "10s", "--balance", tc.balance},
 				helper: "balanced",
 			})
 			addr, _ := c.waitStarted()
 			baseline := countFDs(t, c.pid)
-			l := startLoad(t, "http://"+addr+"/", 16, false)
+			l := startLoad(t, "http://"+addr+"/", 16, tc.keepAlive)
 			for i := range 5 {
 				before := currentPIDs(c)
 				cursor := c.logLen()
