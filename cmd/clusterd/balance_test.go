@@ -599,6 +599,27 @@ func TestBalancedAcceptErrorsBackOff(t *testing.T) {
 	if !strings.Contains(warned.str("error"), "too many open files") {
 		t.Errorf("accept error %q, want EMFILE's", warned.str("error"))
 	}
+	// Every client's connection waits in the kernel's accept queue
+	// (TCP_INFO of a listener: tcpi_unacked is its length), none refused.
+	ln := stealListener(t, c.pid, func(sa unix.Sockaddr) bool {
+		in4, ok := sa.(*unix.SockaddrInet4)
+		return ok && fmt.Sprintf("127.0.0.1:%d", in4.Port) == addr
+	})
+	defer unix.Close(ln)
+	deadline := time.Now().Add(failAfter(t))
+	for {
+		info, err := unix.GetsockoptTCPInfo(ln, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Unacked >= 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections queued on the listener, want the 8 clients'", info.Unacked)
+		}
+		time.Sleep(5 * time.Millisecond) // a kernel counter: no event to wait on
+	}
 	restore()
 	r := <-done
 	t.Logf("%d requests, %d failed, answered by %v", n, r.failed, r.per)
