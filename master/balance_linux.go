@@ -295,6 +295,9 @@ func (a *accepter) run() {
 			if !deaf {
 				a.b.log.Warn("balanced listener stopped listening; accepting again once it is healed", "addr", a.addr)
 				deaf = true
+				if a.b.deaf != nil {
+					a.b.deaf() // heal it now, not at the next periodic check
+				}
 			}
 			timer.Reset(acceptBackoffMax)
 			select {

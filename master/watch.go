@@ -43,3 +43,19 @@ func (l *loop) watchListeners(exited *worker) {
 	l.log.Warn("restarting workers onto a replaced listener")
 	l.beginReload(nil)
 }
+
+// listenerCheck is a request to check the listeners now, from a balanced
+// accepter whose listener stopped listening: in those modes no worker
+// exits to prompt the check.
+type listenerCheck struct{}
+
+func (listenerCheck) apply(l *loop) { l.watchListeners(nil) }
+
+// askListenerCheck sends the loop a listenerCheck, unless it has ended
+// (done is closed).
+func askListenerCheck(cmds chan<- command, done <-chan struct{}) {
+	select {
+	case cmds <- listenerCheck{}:
+	case <-done:
+	}
+}

@@ -71,7 +71,10 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		return false
 	}
 	kv := []any{"addr", ls.addrs[i].String(), "name", ls.names[i]}
-	kv = append(kv, culprit(slot, exited, running)...)
+	if !ls.cfg.Balance.overIPC() {
+		// In the balanced modes no worker holds the socket: none to name.
+		kv = append(kv, culprit(slot, exited, running)...)
+	}
 	err = relisten(f, ls.addrs[i], ls.backlog(), isUnix)
 	if err == nil {
 		ls.log.Warn("listener stopped listening; listening again", kv...)
