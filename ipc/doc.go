@@ -91,8 +91,8 @@
 //     keeps the connection open.
 //  2. The worker's reader takes the descriptors from the message and queues
 //     them on the listener, or, when it has no such listener, the listener is
-//     closed or its queue is full, sends them straight back in a KindConn
-//     message with those descriptors. It counts as "received" each one it
+//     closed (also when they came after the close) or its queue is full,
+//     sends them straight back in a KindConn message with those descriptors. It counts as "received" each one it
 //     queued, and each one it gave back once the message carrying it is
 //     queued for sending, and reports its running totals ([ConnReport]:
 //     received, closed) in a KindConn message without descriptors.

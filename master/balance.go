@@ -84,6 +84,11 @@ type balancer struct {
 	carried map[int]targetCounts
 	acc     []*accepter // for close; appended by the loop only
 
+	// deaf, when set (by Run), asks the loop to check its listeners now:
+	// an accepter found its listener no longer listening. It may block
+	// until the loop takes the request, or the loop has ended.
+	deaf func()
+
 	closeOnce sync.Once
 }
 

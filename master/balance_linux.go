@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -16,6 +17,11 @@ import (
 // wake-up of the runtime poller) and hands each batch out, several
 // descriptors per message where several go to one worker. Nothing on this
 // path allocates per connection.
+//
+// A listener that stops listening (accept4 fails with EINVAL) is healed by
+// the loop's listener check (watch_linux.go), in place or by a new socket;
+// the accepter waits for that and then accepts on the healed socket, under
+// the same listener id (balancer.healed).
 
 // acceptBatch is the most connections accepted before they are handed out.
 const acceptBatch = 64
@@ -32,12 +38,33 @@ type accepter struct {
 	b    *balancer
 	id   uint8
 	addr string
+
+	// wake is kicked when the listener was healed: it listens again, or
+	// next holds the socket that replaced it.
+	wake chan struct{}
+
+	mu   sync.Mutex
 	f    *os.File // a non-blocking duplicate of the listener, owned
+	next *os.File // the duplicate of a replacement, until run takes it
 }
 
 // startAccepter starts accepting on listener f (which stays owned by the
 // caller; the accepter works on a duplicate of its own).
 func (b *balancer) startAccepter(f *os.File, id uint8, addr string) (*accepter, error) {
+	dup, err := nonblockingDup(f, addr)
+	if err != nil {
+		return nil, err
+	}
+	a := &accepter{b: b, id: id, addr: addr, f: dup, wake: make(chan struct{}, 1)}
+	b.wg.Add(1)
+	go a.run()
+	b.log.Info("balancing connections", "addr", addr, "balance", b.mode.String())
+	return a, nil
+}
+
+// nonblockingDup returns a non-blocking duplicate of listener f,
+// registered with the runtime poller.
+func nonblockingDup(f *os.File, addr string) (*os.File, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("balance %s: %w", addr, err)
@@ -59,21 +86,100 @@ func (b *balancer) startAccepter(f *os.File, id uint8, addr string) (*accepter, 
 		closeFD(dup)
 		return nil, fmt.Errorf("balance %s: %w", addr, os.NewSyscallError("fcntl", err))
 	}
-	a := &accepter{b: b, id: id, addr: addr, f: os.NewFile(uintptr(dup), addr)}
-	b.wg.Add(1)
-	go a.run()
-	b.log.Info("balancing connections", "addr", addr, "balance", b.mode.String())
-	return a, nil
+	return os.NewFile(uintptr(dup), addr), nil
+}
+
+// healed tells the accepter of listener old, if it has one, that old was
+// healed: nf is old itself when it listens again in place, or the socket
+// that replaced it (old is closed next). The accepter moves to nf, and
+// the listener keeps its id, so that workers that ask for the address
+// again get the same one. Called by the loop (listeners.check).
+func (b *balancer) healed(old, nf *os.File) {
+	id, ok := b.ids[old]
+	if !ok {
+		return // no worker asked for it: nobody accepts on it yet
+	}
+	var a *accepter
+	for _, c := range b.acc {
+		if c.id == id {
+			a = c
+		}
+	}
+	if a == nil {
+		return
+	}
+	if nf != old {
+		dup, err := nonblockingDup(nf, a.addr)
+		if err != nil {
+			b.log.Error("balancing stopped: cannot accept on the replaced listener", "addr", a.addr, "error", err)
+			return
+		}
+		delete(b.ids, old)
+		b.ids[nf] = id
+		a.mu.Lock()
+		if a.next != nil {
+			_ = a.next.Close() // replaced again before run took it
+		}
+		a.next = dup
+		// Ends a wait of run's in the poller on the old socket, which may
+		// never be woken again.
+		_ = a.f.SetReadDeadline(time.Now())
+		a.mu.Unlock()
+	}
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeNext makes run accept on the replacement that healed put in next,
+// if any, and closes the old socket's duplicate.
+func (a *accepter) takeNext() (syscall.RawConn, bool) {
+	a.mu.Lock()
+	nf := a.next
+	a.next = nil
+	old := a.f
+	if nf != nil {
+		a.f = nf
+	}
+	a.mu.Unlock()
+	if nf == nil {
+		return nil, false
+	}
+	_ = old.Close() // a socket that no longer listens: nothing to report
+	rc, err := nf.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	a.b.log.Info("balancing connections on the replaced listener", "addr", a.addr)
+	return rc, true
+}
+
+// clearDeadline undoes a deadline of healed's that found no replacement
+// to move to.
+func (a *accepter) clearDeadline() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_ = a.f.SetReadDeadline(time.Time{})
 }
 
 // shutdown unblocks run (which then returns); called after b.stop closed.
 func (a *accepter) shutdown() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	_ = a.f.Close() // interrupts the poller wait; nothing to report at the end
+	if a.next != nil {
+		_ = a.next.Close()
+		a.next = nil
+	}
 }
 
 func (a *accepter) run() {
 	defer a.b.wg.Done()
-	rc, err := a.f.SyscallConn()
+	a.mu.Lock()
+	f := a.f
+	a.mu.Unlock()
+	rc, err := f.SyscallConn()
 	if err != nil {
 		a.b.log.Error("balancing stopped", "addr", a.addr, "error", err)
 		return
@@ -87,6 +193,7 @@ func (a *accepter) run() {
 		backoff time.Duration
 		burst   int  // accept errors since the last success
 		locked  bool // accept holds the balancer's gate for reading
+		deaf    bool // the listener stopped listening (EINVAL)
 	)
 	// accept holds the balancer's gate for reading from its first accept4
 	// to the end of the batch's hand-off (the loop below releases it), and
@@ -144,7 +251,10 @@ func (a *accepter) run() {
 		n, aerr, locked = 0, nil, false
 		rerr := rc.Read(accept)
 		if n > 0 {
-			burst, backoff = 0, 0
+			if burst > 0 {
+				a.b.log.Info("accepting again", "addr", a.addr, "failed_accepts", burst)
+			}
+			burst, backoff, deaf = 0, 0, false
 			a.handOut(batch[:n], picks[:n], group[:0])
 		}
 		if locked {
@@ -157,6 +267,14 @@ func (a *accepter) run() {
 			continue
 		}
 		if rerr != nil {
+			if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				if nrc, ok := a.takeNext(); ok {
+					rc, deaf = nrc, false
+				} else {
+					a.clearDeadline()
+				}
+				continue // healed stopped the wait: on to the replacement
+			}
 			select {
 			case <-a.b.stop:
 			default:
@@ -168,6 +286,32 @@ func (a *accepter) run() {
 			continue
 		}
 		var errno syscall.Errno
+		if errors.As(aerr, &errno) && errno == unix.EINVAL {
+			// The socket stopped listening (shutdown(2) by someone
+			// holding it). The loop's listener check heals it in place or
+			// replaces it, and healed wakes this wait; until then the
+			// port refuses connections. Tried again now and then in case
+			// it listens again by other means.
+			if !deaf {
+				a.b.log.Warn("balanced listener stopped listening; accepting again once it is healed", "addr", a.addr)
+				deaf = true
+				if a.b.deaf != nil {
+					a.b.deaf() // heal it now, not at the next periodic check
+				}
+			}
+			timer.Reset(acceptBackoffMax)
+			select {
+			case <-a.b.stop:
+				return
+			case <-a.wake:
+			case <-timer.C:
+			}
+			timer.Stop()
+			if nrc, ok := a.takeNext(); ok {
+				rc, deaf = nrc, false
+			}
+			continue
+		}
 		if !errors.As(aerr, &errno) || !temporaryAccept(errno) {
 			a.b.log.Error("balancing stopped", "addr", a.addr, "error", os.NewSyscallError("accept4", aerr))
 			return

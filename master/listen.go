@@ -39,6 +39,10 @@ type listeners struct {
 	// reported once.
 	watched []bool
 	broken  map[*os.File]bool
+	// healed, when set (the balanced modes: balancer.healed), is told of
+	// every listener check healed: nf is f itself when it listens again
+	// in place, or the socket that replaced it (f is closed next).
+	healed func(f, nf *os.File)
 	// migrateReq reads net.ipv4.tcp_migrate_req (replaced in tests).
 	migrateReq func() (string, error)
 	// restore puts shared listener i back in the service manager's fd

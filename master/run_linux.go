@@ -119,6 +119,8 @@ func (m *Master) run(ctx context.Context) (err error) {
 	var bal *balancer
 	if cfg.Balance.overIPC() {
 		bal = newBalancer(cfg.Balance, cfg.ConnQueue, cfg.HeartbeatInterval, log.Named("balance"))
+		ls.healed = bal.healed // its accepters follow a healed listener
+		bal.deaf = func() { askListenerCheck(m.cmds, done) }
 		// After the loop and the sessions (deferred before st.close): no
 		// worker is left to take what the master still holds.
 		defer bal.close()

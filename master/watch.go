@@ -23,6 +23,8 @@ const listenerCheckInterval = 5 * time.Second
 // prompted it, nil for the periodic check) and, when a socket had to be
 // replaced by a new one, restarts the workers onto it with a rolling
 // reload: until then they hold the old socket, which no longer listens.
+// Under --balance round-robin and least-conn the master alone holds its
+// listeners, and its accepters move to a healed one without a restart.
 func (l *loop) watchListeners(exited *worker) {
 	if l.checkListeners == nil {
 		return
@@ -33,6 +35,27 @@ func (l *loop) watchListeners(exited *worker) {
 	if l.stopping || l.paused {
 		return // the next start uses the new socket anyway
 	}
+	if l.cfg.Balance.overIPC() {
+		// The workers hold no listener in these modes: the accepters
+		// moved to the new socket (balancer.healed).
+		return
+	}
 	l.log.Warn("restarting workers onto a replaced listener")
 	l.beginReload(nil)
+}
+
+// listenerCheck is a request to check the listeners now, from a balanced
+// accepter whose listener stopped listening: in those modes no worker
+// exits to prompt the check.
+type listenerCheck struct{}
+
+func (listenerCheck) apply(l *loop) { l.watchListeners(nil) }
+
+// askListenerCheck sends the loop a listenerCheck, unless it has ended
+// (done is closed).
+func askListenerCheck(cmds chan<- command, done <-chan struct{}) {
+	select {
+	case cmds <- listenerCheck{}:
+	case <-done:
+	}
 }

@@ -74,12 +74,18 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		return false
 	}
 	kv := []any{"addr", ls.addrs[i].String(), "name", ls.names[i]}
-	kv = append(kv, culprit(slot, exited, running)...)
+	if !ls.cfg.Balance.overIPC() {
+		// In the balanced modes no worker holds the socket: none to name.
+		kv = append(kv, culprit(slot, exited, running)...)
+	}
 	err = relisten(f, ls.addrs[i], ls.backlog(), isUnix)
 	if err == nil {
 		ls.log.Warn("listener stopped listening; listening again", kv...)
 		if slot < 0 && ls.restore != nil {
 			ls.restore(i)
+		}
+		if ls.healed != nil {
+			ls.healed(f, f)
 		}
 		return false
 	}
@@ -97,6 +103,9 @@ func (ls *listeners) probeOne(f *os.File, i, slot int, exited *worker, running [
 		ls.shared[i] = nf
 	} else {
 		ls.slots[slot][i] = nf
+	}
+	if ls.healed != nil {
+		ls.healed(f, nf)
 	}
 	if cerr := f.Close(); cerr != nil {
 		ls.log.Warn("close replaced listener", "addr", ls.addrs[i].String(), "error", cerr)

@@ -43,22 +43,45 @@ type handoff struct {
 	started  sync.Once
 }
 
-// listener returns the balanced listener of id, making it if the reader
-// or an earlier Listen did not (a closed one is replaced).
+// listener returns the balanced listener of id for Listen, making it if
+// the reader or an earlier Listen did not; a closed one is replaced (the
+// program listens again on an address it closed).
 func (h *handoff) listener(id int, addr net.Addr) *balancedListener {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	l := h.byID[id]
+	if l == nil || l.isClosed() {
+		l = h.newListener(id)
+	}
+	if l.addr == nil {
+		l.addr = addr
+	}
+	return l
+}
+
+// queue returns the listener the reader queues connections of id on: the
+// one Listen made, closed or not, or a new one when the master's
+// connections came before Listen took its reply (both arrive on the one
+// stream, and the reply goes to Listen's goroutine). Only Listen replaces
+// a closed listener: a closed one that the reader replaced would queue
+// connections that no Accept ever takes, and that the worker's exit would
+// reset, where a closed one gives them back.
+//
+// Called with h.mu held.
+func (h *handoff) queue(id int) *balancedListener {
+	if l := h.byID[id]; l != nil {
+		return l
+	}
+	return h.newListener(id)
+}
+
+// newListener makes the listener of id; called with h.mu held.
+func (h *handoff) newListener(id int) *balancedListener {
 	if h.byID == nil {
 		h.byID = make(map[int]*balancedListener)
 	}
-	l := h.byID[id]
-	if l == nil || l.isClosed() {
-		l = &balancedListener{h: h, id: id, conns: make(chan *os.File, balancedQueue), done: make(chan struct{})}
-		h.byID[id] = l
-	}
-	if addr != nil && l.addr == nil {
-		l.addr = addr
-	}
+	l := &balancedListener{h: h, id: id, conns: make(chan *os.File, balancedQueue), done: make(chan struct{})}
+	h.byID[id] = l
 	return l
 }
 
@@ -76,10 +99,10 @@ func (h *handoff) receive(conn *ipc.Conn, m *ipc.Message) {
 		h.changed()
 		return
 	}
-	l := h.listener(id, nil)
 	var back []*os.File
 	h.mu.Lock()
 	h.conn = conn
+	l := h.queue(id)
 	for _, f := range m.FDs {
 		if l.isClosed() {
 			back = append(back, f)

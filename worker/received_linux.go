@@ -13,6 +13,9 @@ import (
 // may sit in the kernel, or net/http may be reading it. known is false for a
 // connection that is not TCP or whose fd cannot be queried.
 func received(c net.Conn) (n uint64, pending, known bool) {
+	if hc, ok := c.(*handedConn); ok {
+		c = hc.Conn // a balanced listener's: the TCP connection it wraps
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return 0, false, false

@@ -79,3 +79,18 @@ func TestCloseIfQuietLeavesActive(t *testing.T) {
 		t.Errorf("active connection: closed %v, want open and no timer", e.closed)
 	}
 }
+
+// A connection of a balanced listener (the master handed it over) is
+// checked like one the server accepted itself: without that, the drain
+// closed an idle keep-alive connection of a balanced worker at the end of
+// the grace even with a request in its receive queue.
+func TestReceivedSeesBalancedConn(t *testing.T) {
+	server, client := tcpPair(t)
+	c := &handedConn{Conn: server, h: &handoff{kick: make(chan struct{}, 1)}}
+	if _, err := io.WriteString(client, "POST / HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if n, pending, known := received(c); !known || !pending || n == 0 {
+		t.Errorf("received of a balanced connection with a request queued: %d bytes, pending %v, known %v; want all", n, pending, known)
+	}
+}
