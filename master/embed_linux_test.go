@@ -539,7 +539,7 @@ func TestAPIScale(t *testing.T) {
 // TestAPIStatsAndHeartbeats: the latest stats and heartbeat time of each
 // worker are in Workers().
 func TestAPIStatsAndHeartbeats(t *testing.T) {
-	c := startAPI(t, Options{Workers: 1, HeartbeatInterval: 10 * time.Millisecond})
+	c := startAPI(t, Options{Workers: 1, HeartbeatInterval: 10 * time.Millisecond, HeartbeatTimeout: time.Minute})
 	for i := range 5 {
 		if err := c.m.Send(0, apiMsg{Op: "seq", Seq: i}); err != nil {
 			t.Fatal(err)

@@ -167,6 +167,9 @@ func TestHelloListenFromMaster(t *testing.T) {
 		Stderr:  io.Discard,
 		// Often, so that the request counts reach the master quickly.
 		HeartbeatInterval: 10 * time.Millisecond,
+		// Not under test: three silent intervals (30ms) on a loaded
+		// machine would make the workers hung and replace them.
+		HeartbeatTimeout: time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -214,8 +214,10 @@ func TestPythonWorkerUnderMaster(t *testing.T) {
 		Workers:           2,
 		Ready:             master.ReadyMode{Kind: master.ReadyIPC},
 		HeartbeatInterval: 10 * time.Millisecond,
-		Stdout:            io.Discard,
-		Stderr:            os.Stderr,
+		// Not under test: a loaded machine must not make the workers hung.
+		HeartbeatTimeout: time.Minute,
+		Stdout:           io.Discard,
+		Stderr:           os.Stderr,
 		OnMessage: func(from master.WorkerRef, m *ipc.Message) {
 			msgs <- ipc.Message{Kind: m.Kind, Body: append([]byte(nil), m.Body...)}
 		},
