@@ -380,12 +380,16 @@ func (u *upgrader) check(st *upgradeState) error {
 		unix.Close(outR)
 		return &UpgradeError{Step: "check", Err: fmt.Errorf("fork/exec %s: %w", path, err)}
 	}
+	// Non-blocking, so that the poller serves it and Close ends a read that
+	// a descendant of the check holding the pipe would keep waiting. The
+	// file owns the descriptor from here: it alone closes it.
+	_ = unix.SetNonblock(outR, true)
+	outF := os.NewFile(uintptr(outR), "check-output")
+	defer outF.Close()
 	out := make(chan []byte, 1)
 	go func() {
-		defer unix.Close(outR)
 		var buf bytes.Buffer
-		f := os.NewFile(uintptr(outR), "check-output")
-		_, _ = io.Copy(&buf, io.LimitReader(f, 64<<10))
+		_, _ = io.Copy(&buf, io.LimitReader(outF, 64<<10))
 		out <- buf.Bytes()
 	}()
 	var status exitStatus
@@ -396,7 +400,15 @@ func (u *upgrader) check(st *upgradeState) error {
 		<-exit
 		return &UpgradeError{Step: "check", Err: fmt.Errorf("%s %s did not finish within %v", path, UpgradeCheckArg, upgradeCheckTimeout)}
 	}
-	text := strings.TrimSpace(string(<-out))
+	var got []byte
+	select {
+	case got = <-out:
+	case <-time.After(time.Second):
+		// The check exited, but something it started holds its output.
+		outF.Close()
+		got = <-out
+	}
+	text := strings.TrimSpace(string(got))
 	if status.signal != 0 || status.code != 0 {
 		if i := strings.LastIndexByte(text, '\n'); i >= 0 {
 			text = text[i+1:]
