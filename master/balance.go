@@ -255,6 +255,14 @@ func (t *target) usable(lid uint8, now int64) bool {
 // pick chooses the worker for a connection of listener lid, skipping
 // skip; nil when none can take it.
 func (b *balancer) pick(lid uint8, now int64, skip *target) *target {
+	return b.pickAfter(lid, now, skip, nil)
+}
+
+// pickAfter is pick for one connection of a batch whose earlier
+// connections go to prior (not handed yet): least-conn counts them as the
+// connections they will be, so that a batch is spread rather than given
+// whole to the worker that had the fewest when it began.
+func (b *balancer) pickAfter(lid uint8, now int64, skip *target, prior []*target) *target {
 	ts := *b.targets.Load()
 	n := uint64(len(ts))
 	if n == 0 {
@@ -271,7 +279,13 @@ func (b *balancer) pick(lid uint8, now int64, skip *target) *target {
 		if b.mode == BalanceRoundRobin {
 			return t
 		}
-		if o := t.open(); best == nil || o < bestOpen {
+		o := t.open()
+		for _, p := range prior {
+			if p == t {
+				o++
+			}
+		}
+		if best == nil || o < bestOpen {
 			best, bestOpen = t, o
 		}
 	}

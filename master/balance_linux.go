@@ -349,7 +349,7 @@ func (a *accepter) handOut(fds []int, picks []*target, group []int) {
 	b := a.b
 	now := time.Now().UnixNano()
 	for i, fd := range fds {
-		if picks[i] = b.pick(a.id, now, nil); picks[i] == nil {
+		if picks[i] = b.pickAfter(a.id, now, nil, picks[:i]); picks[i] == nil {
 			b.hold(heldConn{fd: fd, lid: a.id}) // nobody can take it now
 		}
 	}
