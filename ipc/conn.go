@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,7 @@ type Conn struct {
 	wflushed  chan struct{} // closed and cleared when a batch is taken and when it is written; made by waiters
 	wfdFree   [][]int       // descriptor slices of written segments, for SendFDs to reuse
 	woob      []byte        // the writer's SCM_RIGHTS control buffer, reused
+	wnoYield  int           // batches the writer takes without yielding first (writer only)
 
 	// Hold (see [Conn.Hold]): while held, Send appends to hbuf, which the writer
 	// never takes, and Resume moves it to wbuf.
@@ -611,6 +613,14 @@ func (c *Conn) Flush(ctx context.Context) error {
 	return nil
 }
 
+// coalesceBelow is the size of a batch under which the writer lets the
+// goroutines ready to run go first, so that what they send joins the batch.
+const coalesceBelow = 16 << 10
+
+// coalesceBackoff is how many batches the writer takes as they are after
+// a yield that added nothing to its batch.
+const coalesceBackoff = 8
+
 // writeLoop is the writer goroutine: it writes whatever Send has buffered, as one
 // batch, whenever it is idle, so a burst of sends is coalesced into the batch
 // written while the previous one was in the kernel.
@@ -626,6 +636,23 @@ func (c *Conn) writeLoop() {
 			case <-c.dead:
 			}
 			c.wmu.Lock()
+		}
+		if c.wnoYield > 0 {
+			c.wnoYield--
+		} else if n := len(c.wbuf); n < coalesceBelow && !c.isDead() {
+			// The sender that woke the writer made it the next goroutine
+			// to run on its thread, ahead of the senders woken with it
+			// (the callers whose answers one read brought in, in a
+			// master): written now, the batch would be that one frame,
+			// a sendmsg(2) each. Let them run first. When that brought
+			// nothing (one request at a time), stop for a while: it
+			// costs the lone frame a pass through the scheduler.
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+			if len(c.wbuf) == n {
+				c.wnoYield = coalesceBackoff
+			}
 		}
 		if c.isDead() {
 			c.wmu.Unlock()

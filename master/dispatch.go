@@ -327,10 +327,7 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		// send (and then fill the channel, so that a later answer or
 		// retire blocks its session for good).
 		ch := make(chan jobAnswer, 1)
-		jb, err := ipc.Encode(ipc.Job{Attempt: attempt, Body: body})
-		if err != nil {
-			return JobResult{}, fmt.Errorf("dispatch: %w", err)
-		}
+		jb := ipc.EncodeJob(ipc.Job{Attempt: attempt, Body: body})
 		id := jobIDBit | d.nextID.Add(1)
 		if !t.start(id, &ipc.Message{Kind: ipc.KindJob, ID: id, Body: jb}, ch) {
 			continue // gone between pick and send: not an attempt

@@ -58,10 +58,7 @@ func Submit(ctx context.Context, job any) (Message, error) {
 	if err != nil {
 		return Message{}, fmt.Errorf("worker: submit: %w", err)
 	}
-	m, err := ipc.NewMessage(ipc.KindJob, ipc.Job{Body: body})
-	if err != nil {
-		return Message{}, fmt.Errorf("worker: submit: %w", err)
-	}
+	m := &ipc.Message{Kind: ipc.KindJob, Body: ipc.EncodeJob(ipc.Job{Body: body})}
 	r, err := conn.Call(ctx, m)
 	if err != nil {
 		return Message{}, fmt.Errorf("worker: submit: %w", err)
@@ -77,7 +74,7 @@ func Submit(ctx context.Context, job any) (Message, error) {
 // KindError.
 func runJob(ctx context.Context, conn *ipc.Conn, h JobHandler, m *ipc.Message) {
 	var job ipc.Job
-	if err := m.Decode(&job); err != nil {
+	if err := m.DecodeJob(&job); err != nil {
 		replyKind(conn, m, ipc.KindResult, nil, &ipc.RemoteError{Code: ipc.CodeBadRequest, Text: err.Error()})
 		return
 	}

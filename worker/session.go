@@ -40,25 +40,14 @@ func (p *process) startSession(conn *ipc.Conn, local, master ipc.Hello) {
 // the connection's only reader, and the only sender on p.msgs.
 func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var handlers sync.WaitGroup
-	sem := make(chan struct{}, MaxConcurrentRequests)
-	// handle runs f on a goroutine of its own, at most MaxConcurrentRequests
-	// at a time (reading waits for a free one: back-pressure on the master).
-	handle := func(f func()) {
-		sem <- struct{}{}
-		handlers.Add(1)
-		go func() {
-			defer handlers.Done()
-			defer func() { <-sem }()
-			f()
-		}()
-	}
+	h := newHandlers(ctx)
 	defer func() {
 		// The connection is gone: running handlers have nobody to answer.
 		cancel()
-		handlers.Wait()
+		h.wait()
 		p.closeMessages()
 	}()
+	handle := h.run
 	for {
 		m, err := conn.Recv()
 		if err != nil {
@@ -93,28 +82,86 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 			p.msgs <- Message{body: m.Body}
 		case ipc.KindJob:
 			p.mu.Lock()
-			h := p.jobHandler
+			jh := p.jobHandler
 			p.mu.Unlock()
-			if h == nil {
+			if jh == nil {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no job handler (worker.HandleJobs)"})
 				continue
 			}
-			handle(func() { runJob(ctx, conn, h, m) })
+			handle(func() { runJob(ctx, conn, jh, m) })
 		case ipc.KindRequest:
 			p.mu.Lock()
-			h := p.handler
+			rh := p.handler
 			p.mu.Unlock()
-			if h == nil {
+			if rh == nil {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no request handler (worker.Handle)"})
 				continue
 			}
 			handle(func() {
-				v, err := h(ctx, Message{body: m.Body})
+				v, err := rh(ctx, Message{body: m.Body})
 				reply(conn, m, v, err)
 			})
 		}
 	}
 }
+
+// handlers runs the session's jobs and requests, at most
+// MaxConcurrentRequests at a time, on goroutines that stay alive between
+// them: a goroutine started for each one paid for growing its small stack
+// again every time (in the msgpack decoder, a fifth of a worker's CPU per
+// job). Only the session's reader calls run.
+type handlers struct {
+	ctx context.Context
+	// busy holds a token for each handler that runs or was handed to a
+	// goroutine: run waits for a free one (back-pressure on the master).
+	busy chan struct{}
+	// work hands a handler to an idle goroutine.
+	work chan func()
+	// started counts the goroutines; they end when ctx is done.
+	started int
+	wg      sync.WaitGroup
+}
+
+func newHandlers(ctx context.Context) *handlers {
+	return &handlers{ctx: ctx, busy: make(chan struct{}, MaxConcurrentRequests), work: make(chan func())}
+}
+
+// run has f run on one of the goroutines, waiting while
+// MaxConcurrentRequests handlers run.
+func (h *handlers) run(f func()) {
+	h.busy <- struct{}{}
+	select {
+	case h.work <- f: // an idle goroutine took it
+		return
+	default:
+	}
+	if h.started < MaxConcurrentRequests {
+		h.started++
+		h.wg.Add(1)
+		go h.loop(f)
+		return
+	}
+	// Every goroutine exists and none is idle yet; one is finishing, since
+	// fewer than MaxConcurrentRequests handlers hold a token besides f.
+	h.work <- f
+}
+
+// loop runs f, then the handlers it is handed, until ctx is done.
+func (h *handlers) loop(f func()) {
+	defer h.wg.Done()
+	for {
+		f()
+		<-h.busy
+		select {
+		case f = <-h.work:
+		case <-h.ctx.Done():
+			return
+		}
+	}
+}
+
+// wait returns when every goroutine has ended; ctx must be done.
+func (h *handlers) wait() { h.wg.Wait() }
 
 // masterHello answers a hello the master sends after the handshake; boot
 // is the Boot of the master's last hello, and the one of this hello is

@@ -1,0 +1,58 @@
+package worker
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+)
+
+// TestHandlersBound: with MaxConcurrentRequests handlers running, run
+// waits for one of them to end; the goroutines they ran on take the next
+// handlers rather than new ones being started.
+func TestHandlersBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		h := newHandlers(ctx)
+		release := make(chan struct{})
+		var running atomic.Int32
+		block := func() {
+			running.Add(1)
+			<-release
+			running.Add(-1)
+		}
+		for range MaxConcurrentRequests {
+			h.run(block)
+		}
+		var ranLast atomic.Bool
+		queued := make(chan struct{})
+		go func() {
+			h.run(func() { ranLast.Store(true) })
+			close(queued)
+		}()
+		synctest.Wait()
+		if n := running.Load(); n != MaxConcurrentRequests {
+			t.Fatalf("%d handlers running, want %d", n, MaxConcurrentRequests)
+		}
+		select {
+		case <-queued:
+			t.Fatalf("run returned with %d handlers running", MaxConcurrentRequests)
+		default:
+		}
+		close(release)
+		<-queued
+		synctest.Wait() // every goroutine idle again
+		if !ranLast.Load() {
+			t.Error("the handler that waited did not run")
+		}
+		for range 3 * MaxConcurrentRequests {
+			h.run(func() {})
+		}
+		synctest.Wait()
+		if h.started != MaxConcurrentRequests {
+			t.Errorf("%d goroutines started, want %d", h.started, MaxConcurrentRequests)
+		}
+		cancel()
+		h.wait()
+	})
+}
