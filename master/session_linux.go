@@ -198,7 +198,7 @@ func (s *session) serve() error {
 		if err != nil {
 			return err
 		}
-		if paced && !lim.admit(len(m.FDs)) {
+		if paced && !answersJob(m) && !lim.admit(len(m.FDs)) {
 			// Released while paced: the worker is gone, and what is left
 			// to read is what it sent before it died (the stream ended with
 			// the process). It is read at once, to its end: connections it
@@ -209,6 +209,14 @@ func (s *session) serve() error {
 			return err
 		}
 	}
+}
+
+// answersJob reports whether m answers a job the master sent. Those are not
+// paced: the master bounds them already (a worker answers only the jobs it
+// was given, at most Options.MaxJobs at a time), and pacing them would
+// bound Dispatch at IPCMessageRate jobs a second per worker.
+func answersJob(m *ipc.Message) bool {
+	return (m.Kind == ipc.KindResult || m.Kind == ipc.KindError) && m.ReplyTo&jobIDBit != 0 && len(m.FDs) == 0
 }
 
 // handle acts on one message; an error is a protocol error that ends the
