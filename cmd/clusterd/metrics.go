@@ -198,10 +198,12 @@ func (x *metrics) event(e master.Event) {
 		}
 	case master.EventReload:
 		outcome := reloadOutcome(e)
-		x.reloads.WithLabelValues(outcome).Inc()
+		// The duration first: a scrape that sees the reload counted sees
+		// its duration too.
 		if r := e.Reload; r != nil && !r.Finished.IsZero() {
 			x.reloadSeconds.WithLabelValues(outcome).Observe(r.Finished.Sub(r.Started).Seconds())
 		}
+		x.reloads.WithLabelValues(outcome).Inc()
 	}
 }
 
