@@ -123,7 +123,10 @@ func writeStatusTable(w io.Writer, st master.ControlStatusReply, now time.Time) 
 	}
 	upgraded := ""
 	if st.Upgrades > 0 {
-		upgraded = fmt.Sprintf(", upgraded in place %d times", st.Upgrades)
+		upgraded = ", upgraded in place once"
+		if st.Upgrades > 1 {
+			upgraded = fmt.Sprintf(", upgraded in place %d times", st.Upgrades)
+		}
 	}
 	_, err := fmt.Fprintf(w, "listeners: %s\nmaster: %s pid %d, up %s, version %s%s\n",
 		listeners, st.Name, st.PID, formatUptime(now.Sub(st.Started)), st.Version, upgraded)
