@@ -61,7 +61,25 @@ type cpuSample struct {
 // 0600. A stale socket
 // (nobody listening) is replaced; a live one is an error, since another
 // master serves it.
-func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, error) {
+//
+// inherited, when not nil, is the listening socket of the previous image of
+// this master (an in-place upgrade): it is served as it is, and clients
+// that connected during the exec wait in its queue.
+func listenControl(m *Master, path string, log hclog.Logger, inherited *os.File) (*controlServer, error) {
+	if inherited != nil {
+		l, err := net.FileListener(inherited)
+		inherited.Close() // FileListener made its own copy
+		if err != nil {
+			return nil, fmt.Errorf("control socket %s of the previous image: %w", path, err)
+		}
+		ln, ok := l.(*net.UnixListener)
+		if !ok {
+			l.Close()
+			return nil, fmt.Errorf("control socket %s of the previous image: not a unix socket", path)
+		}
+		ln.SetUnlinkOnClose(true)
+		return serveControl(m, path, log, ln), nil
+	}
 	dir := filepath.Dir(path)
 	mode := os.FileMode(0o700)
 	if dir == rootControlDir {
@@ -95,6 +113,11 @@ func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, er
 		ln.Close()
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
+	return serveControl(m, path, log, ln), nil
+}
+
+// serveControl starts answering on ln.
+func serveControl(m *Master, path string, log hclog.Logger, ln *net.UnixListener) *controlServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &controlServer{
 		m: m, log: log, path: path, ln: ln, started: m.started, uid: os.Getuid(),
@@ -104,7 +127,21 @@ func listenControl(m *Master, path string, log hclog.Logger) (*controlServer, er
 	s.wg.Add(1)
 	go s.accept()
 	log.Info("control socket listening", "path", path)
-	return s, nil
+	return s
+}
+
+// fd returns the listening socket's descriptor number, leaving its mode as
+// it is (for an upgrade).
+func (s *controlServer) fd() (int, error) {
+	rc, err := s.ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // close stops accepting, ends every connection, waits for their goroutines

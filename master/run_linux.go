@@ -149,10 +149,15 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	m.started, m.upgrades = u.started, u.upgrades
 	if cfg.ControlSocket != "" {
-		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"))
+		var inherited *os.File // the previous image's listener, after an upgrade
+		if up != nil && up.Control > 0 && up.ControlPath == cfg.ControlSocket {
+			inherited = files.file(up.Control, up.ControlPath)
+		}
+		ctl, lerr := listenControl(m, cfg.ControlSocket, log.Named("control"), inherited)
 		if lerr != nil {
 			return lerr
 		}
+		u.ctl = ctl
 		// Closed once the loop has ended (deferred after loopEnded below
 		// runs): a stop request is answered when every worker is reaped.
 		defer func() {

@@ -22,8 +22,9 @@ import (
 // is in CLUSTERD_UPGRADE_FD, and the descriptors it names, whose
 // close-on-exec flag is cleared only for the exec: the listeners (also per
 // slot and run-time ones), each worker's IPC socket, output pipes and
-// notify socket, and the guardian's pipe. The rest (the control socket,
-// the reaper, timers) the new image makes again.
+// notify socket, the control socket's listener and the guardian's pipe.
+// The rest (the reaper, timers, the metrics listener) the new image makes
+// again.
 //
 // An exec cannot be undone, so the master first runs the new binary in a
 // check mode ([UpgradeCheckArg]: it decodes the state it would get, sent on
@@ -107,7 +108,10 @@ type upgradeState struct {
 	Guardian  upgradeGuardian  `msgpack:"guardian"`
 	Groups    []int            `msgpack:"groups"`
 	NotifyDir string           `msgpack:"notify_dir"`
-	FDs       []int            `msgpack:"fds"` // every descriptor that crosses
+	// Control is the control socket's listener (0: none), at ControlPath.
+	Control     int    `msgpack:"control,omitempty"`
+	ControlPath string `msgpack:"control_path,omitempty"`
+	FDs         []int  `msgpack:"fds"` // every descriptor that crosses
 	// Balanced are the listeners the balanced modes accept on, with their
 	// ids (the workers' balanced listeners know them by id).
 	Balanced []upgradeBalanced `msgpack:"balanced"`
@@ -251,6 +255,11 @@ func (s *upgradeState) validate() error {
 			return fmt.Errorf("balanced listener %d: no descriptor", b.ID)
 		}
 		if err := known("balanced listener", b.FD); err != nil {
+			return err
+		}
+	}
+	if s.Control > 0 {
+		if err := known("control socket", s.Control); err != nil {
 			return err
 		}
 	}

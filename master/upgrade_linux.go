@@ -48,7 +48,8 @@ type upgrader struct {
 	cont    *containment
 	nd      *notifyDir
 	st      *execStarter
-	balance *balancer // balanced modes; nil otherwise
+	balance *balancer      // balanced modes; nil otherwise
+	ctl     *controlServer // nil: no control socket
 	cmds    chan<- command
 	done    <-chan struct{}
 	// started is the master's first start (kept across upgrades), and
@@ -267,6 +268,14 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 	}
 	if u.nd != nil {
 		st.NotifyDir = u.nd.path
+	}
+	if u.ctl != nil {
+		// Clients that connect during the exec wait in its queue.
+		n, err := u.ctl.fd()
+		if err != nil {
+			return nil, nil, fmt.Errorf("control socket: %w", err)
+		}
+		st.Control, st.ControlPath = raw(n), u.ctl.path
 	}
 	if b := l.balance; b != nil {
 		for f, id := range b.ids {

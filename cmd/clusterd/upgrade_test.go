@@ -147,6 +147,10 @@ func testUpgradeUnderLoad(t *testing.T, cfg clusterConfig) {
 			}
 		}
 	}
+	// The control socket crosses the exec too: the same socket file, not
+	// one bound again (a client connecting meanwhile waits in its queue).
+	ctlPath := c.controlPath()
+	ctlInode := inode(t, ctlPath)
 	for i := range 5 {
 		installBinary(t, self, bin)
 		served := l.ok.Load()
@@ -161,6 +165,9 @@ func testUpgradeUnderLoad(t *testing.T, cfg clusterConfig) {
 			t.Fatalf("upgrade %d: /proc/%d/exe is inode %d, the installed binary %d", i+1, c.pid, got, want)
 		}
 		check("upgrade " + strconv.Itoa(i+1))
+		if got := inode(t, ctlPath); got != ctlInode {
+			t.Fatalf("upgrade %d: control socket %s is inode %d, was %d: bound again", i+1, ctlPath, got, ctlInode)
+		}
 		l.waitServed(t, served+1)
 	}
 
