@@ -93,6 +93,12 @@ func TestHelloUnderClusterd(t *testing.T) {
 			t.Errorf("reload of slot %d: pid %d replaced by %d, want an old worker replaced by a new one", s.Slot, s.OldPID, s.NewPID)
 		}
 	}
+	// Reload returns once the old workers were told to drain; until one
+	// has acted on it (closed its listener) it may still accept on the
+	// shared socket. Once they have exited, only the new ones can answer.
+	for _, s := range res.Slots {
+		c.WaitEvent(1, func(e master.Event) bool { return e.Kind == master.EventExit && e.PID == s.OldPID })
+	}
 	pid, _, gen := parseHello(t, fetch(t, addr))
 	if old[pid] || gen != 2 {
 		t.Errorf("after a reload, answer from pid %d generation %d, want a new worker of generation 2", pid, gen)
@@ -208,6 +214,8 @@ func TestHelloListenFromMaster(t *testing.T) {
 		}
 	}
 
+	exits := m.Subscribe(0)
+	defer exits.Close()
 	res, err := m.Reload(t.Context())
 	if err != nil {
 		t.Fatalf("reload: %v", err)
@@ -215,6 +223,22 @@ func TestHelloListenFromMaster(t *testing.T) {
 	for _, s := range res.Slots {
 		if s.NewPID == 0 || seen[s.NewPID] {
 			t.Errorf("reload of slot %d: new pid %d, want a new worker", s.Slot, s.NewPID)
+		}
+	}
+	// As in TestHelloUnderClusterd: only once the old workers have exited
+	// is the answer certainly a new one's.
+	deadline := time.After(time.Minute)
+	for gone := 0; gone < len(res.Slots); {
+		select {
+		case e, ok := <-exits.C:
+			if !ok {
+				t.Fatal("events ended before the old workers exited")
+			}
+			if e.Kind == master.EventExit && seen[e.PID] {
+				gone++
+			}
+		case <-deadline:
+			t.Fatalf("the reload's old workers did not exit within a minute: %+v", m.Workers())
 		}
 	}
 	ino2, port2 := sharedListener(t, m, 2)
