@@ -307,57 +307,88 @@ func (st *execStarter) start(req spawnRequest) (int, process, error) {
 	// The child holds its copies; the master keeps only its own ends.
 	child.Close()
 	unix.Close(execW)
-	prefix := fmt.Sprintf("[w%d pid %d] ", req.slot, pid)
-	p := &execProcess{pid: pid, done: make(chan struct{}), notify: ns, out: st.out, outR: outR, errR: errR, pausedAck: make(chan struct{}, 1)}
-	var t *tail
-	if outR >= 0 || errR >= 0 {
-		t = st.out.newTail(pid)
-	}
+	p := st.newProcess(pid)
+	p.notify = ns
 	if outR >= 0 {
 		unix.Close(outFD)
-		s, err := st.out.relay(outR, st.out.stdout, st.relayPrefix(prefix), t, st.tee(req.slot, pid, "stdout"))
-		if err != nil {
-			st.log.Warn("worker stdout not relayed", "worker", req.slot, "pid", pid, "error", err)
-		}
-		p.streams = append(p.streams, s)
 	}
 	if errR >= 0 {
 		unix.Close(errFD)
-		s, err := st.out.relay(errR, st.out.stderr, st.relayPrefix(prefix), t, st.tee(req.slot, pid, "stderr"))
-		if err != nil {
-			st.log.Warn("worker stderr not relayed", "worker", req.slot, "pid", pid, "error", err)
-		}
-		p.streams = append(p.streams, s)
 	}
-
+	st.relayOutput(p, req.slot, outR, errR)
 	wlog := st.log.With("worker", req.slot, "pid", pid, "generation", req.gen)
-	if ns != nil {
-		st.ipcWG.Add(1)
-		go func() {
-			defer st.ipcWG.Done()
-			ns.read(pid, st.post, p.done, wlog)
-		}()
-	}
+	st.serveNotify(p, wlog)
 	st.ipcWG.Add(1)
 	go st.awaitExec(p, execR)
 	if st.cfg.Ready.Kind == ReadyListening {
 		st.ipcWG.Add(1)
 		go st.probeListening(p, inodes, wlog)
 	}
-	conn, err := ipc.NewConn(parent, ipc.Options{})
-	if err != nil {
-		// The worker runs; it just has no IPC. Say so and carry on.
-		st.log.Warn("ipc connection", "worker", req.slot, "pid", pid, "error", err)
-		parent.Close()
-	} else {
-		p.conn = conn
-		if st.ipc != nil {
-			st.ipc.add(conn)
-		}
-		st.ipcWG.Add(1)
-		go st.serveIPC(p, req)
-	}
+	st.openIPC(p, parent, req)
 	return pid, p, nil
+}
+
+// newProcess returns the execProcess of worker pid (a new one, or one taken
+// over from a previous image).
+func (st *execStarter) newProcess(pid int) *execProcess {
+	return &execProcess{pid: pid, done: make(chan struct{}), out: st.out, outR: -1, errR: -1, pausedAck: make(chan struct{}, 1)}
+}
+
+// relayOutput relays the read ends of a worker's stdout and stderr pipes
+// (-1: not relayed), owned from here, and records them in p.
+func (st *execStarter) relayOutput(p *execProcess, slot, outR, errR int) {
+	prefix := st.relayPrefix(fmt.Sprintf("[w%d pid %d] ", slot, p.pid))
+	var t *tail
+	if outR >= 0 || errR >= 0 {
+		t = st.out.newTail(p.pid)
+	}
+	for _, r := range []struct {
+		fd   int
+		to   *sink
+		name string
+		keep *int
+	}{{outR, st.out.stdout, "stdout", &p.outR}, {errR, st.out.stderr, "stderr", &p.errR}} {
+		if r.fd < 0 {
+			continue
+		}
+		s, err := st.out.relay(r.fd, r.to, prefix, t, st.tee(slot, p.pid, r.name))
+		if err != nil {
+			st.log.Warn("worker "+r.name+" not relayed", "worker", slot, "pid", p.pid, "error", err)
+		} else {
+			*r.keep = r.fd // the relay closed it otherwise
+		}
+		p.streams = append(p.streams, s)
+	}
+}
+
+// serveNotify reads p's notify socket, if it has one, until p is released.
+func (st *execStarter) serveNotify(p *execProcess, wlog hclog.Logger) {
+	if p.notify == nil {
+		return
+	}
+	st.ipcWG.Add(1)
+	go func() {
+		defer st.ipcWG.Done()
+		p.notify.read(p.pid, st.post, p.done, wlog)
+	}()
+}
+
+// openIPC makes p's IPC connection on f, the master's end of it, and
+// starts its session. On failure the worker runs without IPC: it is said
+// in the log.
+func (st *execStarter) openIPC(p *execProcess, f *os.File, req spawnRequest) {
+	conn, err := ipc.NewConn(f, ipc.Options{})
+	if err != nil {
+		st.log.Warn("ipc connection", "worker", req.slot, "pid", p.pid, "error", err)
+		f.Close()
+		return
+	}
+	p.conn = conn
+	if st.ipc != nil {
+		st.ipc.add(conn)
+	}
+	st.ipcWG.Add(1)
+	go st.serveIPC(p, req)
 }
 
 // tee returns the log ring's recorder of a worker pipe, nil without a

@@ -859,37 +859,14 @@ func (st *execStarter) adopt(slot int, uw *upgradeWorker, files upgradeFiles) (p
 	}
 	pid := uw.PID
 	st.reaper.watch(pid)
-	p := &execProcess{pid: pid, done: make(chan struct{}), out: st.out, outR: -1, errR: -1, pausedAck: make(chan struct{}, 1)}
-	prefix := fmt.Sprintf("[w%d pid %d] ", slot, pid)
-	var t *tail
-	if uw.Stdout >= 0 || uw.Stderr >= 0 {
-		t = st.out.newTail(pid)
-	}
-	if uw.Stdout >= 0 {
-		s, err := st.out.relay(uw.Stdout, st.out.stdout, st.relayPrefix(prefix), t, st.tee(slot, pid, "stdout"))
-		if err != nil {
-			st.log.Warn("worker stdout not relayed", "worker", slot, "pid", pid, "error", err)
-		}
-		p.streams, p.outR = append(p.streams, s), uw.Stdout
-	}
-	if uw.Stderr >= 0 {
-		s, err := st.out.relay(uw.Stderr, st.out.stderr, st.relayPrefix(prefix), t, st.tee(slot, pid, "stderr"))
-		if err != nil {
-			st.log.Warn("worker stderr not relayed", "worker", slot, "pid", pid, "error", err)
-		}
-		p.streams, p.errR = append(p.streams, s), uw.Stderr
-	}
+	p := st.newProcess(pid)
+	st.relayOutput(p, slot, uw.Stdout, uw.Stderr)
 	wlog := st.log.With("worker", slot, "pid", pid, "generation", uw.Gen)
 	if f := files.file(uw.Notify, uw.NotifyPath); f != nil {
 		c, err := net.FileConn(f)
 		f.Close()
 		if uc, ok := c.(*net.UnixConn); err == nil && ok {
 			p.notify = &notifySocket{conn: uc, path: uw.NotifyPath}
-			st.ipcWG.Add(1)
-			go func() {
-				defer st.ipcWG.Done()
-				p.notify.read(pid, st.post, p.done, wlog)
-			}()
 		} else {
 			if c != nil {
 				c.Close()
@@ -897,18 +874,9 @@ func (st *execStarter) adopt(slot int, uw *upgradeWorker, files upgradeFiles) (p
 			wlog.Warn("worker notify socket not taken over", "error", err)
 		}
 	}
+	st.serveNotify(p, wlog)
 	if f := files.file(uw.IPC, "clusterd-ipc"); f != nil {
-		conn, err := ipc.NewConn(f, ipc.Options{})
-		if err != nil {
-			wlog.Warn("ipc connection", "error", err)
-		} else {
-			p.conn = conn
-			if st.ipc != nil {
-				st.ipc.add(conn)
-			}
-			st.ipcWG.Add(1)
-			go st.serveIPC(p, spawnRequest{slot: slot, gen: uw.Gen})
-		}
+		st.openIPC(p, f, spawnRequest{slot: slot, gen: uw.Gen})
 	}
 	return p, nil
 }
