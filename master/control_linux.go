@@ -130,20 +130,6 @@ func serveControl(m *Master, path string, log hclog.Logger, ln *net.UnixListener
 	return s
 }
 
-// fd returns the listening socket's descriptor number, leaving its mode as
-// it is (for an upgrade).
-func (s *controlServer) fd() (int, error) {
-	rc, err := s.ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
-}
-
 // close stops accepting, ends every connection, waits for their goroutines
 // and removes the socket file.
 func (s *controlServer) close() error {

@@ -141,7 +141,7 @@ func (m *Master) run(ctx context.Context) (err error) {
 	}
 	defer st.close()
 	u := &upgrader{
-		m: m, cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st, balance: bal,
+		cfg: cfg, log: log, ls: ls, cs: cs, cont: cont, nd: nd, st: st, balance: bal,
 		cmds: m.cmds, done: done, started: time.Now(),
 	}
 	if up != nil {

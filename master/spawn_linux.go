@@ -154,16 +154,20 @@ func (st *execStarter) spawner() {
 	}
 }
 
-// rawFD returns f's descriptor number without changing its mode (unlike
-// f.Fd(), which makes it blocking). The number stays valid while f is open.
-func rawFD(f *os.File) (int, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1, fmt.Errorf("%s: %w", f.Name(), err)
-	}
+// rawFD returns the descriptor number of c (a file, a socket, a listener)
+// without changing its mode (unlike os.File.Fd, which makes it blocking).
+// The number stays valid while c is open.
+func rawFD(c syscall.Conn) (int, error) {
 	fd := -1
-	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
-		return -1, fmt.Errorf("%s: %w", f.Name(), err)
+	rc, err := c.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	if err != nil {
+		if f, ok := c.(interface{ Name() string }); ok {
+			err = fmt.Errorf("%s: %w", f.Name(), err)
+		}
+		return -1, err
 	}
 	return fd, nil
 }

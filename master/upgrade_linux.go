@@ -35,12 +35,14 @@ const (
 	// upgradeOutputFlush bounds the wait for relayed output to be written
 	// before the exec.
 	upgradeOutputFlush = 200 * time.Millisecond
+	// upgradeSettleTimeout bounds the wait, in the balanced modes, for the
+	// workers to take every connection the master accepted.
+	upgradeSettleTimeout = 2 * time.Second
 )
 
 // upgrader is what an upgrade needs besides the loop: the resources that
 // cross the exec and the starter whose locked thread execs.
 type upgrader struct {
-	m       *Master
 	cfg     *config
 	log     hclog.Logger
 	ls      *listeners
@@ -66,10 +68,6 @@ type upgradeStep struct {
 	paused []*execProcess
 	err    error
 }
-
-// upgradeSettleTimeout bounds the wait, in the balanced modes, for the
-// workers to take every connection the master accepted.
-const upgradeSettleTimeout = 2 * time.Second
 
 func (c *upgradeCmd) apply(l *loop) {
 	u := l.upgrader
@@ -271,7 +269,7 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 	}
 	if u.ctl != nil {
 		// Clients that connect during the exec wait in its queue.
-		n, err := u.ctl.fd()
+		n, err := rawFD(u.ctl.ln)
 		if err != nil {
 			return nil, nil, fmt.Errorf("control socket: %w", err)
 		}
@@ -308,12 +306,8 @@ func (u *upgrader) snapshot(l *loop) (*upgradeState, []*execProcess, error) {
 				uw.IPC = raw(n)
 			}
 			if p.notify != nil {
-				rc, err := p.notify.conn.SyscallConn()
+				n, err := rawFD(p.notify.conn)
 				if err != nil {
-					return nil, nil, fmt.Errorf("worker %d notify socket: %w", s.id, err)
-				}
-				n := -1
-				if err := rc.Control(func(x uintptr) { n = int(x) }); err != nil {
 					return nil, nil, fmt.Errorf("worker %d notify socket: %w", s.id, err)
 				}
 				uw.Notify, uw.NotifyPath = raw(n), p.notify.path
@@ -881,9 +875,9 @@ func (st *execStarter) adopt(slot int, uw *upgradeWorker, files upgradeFiles) (p
 	return p, nil
 }
 
-// execImage execs path on the spawner's thread: the workers' parent-death
-// signal is tied to the thread that forked them, which the exec keeps (it
-// becomes the new image's main thread). It returns only on failure.
+// execImage execs path on the spawner's thread, where every worker is
+// forked: no fork can run meanwhile and inherit the descriptors whose
+// close-on-exec flag the upgrade cleared. It returns only on failure.
 func (st *execStarter) execImage(path string, argv, env []string) error {
 	reply := make(chan spawnResult, 1)
 	st.jobs <- spawnJob{argv: argv, exec: func() error { return syscall.Exec(path, argv, env) }, reply: reply}
