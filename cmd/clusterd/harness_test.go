@@ -489,6 +489,7 @@ type load struct {
 	refused atomic.Int64
 	hung    atomic.Int64
 	failed  atomic.Int64
+	served  chan struct{} // capacity 1: a request succeeded (waitServed)
 
 	mu     sync.Mutex
 	errors []string // the first few
@@ -497,7 +498,7 @@ type load struct {
 // startLoad starts conns clients against url; keepAlive chooses between
 // one persistent connection per client and a new connection per request.
 func startLoad(t *testing.T, url string, conns int, keepAlive bool) *load {
-	l := &load{stop: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), served: make(chan struct{}, 1)}
 	tr := &http.Transport{
 		DisableKeepAlives:   !keepAlive,
 		MaxIdleConnsPerHost: conns,
@@ -541,6 +542,10 @@ func (l *load) do(client *http.Client, url string) {
 				err = fmt.Errorf("answer %q", body)
 			} else {
 				l.ok.Add(1)
+				select {
+				case l.served <- struct{}{}:
+				default:
+				}
 				return
 			}
 		}
@@ -565,12 +570,17 @@ func (l *load) do(client *http.Client, url string) {
 // after failAfter.
 func (l *load) waitServed(t *testing.T, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(failAfter(t))
+	deadline := time.NewTimer(failAfter(t))
+	defer deadline.Stop()
 	for l.ok.Load() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("load: %d requests served, want %d; failed %d, first errors %q", l.ok.Load(), n, l.failed.Load(), l.errors)
+		select {
+		case <-l.served:
+		case <-deadline.C:
+			l.mu.Lock()
+			errs := l.errors
+			l.mu.Unlock()
+			t.Fatalf("load: %d requests served, want %d; failed %d, first errors %q", l.ok.Load(), n, l.failed.Load(), errs)
 		}
-		time.Sleep(time.Millisecond) // the clients count as they go; nothing else to wait on
 	}
 }
 
