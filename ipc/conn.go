@@ -124,8 +124,8 @@ func (c *Conn) Counters() Counters {
 // pendingCall is a call waiting for its reply.
 type pendingCall struct {
 	ch     chan *Message
-	req    *Message // the request, kept for Resume to send again
-	queued bool     // its frame went to the write buffer (not held)
+	req    *Message    // the request, kept for Resume to send again
+	queued atomic.Bool // its frame went to the write buffer (not held)
 }
 
 // segment is a run of buffered frames that starts with a frame carrying fds (the
@@ -349,10 +349,13 @@ func (c *Conn) Send(m *Message) error {
 	if m == nil {
 		return errors.New("ipc: send: nil message")
 	}
-	return c.send(m, m.ID, false)
+	return c.send(m, m.ID, nil)
 }
 
-func (c *Conn) send(m *Message, id uint64, call bool) error {
+// send queues m with id; call is the pending call m is the request of (nil
+// for a message that is not), marked queued when its frame goes to the write
+// buffer rather than the held one.
+func (c *Conn) send(m *Message, id uint64, call *pendingCall) error {
 	e, fds, frame, err := c.prepare(m, id)
 	if err != nil {
 		return err
@@ -364,23 +367,19 @@ func (c *Conn) send(m *Message, id uint64, call bool) error {
 			closeRawFDs(fds)
 			return c.failureFor("send " + m.Kind.String())
 		}
+		// Room in the write buffer, or while held in the held one (Resume
+		// makes room there).
+		queued, queuedFDs := len(c.wbuf), c.wfds
 		if c.held {
-			if len(c.hbuf) == 0 || (len(c.hbuf)+frame <= c.opts.WriteBuffer && c.hfds+len(fds) <= c.opts.QueueFDs) {
-				break
-			}
-			ch := c.resumed
-			c.wmu.Unlock()
-			select {
-			case <-ch:
-			case <-c.dead:
-			}
-			c.wmu.Lock()
-			continue
+			queued, queuedFDs = len(c.hbuf), c.hfds
 		}
-		if len(c.wbuf) == 0 || (len(c.wbuf)+frame <= c.opts.WriteBuffer && c.wfds+len(fds) <= c.opts.QueueFDs) {
+		if queued == 0 || (queued+frame <= c.opts.WriteBuffer && queuedFDs+len(fds) <= c.opts.QueueFDs) {
 			break
 		}
-		ch := c.flushedLocked()
+		ch := c.resumed
+		if !c.held {
+			ch = c.flushedLocked()
+		}
 		c.wmu.Unlock()
 		select {
 		case <-ch:
@@ -399,12 +398,8 @@ func (c *Conn) send(m *Message, id uint64, call bool) error {
 		}
 	} else {
 		c.queueLocked(&e, fds, frame)
-		if call {
-			c.callMu.Lock()
-			if p := c.calls[id]; p != nil {
-				p.queued = true
-			}
-			c.callMu.Unlock()
+		if call != nil {
+			call.queued.Store(true)
 		}
 	}
 	c.count.sent.Add(1)
@@ -437,6 +432,14 @@ func (c *Conn) prepare(m *Message, id uint64) (envelope, []int, int, error) {
 		}
 	}
 	return e, fds, lengthSize + size, nil
+}
+
+// prepareMaybe is prepare for a message that may be nil (nothing to send).
+func (c *Conn) prepareMaybe(m *Message) (envelope, []int, int, error) {
+	if m == nil {
+		return envelope{}, nil, 0, nil
+	}
+	return c.prepare(m, m.ID)
 }
 
 // queueLocked appends a frame to the write buffer and wakes the writer.
@@ -473,16 +476,9 @@ var ErrHeld = errors.New("ipc: connection already held")
 // on a full write buffer, once Options.WriteBuffer bytes are held. Reading
 // goes on. Use [Conn.Flush] to wait until last is written.
 func (c *Conn) Hold(last *Message) error {
-	var (
-		e     envelope
-		fds   []int
-		frame int
-	)
-	if last != nil {
-		var err error
-		if e, fds, frame, err = c.prepare(last, last.ID); err != nil {
-			return err
-		}
+	e, fds, frame, err := c.prepareMaybe(last)
+	if err != nil {
+		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -509,16 +505,9 @@ func (c *Conn) Hold(last *Message) error {
 // it), then what was sent while held, in order. On a connection not held
 // it queues first only.
 func (c *Conn) Resume(first *Message, resend bool) error {
-	var (
-		e     envelope
-		fds   []int
-		frame int
-	)
-	if first != nil {
-		var err error
-		if e, fds, frame, err = c.prepare(first, first.ID); err != nil {
-			return err
-		}
+	e, fds, frame, err := c.prepareMaybe(first)
+	if err != nil {
+		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -537,7 +526,7 @@ func (c *Conn) Resume(first *Message, resend bool) error {
 		c.callMu.Lock()
 		ids := make([]uint64, 0, len(c.calls))
 		for id, p := range c.calls {
-			if p.queued {
+			if p.queued.Load() {
 				ids = append(ids, id)
 			}
 		}
@@ -799,10 +788,11 @@ func (c *Conn) Call(ctx context.Context, m *Message) (*Message, error) {
 	}
 	id := c.nextID.Add(1)
 	ch := make(chan *Message, 1)
+	call := &pendingCall{ch: ch, req: m}
 	c.callMu.Lock()
-	c.calls[id] = &pendingCall{ch: ch, req: m}
+	c.calls[id] = call
 	c.callMu.Unlock()
-	if err := c.send(m, id, true); err != nil {
+	if err := c.send(m, id, call); err != nil {
 		c.forget(id)
 		return nil, err
 	}
