@@ -122,18 +122,8 @@ func (ls *listeners) bind() error {
 		ls.adopt(f, sockshare.Spec{Name: f.Name()}, f.Name())
 	}
 	ls.cfg.Activated = nil
-	for i := range ls.specs {
-		f := ls.shared[i]
-		if f == nil {
-			f = ls.slots[0][i]
-		}
-		a, err := sockshare.Addr(f)
-		if err != nil {
-			return fmt.Errorf("listener %s: %w", ls.names[i], err)
-		}
-		ls.addrs = append(ls.addrs, a)
-		ls.watched = append(ls.watched, watchable(f, a))
-		ls.log.Info("listening", "addr", a.String(), "name", ls.names[i])
+	if err := ls.bound(true); err != nil {
+		return err
 	}
 	// Bind every initial slot now, so a bind error surfaces before any
 	// worker starts.
@@ -141,6 +131,31 @@ func (ls *listeners) bind() error {
 		if _, _, err := ls.forSlot(s); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// bound records the bound address of every listener (the shared socket,
+// or slot 0's) and logs it, with kv added to the line; with watch it also
+// records whether check watches it (an upgrade carries that over).
+func (ls *listeners) bound(watch bool, kv ...any) error {
+	for i := range ls.specs {
+		f := ls.shared[i]
+		if f == nil && i < len(ls.slots[0]) {
+			f = ls.slots[0][i]
+		}
+		if f == nil {
+			return fmt.Errorf("listener %s: no socket", ls.names[i])
+		}
+		a, err := sockshare.Addr(f)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", ls.names[i], err)
+		}
+		ls.addrs = append(ls.addrs, a)
+		if watch {
+			ls.watched = append(ls.watched, watchable(f, a))
+		}
+		ls.log.Info("listening", append([]any{"addr", a.String(), "name", ls.names[i]}, kv...)...)
 	}
 	return nil
 }

@@ -675,22 +675,7 @@ func (ls *listeners) fromUpgrade(u upgradeListeners, files upgradeFiles) error {
 	for _, sf := range u.Files {
 		ls.files = append(ls.files, socketFile{path: sf.Path, dev: sf.Dev, ino: sf.Ino})
 	}
-	for i := range ls.specs {
-		f := ls.shared[i]
-		if f == nil && i < len(ls.slots[0]) {
-			f = ls.slots[0][i]
-		}
-		if f == nil {
-			return fmt.Errorf("upgrade state: listener %s has no socket", ls.names[i])
-		}
-		a, err := sockshare.Addr(f)
-		if err != nil {
-			return fmt.Errorf("listener %s: %w", ls.names[i], err)
-		}
-		ls.addrs = append(ls.addrs, a)
-		ls.log.Info("listening", "addr", a.String(), "name", ls.names[i], "from", "upgrade")
-	}
-	return nil
+	return ls.bound(false, "from", "upgrade")
 }
 
 // restore takes the run-time listeners from an upgrade's state.
