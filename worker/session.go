@@ -47,7 +47,6 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 		h.wait()
 		p.closeMessages()
 	}()
-	handle := h.run
 	for {
 		m, err := conn.Recv()
 		if err != nil {
@@ -88,7 +87,7 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no job handler (worker.HandleJobs)"})
 				continue
 			}
-			handle(func() { runJob(ctx, conn, jh, m) })
+			h.run(func() { runJob(ctx, conn, jh, m) })
 		case ipc.KindRequest:
 			p.mu.Lock()
 			rh := p.handler
@@ -97,7 +96,7 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no request handler (worker.Handle)"})
 				continue
 			}
-			handle(func() {
+			h.run(func() {
 				v, err := rh(ctx, Message{body: m.Body})
 				reply(conn, m, v, err)
 			})
