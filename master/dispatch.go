@@ -79,8 +79,13 @@ type dispatcher struct {
 	// Redeliveries counts jobs sent again after losing their worker.
 	redeliveries atomic.Uint64
 
-	// changed is closed (and replaced) when room may have appeared, for
-	// Dispatch calls waiting for a worker.
+	// changed is closed when room may have appeared, for the Dispatch
+	// calls waiting for a worker (waiting counts them); nil while none
+	// waits. A caller counts itself in waiting before it looks for room
+	// again, and whoever makes room changes the count of outstanding jobs
+	// before it looks at waiting: one of the two sees the other, and a
+	// job that finishes while nobody waits costs no lock here.
+	waiting atomic.Int32
 	mu      sync.Mutex
 	changed chan struct{}
 }
@@ -90,7 +95,6 @@ func newDispatcher(cfg *config) *dispatcher {
 		attempts: cfg.JobAttempts, perWorker: cfg.JobQueue, failFast: cfg.JobsFailFast,
 		heartbeat: cfg.HeartbeatInterval,
 		inFlight:  make(chan struct{}, cfg.MaxJobs),
-		changed:   make(chan struct{}),
 	}
 	d.targets.Store(&[]*jobTarget{})
 	return d
@@ -175,15 +179,25 @@ func (d *dispatcher) publish(ts []*jobTarget) {
 
 // signal wakes the Dispatch calls waiting for room.
 func (d *dispatcher) signal() {
+	if d.waiting.Load() == 0 {
+		return
+	}
 	d.mu.Lock()
-	close(d.changed)
-	d.changed = make(chan struct{})
+	if d.changed != nil {
+		close(d.changed)
+		d.changed = nil
+	}
 	d.mu.Unlock()
 }
 
+// waitChange returns the channel the next signal closes; the caller is
+// counted in waiting.
 func (d *dispatcher) waitChange() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.changed == nil {
+		d.changed = make(chan struct{})
+	}
 	return d.changed
 }
 
@@ -326,13 +340,16 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		// leave a gone on its channel, which must not answer the next
 		// send (and then fill the channel, so that a later answer or
 		// retire blocks its session for good).
-		ch := make(chan jobAnswer, 1)
+		// A channel whose one value was taken is empty, and no worker's
+		// pending jobs hold it any more: the next job may have it.
+		ch := answerChans.Get().(chan jobAnswer)
 		jb := ipc.EncodeJob(ipc.Job{Attempt: attempt, Body: body})
 		id := jobIDBit | d.nextID.Add(1)
 		if !t.start(id, &ipc.Message{Kind: ipc.KindJob, ID: id, Body: jb}, ch) {
 			continue // gone between pick and send: not an attempt
 		}
 		a, err := t.await(ctx, id, ch)
+		answerChans.Put(ch)
 		if err != nil {
 			return JobResult{}, err
 		}
@@ -359,15 +376,24 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 	}
 }
 
+// answerChans holds the channels of jobs that were answered: each has
+// room for one value and is empty.
+var answerChans = sync.Pool{New: func() any { return make(chan jobAnswer, 1) }}
+
 // wait returns a worker with room, waiting for one unless fail-fast.
 func (d *dispatcher) wait(ctx context.Context, skip *jobTarget) (*jobTarget, error) {
+	if t := d.pick(skip); t != nil {
+		return t, nil
+	}
+	if d.failFast {
+		return nil, fmt.Errorf("dispatch: no ready worker can take a job (none ready, hung, or all at Options.JobQueue %d): %w", d.perWorker, ErrJobQueueFull)
+	}
+	d.waiting.Add(1)
+	defer d.waiting.Add(-1)
 	for {
 		changed := d.waitChange()
 		if t := d.pick(skip); t != nil {
 			return t, nil
-		}
-		if d.failFast {
-			return nil, fmt.Errorf("dispatch: no ready worker can take a job (none ready, hung, or all at Options.JobQueue %d): %w", d.perWorker, ErrJobQueueFull)
 		}
 		// Heartbeats have no event here: look again every interval for a
 		// worker that came back.
@@ -392,10 +418,14 @@ func (d *dispatcher) wait(ctx context.Context, skip *jobTarget) (*jobTarget, err
 // await waits for job id's answer on t, or gone when t lost the job: it
 // died, disconnected or was found hung (watch).
 func (t *jobTarget) await(ctx context.Context, id uint64, ch chan jobAnswer) (jobAnswer, error) {
+	done := ctx.Done()
+	if done == nil { // a context that is never done: no select needed
+		return <-ch, nil
+	}
 	select {
 	case a := <-ch:
 		return a, nil
-	case <-ctx.Done():
+	case <-done:
 		if !t.forget(id) {
 			<-ch // answered (or orphaned) meanwhile; the caller gave up all the same
 		}

@@ -40,11 +40,11 @@ func (p *process) startSession(conn *ipc.Conn, local, master ipc.Hello) {
 // the connection's only reader, and the only sender on p.msgs.
 func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 	ctx, cancel := context.WithCancel(context.Background())
-	h := newHandlers(ctx)
+	h := newHandlers()
 	defer func() {
 		// The connection is gone: running handlers have nobody to answer.
 		cancel()
-		h.wait()
+		h.end()
 		p.closeMessages()
 	}()
 	for {
@@ -110,19 +110,18 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 // again every time (in the msgpack decoder, a fifth of a worker's CPU per
 // job). Only the session's reader calls run.
 type handlers struct {
-	ctx context.Context
 	// busy holds a token for each handler that runs or was handed to a
 	// goroutine: run waits for a free one (back-pressure on the master).
 	busy chan struct{}
-	// work hands a handler to an idle goroutine.
+	// work hands a handler to an idle goroutine; closed by end.
 	work chan func()
-	// started counts the goroutines; they end when ctx is done.
+	// started counts the goroutines; they end when work is closed.
 	started int
 	wg      sync.WaitGroup
 }
 
-func newHandlers(ctx context.Context) *handlers {
-	return &handlers{ctx: ctx, busy: make(chan struct{}, MaxConcurrentRequests), work: make(chan func())}
+func newHandlers() *handlers {
+	return &handlers{busy: make(chan struct{}, MaxConcurrentRequests), work: make(chan func())}
 }
 
 // run has f run on one of the goroutines, waiting while
@@ -145,22 +144,23 @@ func (h *handlers) run(f func()) {
 	h.work <- f
 }
 
-// loop runs f, then the handlers it is handed, until ctx is done.
+// loop runs f, then the handlers it is handed, until end. (A receive
+// alone, not a select with a second channel to end it: the select was most
+// of what a worker spent between two jobs.)
 func (h *handlers) loop(f func()) {
 	defer h.wg.Done()
-	for {
+	for ok := true; ok; f, ok = <-h.work {
 		f()
 		<-h.busy
-		select {
-		case f = <-h.work:
-		case <-h.ctx.Done():
-			return
-		}
 	}
 }
 
-// wait returns when every goroutine has ended; ctx must be done.
-func (h *handlers) wait() { h.wg.Wait() }
+// end stops the goroutines once their handlers return, and waits for
+// them; run must not be called again.
+func (h *handlers) end() {
+	close(h.work)
+	h.wg.Wait()
+}
 
 // masterHello answers a hello the master sends after the handshake; boot
 // is the Boot of the master's last hello, and the one of this hello is

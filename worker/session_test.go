@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"context"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -12,8 +11,7 @@ import (
 // handlers rather than new ones being started.
 func TestHandlersBound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		h := newHandlers(ctx)
+		h := newHandlers()
 		release := make(chan struct{})
 		var running atomic.Int32
 		block := func() {
@@ -52,7 +50,6 @@ func TestHandlersBound(t *testing.T) {
 		if h.started != MaxConcurrentRequests {
 			t.Errorf("%d goroutines started, want %d", h.started, MaxConcurrentRequests)
 		}
-		cancel()
-		h.wait()
+		h.end() // returns: every goroutine ends
 	})
 }
