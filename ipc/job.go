@@ -24,7 +24,13 @@ var (
 // (nil when empty), as [Encode] copies a Job's body: it must be one msgpack
 // value, which [Conn.Send] checks with the rest of the message.
 func EncodeJob(j Job) msgpack.RawMessage {
-	b := make([]byte, 0, 1+len(jobKeyAttempt)+9+len(jobKeyBody)+max(len(j.Body), 1))
+	return AppendJob(make([]byte, 0, 1+len(jobKeyAttempt)+9+len(jobKeyBody)+max(len(j.Body), 1)), j)
+}
+
+// AppendJob appends the encoding [EncodeJob] returns to b: a sender that
+// reuses b once [Conn.Send] returned (Send copies the body into the
+// connection's buffer) allocates nothing per job.
+func AppendJob(b []byte, j Job) []byte {
 	b = append(b, 0x82)
 	b = append(b, jobKeyAttempt...)
 	b = appendInt(b, int64(j.Attempt))

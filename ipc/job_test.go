@@ -48,6 +48,11 @@ func TestEncodeJob(t *testing.T) {
 			if got := EncodeJob(j); !bytes.Equal(got, want) {
 				t.Errorf("EncodeJob(%+v) = % x, want % x", j, got, want)
 			}
+			// Appended to a reused buffer, after what it holds.
+			prefix := []byte{0xde, 0xad}
+			if got := AppendJob(prefix, j); !bytes.Equal(got[:2], prefix) || !bytes.Equal(got[2:], want) {
+				t.Errorf("AppendJob(% x, %+v) = % x, want the prefix then % x", prefix, j, got, want)
+			}
 		}
 	}
 }
@@ -88,4 +93,43 @@ func FuzzDecodeJob(f *testing.F) {
 			t.Fatalf("% x: DecodeJob %+v, Decode %+v", data, got, want)
 		}
 	})
+}
+
+// TestEncodeAsLibrary: Encode, with its pooled encoders, writes what
+// msgpack.Marshal writes, also right after a value it failed to encode
+// (which left part of an encoding in the pooled buffer), and for a body
+// larger than the pool keeps.
+func TestEncodeAsLibrary(t *testing.T) {
+	t.Parallel()
+	type job struct {
+		Seq  int               `msgpack:"seq"`
+		Pad  string            `msgpack:"pad,omitempty"`
+		Tags map[string]string `msgpack:"tags,omitempty"`
+	}
+	values := []any{1, "x", []int{1, 2, 3}, job{Seq: 7, Pad: "abc"}, &job{Seq: -1, Tags: map[string]string{"a": "b"}},
+		job{Pad: string(bytes.Repeat([]byte{'y'}, maxPooledEncoding+1))}, map[string]any{"k": []byte{1, 2}}, job{Seq: 2}}
+	var kept [][2][]byte
+	for i, v := range values {
+		if _, err := Encode(struct{ C chan int }{make(chan int)}); err == nil {
+			t.Fatal("Encode of a channel: no error")
+		}
+		want, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Encode(v)
+		if err != nil {
+			t.Fatalf("value %d: %v", i, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("value %d: Encode = % x, want % x", i, got, want)
+		}
+		kept = append(kept, [2][]byte{got, want})
+	}
+	// Each body is a copy: the encodings after it did not overwrite it.
+	for i, k := range kept {
+		if !bytes.Equal(k[0], k[1]) {
+			t.Errorf("value %d: its body changed to % x after later encodings, want % x", i, k[0], k[1])
+		}
+	}
 }

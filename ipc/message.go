@@ -1,10 +1,12 @@
 package ipc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -199,9 +201,38 @@ func Encode(v any) (msgpack.RawMessage, error) {
 		}
 		return b, nil
 	}
-	b, err := msgpack.Marshal(v)
+	e := encoders.Get().(*encoder)
+	e.buf.Reset()
+	e.enc.Reset(&e.buf)
+	err := e.enc.Encode(v)
+	var b msgpack.RawMessage
+	if err == nil {
+		b = bytes.Clone(e.buf.Bytes())
+	}
+	if e.buf.Cap() <= maxPooledEncoding {
+		encoders.Put(e)
+	}
 	if err != nil {
 		return nil, &DecodeError{Offset: -1, Reason: "encode body", Err: err}
 	}
 	return b, nil
 }
+
+// encoder is a msgpack encoder with the buffer it writes to. Encode keeps
+// them in a pool and copies each body out at its size: msgpack.Marshal
+// grows a new buffer by doubling for every value, which for a body of a
+// few KiB allocated, cleared and copied about four times its size.
+type encoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+// maxPooledEncoding is the largest buffer the pool keeps: a rare large
+// body does not pin its buffer for the life of the process.
+const maxPooledEncoding = 64 << 10
+
+var encoders = sync.Pool{New: func() any {
+	e := &encoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	return e
+}}

@@ -229,7 +229,7 @@ func (d *dispatcher) pick(skip *jobTarget) *jobTarget {
 // start registers job id on t and sends it; false when t is gone. ch
 // gets at most one value, whatever start returns: when the send fails
 // because the worker died, retire may have sent gone on ch already.
-func (t *jobTarget) start(id uint64, m *ipc.Message, ch chan jobAnswer) bool {
+func (t *jobTarget) start(id uint64, attempt int, body msgpack.RawMessage, ch chan jobAnswer) bool {
 	t.mu.Lock()
 	if t.dead {
 		t.mu.Unlock()
@@ -238,12 +238,26 @@ func (t *jobTarget) start(id uint64, m *ipc.Message, ch chan jobAnswer) bool {
 	t.pending[id] = ch
 	t.n.Add(1)
 	t.mu.Unlock()
-	if err := t.send(m); err != nil {
+	// The envelope is written into a pooled buffer: the connection's Send
+	// copies it into its own before it returns.
+	jb := jobBuffers.Get().(*[]byte)
+	*jb = ipc.AppendJob((*jb)[:0], ipc.Job{Attempt: attempt, Body: body})
+	err := t.send(&ipc.Message{Kind: ipc.KindJob, ID: id, Body: *jb})
+	if cap(*jb) <= maxPooledJob {
+		jobBuffers.Put(jb)
+	}
+	if err != nil {
 		t.forget(id)
 		return false
 	}
 	return true
 }
+
+// jobBuffers holds the buffers start encodes jobs' envelopes in, up to
+// maxPooledJob bytes each.
+var jobBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledJob = 64 << 10
 
 // forget drops job id; false when its answer (or gone) was already sent
 // on its channel.
@@ -343,9 +357,8 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		// A channel whose one value was taken is empty, and no worker's
 		// pending jobs hold it any more: the next job may have it.
 		ch := answerChans.Get().(chan jobAnswer)
-		jb := ipc.EncodeJob(ipc.Job{Attempt: attempt, Body: body})
 		id := jobIDBit | d.nextID.Add(1)
-		if !t.start(id, &ipc.Message{Kind: ipc.KindJob, ID: id, Body: jb}, ch) {
+		if !t.start(id, attempt, body, ch) {
 			continue // gone between pick and send: not an attempt
 		}
 		a, err := t.await(ctx, id, ch)
