@@ -258,6 +258,9 @@ func (l *loop) run(ctx context.Context) error {
 	if l.cfg.workersFrom != "" {
 		l.log.Info("worker count from CPUs", "workers", l.cfg.Workers, "source", l.cfg.workersFrom)
 	}
+	if l.cfg.gomaxprocsFrom != "" {
+		l.log.Debug("workers' GOMAXPROCS", "gomaxprocs", l.cfg.gomaxprocs, "source", l.cfg.gomaxprocsFrom)
+	}
 	if l.adopt != nil {
 		l.adoptSlots(l.adopt, l.adoptFiles)
 		l.adopt, l.adoptFiles = nil, nil

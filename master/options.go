@@ -62,6 +62,17 @@ type Options struct {
 	// Env holds KEY=VAL pairs added to the master's environment for workers.
 	// The variables of the master-worker protocol are always set by the master.
 	Env []string
+	// WorkerGOMAXPROCS is the GOMAXPROCS given to the workers, for those
+	// written in Go. 0 shares the CPUs out: unless the master's environment
+	// or Env sets GOMAXPROCS, each worker gets the CPUs counted as for
+	// Workers' default, divided by Workers (the least, with MaxWorkers),
+	// at least 1. A Go worker's own default is every CPU, so N workers on
+	// N CPUs would run N² threads of Go code that compete for N CPUs: on 2
+	// CPUs, a worker answering jobs spent 30% less CPU per job with 1
+	// (docs/BENCHMARKS.md, Dispatch). Positive: that value, for every
+	// worker. Negative: GOMAXPROCS is left as the environment has it.
+	// Other programs ignore the variable.
+	WorkerGOMAXPROCS int
 	// Dir is the workers' working directory; "" means the master's.
 	Dir string
 	// Workers is the number of slots (the least, with MaxWorkers); negative
@@ -328,6 +339,10 @@ type config struct {
 	guardian    string              // with Contain: the executable run in guardian mode
 	credential  *syscall.Credential // nil: keep the master's
 	workersFrom string              // where the default Workers came from; "": given
+	// gomaxprocs is the GOMAXPROCS the workers get, 0: none set here;
+	// gomaxprocsFrom says why, for the log.
+	gomaxprocs     int
+	gomaxprocsFrom string
 }
 
 // normalize validates opts and applies defaults to a copy.
@@ -368,6 +383,9 @@ func normalize(opts Options) (*config, error) {
 	case c.Workers == 0:
 		cpus := defaultWorkers()
 		c.Workers, c.workersFrom = cpus.n, cpus.source
+	}
+	if err := c.shareGOMAXPROCS(os.Getenv); err != nil {
+		return nil, err
 	}
 	if c.Balance < BalanceShared || c.Balance > BalanceLeastConn {
 		return nil, optErr("Balance", "unknown balance %v", c.Balance)

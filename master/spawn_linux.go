@@ -91,6 +91,10 @@ func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outpu
 		k, _, _ := strings.Cut(kv, "=")
 		override[k] = true
 	}
+	gomaxprocs := cfg.gomaxprocsEnv()
+	if gomaxprocs != "" {
+		override[envGOMAXPROCS] = true
+	}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if !isProtocolEnv(kv) && !override[k] {
@@ -101,6 +105,9 @@ func newExecStarter(cfg *config, log hclog.Logger, notify *notifyDir, out *outpu
 		if !isProtocolEnv(kv) {
 			st.env = append(st.env, kv)
 		}
+	}
+	if gomaxprocs != "" {
+		st.env = append(st.env, gomaxprocs)
 	}
 	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -579,5 +580,44 @@ func TestFailedSpawnUnderLoad(t *testing.T) {
 	}
 	if _, e := findLog(c.logs, "worker killed after kill timeout"); e != nil {
 		t.Errorf("a worker had to be killed: %v", e)
+	}
+}
+
+// TestWorkersGOMAXPROCS: by default the workers share the CPUs out through
+// GOMAXPROCS; --gomaxprocs N sets it, and inherit leaves the master's.
+func TestWorkersGOMAXPROCS(t *testing.T) {
+	t.Parallel()
+	auto := max(1, runtime.GOMAXPROCS(0)/2) // Go counts the CPUs as the master does
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Skipf("GOMAXPROCS=%q in the test's environment: not a number", v)
+		}
+		auto = n // inherited: auto leaves it
+	}
+	for _, tt := range []struct {
+		name  string
+		flags []string
+		env   []string
+		want  int
+	}{
+		{"auto", []string{"-w", "2"}, nil, auto},
+		{"given", []string{"-w", "1", "--gomaxprocs", "3"}, nil, 3},
+		{"inherit", []string{"-w", "2", "--gomaxprocs", "inherit"}, []string{"GOMAXPROCS=5"}, 5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := startCluster(t, clusterConfig{flags: append([]string{listenAny, "--ready", "ipc"}, tt.flags...), env: tt.env})
+			addr, _ := c.waitStarted()
+			body := get(t, "http://"+addr+"/fds")
+			want := fmt.Sprintf("runtime.GOMAXPROCS=%d\n", tt.want)
+			if !strings.Contains(body, want) {
+				t.Errorf("worker reports:\n%s\nwant %q", body, want)
+			}
+			c.signal(syscall.SIGTERM)
+			if code, last := c.wait(); code != 0 {
+				t.Errorf("TERM: exit %d (%s), want 0", code, last)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
@@ -274,7 +275,8 @@ func workerHelper(args []string) int {
 			target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
 			fmt.Fprintf(w, "fd%d=%s\n", fd, target)
 		}
-		for _, k := range []string{ipc.EnvIPCFD, "CLUSTERD_WORKERS"} {
+		fmt.Fprintf(w, "runtime.GOMAXPROCS=%d\n", runtime.GOMAXPROCS(0))
+		for _, k := range []string{ipc.EnvIPCFD, "CLUSTERD_WORKERS", "GOMAXPROCS"} {
 			v, ok := os.LookupEnv(k)
 			if !ok {
 				v = "(unset)"

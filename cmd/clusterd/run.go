@@ -149,6 +149,7 @@ type runFlags struct {
 	reloadBatch   int
 	stopSignal    string
 	env           []string
+	gomaxprocs    string
 	cwd           string
 	user          string
 	group         string
@@ -242,6 +243,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.Int64Var(&f.maxRequestsJitter, "max-requests-jitter", 0, "add a random 0..N to --max-requests per worker, so that workers do not retire together")
 	fs.StringVar(&f.dumpSignal, "dump-signal", "", "send this signal (e.g. SIGQUIT, for a Go goroutine dump on stderr) to a worker whose drain deadline passed, and wait a moment before the SIGKILL")
 	fs.StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the workers' environment (repeatable)")
+	fs.StringVar(&f.gomaxprocs, "gomaxprocs", "auto", "GOMAXPROCS of the workers (Go programs): auto (the CPUs divided by the workers, at least 1, unless --env or the environment sets GOMAXPROCS), inherit (leave the environment's), or a number")
 	fs.StringVar(&f.cwd, "cwd", "", "working directory of the workers (default: the master's)")
 	fs.StringVar(&f.user, "user", "", "run the workers as this user, by name or uid (the master keeps its own to bind privileged ports)")
 	fs.StringVar(&f.group, "group", "", "run the workers with this group, by name or gid (default: the --user's groups)")
@@ -459,6 +461,17 @@ func (f *runFlags) options(fs *pflag.FlagSet) (master.Options, error) {
 		}
 		o.Listen = append(o.Listen, spec)
 	}
+	switch f.gomaxprocs {
+	case "auto":
+	case "inherit":
+		o.WorkerGOMAXPROCS = -1
+	default:
+		n, err := strconv.Atoi(f.gomaxprocs)
+		if err != nil || n < 1 {
+			return o, usagef("--gomaxprocs %q: want auto, inherit or a number of at least 1", f.gomaxprocs)
+		}
+		o.WorkerGOMAXPROCS = n
+	}
 	if o.Balance, err = master.ParseBalance(f.balance); err != nil {
 		return o, usagef("--balance: %w", err)
 	}
@@ -552,7 +565,7 @@ var optionFlags = map[string]string{
 	"MinUptime": "min-uptime", "BackoffMin": "backoff-min", "BackoffMax": "backoff-max",
 	"MaxRestarts": "max-restarts", "RestartWindow": "restart-window", "Ready": "ready",
 	"ReadyTimeout": "ready-timeout", "KillTimeout": "kill-timeout", "ReloadBatch": "reload-batch",
-	"StopSignal": "stop-signal", "Env": "env", "Dir": "cwd", "User": "user", "Group": "group",
+	"StopSignal": "stop-signal", "Env": "env", "WorkerGOMAXPROCS": "gomaxprocs", "Dir": "cwd", "User": "user", "Group": "group",
 	"Output": "output", "PIDFile": "pid-file",
 	"HeartbeatInterval": "heartbeat-interval", "HeartbeatTimeout": "heartbeat-timeout", "Watchdog": "watchdog",
 	"MaxMemory": "max-memory", "SampleInterval": "sample-interval",
