@@ -360,12 +360,40 @@ func (c *Conn) send(m *Message, id uint64, call *pendingCall) error {
 	if err != nil {
 		return err
 	}
+	return c.queue(&e, fds, frame, call)
+}
+
+// SendJob sends a [KindJob] message with ID id whose body is the [Job]
+// {attempt, body}: what Send(&Message{Kind: KindJob, ID: id, Body:
+// EncodeJob(Job{Attempt: attempt, Body: body})}) sends, without encoding the
+// job's envelope into a buffer first. body (one msgpack value, or empty
+// for nil) is copied once, into the connection's write buffer, before
+// SendJob returns.
+func (c *Conn) SendJob(id uint64, attempt int, body []byte) error {
+	if len(body) > 0 {
+		if err := checkBody(body); err != nil {
+			return fmt.Errorf("%w (send %s body)", err, KindJob)
+		}
+	}
+	var head [1 + 8 + 9 + 5 + 1]byte
+	e := envelope{kind: KindJob, id: id, head: appendJobHead(head[:0], attempt, len(body) == 0), body: body}
+	size := envelopeSize(&e)
+	if size > c.opts.MaxFrameSize {
+		return fmt.Errorf("%w: send %s of %d bytes, limit %d", ErrFrameTooLarge, KindJob, size, c.opts.MaxFrameSize)
+	}
+	return c.queue(&e, nil, lengthSize+size, nil)
+}
+
+// queue writes e's frame into the write buffer (or, while held, the held
+// one), waiting for room; fds are the descriptors that go with it (the
+// Conn's duplicates), frame its size.
+func (c *Conn) queue(e *envelope, fds []int, frame int, call *pendingCall) error {
 	c.wmu.Lock()
 	for {
 		if c.isDead() {
 			c.wmu.Unlock()
 			closeRawFDs(fds)
-			return c.failureFor("send " + m.Kind.String())
+			return c.failureFor("send " + e.kind.String())
 		}
 		// Room in the write buffer, or while held in the held one (Resume
 		// makes room there).
@@ -392,12 +420,12 @@ func (c *Conn) send(m *Message, id uint64, call *pendingCall) error {
 			c.hsegs = append(c.hsegs, segment{start: len(c.hbuf), fds: fds})
 			c.hfds += len(fds)
 		}
-		c.hbuf = appendFrame(c.hbuf, &e)
+		c.hbuf = appendFrame(c.hbuf, e)
 		if c.onHeld != nil {
 			c.onHeld()
 		}
 	} else {
-		c.queueLocked(&e, fds, frame)
+		c.queueLocked(e, fds, frame)
 		if call != nil {
 			call.queued.Store(true)
 		}

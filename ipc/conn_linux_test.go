@@ -503,3 +503,38 @@ func TestDescriptorRoundTrips(t *testing.T) {
 		t.Errorf("open descriptors: %d before, %d after", before, after)
 	}
 }
+
+// TestSendJob: a job sent with SendJob arrives as the Job it encodes, and a
+// body that is not one msgpack value or is over the frame limit is
+// refused before anything is written.
+func TestSendJob(t *testing.T) {
+	t.Parallel()
+	a, b := newPair(t, Options{MaxFrameSize: 1 << 10})
+	var de *DecodeError
+	if err := a.SendJob(5, 2, []byte{0x01, 0x02}); !errors.As(err, &de) {
+		t.Errorf("two values as a body: %v, want a DecodeError", err)
+	}
+	if err := a.SendJob(5, 2, append([]byte{0xc5, 0x08, 0x00}, make([]byte, 2048)...)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("a body over MaxFrameSize: %v, want ErrFrameTooLarge", err)
+	}
+	body, err := Encode(map[string]int{"seq": 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, j := range []Job{{Attempt: 3, Body: body}, {Attempt: 1}} {
+		if err := a.SendJob(uint64(10+i), j.Attempt, j.Body); err != nil {
+			t.Fatal(err)
+		}
+		m, err := b.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Job
+		if err := m.DecodeJob(&got); err != nil {
+			t.Fatal(err)
+		}
+		if m.Kind != KindJob || m.ID != uint64(10+i) || got.Attempt != j.Attempt || !bytes.Equal(got.Body, j.Body) {
+			t.Errorf("received %v id %d, job %+v, want a job id %d %+v", m.Kind, m.ID, got, 10+i, j)
+		}
+	}
+}

@@ -37,7 +37,10 @@ type envelope struct {
 	id      uint64
 	replyTo uint64
 	nfds    int
-	body    []byte
+	// The body on the wire is head followed by body; head is empty but
+	// for [Conn.SendJob], whose envelope of the job it holds.
+	head []byte
+	body []byte
 }
 
 // uintSize is the size of the shortest msgpack encoding of v.
@@ -73,10 +76,10 @@ func appendUint(b []byte, v uint64) []byte {
 // envelopeSize is the encoded size of e's envelope (without the length prefix).
 func envelopeSize(e *envelope) int {
 	n := 1 + uintSize(uint64(e.kind)) + uintSize(e.id) + uintSize(e.replyTo) + uintSize(uint64(e.nfds))
-	if len(e.body) == 0 {
+	if len(e.head)+len(e.body) == 0 {
 		return n + 1
 	}
-	return n + len(e.body)
+	return n + len(e.head) + len(e.body)
 }
 
 // appendFrame appends the frame of e (length prefix and envelope) to b. The caller
@@ -90,10 +93,10 @@ func appendFrame(b []byte, e *envelope) []byte {
 	b = appendUint(b, e.id)
 	b = appendUint(b, e.replyTo)
 	b = appendUint(b, uint64(e.nfds))
-	if len(e.body) == 0 {
+	if len(e.head)+len(e.body) == 0 {
 		return append(b, 0xc0)
 	}
-	return append(b, e.body...)
+	return append(append(b, e.head...), e.body...)
 }
 
 // decodeEnvelope decodes one envelope, which must fill b exactly. The body aliases

@@ -31,14 +31,20 @@ func EncodeJob(j Job) msgpack.RawMessage {
 // reuses b once [Conn.Send] returned (Send copies the body into the
 // connection's buffer) allocates nothing per job.
 func AppendJob(b []byte, j Job) []byte {
+	return append(appendJobHead(b, j.Attempt, len(j.Body) == 0), j.Body...)
+}
+
+// appendJobHead appends what comes before a Job's body in its encoding:
+// all of it when the body is empty (nil).
+func appendJobHead(b []byte, attempt int, empty bool) []byte {
 	b = append(b, 0x82)
 	b = append(b, jobKeyAttempt...)
-	b = appendInt(b, int64(j.Attempt))
+	b = appendInt(b, int64(attempt))
 	b = append(b, jobKeyBody...)
-	if len(j.Body) == 0 {
-		return append(b, 0xc0)
+	if empty {
+		b = append(b, 0xc0)
 	}
-	return append(b, j.Body...)
+	return b
 }
 
 // appendInt appends the shortest msgpack encoding of v, as the msgpack

@@ -133,3 +133,26 @@ func TestEncodeAsLibrary(t *testing.T) {
 		}
 	}
 }
+
+// TestSendJobAsSend: SendJob puts on the wire what Send of the encoded Job
+// does, for empty and non-empty bodies, and refuses a body that is not one
+// msgpack value.
+func TestSendJobAsSend(t *testing.T) {
+	t.Parallel()
+	for _, body := range [][]byte{nil, {0x01}, bytes.Repeat([]byte{0x90}, 1), append([]byte{0xc5, 0x10, 0x00}, make([]byte, 4096)...)} {
+		for _, attempt := range []int{1, 2, 300, -5} {
+			var viaSend, viaJob []byte
+			e := envelope{kind: KindJob, id: 9, body: EncodeJob(Job{Attempt: attempt, Body: body})}
+			viaSend = appendFrame(viaSend, &e)
+			var head [32]byte
+			j := envelope{kind: KindJob, id: 9, head: appendJobHead(head[:0], attempt, len(body) == 0), body: body}
+			viaJob = appendFrame(viaJob, &j)
+			if !bytes.Equal(viaSend, viaJob) {
+				t.Errorf("attempt %d, body of %d bytes: SendJob's frame % x, want % x", attempt, len(body), viaJob, viaSend)
+			}
+			if envelopeSize(&e) != envelopeSize(&j) {
+				t.Errorf("attempt %d: size %d, want %d", attempt, envelopeSize(&j), envelopeSize(&e))
+			}
+		}
+	}
+}

@@ -202,37 +202,86 @@ func Encode(v any) (msgpack.RawMessage, error) {
 		return b, nil
 	}
 	e := encoders.Get().(*encoder)
-	e.buf.Reset()
-	e.enc.Reset(&e.buf)
-	err := e.enc.Encode(v)
+	err := e.encode(e.scratch[:0], v)
 	var b msgpack.RawMessage
 	if err == nil {
-		b = bytes.Clone(e.buf.Bytes())
+		b = bytes.Clone(e.w.b)
 	}
-	if e.buf.Cap() <= maxPooledEncoding {
-		encoders.Put(e)
+	e.scratch = nil
+	if cap(e.w.b) <= maxPooledEncoding {
+		e.scratch = e.w.b[:0]
 	}
+	e.w.b = nil
+	encoders.Put(e)
 	if err != nil {
-		return nil, &DecodeError{Offset: -1, Reason: "encode body", Err: err}
+		return nil, err
 	}
 	return b, nil
 }
 
-// encoder is a msgpack encoder with the buffer it writes to. Encode keeps
-// them in a pool and copies each body out at its size: msgpack.Marshal
-// grows a new buffer by doubling for every value, which for a body of a
-// few KiB allocated, cleared and copied about four times its size.
-type encoder struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
+// AppendEncode appends the body Encode returns for v to b and returns the
+// extended buffer: a sender that owns b can reuse it once the message was
+// sent (Send copies the body), where Encode allocates a body per value.
+func AppendEncode(b []byte, v any) ([]byte, error) {
+	switch r := v.(type) {
+	case nil:
+		return b, nil
+	case msgpack.RawMessage:
+		if err := checkBody(r); err != nil {
+			return nil, err
+		}
+		return append(b, r...), nil
+	}
+	e := encoders.Get().(*encoder)
+	err := e.encode(b, v)
+	b, e.w.b = e.w.b, nil
+	encoders.Put(e)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
-// maxPooledEncoding is the largest buffer the pool keeps: a rare large
-// body does not pin its buffer for the life of the process.
+// encoder is a msgpack encoder and the buffer it appends to, pooled:
+// msgpack.Marshal grows a new buffer by doubling for every value, which
+// for a body of a few KiB allocated, cleared and copied about four times
+// its size. Encode encodes into scratch and copies the body out at its
+// size.
+type encoder struct {
+	w       appender
+	enc     *msgpack.Encoder
+	scratch []byte
+}
+
+// maxPooledEncoding is the largest scratch buffer the pool keeps: a rare
+// large body does not pin its buffer for the life of the process.
 const maxPooledEncoding = 64 << 10
+
+func (e *encoder) encode(b []byte, v any) error {
+	e.w.b = b
+	e.enc.Reset(&e.w)
+	if err := e.enc.Encode(v); err != nil {
+		return &DecodeError{Offset: -1, Reason: "encode body", Err: err}
+	}
+	return nil
+}
+
+// appender is an io.Writer (and io.ByteWriter, so that msgpack writes to
+// it directly) that appends to b.
+type appender struct{ b []byte }
+
+func (a *appender) Write(p []byte) (int, error) {
+	a.b = append(a.b, p...)
+	return len(p), nil
+}
+
+func (a *appender) WriteByte(c byte) error {
+	a.b = append(a.b, c)
+	return nil
+}
 
 var encoders = sync.Pool{New: func() any {
 	e := &encoder{}
-	e.enc = msgpack.NewEncoder(&e.buf)
+	e.enc = msgpack.NewEncoder(&e.w)
 	return e
 }}

@@ -105,10 +105,10 @@ func newDispatcher(cfg *config) *dispatcher {
 type jobTarget struct {
 	d    *dispatcher
 	ref  WorkerRef
-	send func(*ipc.Message) error // the worker's connection's Send
-	beat atomic.Int64             // last heartbeat, UnixNano
-	n    atomic.Int32             // outstanding
-	gone atomic.Bool              // retired: pick skips it until the loop publishes again
+	send func(id uint64, attempt int, body []byte) error // the worker's connection's SendJob
+	beat atomic.Int64                                    // last heartbeat, UnixNano
+	n    atomic.Int32                                    // outstanding
+	gone atomic.Bool                                     // retired: pick skips it until the loop publishes again
 	// counts are the slot's totals (SlotStats); nil: none.
 	counts *slotCounts
 
@@ -127,7 +127,7 @@ type jobAnswer struct {
 // newTarget returns the jobTarget of a worker that said hello; the session
 // retires it when the connection ends.
 func (d *dispatcher) newTarget(ref WorkerRef, conn *ipc.Conn) *jobTarget {
-	t := &jobTarget{d: d, ref: ref, send: conn.Send, pending: make(map[uint64]chan jobAnswer), stop: make(chan struct{})}
+	t := &jobTarget{d: d, ref: ref, send: conn.SendJob, pending: make(map[uint64]chan jobAnswer), stop: make(chan struct{})}
 	t.beat.Store(time.Now().UnixNano())
 	if d.heartbeat > 0 {
 		go t.watch()
@@ -229,7 +229,7 @@ func (d *dispatcher) pick(skip *jobTarget) *jobTarget {
 // start registers job id on t and sends it; false when t is gone. ch
 // gets at most one value, whatever start returns: when the send fails
 // because the worker died, retire may have sent gone on ch already.
-func (t *jobTarget) start(id uint64, attempt int, body msgpack.RawMessage, ch chan jobAnswer) bool {
+func (t *jobTarget) start(id uint64, attempt int, body []byte, ch chan jobAnswer) bool {
 	t.mu.Lock()
 	if t.dead {
 		t.mu.Unlock()
@@ -238,22 +238,14 @@ func (t *jobTarget) start(id uint64, attempt int, body msgpack.RawMessage, ch ch
 	t.pending[id] = ch
 	t.n.Add(1)
 	t.mu.Unlock()
-	// The envelope is written into a pooled buffer: the connection's Send
-	// copies it into its own before it returns.
-	jb := jobBuffers.Get().(*[]byte)
-	*jb = ipc.AppendJob((*jb)[:0], ipc.Job{Attempt: attempt, Body: body})
-	err := t.send(&ipc.Message{Kind: ipc.KindJob, ID: id, Body: *jb})
-	if cap(*jb) <= maxPooledJob {
-		jobBuffers.Put(jb)
-	}
-	if err != nil {
+	if err := t.send(id, attempt, body); err != nil {
 		t.forget(id)
 		return false
 	}
 	return true
 }
 
-// jobBuffers holds the buffers start encodes jobs' envelopes in, up to
+// jobBuffers holds the buffers Dispatch encodes jobs in, up to
 // maxPooledJob bytes each.
 var jobBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
@@ -327,7 +319,17 @@ func (m *Master) dispatch(ctx context.Context, job any, skip *jobTarget) (JobRes
 		return JobResult{}, fmt.Errorf("dispatch: %w", ErrNotRunning)
 	}
 	d := m.jobs
-	body, err := ipc.Encode(job)
+	// The job's body stays in this buffer until Dispatch returns: each
+	// attempt's send copies it into the connection's buffer, and nothing
+	// else keeps it.
+	buf := jobBuffers.Get().(*[]byte)
+	body, err := ipc.AppendEncode((*buf)[:0], job)
+	defer func() {
+		if cap(body) <= maxPooledJob {
+			*buf = body[:0]
+			jobBuffers.Put(buf)
+		}
+	}()
 	if err != nil {
 		return JobResult{}, fmt.Errorf("dispatch: %w", err)
 	}

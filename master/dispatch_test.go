@@ -19,7 +19,7 @@ func TestDispatchSendFailsAsItsWorkerRetires(t *testing.T) {
 	m.routes.Store(&routeTable{})
 
 	dead := d.newTarget(WorkerRef{Slot: 0, PID: 100, Generation: 1}, nil)
-	dead.send = func(*ipc.Message) error {
+	dead.send = func(uint64, int, []byte) error {
 		dead.retire() // the session saw the worker's end of the stream
 		return ipc.ErrClosed
 	}
@@ -27,12 +27,12 @@ func TestDispatchSendFailsAsItsWorkerRetires(t *testing.T) {
 	var answering sync.WaitGroup // answers as live's session delivers them
 	var mu sync.Mutex
 	var sent []uint64
-	live.send = func(m *ipc.Message) error {
+	live.send = func(id uint64, _ int, _ []byte) error {
 		mu.Lock()
-		sent = append(sent, m.ID)
+		sent = append(sent, id)
 		mu.Unlock()
-		r := &ipc.Message{Kind: ipc.KindResult, ReplyTo: m.ID, Body: mustEncode(t, "done")}
-		answering.Go(func() { live.answer(m.ID, r) })
+		r := &ipc.Message{Kind: ipc.KindResult, ReplyTo: id, Body: mustEncode(t, "done")}
+		answering.Go(func() { live.answer(id, r) })
 		return nil
 	}
 	// dead has fewer outstanding jobs, so it is picked first.
