@@ -190,6 +190,12 @@ func (p *process) masterHello(conn *ipc.Conn, m *ipc.Message, local ipc.Hello, b
 	return h.Boot
 }
 
+// replyBuffers holds the buffers replies are encoded in, up to
+// maxPooledReply bytes each.
+var replyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledReply = 64 << 10
+
 // reply answers the request req with v, or with err as a [ipc.KindError]. A
 // failure to send means the connection is gone: nobody is left to tell.
 func reply(conn *ipc.Conn, req *ipc.Message, v any, err error) {
@@ -198,19 +204,28 @@ func reply(conn *ipc.Conn, req *ipc.Message, v any, err error) {
 
 // replyKind is reply with a reply of kind k when there is no error.
 func replyKind(conn *ipc.Conn, req *ipc.Message, k ipc.Kind, v any, err error) {
-	var r *ipc.Message
 	if err == nil {
-		if r, err = req.Reply(k, v); err != nil {
-			err = fmt.Errorf("worker: encode reply: %w", err)
+		// Encoded into a pooled buffer: Send copies the body into the
+		// connection's own before it returns.
+		buf := replyBuffers.Get().(*[]byte)
+		var body []byte
+		if body, err = ipc.AppendEncode((*buf)[:0], v); err == nil {
+			_ = conn.Send(&ipc.Message{Kind: k, ReplyTo: req.ID, Body: body})
 		}
-	}
-	if err != nil {
-		e := ipc.Error{Code: ipc.CodeInternal, Text: err.Error()}
-		if re, ok := errors.AsType[*ipc.RemoteError](err); ok {
-			e = ipc.Error{Code: re.Code, Text: re.Text}
+		if cap(body) <= maxPooledReply {
+			*buf = body[:0]
+			replyBuffers.Put(buf)
 		}
-		r, _ = req.Reply(ipc.KindError, e) // an Error body always encodes
+		if err == nil {
+			return
+		}
+		err = fmt.Errorf("worker: encode reply: %w", err)
 	}
+	e := ipc.Error{Code: ipc.CodeInternal, Text: err.Error()}
+	if re, ok := errors.AsType[*ipc.RemoteError](err); ok {
+		e = ipc.Error{Code: re.Code, Text: re.Text}
+	}
+	r, _ := req.Reply(ipc.KindError, e) // an Error body always encodes
 	_ = conn.Send(r)
 }
 
