@@ -73,8 +73,12 @@ func (m *Message) DecodeJob(j *Job) error {
 		*j = fast
 		return nil
 	}
-	*j = Job{}
-	return m.Decode(j)
+	// The library decodes into a Job of its own, so that j does not escape
+	// to the heap in the callers, which the fast path serves.
+	slow := new(Job)
+	err := m.Decode(slow)
+	*j = *slow
+	return err
 }
 
 // decodeJob reads the map EncodeJob writes: at most one "attempt" integer

@@ -40,7 +40,7 @@ func (p *process) startSession(conn *ipc.Conn, local, master ipc.Hello) {
 // the connection's only reader, and the only sender on p.msgs.
 func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 	ctx, cancel := context.WithCancel(context.Background())
-	h := newHandlers()
+	h := newHandlers(func(t task) { t.do(ctx, conn) })
 	defer func() {
 		// The connection is gone: running handlers have nobody to answer.
 		cancel()
@@ -87,7 +87,7 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no job handler (worker.HandleJobs)"})
 				continue
 			}
-			h.run(func() { runJob(ctx, conn, jh, m) })
+			h.run(task{m: m, job: jh})
 		case ipc.KindRequest:
 			p.mu.Lock()
 			rh := p.handler
@@ -96,68 +96,84 @@ func (p *process) readSession(conn *ipc.Conn, local ipc.Hello, boot int64) {
 				reply(conn, m, nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Text: "worker: no request handler (worker.Handle)"})
 				continue
 			}
-			h.run(func() {
-				v, err := rh(ctx, Message{body: m.Body})
-				reply(conn, m, v, err)
-			})
+			h.run(task{m: m, req: rh})
 		}
 	}
 }
 
-// handlers runs the session's jobs and requests, at most
-// MaxConcurrentRequests at a time, on goroutines that stay alive between
-// them: a goroutine started for each one paid for growing its small stack
-// again every time (in the msgpack decoder, a fifth of a worker's CPU per
-// job). Only the session's reader calls run.
-type handlers struct {
+// task is a job or a request the session read, with the handler that
+// answers it: a value, so that handing it over allocates nothing.
+type task struct {
+	m   *ipc.Message
+	job JobHandler // for a job
+	req Handler    // for a request
+}
+
+// do runs the task and answers the master.
+func (t task) do(ctx context.Context, conn *ipc.Conn) {
+	if t.job != nil {
+		runJob(ctx, conn, t.job, t.m)
+		return
+	}
+	v, err := t.req(ctx, Message{body: t.m.Body})
+	reply(conn, t.m, v, err)
+}
+
+// handlers runs the session's jobs and requests (each a T, run by do), at
+// most MaxConcurrentRequests at a time, on goroutines that stay alive
+// between them: a goroutine started for each one paid for growing its
+// small stack again every time (in the msgpack decoder, a fifth of a
+// worker's CPU per job). Only the session's reader calls run.
+type handlers[T any] struct {
+	do func(T)
 	// busy holds a token for each handler that runs or was handed to a
 	// goroutine: run waits for a free one (back-pressure on the master).
 	busy chan struct{}
-	// work hands a handler to an idle goroutine; closed by end.
-	work chan func()
+	// work hands a task to an idle goroutine; closed by end.
+	work chan T
 	// started counts the goroutines; they end when work is closed.
 	started int
 	wg      sync.WaitGroup
 }
 
-func newHandlers() *handlers {
-	return &handlers{busy: make(chan struct{}, MaxConcurrentRequests), work: make(chan func())}
+func newHandlers[T any](do func(T)) *handlers[T] {
+	return &handlers[T]{do: do, busy: make(chan struct{}, MaxConcurrentRequests), work: make(chan T)}
 }
 
-// run has f run on one of the goroutines, waiting while
+// run has t run on one of the goroutines, waiting while
 // MaxConcurrentRequests handlers run.
-func (h *handlers) run(f func()) {
+func (h *handlers[T]) run(t T) {
 	h.busy <- struct{}{}
 	select {
-	case h.work <- f: // an idle goroutine took it
+	case h.work <- t: // an idle goroutine took it
 		return
 	default:
 	}
 	if h.started < MaxConcurrentRequests {
 		h.started++
 		h.wg.Add(1)
-		go h.loop(f)
+		go h.loop(t)
 		return
 	}
 	// Every goroutine exists and none is idle yet; one is finishing, since
-	// fewer than MaxConcurrentRequests handlers hold a token besides f.
-	h.work <- f
+	// fewer than MaxConcurrentRequests handlers hold a token besides t.
+	h.work <- t
 }
 
-// loop runs f, then the handlers it is handed, until end. (A receive
-// alone, not a select with a second channel to end it: the select was most
-// of what a worker spent between two jobs.)
-func (h *handlers) loop(f func()) {
+// loop runs t, then the tasks it is handed, until end. (A receive alone,
+// not a select with a second channel to end it: the select was most of
+// what a worker spent between two jobs.)
+func (h *handlers[T]) loop(t T) {
 	defer h.wg.Done()
-	for ok := true; ok; f, ok = <-h.work {
-		f()
+	for ok := true; ok; t, ok = <-h.work {
+		h.do(t)
 		<-h.busy
 	}
 }
 
-// end stops the goroutines once their handlers return, and waits for
-// them; run must not be called again.
-func (h *handlers) end() {
+// end stops the goroutines once their tasks return, and waits for them;
+// run must not be called again.
+func (h *handlers[T]) end() {
 	close(h.work)
 	h.wg.Wait()
 }

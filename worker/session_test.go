@@ -11,7 +11,7 @@ import (
 // handlers rather than new ones being started.
 func TestHandlersBound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHandlers()
+		h := newHandlers(func(f func()) { f() })
 		release := make(chan struct{})
 		var running atomic.Int32
 		block := func() {
