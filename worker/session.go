@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -148,6 +149,22 @@ func (h *handlers[T]) run(t T) {
 	case h.work <- t: // an idle goroutine took it
 		return
 	default:
+	}
+	if h.started > 0 {
+		// None is idle: perhaps they were handed their tasks and have not
+		// run yet. The reader reads what arrived in one go, so without
+		// letting them run first a worker started a goroutine for each
+		// job outstanding (256 with the master's default JobQueue), and
+		// the collector scanned every one of their stacks on each cycle:
+		// a third of a worker's CPU per 4 KiB job. Handlers that block
+		// are still idle after the yield, and get a new goroutine as
+		// before.
+		runtime.Gosched()
+		select {
+		case h.work <- t:
+			return
+		default:
+		}
 	}
 	if h.started < MaxConcurrentRequests {
 		h.started++

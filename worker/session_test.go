@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -52,4 +53,29 @@ func TestHandlersBound(t *testing.T) {
 		}
 		h.end() // returns: every goroutine ends
 	})
+}
+
+// TestHandlersReuseBeforeStarting: handlers that return at once, handed
+// over faster than they run (one CPU, the reader never blocking), are run
+// by the goroutines that exist rather than by a new goroutine each: run
+// lets the ones it handed tasks to run before it starts another. (Without
+// that, this started MaxConcurrentRequests goroutines.)
+func TestHandlersReuseBeforeStarting(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	h := newHandlers(func(f func()) { f() })
+	var ran atomic.Int32
+	const tasks = 4 * MaxConcurrentRequests
+	for range tasks {
+		h.run(func() { ran.Add(1) })
+	}
+	h.end()
+	if n := ran.Load(); n != tasks {
+		t.Fatalf("%d tasks ran, want %d", n, tasks)
+	}
+	// 4 to 7 here (the scheduler sometimes runs the yielding reader first);
+	// MaxConcurrentRequests before run yielded.
+	if h.started > MaxConcurrentRequests/8 {
+		t.Errorf("%d goroutines started for %d tasks that return at once, want at most %d", h.started, tasks, MaxConcurrentRequests/8)
+	}
 }
