@@ -46,3 +46,24 @@ func BenchmarkReadFrames(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/msg")
 }
+
+// BenchmarkDecodeBody: Message.Decode of a small struct, as a job's
+// handler or a result's caller decodes one.
+func BenchmarkDecodeBody(b *testing.B) {
+	type payload struct {
+		Seq int    `msgpack:"seq"`
+		Pad string `msgpack:"pad"`
+	}
+	body, err := Encode(payload{Seq: 7, Pad: "0123456789abcdef0123456789abcdef"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := &Message{Kind: KindJob, Body: body}
+	b.ReportAllocs()
+	for b.Loop() {
+		var p payload
+		if err := m.Decode(&p); err != nil || p.Seq != 7 {
+			b.Fatal(p, err)
+		}
+	}
+}

@@ -311,4 +311,15 @@ func TestDecodePanic(t *testing.T) {
 	if err := m.Decode(&d); !errors.As(err, &de) {
 		t.Fatalf("Decode(%x) = %v, want a *DecodeError", m.Body, err)
 	}
+	// The pooled decoders Decode uses still decode what follows.
+	for i := range 100 {
+		body, err := Encode(map[string]int{"n": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]int
+		if err := (&Message{Kind: KindUser, Body: body}).Decode(&got); err != nil || got["n"] != i {
+			t.Fatalf("decode %d after the panic: %v, %v", i, got, err)
+		}
+	}
 }
