@@ -220,6 +220,12 @@ type loop struct {
 	paused   bool // WINCH: workers stopped, master and sockets kept
 	result   error
 	allReady bool
+	// spokeIPC is set by the first worker that said hello on IPC. In the
+	// balanced modes, start-up fails at ipcBy (ReadyTimeout after it began;
+	// zero: no deadline) if none did: a binary that does not speak the
+	// protocol, whether it waits or crash-loops, can take no connection.
+	spokeIPC bool
+	ipcBy    time.Time
 	limit    intensity
 	lastBad  string    // the last failed exit that was not restarted
 	petAt    time.Time // next WATCHDOG=1
@@ -264,9 +270,13 @@ func (l *loop) run(ctx context.Context) error {
 	if l.adopt != nil {
 		l.adoptSlots(l.adopt, l.adoptFiles)
 		l.adopt, l.adoptFiles = nil, nil
+		l.spokeIPC = true // the previous image's workers: checked then
 	} else {
 		for i := range l.cfg.Workers {
 			l.newSlot(i)
+		}
+		if l.cfg.Balance.overIPC() && l.cfg.ReadyTimeout > 0 {
+			l.ipcBy = time.Now().Add(l.cfg.ReadyTimeout)
 		}
 	}
 	for _, s := range l.slots {
@@ -575,6 +585,7 @@ func (l *loop) onEvent(e workerEvent) {
 			return
 		}
 		w.online = true
+		l.spokeIPC, l.ipcBy = true, time.Time{}
 		w.target, w.jobTarget = e.target, e.jobTarget
 		w.log.Debug("worker online")
 		l.rerouted = true
@@ -620,6 +631,7 @@ func (l *loop) nextDeadline() (time.Time, bool) {
 		add(l.crashLoopEnds(s))
 	}
 	add(l.petAt)
+	add(l.ipcBy)
 	add(l.sweep.pollAt)
 	add(l.checkAt)
 	return next, !next.IsZero()
@@ -648,6 +660,12 @@ func (l *loop) onTimers(now time.Time) {
 	if due(l.checkAt, now) {
 		l.checkAt = now.Add(listenerCheckInterval)
 		l.watchListeners(nil)
+	}
+	if due(l.ipcBy, now) {
+		l.ipcBy = time.Time{}
+		if !l.spokeIPC && !l.stopping {
+			l.noWorkerSpokeIPC()
+		}
 	}
 	for _, w := range l.workers() {
 		if w.state == stateExited {

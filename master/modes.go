@@ -24,7 +24,11 @@ const (
 	// BalanceRoundRobin keeps every listening socket in the master, which
 	// accepts and hands each connection to the next ready worker in turn,
 	// over IPC (ipc KindConn, SCM_RIGHTS). Workers must link the worker
-	// library (worker.Listen); other binaries cannot take connections.
+	// library (worker.Listen); other binaries cannot take connections:
+	// when no worker has said hello on IPC ReadyTimeout after Run began
+	// (whether they wait or crash-loop), Run fails with an error that names
+	// BalanceShared and BalanceReusePort, and an IntensityError reached
+	// first says the same in its Note.
 	BalanceRoundRobin
 	// BalanceLeastConn is BalanceRoundRobin, but each connection goes to the
 	// ready worker with the fewest open connections it was handed.

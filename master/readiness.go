@@ -138,12 +138,31 @@ func (l *loop) checkAllReady() {
 	l.ready()
 }
 
+// noWorkerSpokeIPC ends a start-up in the balanced modes that no worker
+// has said hello on IPC in: ReadyTimeout passed since it began, while they
+// waited or crash-looped.
+func (l *loop) noWorkerSpokeIPC() {
+	why := fmt.Sprintf("no worker spoke the clusterd IPC protocol within --ready-timeout %v, %s",
+		l.cfg.ReadyTimeout, l.balanceHint("none can"))
+	l.log.Error("no worker can take balanced connections", "error", why)
+	if l.result == nil {
+		l.result = errors.New(why)
+	}
+	l.beginStop(false)
+}
+
+// balanceHint says what workers that never spoke IPC mean in the
+// balanced modes; who is "it cannot", "none can" or the like.
+func (l *loop) balanceHint(who string) string {
+	return fmt.Sprintf("so %s take connections with --balance %s; run binaries that do not link the worker library "+
+		"with --balance shared or --balance reuseport", who, l.cfg.Balance)
+}
+
 func (l *loop) readyTimeout(w *worker) {
 	why := fmt.Sprintf("not ready after %v", l.cfg.ReadyTimeout)
 	if l.cfg.Balance.overIPC() && !w.online {
-		why = fmt.Sprintf("worker %d (pid %d) never spoke the clusterd IPC protocol within --ready-timeout %v, "+
-			"so it cannot take connections with --balance %s; run binaries that do not link the worker library "+
-			"with --balance shared or --balance reuseport", w.slot.id, w.pid, l.cfg.ReadyTimeout, l.cfg.Balance)
+		why = fmt.Sprintf("worker %d (pid %d) never spoke the clusterd IPC protocol within --ready-timeout %v, %s",
+			w.slot.id, w.pid, l.cfg.ReadyTimeout, l.balanceHint("it cannot"))
 		if !l.allReady && l.reload == nil && !l.stopping {
 			// At start-up this is the configuration, not a crash to retry.
 			w.log.Error("worker cannot take balanced connections", "error", why)

@@ -110,6 +110,9 @@ type IntensityError struct {
 	// exits ("bind: address already in use"); "" when it wrote none or its
 	// output was not relayed (OutputRaw to an *os.File).
 	Output string
+	// Note is what the master makes of it, when it knows more: in the
+	// balanced modes, that no worker ever spoke the IPC protocol.
+	Note string
 
 	tail *tail // where Output comes from, read again when Run returns
 }
@@ -119,7 +122,11 @@ func (e *IntensityError) Error() string {
 	if e.Output != "" {
 		msg += fmt.Sprintf(", after it printed %q", e.Output)
 	}
-	return msg + ")"
+	msg += ")"
+	if e.Note != "" {
+		msg += "; " + e.Note
+	}
+	return msg
 }
 
 // restartSlot applies the restart policy, backoff and intensity limit to
@@ -134,6 +141,9 @@ func (l *loop) restartSlot(s *slot, status exitStatus, uptime time.Duration, des
 	}
 	if ok, n := l.limit.allow(time.Now()); !ok {
 		err := &IntensityError{Restarts: n, Window: l.cfg.RestartWindow, Last: desc, Output: last.String(), tail: last}
+		if l.cfg.Balance.overIPC() && !l.spokeIPC {
+			err.Note = "no worker ever spoke the clusterd IPC protocol, " + l.balanceHint("none could")
+		}
 		l.log.Error("restart intensity exceeded", "error", err.Error())
 		l.result = err
 		l.beginStop(false)

@@ -179,35 +179,48 @@ func TestLeastConnAvoidsSlowWorker(t *testing.T) {
 }
 
 func TestBalancedRefusesUnmodifiedBinary(t *testing.T) {
-	for _, balance := range []string{"round-robin", "least-conn"} {
-		t.Run(balance, func(t *testing.T) {
-			// The crash-free helper that never speaks IPC: sleep.
-			c := startCluster(t, clusterConfig{
-				flags:   []string{listenAny, "-w", "2", "--ready", "exec", "--ready-timeout", "2s", "--balance", balance},
-				command: []string{"sleep", "1000"},
+	// A binary that does not speak IPC either waits (sleep) or, like a
+	// server that finds no socket and fails to bind its default address,
+	// crash-loops; start-up fails with one line that names the modes for
+	// it, at --ready-timeout or sooner when the restarts run out.
+	crash := []string{"sh", "-c", "echo 'cannot bind 0.0.0.0:8000' >&2; exit 1"}
+	for _, tc := range []struct {
+		name    string
+		flags   []string
+		command []string
+		want    string
+	}{
+		{"waits", []string{"--ready", "exec"}, []string{"sleep", "1000"}, "spoke the clusterd IPC protocol within --ready-timeout 2s"},
+		{"crash-loops", []string{"--ready", "exec", "--max-restarts", "-1"}, crash, "no worker spoke the clusterd IPC protocol within --ready-timeout 2s"},
+		{"runs out of restarts", []string{"--max-restarts", "2", "--ready-timeout", "1m"}, crash, "restart intensity exceeded"},
+	} {
+		for _, balance := range []string{"round-robin", "least-conn"} {
+			t.Run(tc.name+"/"+balance, func(t *testing.T) {
+				flags := append([]string{listenAny, "-w", "2", "--ready-timeout", "2s", "--balance", balance}, tc.flags...)
+				c := startCluster(t, clusterConfig{flags: flags, command: tc.command})
+				code, _ := c.wait()
+				if code != 1 {
+					t.Errorf("clusterd exited %d, want 1", code)
+				}
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				var last string
+				for _, e := range c.logs {
+					if raw := e.str("@raw"); strings.HasPrefix(raw, "clusterd: ") {
+						last = raw
+					}
+				}
+				t.Logf("error line: %s", last)
+				for _, want := range []string{tc.want, "IPC protocol", "--balance " + balance, "--balance shared", "--balance reuseport"} {
+					if !strings.Contains(last, want) {
+						t.Errorf("error line %q does not contain %q", last, want)
+					}
+				}
+				if strings.Count(last, "\n") > 0 {
+					t.Errorf("error is not one line: %q", last)
+				}
 			})
-			code, _ := c.wait()
-			if code != 1 {
-				t.Errorf("clusterd exited %d, want 1", code)
-			}
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			var last string
-			for _, e := range c.logs {
-				if raw := e.str("@raw"); strings.HasPrefix(raw, "clusterd: ") {
-					last = raw
-				}
-			}
-			t.Logf("error line: %s", last)
-			for _, want := range []string{"never spoke the clusterd IPC protocol", "--balance " + balance, "--balance shared", "--balance reuseport"} {
-				if !strings.Contains(last, want) {
-					t.Errorf("error line %q does not contain %q", last, want)
-				}
-			}
-			if strings.Count(last, "\n") > 0 {
-				t.Errorf("error is not one line: %q", last)
-			}
-		})
+		}
 	}
 }
 
