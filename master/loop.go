@@ -661,9 +661,9 @@ func (l *loop) onTimers(now time.Time) {
 		l.checkAt = now.Add(listenerCheckInterval)
 		l.watchListeners(nil)
 	}
-	if due(l.ipcBy, now) {
+	if due(l.ipcBy, now) { // set only while no worker has spoken IPC
 		l.ipcBy = time.Time{}
-		if !l.spokeIPC && !l.stopping {
+		if !l.stopping {
 			l.noWorkerSpokeIPC()
 		}
 	}

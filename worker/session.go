@@ -156,7 +156,7 @@ func (h *handlers[T]) run(t T) {
 		// letting them run first a worker started a goroutine for each
 		// job outstanding (256 with the master's default JobQueue), and
 		// the collector scanned every one of their stacks on each cycle:
-		// a third of a worker's CPU per 4 KiB job. Handlers that block
+		// a quarter of a worker's CPU per 4 KiB job. Handlers that block
 		// are still idle after the yield, and get a new goroutine as
 		// before.
 		runtime.Gosched()
