@@ -190,13 +190,14 @@ func TestBalancedRefusesUnmodifiedBinary(t *testing.T) {
 		command []string
 		want    string
 	}{
-		{"waits", []string{"--ready", "exec"}, []string{"sleep", "1000"}, "spoke the clusterd IPC protocol within --ready-timeout 2s"},
-		{"crash-loops", []string{"--ready", "exec", "--max-restarts", "-1"}, crash, "no worker spoke the clusterd IPC protocol within --ready-timeout 2s"},
-		{"runs out of restarts", []string{"--max-restarts", "2", "--ready-timeout", "1m"}, crash, "restart intensity exceeded"},
+		{"waits", []string{"--ready", "exec", "--ready-timeout", "2s"}, []string{"sleep", "1000"}, "spoke the clusterd IPC protocol within --ready-timeout 2s"},
+		{"crash-loops", []string{"--ready", "exec", "--ready-timeout", "2s", "--max-restarts", "-1"}, crash, "no worker spoke the clusterd IPC protocol within --ready-timeout 2s"},
+		// The deadline far off: the restarts run out first.
+		{"runs out of restarts", []string{"--ready-timeout", "1m", "--max-restarts", "2"}, crash, "restart intensity exceeded"},
 	} {
 		for _, balance := range []string{"round-robin", "least-conn"} {
 			t.Run(tc.name+"/"+balance, func(t *testing.T) {
-				flags := append([]string{listenAny, "-w", "2", "--ready-timeout", "2s", "--balance", balance}, tc.flags...)
+				flags := append([]string{listenAny, "-w", "2", "--balance", balance}, tc.flags...)
 				c := startCluster(t, clusterConfig{flags: flags, command: tc.command})
 				code, _ := c.wait()
 				if code != 1 {
